@@ -1,0 +1,100 @@
+"""Command line: ``python -m bkd_core {train,train-ce,download} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import sys
+from typing import Any, Sequence
+
+from .config import PROFILES, BKDConfig, get_profile
+from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, download, load_cifar_n
+
+SUMMARY_KEYS = ("dataset", "split", "num_samples", "epochs", "wall_time_s", "device", "tipping_epoch", "threshold",
+                "estimated_noise_rate", "true_noise_rate", "detection_precision", "detection_recall", "detection_f1",
+                "flag_all_f1", "test_acc", "best_val_acc")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=5", "model_widths=(16,32,64)"]`` -> ``{"epochs": 5, "model_widths": (16, 32, 64)}``."""
+    fields = {f.name for f in dataclasses.fields(BKDConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}; got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw  # a bare string such as device=cpu
+    return out
+
+
+def build_config(args: argparse.Namespace) -> BKDConfig:
+    overrides = parse_overrides(args.set)
+    for name in ("seed", "epochs", "train_size", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    try:
+        return get_profile(args.profile, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    splits = ", ".join([*CIFAR10_SPLITS, *CIFAR100_SPLITS])
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p.add_argument("--split", default="worst", help=f"CIFAR-N label set: {splits} (label-file keys work too)")
+    p.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
+                   help="cpu: small CNN on a subset, minutes on a CPU; paper: the official settings, for a GPU")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    p.add_argument("--train-size", dest="train_size", type=int, default=None, help="random training subset size")
+    p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any BKDConfig field, e.g. --set otsu_criterion=classic (repeatable)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
+    p.add_argument("--download", action="store_true", help="download missing CIFAR images and CIFAR-N labels")
+    p.add_argument("--out", required=True, help="run directory; rerunning with the same one resumes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train(args: argparse.Namespace, kind: str) -> int:
+    from .train import train_bkd, train_ce
+
+    config = build_config(args)
+    data = load_cifar_n(args.dataset, args.split, args.data_dir, download=args.download)
+    trainer = train_bkd if kind == "bkd" else train_ce
+    result = trainer(data, config, args.out, progress=not args.no_progress)
+    summary = {k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {result.run_dir}/metrics.json, scores.npz, config.json")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bkd_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_bkd = sub.add_parser("train", help="train BKD on a CIFAR-N split")
+    _add_train_args(p_bkd)
+    p_ce = sub.add_parser("train-ce", help="train the cross-entropy baseline with the same budget")
+    _add_train_args(p_ce)
+    p_dl = sub.add_parser("download", help="download CIFAR images and the CIFAR-N label file")
+    p_dl.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "download":
+            print(f"data in {download(args.dataset, args.root)}")
+            return 0
+        return _train(args, "bkd" if args.command == "train" else "ce")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

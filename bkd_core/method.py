@@ -1,0 +1,455 @@
+"""The pure functions of Blind Knowledge Distillation (BKD).
+
+Every function here is a plain function of tensors/arrays, without state, so that it can be tested
+against an independent computation. Defaults reproduce the official implementation
+(github.com/TimoK93/blind_knowledge_distillation, see ``method.md`` sections 2 and 3); switches
+expose the quirks that are cheap to change.
+
+Notation: ``B`` is the batch size, ``C`` the number of classes, ``N`` the number of scored samples.
+Logits are real-valued float tensors ``[B, C]``; labels are integer tensors ``[B]`` with values in
+``[0, C)``. The torch functions compute on the device of their inputs (no hidden ``.cpu()``);
+:func:`otsu_split` is a once-per-run operation and goes through numpy on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "GROUP_ALPHAS",
+    "OTSU_VARIANCE_FLOOR",
+    "OtsuSplit",
+    "agreement_probability",
+    "assign_groups",
+    "blind_distillation_loss",
+    "find_tipping_point",
+    "group_alpha",
+    "otsu_split",
+    "robust_targets",
+    "soft_cross_entropy",
+]
+
+#: alpha (weight of the student's prediction in the robust target) of groups G1..G4 (official defaults).
+GROUP_ALPHAS: tuple[float, float, float, float] = (0.30, 0.45, 0.55, 0.70)
+
+#: The official Otsu code clamps each class variance to at least 1e-5 before taking the square
+#: root (``.clamp(0.00001).sqrt()``), so a class concentrated in one or two bins does not get a
+#: near-zero standard deviation. method.md does not mention it; we keep it as the default.
+OTSU_VARIANCE_FLOOR: float = 1e-5
+
+_REDUCTIONS = ("official", "mean")
+_CRITERIA = ("bkd", "classic")
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def _check_logits_pair(teacher_logits: Tensor, student_logits: Tensor) -> None:
+    if not isinstance(teacher_logits, Tensor) or not isinstance(student_logits, Tensor):
+        raise TypeError("teacher_logits and student_logits must be torch tensors")
+    if teacher_logits.ndim != 2:
+        raise ValueError(f"logits must have shape [B, C], got teacher_logits of shape "
+                         f"{tuple(teacher_logits.shape)}")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits {tuple(teacher_logits.shape)} and student_logits "
+                         f"{tuple(student_logits.shape)} must have the same shape [B, C]")
+
+
+def _check_labels(labels: Tensor, batch: int, num_classes: int, name: str = "labels") -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch tensor of class indices")
+    if labels.shape != (batch,):
+        raise ValueError(f"{name} must have shape [B] = [{batch}], got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    # A range check needs the values on the host: only done for CPU tensors, where it is free.
+    # (On CUDA an out-of-range label triggers a device-side assert in the indexing below.)
+    if labels.device.type == "cpu" and labels.numel() > 0:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes}), found values in [{lo}, {hi}]")
+    return labels.long()
+
+
+def _label_mask(labels: Tensor, like: Tensor) -> Tensor:
+    """Boolean ``[B, C]`` mask, True at ``(i, labels[i])``, on ``like``'s device."""
+    mask = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    return mask.scatter_(1, labels.to(like.device).unsqueeze(1), True)
+
+
+# --------------------------------------------------------------------------------------------
+# losses and probabilities
+# --------------------------------------------------------------------------------------------
+def blind_distillation_loss(
+    teacher_logits: Tensor,
+    student_logits: Tensor,
+    labels: Tensor,
+    *,
+    detach_teacher: bool = False,
+    reduction: str = "official",
+) -> Tensor:
+    """Blind ("compensation") distillation loss: squared logit differences except at the label.
+
+    ``sum_{i, c != labels[i]} (teacher_logits[i, c] - student_logits[i, c])**2`` divided by
+
+    - ``B*C - 1`` for ``reduction="official"`` (the official code's denominator, method.md quirk 3);
+    - ``B*(C - 1)`` for ``reduction="mean"`` (the mean over the entries that enter the sum).
+
+    The label entry is masked out of the sum, so the gradient with respect to both networks'
+    label logits is exactly zero: the student never sees the given label through this loss.
+
+    Args:
+        teacher_logits: float ``[B, C]``.
+        student_logits: float ``[B, C]``, same shape, dtype and device as ``teacher_logits``.
+        labels: int ``[B]`` in ``[0, C)`` (the given, possibly noisy labels).
+        detach_teacher: if True the teacher logits are detached and the gradient reaches the
+            student only. Default False = official (the teacher is also pulled to the student,
+            method.md quirk 1).
+        reduction: ``"official"`` or ``"mean"``.
+
+    Returns:
+        A scalar tensor (>= 0) on the inputs' device.
+
+    Raises:
+        ValueError: unknown ``reduction``, shape mismatch, ``C < 2``, or (CPU) labels out of range.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid options: {', '.join(_REDUCTIONS)}")
+    _check_logits_pair(teacher_logits, student_logits)
+    batch, num_classes = teacher_logits.shape
+    if num_classes < 2:
+        raise ValueError(f"the blind loss needs at least 2 classes, got C={num_classes}")
+    labels = _check_labels(labels, batch, num_classes)
+    if detach_teacher:
+        teacher_logits = teacher_logits.detach()
+    squared = (teacher_logits - student_logits).pow(2)
+    # masked_fill has an exactly-zero gradient at the filled (label) positions
+    squared = squared.masked_fill(_label_mask(labels, squared), 0.0)
+    if reduction == "official":
+        denominator = batch * num_classes - 1
+    else:
+        denominator = batch * (num_classes - 1)
+    return squared.sum() / max(denominator, 1)
+
+
+def agreement_probability(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """Agreement distribution of teacher and student: ``normalize(softmax(z_T) * softmax(z_S))``.
+
+    Computed in log space as ``softmax(log_softmax(z_T) + log_softmax(z_S))``, which is the same
+    distribution but does not underflow for large logits (the plain product of two softmaxes can
+    be 0 in every class, giving 0/0).
+
+    Args:
+        teacher_logits: float ``[B, C]``.
+        student_logits: float ``[B, C]``.
+
+    Returns:
+        float ``[B, C]`` with entries in ``[0, 1]`` and rows summing to 1, on the inputs' device.
+        Gradients flow to both inputs (detach them yourself when only scoring).
+        The per-sample BKD score is ``agreement_probability(...)[i, labels[i]]``, and the
+        prediction is its argmax over classes.
+    """
+    _check_logits_pair(teacher_logits, student_logits)
+    return torch.softmax(
+        F.log_softmax(teacher_logits, dim=1) + F.log_softmax(student_logits, dim=1), dim=1
+    )
+
+
+def robust_targets(
+    labels: Tensor,
+    student_probs: Tensor,
+    alpha: Tensor | float,
+    *,
+    detach_student: bool = False,
+) -> Tensor:
+    """Phase-2 soft targets: ``r = (1-a)*onehot(y) + a*p_S``; ``r = r**(1+a)``; ``r / r.sum(1)``.
+
+    Args:
+        labels: int ``[B]`` in ``[0, C)``.
+        student_probs: float ``[B, C]``, the student's softmax (rows sum to 1).
+        alpha: float ``[B]`` per-sample weight in ``[0, 1]`` (see :func:`group_alpha`), or a
+            Python float used for every sample. ``alpha = 0`` gives the one-hot label.
+        detach_student: if True the targets carry no gradient to ``student_probs``. Default False
+            = official (method.md quirk 2: in phase 2 the student receives gradients through the
+            targets, which contain the label).
+
+    Returns:
+        float ``[B, C]`` (dtype/device of ``student_probs``), entries in ``[0, 1]``, rows summing to 1.
+    """
+    if not isinstance(student_probs, Tensor) or student_probs.ndim != 2:
+        raise ValueError("student_probs must be a float tensor of shape [B, C]")
+    batch, num_classes = student_probs.shape
+    labels = _check_labels(labels, batch, num_classes)
+    if detach_student:
+        student_probs = student_probs.detach()
+    if isinstance(alpha, Tensor):
+        if alpha.shape not in ((batch,), ()):
+            raise ValueError(f"alpha must have shape [B] = [{batch}] (or be a scalar), "
+                             f"got {tuple(alpha.shape)}")
+        a = alpha.to(device=student_probs.device, dtype=student_probs.dtype)
+        a = a.reshape(-1, 1) if a.ndim == 1 else a
+    else:
+        a = float(alpha)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {a}")
+    onehot = _label_mask(labels, student_probs).to(student_probs.dtype)
+    r = (1.0 - a) * onehot + a * student_probs
+    r = r.pow(1.0 + a)
+    return r / r.sum(dim=1, keepdim=True)
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy with soft targets: batch mean of ``-(targets * log_softmax(logits)).sum(1)``.
+
+    Args:
+        logits: float ``[B, C]``.
+        targets: float ``[B, C]``, rows are probability distributions (e.g. :func:`robust_targets`
+            or a one-hot label, for which this equals ``F.cross_entropy(logits, labels)``).
+
+    Returns:
+        A scalar tensor (>= 0 for valid targets). Gradients flow to both arguments.
+    """
+    if logits.ndim != 2 or logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must "
+                         "both have shape [B, C]")
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# tipping point
+# --------------------------------------------------------------------------------------------
+def find_tipping_point(
+    values: Sequence[float], window: int = 2, *, min_length: int | None = None
+) -> int | None:
+    """First strict local maximum of a per-epoch statistic (the generalizing->overfitting point).
+
+    Returns the first index ``i`` with ``window <= i <= len(values) - 1 - window`` such that
+    ``values[i]`` is strictly greater than every other value in ``values[i-window : i+window+1]``,
+    or None if there is none (too short, monotone, a plateau: equal values are not strictly
+    greater, NaNs never win). The peak can only be seen ``window`` epochs after it happened.
+
+    Args:
+        values: the epoch statistics so far (the student's mean max probability), a sequence of
+            floats, 1-D tensor or array.
+        window: how many neighbours on each side must be smaller (official: 2), ``>= 1``.
+        min_length: return None while ``len(values) < min_length``. Default None means
+            ``2*window + 2``, which for ``window=2`` is the official rule "needs at least 6
+            epochs" (one more than the 5 values a window needs: a peak at index 2 is reported at
+            epoch 5, not 4). Pass 0 for the pure window rule.
+
+    Raises:
+        ValueError: ``window < 1`` or ``min_length < 0``.
+    """
+    if isinstance(window, bool) or int(window) != window or window < 1:
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    window = int(window)
+    if min_length is None:
+        min_length = 2 * window + 2
+    if min_length < 0:
+        raise ValueError(f"min_length must be >= 0, got {min_length}")
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().reshape(-1).tolist()
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n < min_length:
+        return None
+    for i in range(window, n - window):
+        centre = vals[i]
+        if all(centre > vals[j] for j in range(i - window, i + window + 1) if j != i):
+            return i
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Otsu split and groups
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OtsuSplit:
+    """Result of :func:`otsu_split`; all values in ``[0, 1]``.
+
+    ``threshold``: the chosen split ``s / bins`` (the left edge of the first upper-class bin);
+    ``lower_mean``/``upper_mean``: the class means and ``lower_std``/``upper_std`` the class
+    standard deviations (with the variance floor applied), computed from the histogram with bin
+    left edges as values. Always ``lower_mean < threshold <= upper_mean``.
+    """
+
+    threshold: float
+    lower_mean: float
+    upper_mean: float
+    lower_std: float
+    upper_std: float
+
+
+def _scores_to_numpy(scores) -> np.ndarray:
+    if isinstance(scores, Tensor):
+        arr = scores.detach().to("cpu", torch.float64).numpy()
+    else:
+        arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("scores is empty: nothing to split")
+    if np.isnan(arr).any():
+        raise ValueError(f"scores contain {int(np.isnan(arr).sum())} NaN value(s)")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"scores must lie in [0, 1] (they are probabilities), found [{lo}, {hi}]")
+    return arr
+
+
+def otsu_split(
+    scores,
+    *,
+    bins: int = 1000,
+    criterion: str = "bkd",
+    variance_floor: float = OTSU_VARIANCE_FLOOR,
+) -> OtsuSplit:
+    """Split scores in ``[0, 1]`` into a low (likely noisy) and a high class, Otsu style.
+
+    Exactly the official procedure (method.md section 2, "Otsu variant"):
+
+    1. histogram of the scores with ``bins`` equal bins on ``[0, 1]`` (``np.histogram(scores,
+       bins, range=(0, 1))``: bins are half-open except the last, so 1.0 lands in the last bin);
+       each bin ``k`` stands for its left edge ``k / bins``;
+    2. for every split bin ``s`` in ``2 .. bins-3`` (``2..997`` for 1000 bins): lower class =
+       bins ``< s``, upper class = bins ``>= s``; counts ``n1, n2``, means ``mu1, mu2`` and
+       standard deviations ``sigma_j = sqrt(max(var_j, variance_floor))`` from the histogram
+       (population variance); ``mu`` = mean of the raw scores;
+    3. criterion ``"bkd"``: ``(n1 (mu1-mu)^2 + n2 (mu2-mu)^2) / (n1 sigma1 + n2 sigma2)``
+       (a Fisher-like ratio, method.md quirk 11); ``"classic"``: only the numerator (Otsu's
+       between-class variance, up to a constant);
+    4. the first ``s`` with the largest criterion wins; ``threshold = s / bins``.
+
+    Splits with an empty class (or a zero denominator when ``variance_floor == 0``) are skipped.
+    Vectorized with cumulative sums over the histogram (O(N + bins)); the scores are copied to
+    the host as float64 numpy (this runs once per training run, so the transfer is irrelevant).
+
+    Args:
+        scores: 1-D tensor (any device, any float dtype), array or sequence, values in ``[0, 1]``.
+        bins: number of histogram bins (official 1000), ``>= 5``.
+        criterion: ``"bkd"`` (official) or ``"classic"``.
+        variance_floor: lower clamp of each class variance (official 1e-5, see
+            :data:`OTSU_VARIANCE_FLOOR`); 0 disables it.
+
+    Returns:
+        :class:`OtsuSplit` of the chosen split.
+
+    Raises:
+        ValueError: empty scores, NaN, values outside ``[0, 1]``, bad ``bins``/``criterion``, or no
+            split leaves both classes non-empty (all scores within bins ``< 2`` or ``>= bins-2``, or
+            in a single bin).
+    """
+    if criterion not in _CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; valid options: {', '.join(_CRITERIA)}")
+    if isinstance(bins, bool) or int(bins) != bins or bins < 5:
+        raise ValueError(f"bins must be an integer >= 5, got {bins!r}")
+    bins = int(bins)
+    if not variance_floor >= 0.0:
+        raise ValueError(f"variance_floor must be >= 0, got {variance_floor}")
+    x = _scores_to_numpy(scores)
+
+    counts, _ = np.histogram(x, bins=bins, range=(0.0, 1.0))
+    counts = counts.astype(np.float64)
+    k = np.arange(bins, dtype=np.float64)  # bin index; value of bin k is k / bins
+    # prefix sums over bins < s for s = 0..bins (integer-valued, exact in float64 for N*bins^2 < 2^53)
+    n_cum = np.concatenate(([0.0], np.cumsum(counts)))
+    s1_cum = np.concatenate(([0.0], np.cumsum(counts * k)))
+    s2_cum = np.concatenate(([0.0], np.cumsum(counts * k * k)))
+    total_n, total_s1, total_s2 = n_cum[-1], s1_cum[-1], s2_cum[-1]
+
+    s = np.arange(2, bins - 2)
+    n1, sum1, sq1 = n_cum[s], s1_cum[s], s2_cum[s]
+    n2, sum2, sq2 = total_n - n1, total_s1 - sum1, total_s2 - sq1
+    valid = (n1 > 0) & (n2 > 0)
+    mu = float(x.mean())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu1 = sum1 / n1 / bins
+        mu2 = sum2 / n2 / bins
+        # population variance in value units: (n*sum k^2 - (sum k)^2) / n^2 / bins^2
+        var1 = np.maximum(n1 * sq1 - sum1 * sum1, 0.0) / (n1 * n1) / (bins * bins)
+        var2 = np.maximum(n2 * sq2 - sum2 * sum2, 0.0) / (n2 * n2) / (bins * bins)
+        sigma1 = np.sqrt(np.maximum(var1, variance_floor))
+        sigma2 = np.sqrt(np.maximum(var2, variance_floor))
+        between = n1 * (mu1 - mu) ** 2 + n2 * (mu2 - mu) ** 2
+        if criterion == "bkd":
+            denominator = n1 * sigma1 + n2 * sigma2
+            valid &= denominator > 0
+            crit = between / denominator
+        else:
+            crit = between
+    crit = np.where(valid & np.isfinite(crit), crit, -np.inf)
+    if not np.isfinite(crit).any():
+        raise ValueError(
+            f"no split of the {bins}-bin histogram leaves both classes non-empty: the scores "
+            f"(range [{x.min():.4g}, {x.max():.4g}]) must occupy at least two bins, not all below "
+            f"{2 / bins:.4g} or all at/above {(bins - 2) / bins:.4g}"
+        )
+    best = int(np.argmax(crit))  # first maximum, as torch.argmax in the official code
+    return OtsuSplit(
+        threshold=float(s[best]) / bins,
+        lower_mean=float(mu1[best]),
+        upper_mean=float(mu2[best]),
+        lower_std=float(sigma1[best]),
+        upper_std=float(sigma2[best]),
+    )
+
+
+def assign_groups(scores, split: OtsuSplit) -> Tensor:
+    """Confidence groups of the scores (method.md section 2, "Groups").
+
+    With ``t = split.threshold``, ``lo = split.lower_mean``, ``up = split.upper_mean``:
+    1: ``p >= up``; 2: ``t <= p < up``; 3: ``lo <= p < t``; 4: ``p < lo``. G4 is what the official
+    code reports as noisy.
+
+    Comparisons are made in the scores' own dtype (a float32 score equal to ``float32(t)`` is
+    ``>= t``), as in the official code.
+
+    Args:
+        scores: float ``[N]`` in ``[0, 1]`` (tensor on any device, or array).
+        split: the result of :func:`otsu_split`.
+
+    Returns:
+        int64 ``[N]`` with values in ``{1, 2, 3, 4}``, on the scores' device (CPU for arrays).
+    """
+    p = scores if isinstance(scores, Tensor) else torch.as_tensor(np.asarray(scores))
+    if p.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(p.shape)}")
+    if not p.dtype.is_floating_point:
+        p = p.to(torch.get_default_dtype())
+    groups = torch.full(p.shape, 4, dtype=torch.int64, device=p.device)
+    groups = torch.where(p >= split.lower_mean, torch.full_like(groups, 3), groups)
+    groups = torch.where(p >= split.threshold, torch.full_like(groups, 2), groups)
+    groups = torch.where(p >= split.upper_mean, torch.full_like(groups, 1), groups)
+    return groups
+
+
+def group_alpha(groups: Tensor, alphas: Sequence[float] = GROUP_ALPHAS) -> Tensor:
+    """Per-sample alpha of the groups: group ``g`` (1..4) gets ``alphas[g - 1]``.
+
+    Args:
+        groups: int ``[N]`` in ``{1, .., len(alphas)}`` (from :func:`assign_groups`).
+        alphas: alpha of G1..G4, each in ``[0, 1]`` (official ``(0.30, 0.45, 0.55, 0.70)``).
+
+    Returns:
+        float32 ``[N]`` on the groups' device. Compute it once for the whole training set and index
+        it per batch (this function checks the group values, which needs a host sync).
+    """
+    alphas = [float(a) for a in alphas]
+    if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
+        raise ValueError(f"alphas must be a non-empty sequence of values in [0, 1], got {alphas}")
+    groups = torch.as_tensor(groups)
+    if groups.dtype.is_floating_point or groups.dtype == torch.bool:
+        raise ValueError(f"groups must be an integer tensor, got dtype {groups.dtype}")
+    if groups.numel() > 0:
+        lo, hi = int(groups.min()), int(groups.max())
+        if lo < 1 or hi > len(alphas):
+            raise ValueError(f"groups must lie in 1..{len(alphas)}, found values in [{lo}, {hi}]")
+    table = torch.tensor(alphas, dtype=torch.float32, device=groups.device)
+    return table[groups.long() - 1]
+

@@ -1,0 +1,108 @@
+"""Networks: the official code's hybrid "PreResNet18" and a small fast CNN for CPU profiles."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block: BN-ReLU-conv-BN-ReLU-conv, 1x1 conv shortcut (no BN) on shape change."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class OfficialPreResNet18(nn.Module):
+    """The network the official BKD code calls ``PreResNet18`` (method.md quirk 9).
+
+    A hybrid: a post-activation stem (conv3x3-BN-ReLU, 64 channels), then four stages of two
+    pre-activation blocks (64, 128, 256, 512 channels; strides 1, 2, 2, 2), then 4x4 average
+    pooling and a linear layer, with *no* final BN-ReLU after the last block.
+
+    Input: float [B, 3, 32, 32] (normalized). Output: logits [B, num_classes].
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        stages = []
+        in_planes = 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.avg_pool2d(out, 4).flatten(1)
+        return self.linear(out)
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Module):
+    """A small, fast CNN for CPU profiles.
+
+    Four conv3x3-BN-ReLU layers: ``widths[0]`` at 32x32, then ``widths[1]``, ``widths[2]`` and
+    ``widths[2]`` again, each followed by 2x2 max pooling (to 16, 8 and 4 pixels), then global max
+    pooling and a linear layer. With widths (32, 64, 128): about 0.3M parameters.
+
+    Input: float [B, 3, 32, 32]. Output: logits [B, num_classes].
+    """
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128)) -> None:
+        super().__init__()
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f"SmallCNN needs three positive channel widths, got {tuple(widths)}")
+        w0, w1, w2 = (int(w) for w in widths)
+        self.features = nn.Sequential(
+            *_conv_bn_relu(3, w0),
+            *_conv_bn_relu(w0, w1), nn.MaxPool2d(2),
+            *_conv_bn_relu(w1, w2), nn.MaxPool2d(2),
+            *_conv_bn_relu(w2, w2), nn.MaxPool2d(2),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        )
+        self.linear = nn.Linear(w2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+MODEL_NAMES = ("preresnet18", "small_cnn")
+
+
+def build_model(name: str, num_classes: int, widths: Sequence[int] = (32, 64, 128)) -> nn.Module:
+    """Build a network by name: ``"preresnet18"`` (official hybrid) or ``"small_cnn"`` (``widths`` used)."""
+    if name == "preresnet18":
+        return OfficialPreResNet18(num_classes)
+    if name == "small_cnn":
+        return SmallCNN(num_classes, widths)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

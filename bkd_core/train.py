@@ -1,0 +1,558 @@
+"""Training: Blind Knowledge Distillation (``train_bkd``) and a plain cross-entropy baseline (``train_ce``).
+
+Both run on one device-resident pipeline (``bkd_core.augment``), checkpoint every epoch with atomic
+writes, and resume from ``run_dir``: a run interrupted and resumed ends with the same results as an
+uninterrupted one (same device, same seed).
+
+A run directory holds:
+- ``config.json``: the configuration and the data identity;
+- ``checkpoint.pt``: the latest epoch's state (weights, optimizer, RNG, history); model weights,
+  never to be committed;
+- ``epochs/epoch_XXX.npz``: per-sample scores of each epoch (float16);
+- ``metrics.json`` and ``scores.npz`` once the run has finished.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .augment import NORMALIZATION, OFFICIAL_AUGMENT, Normalizer, augment_batch, ordered_batches, shuffled_batches, to_device_images
+from .config import BKDConfig
+from .data import NoisyCIFAR, train_val_split
+from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, read_json
+from .method import (
+    OtsuSplit,
+    agreement_probability,
+    assign_groups,
+    blind_distillation_loss,
+    find_tipping_point,
+    group_alpha,
+    otsu_split,
+    robust_targets,
+    soft_cross_entropy,
+)
+from .metrics import detection_scores, flag_all_f1
+from .models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns (and writes to ``run_dir``).
+
+    ``label_issues`` bool [N], ``label_quality`` float [N] (lower = more likely mislabelled),
+    ``ranked_indices`` int64 [N] (rows, most suspicious first) and ``indices`` int64 [N] (each
+    row's position in the 50,000-image training set) follow cleanlab's conventions.
+    """
+
+    run_dir: Path
+    config: BKDConfig
+    metrics: dict[str, Any]
+    label_issues: np.ndarray
+    label_quality: np.ndarray
+    ranked_indices: np.ndarray
+    indices: np.ndarray
+    history: dict[str, np.ndarray]  # per-epoch scalars [E] and per-sample arrays [E, n]
+    arrays: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # everything in scores.npz
+    networks: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+
+    @property
+    def tipping_epoch(self) -> int | None:
+        return self.metrics.get("tipping_epoch")
+
+
+BKDResult = RunResult
+CEResult = RunResult
+
+
+@dataclass
+class PreparedData:
+    """A run's data on its device: the (subset of the) training set, its train/val split, the test set."""
+
+    data: NoisyCIFAR
+    train_idx: np.ndarray  # rows of ``data`` used for training
+    val_idx: np.ndarray  # rows held out (noisy validation)
+    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    labels: torch.Tensor  # int64 [N], given (noisy) labels
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> PreparedData:
+    """Take the configured subset (seeded by ``config.seed``), split it and move it to ``device``."""
+    data = data.subset(config.train_size, seed=config.seed)
+    train_idx, val_idx = train_val_split(len(data.train_labels), config.val_ratio, config.seed)
+    test_rows = np.arange(len(data.test_labels))
+    if config.test_size is not None and config.test_size < len(test_rows):
+        test_rows = np.sort(np.random.default_rng(config.seed).permutation(len(test_rows))[:config.test_size])
+    return PreparedData(
+        data=data,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        images=to_device_images(data.train_images, device),
+        labels=torch.from_numpy(data.train_labels.astype(np.int64)).to(device),
+        test_images=to_device_images(data.test_images[test_rows], device),
+        test_labels=torch.from_numpy(data.test_labels[test_rows].astype(np.int64)).to(device),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"bkd_core": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class _Trainer:
+    """Shared machinery: set-up, the epoch loop with checkpoint/resume, evaluation, outputs."""
+
+    kind = "base"
+    network_names: tuple[str, ...] = ()
+
+    def __init__(self, data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, progress: bool) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = config.resolved_device()
+        self.prep = prepare_data(data, config, self.device)
+        self.num_classes = data.num_classes
+        self.n_train = len(self.prep.train_idx)
+        self.train_rows = torch.from_numpy(self.prep.train_idx).to(self.device)
+        self.val_rows = torch.from_numpy(self.prep.val_idx).to(self.device)
+        self.train_labels = self.prep.labels[self.train_rows]
+        self.augment_spec = OFFICIAL_AUGMENT.get(data.dataset, OFFICIAL_AUGMENT["cifar10"])
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = config.channels_last
+        self.bf16 = on_cuda if config.bf16 is None else config.bf16
+        mean, std = NORMALIZATION[data.dataset]
+        self.normalize = Normalizer(mean, std, self.device, self.channels_last)
+        val_mean, val_std = NORMALIZATION["cifar10" if config.val_normalization == "cifar10" else data.dataset]
+        self.normalize_val = Normalizer(val_mean, val_std, self.device, self.channels_last)
+        torch.manual_seed(config.seed)
+        self.networks: dict[str, nn.Module] = {}
+        for name in self.network_names:
+            net = build_model(config.model, self.num_classes, config.model_widths).to(self.device)
+            if self.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self.networks[name] = net
+        self.forward = {name: (torch.compile(net) if config.compile else net) for name, net in self.networks.items()}
+        params = [p for net in self.networks.values() for p in net.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma if config.lr_step else 1.0)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.history: dict[str, list[float]] = {}
+        self.epoch = 0  # number of finished epochs
+        self.elapsed = 0.0
+
+    # -- hooks for subclasses -------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, torch.Tensor]:
+        """Train one epoch; return per-sample arrays of the training pass ([n_train] tensors) and
+        epoch scalars (0-d tensors, still on the device)."""
+        raise NotImplementedError
+
+    def after_epoch(self, per_sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Epoch-end work (tipping point, eval pass); returns extra per-sample arrays to store."""
+        return {}
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores of normalized images [B, 3, H, W] -> [B, C]; argmax is the prediction."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def final_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Return (metrics, arrays for scores.npz) of the finished run."""
+        raise NotImplementedError
+
+    # -- shared pieces ---------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def batch_inputs(self, rows: torch.Tensor, *, augment: bool, normalizer: Normalizer | None = None) -> torch.Tensor:
+        images = self.prep.images[rows]
+        if augment:
+            images = augment_batch(images, self.augment_spec, self.generator)
+        return (normalizer or self.normalize)(images)
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer | None = None) -> float:
+        """Accuracy (%) of the prediction on uint8 ``images`` [N, 3, H, W] against ``labels`` [N]."""
+        for net in self.networks.values():
+            net.eval()
+        correct = torch.zeros((), device=self.device)
+        for rows in ordered_batches(len(labels), self.config.eval_batch_size, self.device):
+            with self.autocast():
+                scores = self.predict_logits((normalizer or self.normalize)(images[rows]))
+            correct += (scores.argmax(1) == labels[rows]).sum()
+        return 100.0 * float(correct) / max(1, len(labels))
+
+    @torch.no_grad()
+    def predict_rows(self, rows: torch.Tensor, *, augment: bool) -> torch.Tensor:
+        """float32 class probabilities [len(rows), C] of training rows (eval mode)."""
+        for net in self.networks.values():
+            net.eval()
+        out = []
+        for chunk in rows.split(self.config.eval_batch_size):
+            with self.autocast():
+                logits = self.predict_logits(self.batch_inputs(chunk, augment=augment))
+            out.append(logits.float())
+        return torch.cat(out)
+
+    def record(self, key: str, value: float) -> None:
+        self.history.setdefault(key, [float("nan")] * self.epoch)
+        values = self.history[key]
+        values.extend([float("nan")] * (self.epoch + 1 - len(values)))
+        values[self.epoch] = value
+
+    def epoch_file(self, epoch: int) -> Path:
+        return self.run_dir / "epochs" / f"epoch_{epoch:03d}.npz"
+
+    def load_epoch(self, epoch: int) -> dict[str, np.ndarray]:
+        with np.load(self.epoch_file(epoch)) as f:
+            return {k: f[k] for k in f.files}
+
+    def run_identity(self) -> dict[str, Any]:
+        data = self.prep.data
+        return {"kind": self.kind, "dataset": data.dataset, "split": data.split, "num_samples": len(data.train_labels),
+                "num_train": self.n_train, "num_val": len(self.prep.val_idx), "num_test": len(self.prep.test_labels),
+                "fingerprint": self.config.fingerprint()}
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "identity": self.run_identity(),
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "networks": {name: net.state_dict() for name, net in self.networks.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "extra": self.extra_state(),
+        }
+        atomic_torch_save(self.run_dir / CHECKPOINT, state)
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["identity"] != self.run_identity():
+            raise ValueError(
+                f"{path} belongs to a different run ({state['identity']}), not this one ({self.run_identity()}); "
+                "use another run directory, or delete that one to start over")
+        for name, net in self.networks.items():
+            net.load_state_dict(state["networks"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.history = state["history"]
+        self.epoch = state["epoch"]
+        self.elapsed = state["elapsed"]
+        self.load_extra_state(state["extra"])
+        return True
+
+    def run(self) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.try_resume()  # raises if run_dir belongs to another run
+        finished = all((self.run_dir / name).exists() for name in ("metrics.json", "scores.npz"))
+        if resumed and finished and self.epoch >= self.config.epochs:
+            return self.load_result()
+        atomic_write_json(self.run_dir / "config.json", {"config": self.config.to_dict(), "identity": self.run_identity()})
+        desc = f"{self.kind} {self.prep.data.dataset}/{self.prep.data.split}"
+        bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=desc, unit="epoch", disable=not self.progress,
+                   dynamic_ncols=True)
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            for net in self.networks.values():
+                net.train()
+            self.record("lr", self.optimizer.param_groups[0]["lr"])
+            out = self.train_epoch()
+            self.scheduler.step()
+            per_sample = {k: v.float().cpu().numpy() for k, v in out.items() if v.ndim == 1}
+            for key, value in out.items():
+                if value.ndim == 0:
+                    self.record(key, float(value))
+            per_sample.update(self.after_epoch(per_sample))
+            last = self.epoch == self.config.epochs - 1
+            if self.epoch % self.config.val_every == 0 or last:
+                self.record("val_acc", self.evaluate(self.prep.images[self.val_rows] if len(self.val_rows)
+                                                     else self.prep.images[self.train_rows],
+                                                     self.prep.labels[self.val_rows] if len(self.val_rows)
+                                                     else self.train_labels, self.normalize_val))
+            if self.epoch % self.config.test_every == 0 or last:
+                self.record("test_acc", self.evaluate(self.prep.test_images, self.prep.test_labels))
+            atomic_save_npz(self.epoch_file(self.epoch), **{k: v.astype(np.float16) for k, v in per_sample.items()})
+            self.elapsed += time.perf_counter() - start
+            self.record("epoch_time", time.perf_counter() - start)
+            self.epoch += 1
+            self.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix({k: f"{self.history[k][-1]:.3g}" for k in ("loss", "test_acc") if k in self.history})
+        bar.close()
+        return self.finish()
+
+    def stacked_history(self) -> dict[str, np.ndarray]:
+        """Scalar history as float arrays [E] and per-sample history as float16 arrays [E, n]."""
+        arrays: dict[str, np.ndarray] = {f"history_{k}": np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
+        epochs = [self.load_epoch(e) for e in range(self.epoch)]
+        keys = sorted({k for e in epochs for k in e})
+        for key in keys:
+            size = next(len(e[key]) for e in epochs if key in e)
+            arrays[f"history_{key}"] = np.stack([e.get(key, np.full(size, np.nan, np.float16)) for e in epochs])
+        return arrays
+
+    def finish(self) -> RunResult:
+        metrics, arrays = self.final_outputs()
+        data = self.prep.data
+        metrics.update({
+            "kind": self.kind,
+            "dataset": data.dataset,
+            "split": data.split,
+            "profile": self.config.profile,
+            "seed": self.config.seed,
+            "num_samples": len(data.train_labels),
+            "num_train": self.n_train,
+            "num_val": len(self.prep.val_idx),
+            "num_test": len(self.prep.test_labels),
+            "epochs": self.epoch,
+            "true_noise_rate": float(data.noise_rate),
+            "test_acc": self.history["test_acc"][-1],
+            "best_test_acc": float(np.nanmax(self.history["test_acc"])),
+            "val_acc": self.history["val_acc"][-1],
+            "best_val_acc": float(np.nanmax(self.history["val_acc"])),
+            "wall_time_s": round(self.elapsed, 2),
+            "device": _device_name(self.device),
+            "versions": _versions(),
+            "command": " ".join(sys.argv),
+        })
+        quality = arrays["label_quality"]
+        arrays.update({
+            "ranked_indices": np.argsort(quality, kind="stable").astype(np.int64),
+            "indices": data.indices.astype(np.int64),
+            "given_labels": data.train_labels.astype(np.int64),
+            "clean_labels": data.clean_labels.astype(np.int64),
+            "train_rows": self.prep.train_idx.astype(np.int64),
+            "val_rows": self.prep.val_idx.astype(np.int64),
+        })
+        arrays.update(self.stacked_history())
+        atomic_save_npz(self.run_dir / "scores.npz", **arrays)
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        return self.load_result()
+
+    def load_result(self) -> RunResult:
+        metrics = read_json(self.run_dir / "metrics.json")
+        with np.load(self.run_dir / "scores.npz") as f:
+            arrays = {k: f[k] for k in f.files}
+        return RunResult(
+            run_dir=self.run_dir, config=self.config, metrics=metrics,
+            label_issues=arrays["label_issues"], label_quality=arrays["label_quality"],
+            ranked_indices=arrays["ranked_indices"], indices=arrays["indices"],
+            history={k[len("history_"):]: v for k, v in arrays.items() if k.startswith("history_")},
+            arrays=arrays, networks=self.networks)
+
+
+def _detection_metrics(prefix: str, mask: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in detection_scores(mask, is_noisy).items()}
+
+
+class _BKDTrainer(_Trainer):
+    kind = "bkd"
+    network_names = ("teacher", "student")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tipping_epoch: int | None = None
+        self.tipping_found_at: int | None = None
+        self.train_groups: torch.Tensor | None = None  # int64 [n_train] in 1..4 once phase 2 starts
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        # log of the normalized agreement distribution: argmax = official prediction
+        return agreement_probability(self.forward["teacher"](images).float(), self.forward["student"](images).float()).log()
+
+    def train_epoch(self) -> dict[str, torch.Tensor]:
+        cfg, dev, n = self.config, self.device, self.n_train
+        agree = torch.zeros(n, device=dev)
+        p_teacher = torch.zeros(n, device=dev)
+        p_student = torch.zeros(n, device=dev)
+        sums = torch.zeros(4, device=dev)  # ce, compensation, max-prob sum, batches
+        alpha = group_alpha(self.train_groups, cfg.alphas).to(dev) if self.train_groups is not None else None
+        for pos in shuffled_batches(n, cfg.batch_size, self.generator, dev):
+            x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
+            y = self.train_labels[pos]
+            with self.autocast():
+                z_t = self.forward["teacher"](x)
+                z_s = self.forward["student"](x)
+            z_t, z_s = z_t.float(), z_s.float()
+            compensation = blind_distillation_loss(z_t, z_s, y, detach_teacher=cfg.detach_teacher, reduction=cfg.loss_reduction)
+            probs_s = z_s.softmax(1)
+            if alpha is None:
+                ce = F.cross_entropy(z_t, y)
+            else:
+                target = robust_targets(y, probs_s, alpha[pos], detach_student=cfg.detach_robust_target)
+                ce = soft_cross_entropy(z_t, target)
+            loss = ce + compensation
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                rows = torch.arange(len(y), device=dev)
+                agree[pos] = agreement_probability(z_t, z_s)[rows, y]
+                p_teacher[pos] = z_t.softmax(1)[rows, y]
+                p_student[pos] = probs_s[rows, y]
+                sums += torch.stack([ce.detach() * len(y), compensation.detach() * len(y),
+                                     probs_s.detach().max(1).values.sum(), torch.tensor(float(len(y)), device=dev)])
+        ce_mean, comp_mean, max_mean = (sums[:3] / sums[3]).unbind()
+        return {"train_agreement": agree, "train_teacher_p": p_teacher, "train_student_p": p_student,
+                "loss_ce": ce_mean, "loss_compensation": comp_mean, "loss": ce_mean + comp_mean,
+                "mean_max_student": max_mean, "phase": torch.tensor(1.0 if alpha is None else 2.0)}
+
+    def eval_agreement(self) -> np.ndarray:
+        """Agreement score of the given label for every row of the subset (eval mode) -> float [N]."""
+        rows = torch.arange(len(self.prep.labels), device=self.device)
+        log_agree = self.predict_rows(rows, augment=self.config.score_views == "augmented" and self.config.augment)
+        return log_agree.exp()[rows, self.prep.labels].cpu().numpy()
+
+    def after_epoch(self, per_sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.tipping_epoch is not None:
+            return {}
+        curve = self.history["mean_max_student"]
+        tip = find_tipping_point(curve, self.config.tipping_window)
+        fallback = self.config.tipping_fallback
+        if tip is None and fallback is not None and len(curve) == fallback + self.config.tipping_window:
+            tip = fallback
+        if tip is None:
+            return {"eval_agreement": self.eval_agreement()}
+        self.tipping_epoch, self.tipping_found_at = tip, self.epoch
+        scores = self.load_epoch(tip)["train_agreement"].astype(np.float64) if tip < self.epoch else per_sample["train_agreement"]
+        split = otsu_split(scores, bins=self.config.otsu_bins, criterion=self.config.otsu_criterion)
+        self.train_groups = assign_groups(torch.from_numpy(scores), split).to(self.device)
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"tipping_epoch": self.tipping_epoch, "tipping_found_at": self.tipping_found_at,
+                "train_groups": None if self.train_groups is None else self.train_groups.cpu()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.tipping_epoch = state["tipping_epoch"]
+        self.tipping_found_at = state["tipping_found_at"]
+        groups = state["train_groups"]
+        self.train_groups = None if groups is None else groups.to(self.device)
+
+    def final_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        cfg = self.config
+        is_noisy = self.prep.data.is_noisy
+        n = len(is_noisy)
+        rows = torch.arange(n, device=self.device)
+        predicted = self.predict_rows(rows, augment=False).argmax(1).cpu().numpy()
+        metrics: dict[str, Any] = {"tipping_epoch": self.tipping_epoch, "tipping_found_at_epoch": self.tipping_found_at}
+        arrays: dict[str, np.ndarray] = {"predicted_labels": predicted.astype(np.int64)}
+        if self.tipping_epoch is not None:
+            scores = self.load_epoch(self.tipping_epoch)["eval_agreement"].astype(np.float64)
+            split = otsu_split(scores, bins=cfg.otsu_bins, criterion=cfg.otsu_criterion)
+            groups = assign_groups(torch.from_numpy(scores), split).numpy()
+            label_issues = np.isin(groups, cfg.noisy_groups)
+            below = scores < split.threshold
+            metrics.update({
+                "threshold": split.threshold, "lower_mean": split.lower_mean, "upper_mean": split.upper_mean,
+                "lower_std": split.lower_std, "upper_std": split.upper_std,
+                "estimated_noise_rate": float(below.mean()),
+                "flagged_fraction": float(label_issues.mean()),
+                "group_fractions": {f"G{g}": float((groups == g).mean()) for g in (1, 2, 3, 4)},
+                **_detection_metrics("detection", label_issues, is_noisy),
+                **_detection_metrics("below_threshold", below, is_noisy),
+            })
+            arrays.update({"groups": groups.astype(np.int64), "train_groups": self.train_groups.cpu().numpy()})
+        else:
+            last = max(e for e in range(self.epoch) if "eval_agreement" in self.load_epoch(e))
+            scores = self.load_epoch(last)["eval_agreement"].astype(np.float64)
+            label_issues = np.zeros(n, dtype=bool)
+            metrics.update({"threshold": None, "estimated_noise_rate": None, "flagged_fraction": 0.0,
+                            "note": "no tipping point was found: phase 2 never started and nothing is flagged",
+                            **_detection_metrics("detection", label_issues, is_noisy)})
+        metrics["flag_all_f1"] = flag_all_f1(float(is_noisy.mean()))
+        arrays.update({"label_issues": label_issues, "label_quality": scores.astype(np.float32)})
+        return metrics, arrays
+
+
+class _CETrainer(_Trainer):
+    kind = "ce"
+    network_names = ("model",)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward["model"](images).float()
+
+    def train_epoch(self) -> dict[str, torch.Tensor]:
+        cfg, dev, n = self.config, self.device, self.n_train
+        p_label = torch.zeros(n, device=dev)
+        memorized = torch.zeros(n, device=dev)
+        sums = torch.zeros(2, device=dev)
+        for pos in shuffled_batches(n, cfg.batch_size, self.generator, dev):
+            x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
+            y = self.train_labels[pos]
+            with self.autocast():
+                logits = self.forward["model"](x)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                rows = torch.arange(len(y), device=dev)
+                p_label[pos] = logits.softmax(1)[rows, y]
+                memorized[pos] = (logits.argmax(1) == y).float()
+                sums += torch.stack([loss.detach() * len(y), torch.tensor(float(len(y)), device=dev)])
+        return {"train_p_label": p_label, "train_predicts_label": memorized, "loss": sums[0] / sums[1]}
+
+    def final_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        is_noisy = self.prep.data.is_noisy
+        rows = torch.arange(len(is_noisy), device=self.device)
+        probs = self.predict_rows(rows, augment=False).softmax(1)
+        predicted = probs.argmax(1).cpu().numpy()
+        quality = probs[rows, self.prep.labels].cpu().numpy()
+        label_issues = predicted != self.prep.data.train_labels
+        metrics = {"flagged_fraction": float(label_issues.mean()), "flag_all_f1": flag_all_f1(float(is_noisy.mean())),
+                   **_detection_metrics("detection", label_issues, is_noisy)}
+        return metrics, {"label_issues": label_issues, "label_quality": quality.astype(np.float32),
+                         "predicted_labels": predicted.astype(np.int64)}
+
+
+def train_bkd(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, progress: bool = True) -> RunResult:
+    """Train BKD (teacher + blind student) on ``data`` with ``config``; write and return the results.
+
+    Rerunning with the same ``run_dir`` resumes from its checkpoint (or returns the finished run).
+    """
+    return _BKDTrainer(data, config, run_dir, progress).run()
+
+
+def train_ce(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, progress: bool = True) -> RunResult:
+    """Train the plain cross-entropy baseline (one network, same pipeline and budget as ``train_bkd``).
+
+    Its detector flags samples whose final prediction differs from the given label.
+    """
+    return _CETrainer(data, config, run_dir, progress).run()
