@@ -1,0 +1,764 @@
+"""CIFAR-10/100 images with the CIFAR-N human labels: loading, validation, subsets, train/val split.
+
+Everything here returns numpy arrays; moving them to a device is the job of ``augment.py``.
+
+Data folder (``root``): the ``root`` argument, else ``$BKD_DATA_DIR``, else the user cache folder
+``$XDG_CACHE_HOME/bkd_core/data`` (``~/.cache/bkd_core/data``). It holds
+
+* the images, either as ``cifar10.npz`` / ``cifar100.npz`` (keys ``x_train`` uint8 [50000, 32, 32, 3],
+  ``y_train`` [50000], ``x_test`` uint8 [10000, 32, 32, 3], ``y_test`` [10000]; RGB, HWC, original
+  order: what ``shared/data/unpack.py`` writes) or as torchvision's own folders
+  (``cifar-10-batches-py`` / ``cifar-100-python``, read with ``torchvision.datasets.CIFAR10/100``);
+* the CIFAR-N label file ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` (a ``torch.save`` archive of a
+  dict of int64 numpy arrays of length 50,000, in the original training order).
+
+Every problem with the data raises :class:`DataError` (a ``ValueError``), or
+:class:`DataNotFoundError` (also a ``FileNotFoundError``) when a file is missing. Each message names
+the file, says what is wrong and how to fix it. Bad arguments (unknown dataset or split, bad sizes)
+raise a plain ``ValueError`` that lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CIFAR10_SPLITS",
+    "CIFAR100_SPLITS",
+    "SPLITS",
+    "DATASETS",
+    "NUM_CLASSES",
+    "IMAGE_FILES",
+    "TORCHVISION_FOLDERS",
+    "LABEL_FILES",
+    "LABEL_URLS",
+    "CIFAR_TRAIN_SIZE",
+    "CIFAR_TEST_SIZE",
+    "DataError",
+    "DataNotFoundError",
+    "NoisyCIFAR",
+    "canonical_dataset",
+    "canonical_split",
+    "class_names",
+    "resolve_data_dir",
+    "load_cifar_n",
+    "load_cifar_n_labels",
+    "download",
+    "train_val_split",
+]
+
+# --------------------------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------------------------
+
+#: CIFAR-10N split name -> key in ``CIFAR-10_human.pt``.
+CIFAR10_SPLITS: dict[str, str] = {
+    "clean": "clean_label",
+    "aggre": "aggre_label",
+    "rand1": "random_label1",
+    "rand2": "random_label2",
+    "rand3": "random_label3",
+    "worst": "worse_label",  # sic: the release spells it "worse"
+}
+#: CIFAR-100N split name -> key in ``CIFAR-100_human.pt`` (fine labels).
+CIFAR100_SPLITS: dict[str, str] = {"clean100": "clean_label", "noisy100": "noisy_label"}
+
+SPLITS: dict[str, dict[str, str]] = {"cifar10": CIFAR10_SPLITS, "cifar100": CIFAR100_SPLITS}
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+#: Number of CIFAR-100 coarse classes (``clean_coarse_label`` / ``noisy_coarse_label``).
+NUM_COARSE_CLASSES = 20
+
+IMAGE_FILES: dict[str, str] = {"cifar10": "cifar10.npz", "cifar100": "cifar100.npz"}
+TORCHVISION_FOLDERS: dict[str, str] = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+LABEL_FILES: dict[str, str] = {"cifar10": "CIFAR-10_human.pt", "cifar100": "CIFAR-100_human.pt"}
+LABEL_URLS: dict[str, str] = {
+    d: f"https://github.com/UCSC-REAL/cifar-10-100n/raw/main/data/{f}" for d, f in LABEL_FILES.items()
+}
+#: Keys of the image npz files.
+NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+
+#: Expected number of training / test images. Read at call time, so tests may monkeypatch them
+#: to small numbers and work with small generated files.
+CIFAR_TRAIN_SIZE = 50_000
+CIFAR_TEST_SIZE = 10_000
+IMAGE_SHAPE = (32, 32, 3)
+
+_CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+# Fine label names in label order (alphabetical), as in torchvision's ``meta`` file.
+_CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class DataError(ValueError):
+    """A data file is present but unusable (corrupt, truncated, wrong keys/shape/range, misordered)."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A required data file or folder is missing. Also a ``FileNotFoundError``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+
+
+def canonical_dataset(dataset: str) -> str:
+    """Return ``"cifar10"`` or ``"cifar100"``; accepts e.g. ``"CIFAR-10"``, ``"cifar_100"``.
+
+    Raises ``ValueError`` listing the valid datasets for anything else.
+    """
+    key = str(dataset).strip().lower().replace("-", "").replace("_", "")
+    if key in DATASETS:
+        return key
+    raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
+
+
+def canonical_split(dataset: str, split: str) -> str:
+    """Canonical split name of ``split`` for ``dataset``.
+
+    Accepts the split names (``"worst"``) and the label-file keys (``"worse_label"`` -> ``"worst"``),
+    case-insensitively. Unknown splits raise ``ValueError`` listing the dataset's valid splits.
+    """
+    ds = canonical_dataset(dataset)
+    splits = SPLITS[ds]
+    key = str(split).strip().lower()
+    if key in splits:
+        return key
+    for name, label_key in splits.items():
+        if key == label_key:
+            return name
+    valid = ", ".join(f"{n} ({k})" for n, k in splits.items())
+    msg = f"unknown split {split!r} for {ds}; valid splits (label-file key in brackets): {valid}"
+    for other, other_splits in SPLITS.items():
+        if other != ds and key in other_splits:
+            msg += f". {split!r} is a {other} split: use dataset={other!r}"
+    raise ValueError(msg)
+
+
+def class_names(dataset: str) -> list[str]:
+    """Class names in label order: 10 for CIFAR-10, the 100 fine names (alphabetical) for CIFAR-100."""
+    ds = canonical_dataset(dataset)
+    return list(_CIFAR10_CLASSES if ds == "cifar10" else _CIFAR100_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------
+# Data folder
+# --------------------------------------------------------------------------------------------
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bkd_core" / "data"
+
+
+def _resolve_with_source(root: str | os.PathLike | None) -> tuple[Path, str]:
+    if root is not None and str(root) != "":
+        return Path(root).expanduser(), "the root argument"
+    env = os.environ.get("BKD_DATA_DIR")
+    if env:
+        return Path(env).expanduser(), "$BKD_DATA_DIR"
+    return _default_cache_dir(), "the default cache folder (neither root nor $BKD_DATA_DIR was given)"
+
+
+def resolve_data_dir(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``root`` if given, else ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``
+    (``$XDG_CACHE_HOME`` respected). The folder is not created and need not exist."""
+    return _resolve_with_source(root)[0]
+
+
+def _how_to_get(dataset: str, data_dir: Path) -> str:
+    lines = [
+        "How to get the data:",
+        f"  - online: load_cifar_n(..., download=True), or "
+        f"`python -m bkd_core download --dataset {dataset} --root {data_dir}`;",
+    ]
+    if dataset == "cifar10":
+        lines.append(
+            f"  - offline (CIFAR-10 images and both label files): "
+            f"`python shared/data/unpack.py --out {data_dir}`;"
+        )
+    else:
+        lines.append(
+            "  - offline: shared/data/unpack.py provides only the CIFAR-100N label file, not the "
+            f"CIFAR-100 images; put a {IMAGE_FILES[dataset]} (keys {', '.join(NPZ_KEYS)}; uint8 HWC, "
+            "original order) or torchvision's cifar-100-python folder there;"
+        )
+    lines.append("  - or set BKD_DATA_DIR (or pass root=) to a folder that already holds the files.")
+    return "\n".join(lines)
+
+
+def _refetch_hint(dataset: str, data_dir: Path) -> str:
+    return (
+        "Delete it and get a good copy: "
+        f"`python -m bkd_core download --dataset {dataset} --root {data_dir}` (or download=True)"
+        + (f", or `python shared/data/unpack.py --out {data_dir} --force`" if dataset == "cifar10" else "")
+        + "."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Label files
+# --------------------------------------------------------------------------------------------
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """Globals a CIFAR-N label file needs under ``torch.load(weights_only=True)``.
+
+    The release pickles ``numpy.core.multiarray._reconstruct`` (numpy 1 name); files written with
+    numpy 2 say ``numpy._core.multiarray._reconstruct``. Both names map to the same function.
+    """
+    core = getattr(np, "_core", None)
+    multiarray = getattr(core, "multiarray", None) if core is not None else None
+    if multiarray is None or not hasattr(multiarray, "_reconstruct"):  # numpy < 2
+        multiarray = np.core.multiarray  # type: ignore[attr-defined]
+    reconstruct = multiarray._reconstruct
+    dtype_classes = {
+        type(np.dtype(t))
+        for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                  "float16", "float32", "float64")
+    }  # fmt: skip
+    return [
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        *sorted(dtype_classes, key=lambda c: c.__name__),
+    ]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+def _infer_label_dataset(keys: set[str]) -> str | None:
+    if "aggre_label" in keys or "worse_label" in keys or "random_label1" in keys:
+        return "cifar10"
+    if "noisy_label" in keys:
+        return "cifar100"
+    return None
+
+
+def _check_labels(
+    values: Any, *, name: str, where: str, n: int, num_classes: int, fix: str
+) -> np.ndarray:
+    """Validate one label array: 1-D, integer, length ``n``, values in ``[0, num_classes)``.
+
+    Returns it as int64 [n].
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values)
+    except Exception as e:  # ragged lists and the like
+        raise DataError(f"{where}: {name!r} is not an array of labels ({e}). {fix}") from e
+    if arr.ndim != 1:
+        raise DataError(f"{where}: {name!r} has shape {arr.shape}, expected 1-D [{n}]. {fix}")
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{where}: {name!r} has dtype {arr.dtype}, expected integer class labels. {fix}")
+    if len(arr) != n:
+        raise DataError(
+            f"{where}: {name!r} has {len(arr):,} labels, expected {n:,} (one per image); "
+            f"the file is truncated or belongs to another dataset. {fix}"
+        )
+    if len(arr):
+        bad = (arr < 0) | (arr >= num_classes)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{where}: {name!r} has {int(bad.sum()):,} labels outside [0, {num_classes}) "
+                f"(first at index {i}: {int(arr[i])}); wrong dataset or corrupt file. {fix}"
+            )
+    return arr.astype(np.int64, copy=False)
+
+
+def load_cifar_n_labels(path: str | os.PathLike, dataset: str | None = None) -> dict[str, np.ndarray]:
+    """Load and validate a CIFAR-N label file (``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt``).
+
+    The file is read with ``torch.load(weights_only=True)``; only numpy's array reconstruction,
+    ``ndarray`` and the numeric dtypes are allow-listed (method.md section 4), so no arbitrary
+    object is ever unpickled.
+
+    Args:
+        path: the ``.pt`` file.
+        dataset: ``"cifar10"`` / ``"cifar100"``; ``None`` infers it from the keys.
+
+    Returns:
+        ``{key: int64 array [50000]}``: for CIFAR-10 ``clean_label``, ``aggre_label``,
+        ``worse_label``, ``random_label1..3`` (values in [0, 10)); for CIFAR-100 ``clean_label``,
+        ``noisy_label`` (fine, [0, 100)) and, when present, ``clean_coarse_label``,
+        ``noisy_coarse_label`` ([0, 20)). Other keys are dropped.
+
+    Raises:
+        DataNotFoundError: the file does not exist.
+        DataError: unreadable/truncated file, disallowed objects in the pickle, not a dict,
+            missing keys, wrong length or dtype, labels out of range.
+    """
+    path = Path(path)
+    ds = canonical_dataset(dataset) if dataset is not None else None
+    hint_ds = ds or ("cifar100" if "100" in path.name else "cifar10")
+    where = f"label file {path}"
+    fix = _refetch_hint(hint_ds, path.parent)
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"{where} not found{' (it is a folder)' if path.exists() else ''}.\n"
+            + _how_to_get(hint_ds, path.parent)
+        )
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused:
+            raise DataError(
+                f"{where}: refused to load it: it asks to unpickle {refused.group(1)}, which is not a "
+                f"numpy array, so it is not a CIFAR-N label file (or it has been tampered with). " + fix
+            ) from e
+        raise DataError(
+            f"{where} cannot be read (not a torch.save archive of numpy arrays); "
+            f"it is truncated or corrupt. " + fix
+        ) from e
+    except Exception as e:  # truncated zip, empty file, garbage bytes...
+        raise DataError(
+            f"{where} cannot be read ({type(e).__name__}: {_first_line(e)}); "
+            f"it is truncated or corrupt. " + fix
+        ) from e
+
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} holds a {type(obj).__name__}, expected a dict of label arrays. {fix}")
+    keys = {str(k) for k in obj}
+    if ds is None:
+        ds = _infer_label_dataset(keys)
+        if ds is None:
+            raise DataError(
+                f"{where}: cannot tell CIFAR-10N from CIFAR-100N: keys are {sorted(keys)}; expected "
+                f"{sorted(CIFAR10_SPLITS.values())} or {sorted(CIFAR100_SPLITS.values())}. {fix}"
+            )
+        fix = _refetch_hint(ds, path.parent)
+    required = sorted(set(SPLITS[ds].values()))
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise DataError(
+            f"{where}: missing keys {missing} for {ds} (present: {sorted(keys)}); expected the "
+            f"{LABEL_FILES[ds]} of the CIFAR-N release. {fix}"
+        )
+    n = CIFAR_TRAIN_SIZE
+    out: dict[str, np.ndarray] = {}
+    for key in required:
+        out[key] = _check_labels(obj[key], name=key, where=where, n=n, num_classes=NUM_CLASSES[ds], fix=fix)
+    if ds == "cifar100":
+        for key in ("clean_coarse_label", "noisy_coarse_label"):
+            if key in obj:
+                out[key] = _check_labels(
+                    obj[key], name=key, where=where, n=n, num_classes=NUM_COARSE_CLASSES, fix=fix
+                )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path, dataset: str) -> dict[str, np.ndarray]:
+    fix = _refetch_hint(dataset, path.parent)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(
+            f"image file {path} cannot be opened as .npz ({type(e).__name__}: {e}); "
+            f"it is truncated or corrupt. {fix}"
+        ) from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"image file {path} is a single .npy array, expected an .npz with keys {list(NPZ_KEYS)}. {fix}"
+        )
+    with npz:
+        missing = [k for k in NPZ_KEYS if k not in npz.files]
+        if missing:
+            raise DataError(
+                f"image file {path}: missing keys {missing} (present: {sorted(npz.files)}); expected "
+                f"{list(NPZ_KEYS)}. {fix}"
+            )
+        try:
+            return {k: npz[k] for k in NPZ_KEYS}
+        except Exception as e:  # bad CRC, truncated member, pickled object arrays...
+            raise DataError(
+                f"image file {path}: cannot read its arrays ({type(e).__name__}: {e}); "
+                f"it is truncated or corrupt. {fix}"
+            ) from e
+
+
+def _read_torchvision(folder_root: Path, dataset: str) -> dict[str, np.ndarray]:
+    """Read torchvision's CIFAR folder under ``folder_root``.
+
+    torchvision checks the md5 of every batch file against its own table before unpickling it,
+    so only the genuine batch files are ever unpickled.
+    """
+    from torchvision import datasets as tv_datasets
+
+    cls = tv_datasets.CIFAR10 if dataset == "cifar10" else tv_datasets.CIFAR100
+    folder = folder_root / TORCHVISION_FOLDERS[dataset]
+    out: dict[str, np.ndarray] = {}
+    for train, (xk, yk) in ((True, ("x_train", "y_train")), (False, ("x_test", "y_test"))):
+        try:
+            ds = cls(root=str(folder_root), train=train, download=False)
+        except Exception as e:
+            raise DataError(
+                f"torchvision folder {folder} cannot be read ({type(e).__name__}: {e}); files are "
+                f"missing or fail torchvision's md5 check. {_refetch_hint(dataset, folder_root)}"
+            ) from e
+        out[xk] = np.asarray(ds.data)
+        out[yk] = np.asarray(ds.targets)
+    return out
+
+
+def _check_images(arrays: dict[str, np.ndarray], *, where: str, dataset: str, fix: str) -> None:
+    for xk, n in (("x_train", CIFAR_TRAIN_SIZE), ("x_test", CIFAR_TEST_SIZE)):
+        x = arrays[xk]
+        expected = (n, *IMAGE_SHAPE)
+        if x.dtype != np.uint8:
+            raise DataError(f"{where}: {xk!r} has dtype {x.dtype}, expected uint8 pixels in [0, 255]. {fix}")
+        if x.shape != expected:
+            extra = ""
+            if x.ndim == 4 and x.shape[1:] == (3, 32, 32):
+                extra = " (looks like CHW layout; images must be HWC)"
+            elif x.ndim == 4 and x.shape[1:] == IMAGE_SHAPE:
+                extra = f" ({x.shape[0]:,} images instead of {n:,}: truncated or not the full set)"
+            raise DataError(f"{where}: {xk!r} has shape {x.shape}, expected {expected}{extra}. {fix}")
+
+
+def _load_images(data_dir: Path, dataset: str, source: str) -> tuple[dict[str, np.ndarray], str]:
+    npz_path = data_dir / IMAGE_FILES[dataset]
+    tv_folder = data_dir / TORCHVISION_FOLDERS[dataset]
+    if npz_path.is_file():
+        return _read_npz(npz_path, dataset), f"image file {npz_path}"
+    if tv_folder.is_dir():
+        return _read_torchvision(data_dir, dataset), f"torchvision folder {tv_folder}"
+    raise DataNotFoundError(
+        f"no {dataset} images found in {data_dir} (data folder from {source}): looked for "
+        f"{npz_path} and {tv_folder}{'' if data_dir.is_dir() else ' (the folder does not exist)'}.\n"
+        + _how_to_get(dataset, data_dir)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset container
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class NoisyCIFAR:
+    """A CIFAR training set with one CIFAR-N label split, plus the clean test set.
+
+    Attributes:
+        train_images: uint8 [N, 32, 32, 3], HWC RGB in [0, 255].
+        train_labels: int64 [N], the split's (noisy) labels in [0, num_classes).
+        clean_labels: int64 [N], the original CIFAR labels.
+        test_images: uint8 [T, 32, 32, 3] (T = 10,000 for real data).
+        test_labels: int64 [T].
+        num_classes: 10 or 100.
+        dataset: ``"cifar10"`` or ``"cifar100"``.
+        split: canonical split name (see :data:`CIFAR10_SPLITS`, :data:`CIFAR100_SPLITS`).
+        indices: int64 [N], each row's position in the full 50,000-image training set
+            (``arange(N)`` for the full set; defaults to that when not given).
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    clean_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    dataset: str
+    split: str
+    indices: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.train_labels = np.asarray(self.train_labels, dtype=np.int64)
+        self.clean_labels = np.asarray(self.clean_labels, dtype=np.int64)
+        self.test_labels = np.asarray(self.test_labels, dtype=np.int64)
+        n = len(self.train_images)
+        if self.indices is None:
+            self.indices = np.arange(n, dtype=np.int64)
+        else:
+            self.indices = np.asarray(self.indices, dtype=np.int64)
+        for name in ("train_labels", "clean_labels", "indices"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"NoisyCIFAR: {name} has shape {getattr(self, name).shape}, expected ({n},)")
+        if self.test_labels.shape != (len(self.test_images),):
+            raise ValueError(
+                f"NoisyCIFAR: test_labels has shape {self.test_labels.shape}, "
+                f"expected ({len(self.test_images)},)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.train_labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"NoisyCIFAR(dataset={self.dataset!r}, split={self.split!r}, n_train={len(self):,}, "
+            f"n_test={len(self.test_labels):,}, num_classes={self.num_classes}, "
+            f"noise_rate={self.noise_rate:.4f})"
+        )
+
+    @property
+    def is_noisy(self) -> np.ndarray:
+        """bool [N]: True where the split's label differs from the clean label."""
+        return self.train_labels != self.clean_labels
+
+    @property
+    def noise_rate(self) -> float:
+        """Fraction of training labels that differ from the clean labels (0.0 for an empty set)."""
+        return float(self.is_noisy.mean()) if len(self) else 0.0
+
+    def subset(self, size: int | None, seed: int) -> NoisyCIFAR:
+        """A seeded uniform random subset of ``size`` training samples (test set untouched).
+
+        Rows stay in their original order (sorted indices); ``indices`` maps them back to the full
+        training set. ``size`` None or >= N returns ``self``. Same (size, seed) -> same subset.
+
+        Raises:
+            ValueError: ``size`` is not a positive integer.
+        """
+        n = len(self)
+        if size is None:
+            return self
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"subset size must be a positive integer or None, got {size!r}")
+        if size >= n:
+            return self
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(n, size=int(size), replace=False))
+        return replace(
+            self,
+            train_images=self.train_images[rows],
+            train_labels=self.train_labels[rows],
+            clean_labels=self.clean_labels[rows],
+            indices=self.indices[rows],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------
+
+
+def _fetch_label_file(dataset: str, dest: Path) -> None:
+    """Download the CIFAR-N label file to ``dest`` atomically (tmp file, validate, os.replace)."""
+    url = LABEL_URLS[dataset]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    shutil.copyfileobj(response, f)
+            except (urllib.error.URLError, OSError) as e:
+                raise DataError(
+                    f"could not download {url} to {dest} ({type(e).__name__}: {e}).\n"
+                    + _how_to_get(dataset, dest.parent)
+                ) from e
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # refuse to install a bad download (an HTML error page, a truncated transfer...)
+            load_cifar_n_labels(tmp, dataset)
+        except DataError as e:
+            raise DataError(
+                f"the file downloaded from {url} is not a valid CIFAR-N label file, so {dest} was "
+                f"not written: {e}"
+            ) from e
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _download_into(ds: str, data_dir: Path) -> Path:
+    """Implementation of :func:`download` for a canonical dataset name and a resolved folder."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    if not (data_dir / IMAGE_FILES[ds]).is_file():
+        from torchvision import datasets as tv_datasets
+
+        cls = tv_datasets.CIFAR10 if ds == "cifar10" else tv_datasets.CIFAR100
+        try:
+            for train in (True, False):
+                cls(root=str(data_dir), train=train, download=True)
+        except Exception as e:
+            raise DataError(
+                f"could not download the {ds} images into {data_dir / TORCHVISION_FOLDERS[ds]} with "
+                f"torchvision ({type(e).__name__}: {e}).\n" + _how_to_get(ds, data_dir)
+            ) from e
+
+    label_path = data_dir / LABEL_FILES[ds]
+    need = not label_path.is_file()
+    if not need:
+        try:
+            load_cifar_n_labels(label_path, ds)
+        except DataError:
+            need = True
+    if need:
+        _fetch_label_file(ds, label_path)
+    return data_dir
+
+
+def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """Fetch the images (torchvision) and the CIFAR-N label file (urllib) into the data folder.
+
+    Files already present are kept: the images are skipped when ``cifar10.npz`` / ``cifar100.npz``
+    exists (else torchvision verifies or downloads its folder); the label file is fetched when it is
+    missing or invalid, written atomically and validated before it is put in place.
+
+    Returns:
+        The data folder (see :func:`resolve_data_dir`), created if needed.
+
+    Raises:
+        DataError: a download failed (the message says how to get the data offline).
+    """
+    return _download_into(canonical_dataset(dataset), resolve_data_dir(root))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_cifar_n(
+    dataset: str, split: str, root: str | os.PathLike | None = None, *, download: bool = False
+) -> NoisyCIFAR:
+    """Load CIFAR-10/100 with one CIFAR-N label split.
+
+    Args:
+        dataset: ``"cifar10"`` or ``"cifar100"``.
+        split: ``clean aggre rand1 rand2 rand3 worst`` (CIFAR-10) or ``clean100 noisy100``
+            (CIFAR-100), or the label-file key (``"worse_label"``...).
+        root: data folder; default ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
+        download: fetch missing files first (see :func:`download`).
+
+    Returns:
+        A :class:`NoisyCIFAR` with the full training set (N = 50,000, ``indices = arange(N)``).
+        ``train_images`` uint8 [50000, 32, 32, 3]; labels int64; ``test_*`` [10000].
+
+    Raises:
+        ValueError: unknown dataset or split (lists the valid ones).
+        DataNotFoundError: images or label file missing (says where it looked and how to get them).
+        DataError: a file is corrupt, truncated, has wrong keys/shape/dtype/length, labels out of
+            range, or the label file's ``clean_label`` differs from the images' own labels
+            (a misordered copy).
+    """
+    ds = canonical_dataset(dataset)
+    sp = canonical_split(ds, split)
+    data_dir, source = _resolve_with_source(root)
+    if download:
+        _download_into(ds, data_dir)
+
+    label_path = data_dir / LABEL_FILES[ds]
+    npz_path = data_dir / IMAGE_FILES[ds]
+    tv_folder = data_dir / TORCHVISION_FOLDERS[ds]
+    has_images = npz_path.is_file() or tv_folder.is_dir()
+    if not label_path.is_file() or not has_images:
+        missing = ([] if has_images else [f"the {ds} images ({npz_path} or {tv_folder}/)"]) + (
+            [] if label_path.is_file() else [f"the CIFAR-N label file {label_path}"]
+        )
+        raise DataNotFoundError(
+            f"missing {' and '.join(missing)}; looked in {data_dir} (data folder from {source}"
+            f"{'' if data_dir.is_dir() else '; the folder does not exist'}).\n" + _how_to_get(ds, data_dir)
+        )
+    labels = load_cifar_n_labels(label_path, ds)
+
+    arrays, where = _load_images(data_dir, ds, source)
+    fix = _refetch_hint(ds, data_dir)
+    _check_images(arrays, where=where, dataset=ds, fix=fix)
+    k = NUM_CLASSES[ds]
+    y_train = _check_labels(
+        arrays["y_train"], name="y_train", where=where, n=CIFAR_TRAIN_SIZE, num_classes=k, fix=fix
+    )
+    y_test = _check_labels(
+        arrays["y_test"], name="y_test", where=where, n=CIFAR_TEST_SIZE, num_classes=k, fix=fix
+    )
+
+    clean = labels["clean_label"]
+    mismatch = clean != y_train
+    if mismatch.any():
+        first = int(np.flatnonzero(mismatch)[0])
+        raise DataError(
+            f"{where} does not match {label_path}: clean_label differs from the images' own labels "
+            f"at {int(mismatch.sum()):,} of {len(clean):,} positions (first at index {first}: "
+            f"{int(clean[first])} vs {int(y_train[first])}). The images are not in the original CIFAR "
+            f"training order (a shuffled or re-sorted copy), or the two files belong to different "
+            f"datasets. The CIFAR-N labels only fit images in torchvision's order. {fix}"
+        )
+
+    return NoisyCIFAR(
+        train_images=arrays["x_train"],
+        train_labels=labels[SPLITS[ds][sp]],
+        clean_labels=clean,
+        test_images=arrays["x_test"],
+        test_labels=y_test,
+        num_classes=k,
+        dataset=ds,
+        split=sp,
+        indices=np.arange(len(clean), dtype=np.int64),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Train / validation split
+# --------------------------------------------------------------------------------------------
+
+
+def train_val_split(n: int, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random hold-out split of ``n`` samples (the official code holds out 10%).
+
+    ``floor(n * val_ratio)`` samples (at most n - 1) go to validation, chosen by a seeded
+    permutation. Returns ``(train_idx, val_idx)``: sorted, disjoint int64 arrays covering
+    ``range(n)``. ``val_ratio = 0`` gives all of ``range(n)`` and an empty validation set.
+
+    Raises:
+        ValueError: ``n`` < 0 or ``val_ratio`` outside [0, 1).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if not (isinstance(val_ratio, (int, float, np.floating)) and 0.0 <= float(val_ratio) < 1.0):
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio!r}")
+    n = int(n)
+    n_val = int(math.floor(n * float(val_ratio) + 1e-9))
+    n_val = max(0, min(n_val, n - 1))
+    perm = np.random.default_rng(seed).permutation(n)
+    val_idx = np.sort(perm[:n_val]).astype(np.int64)
+    train_idx = np.sort(perm[n_val:]).astype(np.int64)
+    return train_idx, val_idx
