@@ -25,6 +25,10 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}; got {pair!r}")
+        words = {"true": True, "false": False, "none": None, "null": None}
+        if raw.strip().lower() in words:
+            out[key] = words[raw.strip().lower()]
+            continue
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

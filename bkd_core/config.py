@@ -13,7 +13,8 @@ import torch
 
 @dataclass
 class BKDConfig:
-    """Every setting of a run. Defaults are the official code's (method.md section 2 and 3).
+    """Every setting of a run. Defaults are the official code's (method.md section 2 and 3), except
+    ``val_normalization="own"``: CIFAR-100 validation images get CIFAR-100 constants (quirk 7 fixed).
 
     Switches for the official code's quirks (method.md section 3) that are cheap to switch:
     ``detach_teacher`` (quirk 1), ``detach_robust_target`` (2), ``loss_reduction`` (3),
@@ -62,10 +63,24 @@ class BKDConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.model_widths = tuple(int(w) for w in self.model_widths)  # type: ignore[assignment]
-        self.alphas = tuple(float(a) for a in self.alphas)  # type: ignore[assignment]
-        self.noisy_groups = tuple(int(g) for g in self.noisy_groups)
+        if isinstance(self.noisy_groups, int):
+            self.noisy_groups = (self.noisy_groups,)
+        try:
+            self.model_widths = tuple(int(w) for w in self.model_widths)  # type: ignore[assignment]
+            self.alphas = tuple(float(a) for a in self.alphas)  # type: ignore[assignment]
+            self.noisy_groups = tuple(int(g) for g in self.noisy_groups)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid BKDConfig: model_widths, alphas and noisy_groups must be sequences of numbers ({exc})") from exc
+        for name in ("augment", "detach_teacher", "detach_robust_target", "compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"invalid BKDConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise ValueError(f"invalid BKDConfig: bf16 must be True, False or None, got {self.bf16!r}")
         checks = [
+            (len(self.model_widths) == 3 and min(self.model_widths) >= 1, f"model_widths must be three positive ints, got {self.model_widths}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.otsu_bins >= 5, f"otsu_bins must be >= 5, got {self.otsu_bins}"),
+            (self.lr_step is None or self.lr_step >= 1, f"lr_step must be None or >= 1, got {self.lr_step}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
@@ -98,6 +113,10 @@ class BKDConfig:
         return cls(**data)
 
     def replace(self, **changes: Any) -> "BKDConfig":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown BKDConfig field(s) {unknown}; valid fields: {sorted(names)}")
         return dataclasses.replace(self, **changes)
 
     def fingerprint(self) -> str:

@@ -1,0 +1,205 @@
+"""Tests of bkd_core.config: defaults = method.md section 2, validation, round trips, fingerprints, profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from bkd_core.config import CPU, PAPER, PROFILES, BKDConfig, get_profile
+
+
+def test_defaults_are_the_official_settings():
+    c = BKDConfig()
+    # method.md section 2
+    assert c.model == "preresnet18"
+    assert (c.lr, c.momentum, c.weight_decay) == (0.02, 0.9, 5e-4)
+    assert (c.lr_step, c.lr_gamma) == (150, 0.1)
+    assert (c.epochs, c.batch_size) == (300, 128)
+    assert c.val_ratio == 0.1
+    assert c.alphas == (0.30, 0.45, 0.55, 0.70)
+    assert c.tipping_window == 2
+    assert c.otsu_bins == 1000 and c.otsu_criterion == "bkd"
+    assert c.noisy_groups == (4,)
+    assert c.train_size is None and c.test_size is None and c.augment is True
+    # the official code's quirks are on by default (method.md section 3)
+    assert c.detach_teacher is False and c.detach_robust_target is False
+    assert c.loss_reduction == "official" and c.score_views == "augmented"
+    assert c.tipping_fallback is None
+
+
+def test_paper_profile_is_the_defaults():
+    assert PAPER.profile == "paper"
+    assert PAPER.replace(profile="custom") == BKDConfig()
+    assert PROFILES == {"paper": PAPER, "cpu": CPU}
+    assert CPU.profile == "cpu" and CPU.model == "small_cnn"
+
+
+def test_sequences_are_normalised_to_tuples():
+    c = BKDConfig(model_widths=[8, 16, 32], alphas=[0, 1, 0.5, 0.5], noisy_groups=[3, 4])
+    assert c.model_widths == (8, 16, 32) and type(c.model_widths) is tuple
+    assert c.alphas == (0.0, 1.0, 0.5, 0.5) and all(type(a) is float for a in c.alphas)
+    assert c.noisy_groups == (3, 4) and type(c.noisy_groups) is tuple
+
+
+INVALID = [
+    ("epochs", 0),
+    ("epochs", -3),
+    ("batch_size", 0),
+    ("lr", 0.0),
+    ("lr", -0.1),
+    ("val_ratio", 1.0),
+    ("val_ratio", -0.1),
+    ("test_size", 0),
+    ("train_size", 1),
+    ("train_size", 0),
+    ("alphas", (0.3, 0.45, 0.55)),
+    ("alphas", (0.3, 0.45, 0.55, 0.7, 0.9)),
+    ("alphas", (0.3, 0.45, 0.55, 1.7)),
+    ("alphas", (-0.1, 0.45, 0.55, 0.7)),
+    ("noisy_groups", ()),
+    ("noisy_groups", (5,)),
+    ("noisy_groups", (0, 4)),
+    ("tipping_window", 0),
+    ("model", "resnet50"),
+    ("otsu_criterion", "otsu"),
+    ("loss_reduction", "sum"),
+    ("score_views", "test"),
+    ("val_normalization", "cifar100"),
+    ("val_every", 0),
+    ("test_every", 0),
+]
+
+
+@pytest.mark.parametrize("field, value", INVALID, ids=[f"{f}={v!r}" for f, v in INVALID])
+def test_invalid_values_raise_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        BKDConfig(**{field: value})
+    # also through replace() and get_profile(), which the CLI uses
+    with pytest.raises(ValueError, match=field):
+        CPU.replace(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        get_profile("paper", **{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("val_ratio", 0.0), ("train_size", 2), ("test_size", 1), ("epochs", 1),
+                                          ("noisy_groups", (1, 2, 3, 4)), ("alphas", (0, 0, 1, 1))])
+def test_boundary_values_are_accepted(field, value):
+    assert getattr(BKDConfig(**{field: value}), field) == value
+
+
+UNCHECKED = [
+    pytest.param("eval_batch_size", 0, id="eval_batch_size=0"),  # ordered_batches(..., 0) fails mid-run
+    pytest.param("otsu_bins", 2, id="otsu_bins=2"),  # the split loop needs bins 2..bins-3
+    pytest.param("model_widths", (32, 64), id="model_widths-len2"),  # only SmallCNN notices, at train time
+    pytest.param("lr_step", 0, id="lr_step=0"),  # train.py turns 0 into "constant lr" silently
+    pytest.param("detach_teacher", "false", id="detach_teacher='false'"),  # truthy string = switched ON
+]
+
+
+@pytest.mark.parametrize("field, value", UNCHECKED)
+def test_unchecked_invalid_values_raise_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        BKDConfig(model="small_cnn", **{field: value})
+
+
+def test_scalar_noisy_groups_is_accepted_or_named():
+    try:
+        c = BKDConfig(noisy_groups=4)
+    except ValueError as exc:
+        assert "noisy_groups" in str(exc)
+    else:
+        assert c.noisy_groups == (4,)
+
+
+@pytest.mark.parametrize("config", [
+    BKDConfig(),
+    CPU,
+    PAPER,
+    BKDConfig(model="small_cnn", model_widths=(4, 8, 16), tipping_fallback=7, noisy_groups=(3, 4),
+              lr_step=None, train_size=100, test_size=50, seed=3, bf16=False, extra={"note": "x", "k": [1, 2]}),
+], ids=["default", "cpu", "paper", "custom"])
+def test_to_dict_from_dict_round_trip(config):
+    d = config.to_dict()
+    assert set(d) == {f.name for f in dataclasses.fields(BKDConfig)}
+    assert BKDConfig.from_dict(d) == config
+    # through JSON (tuples become lists) as config.json is read back on resume
+    again = BKDConfig.from_dict(json.loads(json.dumps(d)))
+    assert again == config
+    assert type(again.alphas) is tuple and type(again.model_widths) is tuple and type(again.noisy_groups) is tuple
+    assert again.fingerprint() == config.fingerprint()
+
+
+def test_to_dict_is_a_copy():
+    c = BKDConfig(extra={"a": [1]})
+    d = c.to_dict()
+    d["extra"]["a"].append(2)
+    d["epochs"] = 1
+    assert c.extra == {"a": [1]} and c.epochs == 300
+
+
+def test_from_dict_rejects_unknown_fields_listing_valid_ones():
+    d = BKDConfig().to_dict()
+    d["learning_rate"] = 0.1
+    d["zzz"] = 1
+    with pytest.raises(ValueError) as exc:
+        BKDConfig.from_dict(d)
+    message = str(exc.value)
+    assert "learning_rate" in message and "zzz" in message
+    for name in ("lr", "epochs", "noisy_groups", "otsu_criterion"):
+        assert repr(name) in message
+
+
+def test_from_dict_partial_uses_defaults():
+    c = BKDConfig.from_dict({"epochs": 5, "seed": 2})
+    assert c == BKDConfig(epochs=5, seed=2)
+
+
+def test_fingerprint_ignores_device_and_speed_switches():
+    base = BKDConfig()
+    fp = base.fingerprint()
+    assert len(fp) == 12 and all(ch in "0123456789abcdef" for ch in fp)
+    assert BKDConfig().fingerprint() == fp  # deterministic
+    for change in ({"device": "cpu"}, {"device": "cuda:1"}, {"channels_last": False}, {"bf16": True},
+                   {"bf16": False}, {"compile": True}, {"eval_batch_size": 64}, {"profile": "paper"}):
+        assert base.replace(**change).fingerprint() == fp, change
+
+
+@pytest.mark.parametrize("change", [
+    {"seed": 1}, {"epochs": 299}, {"lr": 0.01}, {"batch_size": 64}, {"train_size": 1000}, {"test_size": 100},
+    {"val_ratio": 0.0}, {"alphas": (0.3, 0.45, 0.55, 0.71)}, {"noisy_groups": (3, 4)}, {"otsu_criterion": "classic"},
+    {"detach_teacher": True}, {"detach_robust_target": True}, {"loss_reduction": "mean"}, {"score_views": "clean"},
+    {"augment": False}, {"model": "small_cnn"}, {"lr_step": None}, {"tipping_fallback": 10}, {"otsu_bins": 500},
+    {"momentum": 0.0}, {"weight_decay": 0.0},
+], ids=lambda c: ",".join(c))
+def test_fingerprint_changes_with_result_changing_settings(change):
+    assert BKDConfig().replace(**change).fingerprint() != BKDConfig().fingerprint()
+
+
+def test_get_profile_and_overrides():
+    c = get_profile("cpu", seed=3, epochs=2, device="cpu")
+    assert (c.seed, c.epochs, c.device, c.profile) == (3, 2, "cpu", "cpu")
+    assert c.model == CPU.model and c.train_size == CPU.train_size
+    assert CPU.seed == 0 and CPU.epochs != 2  # the profile itself is not mutated
+    assert get_profile("paper") == PAPER
+    assert get_profile("cpu") == CPU and get_profile("cpu") is not CPU
+
+
+def test_get_profile_unknown_name_lists_profiles():
+    with pytest.raises(ValueError) as exc:
+        get_profile("gpu")
+    message = str(exc.value)
+    assert "'gpu'" in message and "cpu" in message and "paper" in message
+
+
+def test_get_profile_unknown_override_field_raises():
+    with pytest.raises((TypeError, ValueError), match="learning_rate"):
+        get_profile("cpu", learning_rate=0.1)
+
+
+def test_resolved_device():
+    assert BKDConfig(device="cpu").resolved_device() == torch.device("cpu")
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert BKDConfig(device="auto").resolved_device() == expected
