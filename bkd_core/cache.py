@@ -1,0 +1,32 @@
+"""A run cache: runs that several chapters need are trained once, keyed by their configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from .config import BKDConfig
+from .data import NoisyCIFAR
+from .train import RunResult, train_bkd, train_ce
+
+DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "runs" / "cache"
+
+
+def cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$BKD_RUN_CACHE``, else ``runs/cache`` in the repository."""
+    return Path(root or os.environ.get("BKD_RUN_CACHE") or DEFAULT_CACHE)
+
+
+def run_key(kind: str, data: NoisyCIFAR, config: BKDConfig) -> str:
+    """Folder name of a run: method, dataset, split and the configuration's fingerprint."""
+    return f"{kind}-{data.dataset}-{data.split}-{config.fingerprint()}"
+
+
+def cached_run(kind: Literal["bkd", "ce"], data: NoisyCIFAR, config: BKDConfig,
+               root: str | os.PathLike | None = None, *, progress: bool = True) -> RunResult:
+    """Train (or resume, or just load) the ``kind`` run of ``config`` on ``data`` in the cache."""
+    if kind not in ("bkd", "ce"):
+        raise ValueError(f"kind must be 'bkd' or 'ce', got {kind!r}")
+    trainer = train_bkd if kind == "bkd" else train_ce
+    return trainer(data, config, cache_dir(root) / run_key(kind, data, config), progress=progress)
