@@ -10,12 +10,19 @@ from .config import BKDConfig
 from .data import NoisyCIFAR
 from .train import RunResult, train_bkd, train_ce
 
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "runs" / "cache"
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache() -> Path:
+    if (_CHECKOUT / "_toc.yml").is_file():  # running from a checkout of the book
+        return _CHECKOUT / "runs" / "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bkd_core" / "runs"
 
 
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else ``$BKD_RUN_CACHE``, else ``runs/cache`` in the repository."""
-    return Path(root or os.environ.get("BKD_RUN_CACHE") or DEFAULT_CACHE)
+    """``root``, else ``$BKD_RUN_CACHE``, else ``runs/cache`` in a checkout, else a user cache folder."""
+    return Path(root or os.environ.get("BKD_RUN_CACHE") or _default_cache())
 
 
 def run_key(kind: str, data: NoisyCIFAR, config: BKDConfig) -> str:

@@ -74,8 +74,7 @@ class SmallCNN(nn.Module):
     Input: float [B, 3, 32, 32]. Output: logits [B, num_classes].
     """
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), pool: str = "avg",
-                 logit_scale: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128)) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"SmallCNN needs three positive channel widths, got {tuple(widths)}")
@@ -85,13 +84,12 @@ class SmallCNN(nn.Module):
             *_conv_bn_relu(w0, w1), nn.MaxPool2d(2),
             *_conv_bn_relu(w1, w2), nn.MaxPool2d(2),
             *_conv_bn_relu(w2, w2), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.linear = nn.Linear(w2, num_classes)
-        self.logit_scale = logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x)) * self.logit_scale
+        return self.linear(self.features(x))
 
 
 MODEL_NAMES = ("preresnet18", "small_cnn")
