@@ -2,33 +2,40 @@
 """Throughput of a BKD training epoch: the official pipeline (reconstructed) vs. bkd_core's.
 
 One run, one machine, side by side (issue 4). Both pipelines train the same network pair
-(teacher + student, ``bkd_core.models.build_model``) with batch 128 and one SGD optimizer over
-both networks, on the same images:
+(teacher + student, ``bkd_core/models.py``) with batch 128 and one SGD optimizer over both
+networks (lr 0.02, momentum 0.9, weight decay 5e-4), on the same images:
 
 (a) ``official``: a reconstruction of the official code's pipeline, written from method.md (not
     copied): a CIFAR-10 ``Dataset`` that turns each uint8 HWC array into a PIL image with
     ``Image.fromarray`` (as ``torchvision.datasets.CIFAR10.__getitem__``) and applies
     ``Compose([RandomHorizontalFlip(), RandomCrop(32, 4, padding_mode="reflect"), ToTensor(),
-    Normalize(mean, std)])``; a ``DataLoader(batch_size=128, shuffle=True, num_workers=<cores>)``
-    (new worker processes every epoch, as there); fp32, NCHW; teacher and student forward passes
-    separately; per batch the compensation loss (masked squared difference / (B*C - 1)), the
-    agreement softmax, per-sample scores written into device containers by dataset index, the
+    Normalize(mean, std)])``; ``DataLoader(batch_size=128, shuffle=True, num_workers=<cores>)``
+    (fresh worker processes every epoch, as there); fp32, NCHW; teacher and student forward
+    passes separately; per batch the compensation loss (masked squared difference / (B*C - 1)),
+    the agreement softmax, per-sample scores written into device containers by dataset index, the
     sum of the student's max probability, cross-entropy on the teacher, and one host
-    synchronisation (``loss.item()``, as the official code's python-side loss accumulator).
+    synchronisation (``loss.item()``, like the official code's python-side loss accumulator).
 (b) ``bkd_core``: ``bkd_core.train._BKDTrainer.train_epoch()`` itself (device-resident uint8
     images, batched flip/crop by index arithmetic, on-device normalization, channels_last, scores
-    accumulated on the device, no host synchronisation inside the epoch), with augmentation on.
+    accumulated on the device, no host synchronisation inside the epoch), augmentation on.
 
-Runs are interleaved a, b, a, b, ... and the median is reported, so that load from other
-processes on this shared machine affects both alike. Also reported: model FLOPs of one training
-step (``torch.utils.flop_counter.FlopCounterMode``) turned into achieved FLOP/s, against this
-machine's measured fp32 matmul peak; the peak RSS of a ``cpu``-profile run (in a subprocess);
-optionally (``--profile``) a torch.profiler breakdown of one bkd_core epoch.
+Each pipeline runs in its own worker subprocess (so each has its own process environment, thread
+pools and allocator; the official worker does not import the ``bkd_core`` package, only
+``bkd_core/models.py`` by path, so nothing bkd_core does at import time leaks into it). The parent
+interleaves the timed passes (a, b, a, b, ...) and reports the median, so that load from other
+processes on a shared machine affects both alike. ``--variant LABEL=PIPELINE:KEY=VALUE,...`` adds
+pipelines run with extra environment variables (e.g. ``OMP_WAIT_POLICY=PASSIVE``); ``--passive``
+adds that variant of both pipelines.
+
+Also reported: model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``)
+turned into achieved FLOP/s, against this machine's measured fp32 matmul peak; the peak RSS of a
+``cpu``-profile run (own subprocess); with ``--profile`` a torch.profiler table and a per-phase
+wall-time breakdown of one bkd_core epoch.
 
 Usage (from the repository root)::
 
-    BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn
-    BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model preresnet18
+    BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --passive
+    BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model preresnet18 --passive
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --profile --repeats 0
 
 Without ``BKD_DATA_DIR`` the images are random uint8 (a note is printed); speed does not depend
@@ -38,6 +45,7 @@ on the pixel values.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -50,54 +58,80 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bkd_core.augment import NORMALIZATION  # noqa: E402
-from bkd_core.config import get_profile  # noqa: E402
-from bkd_core.data import NoisyCIFAR  # noqa: E402
-from bkd_core.models import build_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = "@@RESULT "
+#: the official code's CIFAR-10 normalization (method.md section 2)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-# ------------------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------------------
-def load_data(seed: int = 0) -> tuple[NoisyCIFAR, str]:
-    """Real CIFAR-10N (worst) from $BKD_DATA_DIR, else random uint8 images of the same shape."""
-    if os.environ.get("BKD_DATA_DIR"):
-        from bkd_core.data import load_cifar_n
-
-        return load_cifar_n("cifar10", "worst"), f"CIFAR-10N worst from {os.environ['BKD_DATA_DIR']}"
-    print("NOTE: BKD_DATA_DIR is not set: using random uint8 images and labels (throughput does not "
-          "depend on pixel values; set BKD_DATA_DIR=/path/to/data for real CIFAR-10N)", flush=True)
-    rng = np.random.default_rng(seed)
-    n, n_test = 50_000, 1_000
-    clean = rng.integers(0, 10, n).astype(np.int64)
-    noisy = np.where(rng.random(n) < 0.4, rng.integers(0, 10, n), clean).astype(np.int64)
-    return NoisyCIFAR(
-        train_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), train_labels=noisy,
-        clean_labels=clean, test_images=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
-        test_labels=rng.integers(0, 10, n_test).astype(np.int64), num_classes=10, dataset="cifar10",
-        split="worst", indices=np.arange(n, dtype=np.int64)), "random uint8 images (BKD_DATA_DIR unset)"
+def _models_module() -> Any:
+    """``bkd_core/models.py`` loaded by path, without importing the ``bkd_core`` package."""
+    spec = importlib.util.spec_from_file_location("_bench_models", ROOT / "bkd_core" / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def sync(device: torch.device) -> None:
+def _status_kib(field: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sync(device: Any) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------------------
+# data (parent): real CIFAR-10N or random images, written to an npz for the workers
+# ------------------------------------------------------------------------------------------------
+def load_subset(n_images: int, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
+    """``n_images`` training images (uint8 [n, 32, 32, 3]) and labels: a seeded subset of CIFAR-10N
+    worst from $BKD_DATA_DIR, else random uint8 images (with a printed note)."""
+    if os.environ.get("BKD_DATA_DIR"):
+        sys.path.insert(0, str(ROOT))
+        from bkd_core.data import load_cifar_n
+
+        data = load_cifar_n("cifar10", "worst").subset(n_images, seed=seed)
+        source = f"CIFAR-10N worst (real images) from BKD_DATA_DIR={os.environ['BKD_DATA_DIR']}"
+        arrays = {"images": data.train_images, "labels": data.train_labels, "clean": data.clean_labels}
+    else:
+        print("NOTE: BKD_DATA_DIR is not set: using random uint8 images and labels (throughput does not "
+              "depend on pixel values; set BKD_DATA_DIR=/path/to/data for real CIFAR-10N)", flush=True)
+        rng = np.random.default_rng(seed)
+        clean = rng.integers(0, 10, n_images).astype(np.int64)
+        noisy = np.where(rng.random(n_images) < 0.4, rng.integers(0, 10, n_images), clean).astype(np.int64)
+        arrays = {"images": rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8), "labels": noisy,
+                  "clean": clean}
+        source = "random uint8 images (BKD_DATA_DIR unset)"
+    if len(arrays["labels"]) < n_images:
+        raise SystemExit(f"asked for {n_images} images, the data has only {len(arrays['labels'])}")
+    return arrays, source
+
+
+# ------------------------------------------------------------------------------------------------
 # (a) the official pipeline, reconstructed
 # ------------------------------------------------------------------------------------------------
-class OfficialCIFAR10Train(Dataset):
+class OfficialCIFAR10Train:
     """CIFAR-10 training set as torchvision's ``CIFAR10``: uint8 HWC arrays -> PIL -> transform.
 
-    Returns ``(image, target, index)``: the official training loop needs each sample's dataset
-    index to write its score into the per-sample containers.
+    Returns ``(image, target, index)``: the official loop needs each sample's dataset index to
+    write its score into the per-sample containers.
     """
 
     def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
@@ -108,7 +142,9 @@ class OfficialCIFAR10Train(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        from PIL import Image
+
         img, target = self.data[index], self.targets[index]
         img = Image.fromarray(img)  # as torchvision.datasets.CIFAR10.__getitem__
         img = self.transform(img)
@@ -118,45 +154,52 @@ class OfficialCIFAR10Train(Dataset):
 def official_transform() -> Callable:
     from torchvision import transforms
 
-    mean, std = NORMALIZATION["cifar10"]
     return transforms.Compose([
         transforms.RandomHorizontalFlip(),
         transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
         transforms.ToTensor(),
-        transforms.Normalize(mean, std),
+        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
     ])
 
 
 class OfficialPipeline:
     """Teacher + student trained as in the official loop, fed by a PIL DataLoader."""
 
-    def __init__(self, data: NoisyCIFAR, model: str, widths: tuple[int, int, int], batch_size: int,
-                 workers: int, device: torch.device, seed: int = 0) -> None:
-        self.device = device
-        self.dataset = OfficialCIFAR10Train(data.train_images, data.train_labels, official_transform())
-        self.batch_size, self.workers = batch_size, workers
-        self.num_classes = data.num_classes
+    def __init__(self, images: np.ndarray, labels: np.ndarray, model: str, widths: tuple[int, int, int],
+                 batch_size: int, workers: int, device: str = "cpu", num_classes: int = 10, seed: int = 0) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.dataset = OfficialCIFAR10Train(images, labels, official_transform())
+        # attribution knobs (not part of the official pipeline; used only through --variant):
+        # BENCH_CHANNELS_LAST=1 runs the networks channels_last, BENCH_WORKERS=k overrides the worker count
+        self.channels_last = os.environ.get("BENCH_CHANNELS_LAST") == "1"
+        workers = int(os.environ.get("BENCH_WORKERS", workers))
+        self.batch_size, self.workers, self.num_classes = batch_size, workers, num_classes
+        build_model = _models_module().build_model
         torch.manual_seed(seed)
-        self.teacher = build_model(model, self.num_classes, widths).to(device)
-        self.student = build_model(model, self.num_classes, widths).to(device)
+        self.teacher = build_model(model, num_classes, widths).to(self.device)
+        self.student = build_model(model, num_classes, widths).to(self.device)
+        if self.channels_last:
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+            self.student = self.student.to(memory_format=torch.channels_last)
         params = list(self.teacher.parameters()) + list(self.student.parameters())
         self.optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
         n = len(self.dataset)
         # per-sample containers on the device, indexed by dataset index
-        self.agreement = torch.zeros(n, device=device)
-        self.teacher_p = torch.zeros(n, device=device)
-        self.student_p = torch.zeros(n, device=device)
+        self.agreement = torch.zeros(n, device=self.device)
+        self.teacher_p = torch.zeros(n, device=self.device)
+        self.student_p = torch.zeros(n, device=self.device)
 
-    def loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.workers,
-                          pin_memory=self.device.type == "cuda", drop_last=False)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: Any, y: Any, idx: Any) -> tuple[Any, Any]:
         """One official training step; returns (loss, sum of the student's max probability) on the device."""
+        import torch
+        import torch.nn.functional as F
+
         b, c = x.shape[0], self.num_classes
         z_t = self.teacher(x)
         z_s = self.student(x)
-        mask = 1.0 - F.one_hot(y, c).float()  # all classes except the given label
+        mask = 1.0 - F.one_hot(y, c).float()  # every class except the given label
         compensation = (((z_t - z_s) ** 2) * mask).sum() / (b * c - 1)  # not detached (quirk 1)
         p_t = F.softmax(z_t, dim=1)
         p_s = F.softmax(z_s, dim=1)
@@ -174,20 +217,39 @@ class OfficialPipeline:
         self.optimizer.step()
         return loss, max_student
 
+    def data_only(self) -> int:
+        """One pass of the input pipeline alone (PIL DataLoader, no networks); returns the images seen."""
+        from torch.utils.data import DataLoader
+
+        seen = 0
+        for x, y, idx in DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.workers,
+                                    pin_memory=self.device.type == "cuda"):
+            x, y, idx = (t.to(self.device, non_blocking=True) for t in (x, y, idx))
+            seen += x.shape[0]
+        _sync(self.device)
+        return seen
+
     def run(self, n_images: int | None = None) -> int:
-        """One epoch over the first ``n_images`` samples (all by default); returns images seen."""
-        dataset = self.dataset if n_images is None else torch.utils.data.Subset(self.dataset, range(n_images))
+        """One epoch over the first ``n_images`` samples (all by default); returns the images seen."""
+        import torch
+        from torch.utils.data import DataLoader, Subset
+
+        dataset = self.dataset if n_images is None else Subset(self.dataset, range(n_images))
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda")
         self.teacher.train()
         self.student.train()
         loss_sum, max_sum, seen = 0.0, torch.zeros((), device=self.device), 0
-        for x, y, idx in self.loader(dataset):
+        for x, y, idx in loader:
             x, y, idx = (t.to(self.device, non_blocking=True) for t in (x, y, idx))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             loss, max_student = self.step(x, y, idx)
             loss_sum += loss.item() * x.shape[0]  # per-batch host synchronisation, as the official code
             max_sum += max_student
             seen += x.shape[0]
-        _ = float(max_sum) / max(seen, 1)  # epoch statistic (mean max student probability)
-        sync(self.device)
+        _ = float(max_sum) / max(seen, 1)  # the epoch statistic (mean max student probability)
+        _sync(self.device)
         return seen
 
 
@@ -195,191 +257,310 @@ class OfficialPipeline:
 # (b) bkd_core's pipeline
 # ------------------------------------------------------------------------------------------------
 class BKDCorePipeline:
-    """``_BKDTrainer.train_epoch()``, on a subset of ``n`` images with augmentation on."""
+    """``_BKDTrainer.train_epoch()`` on all given images (val_ratio 0), augmentation on."""
 
-    def __init__(self, data: NoisyCIFAR, model: str, widths: tuple[int, int, int], batch_size: int,
-                 run_dir: Path, device: str, seed: int = 0, **overrides: Any) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, clean: np.ndarray, model: str,
+                 widths: tuple[int, int, int], batch_size: int, run_dir: Path, device: str = "cpu",
+                 seed: int = 0) -> None:
+        sys.path.insert(0, str(ROOT))
+        from bkd_core.config import get_profile
+        from bkd_core.data import NoisyCIFAR
         from bkd_core.train import _BKDTrainer
 
+        data = NoisyCIFAR(train_images=images, train_labels=labels, clean_labels=clean,
+                          test_images=images[:64], test_labels=labels[:64], num_classes=10, dataset="cifar10",
+                          split="worst")
         cfg = get_profile("cpu", model=model, model_widths=widths, batch_size=batch_size, train_size=None,
-                          val_ratio=0.0, test_size=100, augment=True, seed=seed, device=device, **overrides)
+                          val_ratio=0.0, test_size=None, augment=True, seed=seed, device=device)
         self.trainer = _BKDTrainer(data, cfg, run_dir, progress=False)
         self.device = self.trainer.device
 
     def run(self, n_images: int | None = None) -> int:
+        """One ``train_epoch()`` over the first ``n_images`` training rows (all by default)."""
         t = self.trainer
         full = (t.train_rows, t.train_labels, t.n_train)
         if n_images is not None:  # warm-up on a prefix of the rows
             t.train_rows, t.train_labels, t.n_train = full[0][:n_images], full[1][:n_images], n_images
         try:
-            for net in t.networks.values():
+            for net in t.networks.values():  # as _Trainer.run() before each epoch
                 net.train()
             out = t.train_epoch()
             _ = {k: v.float().cpu() for k, v in out.items()}  # what run() does at the epoch end
-            sync(self.device)
+            _sync(self.device)
             return t.n_train
         finally:
             t.train_rows, t.train_labels, t.n_train = full
 
+    def data_only(self) -> int:
+        """One pass of the input pipeline alone (gather, flip/crop, normalize; no networks)."""
+        from bkd_core.augment import shuffled_batches
+
+        t = self.trainer
+        for pos in shuffled_batches(t.n_train, t.config.batch_size, t.generator, t.device):
+            t.batch_inputs(t.train_rows[pos], augment=True)
+            _ = t.train_labels[pos]
+        _sync(self.device)
+        return t.n_train
+
+    def profile(self, rows: int) -> dict[str, float]:
+        """Print a torch.profiler table of one epoch, then time its phases; returns the phase times."""
+        from torch.profiler import ProfilerActivity, profile
+
+        self.run()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.run()
+        averages = prof.key_averages()
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+        total = sum(e.self_cpu_time_total for e in averages)
+        groups: dict[str, float] = {}
+        for e in averages:
+            groups[_op_category(e.key)] = groups.get(_op_category(e.key), 0.0) + e.self_cpu_time_total
+        print("\nself CPU time of one bkd_core epoch by operator category (torch.profiler):")
+        print("| category | ms | share |\n| --- | ---: | ---: |")
+        for g, v in sorted(groups.items(), key=lambda kv: -kv[1]):
+            print(f"| {g} | {v / 1e3:.1f} | {100 * v / total:.1f}% |")
+        phases = self.phase_times()
+        wall = sum(phases.values())
+        print(f"\nwall time of one bkd_core epoch by phase ({self.trainer.n_train} images, {wall:.2f} s; the calls "
+              "of train_epoch, timed one by one):")
+        print("| phase | s | share |\n| --- | ---: | ---: |")
+        for k, v in phases.items():
+            print(f"| {k} | {v:.3f} | {100 * v / wall:.1f}% |")
+        return phases
+
+    def phase_times(self) -> dict[str, float]:
+        """Wall time per phase of one epoch: the same calls as ``train_epoch`` (phase 1), timed one by one."""
+        import torch
+        import torch.nn.functional as F
+        from bkd_core.augment import shuffled_batches
+        from bkd_core.method import agreement_probability, blind_distillation_loss
+
+        t = self.trainer
+        cfg, dev = t.config, t.device
+        keys = ("augment + normalize", "forward (2 nets)", "losses", "backward", "optimizer step",
+                "score bookkeeping")
+        times = dict.fromkeys(keys, 0.0)
+        for net in t.networks.values():
+            net.train()
+        agree = torch.zeros(t.n_train, device=dev)
+        sums = torch.zeros(4, device=dev)
+        clock = time.perf_counter
+        for pos in shuffled_batches(t.n_train, cfg.batch_size, t.generator, dev):
+            s0 = clock()
+            x = t.batch_inputs(t.train_rows[pos], augment=True)
+            y = t.train_labels[pos]
+            s1 = clock()
+            z_t = t.forward["teacher"](x)
+            z_s = t.forward["student"](x)
+            s2 = clock()
+            comp = blind_distillation_loss(z_t, z_s, y)
+            probs_s = z_s.softmax(1)
+            ce = F.cross_entropy(z_t, y)
+            loss = ce + comp
+            s3 = clock()
+            t.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            s4 = clock()
+            t.optimizer.step()
+            s5 = clock()
+            with torch.no_grad():
+                rows = torch.arange(len(y), device=dev)
+                agree[pos] = agreement_probability(z_t, z_s)[rows, y]
+                sums += torch.stack([ce.detach() * len(y), comp.detach() * len(y),
+                                     probs_s.detach().max(1).values.sum(), torch.tensor(float(len(y)))])
+            _sync(dev)
+            s6 = clock()
+            for key, a, b in zip(keys, (s0, s1, s2, s3, s4, s5), (s1, s2, s3, s4, s5, s6)):
+                times[key] += b - a
+        return times
+
+
+def _op_category(name: str) -> str:
+    if any(k in name for k in ("convolution", "conv2d", "Convolution", "mkldnn_conv")):
+        return "convolution (fwd+bwd)"
+    if "batch_norm" in name or "BatchNorm" in name:
+        return "batch norm (fwd+bwd)"
+    if any(k in name for k in ("relu", "threshold", "Relu", "Threshold", "clamp_min")):
+        return "relu (fwd+bwd)"
+    if "pool" in name or "Pool" in name:
+        return "pooling (fwd+bwd)"
+    if any(k in name for k in ("addmm", "aten::mm", "MmBackward", "AddmmBackward", "aten::t")):
+        return "linear layer"
+    if any(k in name for k in ("sgd", "Optimizer", "_foreach", "zero_grad")):
+        return "optimizer (SGD step, zero_grad)"
+    if any(k in name for k in ("index", "gather", "remainder", "where", "randint", "rand", "randperm",
+                               "permute", "IndexBackward")):
+        return "indexing / augmentation / RNG"
+    if any(k in name for k in ("copy_", "contiguous", "clone", "aten::to", "empty", "_to_copy")):
+        return "copies / layout conversion / allocation"
+    return "other (losses, softmax, elementwise, autograd bookkeeping)"
+
 
 # ------------------------------------------------------------------------------------------------
-# FLOPs, peak, memory
+# worker subprocess: one pipeline, driven by commands on stdin
 # ------------------------------------------------------------------------------------------------
-def step_flops(model: str, widths: tuple[int, int, int], batch_size: int, num_classes: int = 10) -> float:
-    """Model FLOPs of one official training step (forward + backward of teacher and student)."""
+def worker(args: argparse.Namespace) -> None:
+    if args.worker == "bkd_core":
+        # import bkd_core before torch, as `python -m bkd_core` does, so that anything the package
+        # sets up before torch (and its OpenMP runtime) loads takes effect here too
+        sys.path.insert(0, str(ROOT))
+        import bkd_core  # noqa: F401
+    import torch
+
+    with np.load(args.data) as f:
+        images, labels, clean = f["images"], f["labels"], f["clean"]
+    widths = tuple(args.widths)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.worker == "official":
+            pipe: Any = OfficialPipeline(images, labels, args.model, widths, args.batch_size, args.workers, args.device)
+        else:
+            pipe = BKDCorePipeline(images, labels, clean, args.model, widths, args.batch_size, Path(tmp) / "run",
+                                   args.device)
+        info = {"torch_threads": torch.get_num_threads(), "pid": os.getpid(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
+        if args.worker == "official":
+            info.update(loader_workers=pipe.workers, channels_last=pipe.channels_last)
+        print(RESULT + json.dumps(info), flush=True)
+        for line in sys.stdin:
+            cmd = line.split()
+            if not cmd:
+                continue
+            if cmd[0] == "quit":
+                print(RESULT + json.dumps({"vmhwm_kib": _status_kib("VmHWM")}), flush=True)
+                return
+            start, cpu0, children0 = time.perf_counter(), time.process_time(), _children_cpu()
+            if cmd[0] == "run":
+                seen = pipe.run(int(cmd[1]) if len(cmd) > 1 else None)
+                # CPU time of this process plus its reaped children (the official DataLoader workers,
+                # joined at the end of each epoch)
+                out = {"images": seen, "seconds": time.perf_counter() - start,
+                       "cpu_seconds": time.process_time() - cpu0 + _children_cpu() - children0,
+                       "loadavg": os.getloadavg()[0]}
+            elif cmd[0] == "data":
+                seen = pipe.data_only()
+                out = {"images": seen, "seconds": time.perf_counter() - start}
+            elif cmd[0] == "profile":
+                out = {"phases": pipe.profile(int(cmd[1]))}
+            else:
+                out = {"error": f"unknown command {cmd}"}
+            print(RESULT + json.dumps(out), flush=True)
+
+
+class Worker:
+    """Parent-side handle of a worker subprocess."""
+
+    def __init__(self, label: str, pipeline: str, env: dict[str, str], args: argparse.Namespace, data: Path) -> None:
+        self.label, self.pipeline, self.env = label, pipeline, env
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", pipeline, "--data", str(data),
+               "--model", args.model, "--widths", *map(str, args.widths), "--batch-size", str(args.batch_size),
+               "--workers", str(args.workers), "--device", args.device]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env}, cwd=ROOT)
+        self.info = self._result()
+
+    def _result(self) -> dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith(RESULT):
+                return json.loads(line[len(RESULT):])
+            print(f"[{self.label}] {line}", end="", flush=True)
+        raise RuntimeError(f"worker {self.label} exited with code {self.proc.wait()}")
+
+    def call(self, command: str) -> dict[str, Any]:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._result()
+
+    def close(self) -> dict[str, Any]:
+        out = self.call("quit")
+        self.proc.wait(timeout=60)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs, matmul peak, memory
+# ------------------------------------------------------------------------------------------------
+def step_flops(model: str, widths: tuple[int, int, int], batch_size: int) -> float:
+    """Model FLOPs of one training step (forward + backward of teacher and student) at ``batch_size``."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    data = NoisyCIFAR(
-        train_images=np.zeros((batch_size, 32, 32, 3), np.uint8), train_labels=np.zeros(batch_size, np.int64),
-        clean_labels=np.zeros(batch_size, np.int64), test_images=np.zeros((1, 32, 32, 3), np.uint8),
-        test_labels=np.zeros(1, np.int64), num_classes=num_classes, dataset="cifar10", split="worst",
-        indices=np.arange(batch_size, dtype=np.int64))
-    pipe = OfficialPipeline(data, model, widths, batch_size, 0, torch.device("cpu"))
-    x = torch.randn(batch_size, 3, 32, 32)
-    y = torch.randint(0, num_classes, (batch_size,))
+    zeros = np.zeros((batch_size, 32, 32, 3), np.uint8)
+    pipe = OfficialPipeline(zeros, np.zeros(batch_size, np.int64), model, widths, batch_size, 0)
+    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
     counter = FlopCounterMode(display=False)
     with counter:
         pipe.step(x, y, torch.arange(batch_size))
     return float(counter.get_total_flops())
 
 
-def matmul_peak(n: int = 2048, reps: int = 10, trials: int = 5) -> float:
-    """Measured fp32 matmul FLOP/s (best of ``trials`` timings of ``reps`` n x n @ n x n products)."""
+def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 4) -> dict[int, float]:
+    """Measured fp32 matmul FLOP/s per torch thread count (best of ``trials`` x ``reps`` n^3 products)."""
+    import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
+    before = torch.get_num_threads()
+    out: dict[int, float] = {}
+    for threads in sorted({1, before}):
+        torch.set_num_threads(threads)
         torch.mm(a, b)
-    best = 0.0
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
-    return best
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
+        best = 0.0
+        for _ in range(trials):
+            start = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+        out[threads] = best
+    torch.set_num_threads(before)
+    return out
 
 
 def rss_child(epochs: int) -> None:
-    """Run a ``cpu``-profile BKD training (``epochs`` epochs) and print peak RSS as one JSON line."""
+    """Run a ``cpu``-profile BKD training (``epochs`` epochs) and print the peak RSS as one JSON line."""
+    import resource
+
+    sys.path.insert(0, str(ROOT))
+    from bkd_core.config import get_profile
     from bkd_core.train import train_bkd
 
-    base = _status_kib("VmRSS")
-    data, source = load_data()
-    after_load = _status_kib("VmRSS")
+    after_imports = _status_kib("VmRSS")
+    if os.environ.get("BKD_DATA_DIR"):
+        from bkd_core.data import load_cifar_n
+
+        data, source = load_cifar_n("cifar10", "worst"), "CIFAR-10N worst"
+    else:  # random data of the real size
+        from bkd_core.data import NoisyCIFAR
+
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, 10, 50_000)
+        data = NoisyCIFAR(rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8), labels, labels,
+                          rng.integers(0, 256, (10_000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 10_000),
+                          10, "cifar10", "worst")
+        source = "random images of CIFAR-10's size"
+    after_data = _status_kib("VmRSS")
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         train_bkd(data, get_profile("cpu", epochs=epochs), tmp, progress=False)
     print(json.dumps({"vmhwm_kib": _status_kib("VmHWM"),
-                      "maxrss_kib": __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss,
-                      "rss_after_imports_kib": base, "rss_after_data_kib": after_load, "epochs": epochs,
-                      "source": source}))
+                      "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "rss_after_imports_kib": after_imports, "rss_after_data_kib": after_data,
+                      "epochs": epochs, "seconds": time.perf_counter() - start, "source": source}))
 
 
 def measure_rss(epochs: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--rss-child", "--rss-epochs", str(epochs)],
-                         capture_output=True, text=True, check=True, env=os.environ.copy())
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rss-child", "--rss-epochs", str(epochs)],
+                         capture_output=True, text=True, env=os.environ.copy(), cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"RSS child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# ------------------------------------------------------------------------------------------------
-# profile of one bkd_core epoch
-# ------------------------------------------------------------------------------------------------
-MODEL_OP_PREFIXES = (
-    "aten::conv", "aten::_convolution", "aten::mkldnn_convolution", "aten::convolution_backward",
-    "aten::_slow_conv2d", "aten::thnn_conv2d",
-    "aten::batch_norm", "aten::_batch_norm", "aten::native_batch_norm", "aten::cudnn_batch_norm",
-    "aten::relu", "aten::threshold_backward", "aten::max_pool2d", "aten::adaptive_max_pool2d",
-    "aten::avg_pool2d", "aten::linear", "aten::addmm", "aten::mm", "aten::t", "aten::add_", "aten::add",
-    "autograd::engine::evaluate_function: ConvolutionBackward", "autograd::engine::evaluate_function: NativeBatchNorm",
-)
-
-
-def profile_bkd_epoch(pipe: BKDCorePipeline, top: int) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    pipe.run()  # warm-up
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
-        pipe.run()
-    averages = prof.key_averages()
-    print(averages.table(sort_by="self_cpu_time_total", row_limit=top))
-    total = sum(e.self_cpu_time_total for e in averages)
-    groups: dict[str, float] = {}
-    for e in averages:
-        name = e.key
-        if any(k in name for k in ("convolution", "conv2d", "Convolution", "mkldnn_conv")):
-            g = "convolution (fwd+bwd)"
-        elif "batch_norm" in name or "BatchNorm" in name:
-            g = "batch norm (fwd+bwd)"
-        elif any(k in name for k in ("relu", "threshold", "Relu", "Threshold", "clamp_min")):
-            g = "relu (fwd+bwd)"
-        elif "pool" in name or "Pool" in name:
-            g = "pooling (fwd+bwd)"
-        elif any(k in name for k in ("addmm", "aten::mm", "MmBackward", "AddmmBackward")):
-            g = "linear layer"
-        elif any(k in name for k in ("sgd", "Optimizer", "_foreach", "zero_grad")):
-            g = "optimizer (SGD step, zero_grad)"
-        elif any(k in name for k in ("index", "gather", "remainder", "where", "randint", "rand", "randperm",
-                                     "permute", "IndexBackward")):
-            g = "indexing / augmentation / RNG"
-        elif any(k in name for k in ("copy_", "contiguous", "clone", "to_", "aten::to", "empty", "_to_copy")):
-            g = "copies / layout conversion / allocation"
-        else:
-            g = "other (losses, softmax, elementwise, autograd bookkeeping)"
-        groups[g] = groups.get(g, 0.0) + e.self_cpu_time_total
-    print("\nself CPU time of one bkd_core epoch by category (torch.profiler, all threads summed):")
-    print("| category | ms | share |\n| --- | ---: | ---: |")
-    for g, t in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"| {g} | {t / 1e3:.1f} | {100 * t / total:.1f}% |")
-
-
-def breakdown_bkd_epoch(pipe: BKDCorePipeline) -> dict[str, float]:
-    """Wall time of one bkd_core epoch split by phase: the same calls as ``train_epoch``, timed one by one."""
-    from bkd_core.augment import shuffled_batches
-    from bkd_core.method import agreement_probability, blind_distillation_loss
-
-    t = pipe.trainer
-    cfg, dev = t.config, t.device
-    times = {"augment + normalize": 0.0, "forward (2 nets)": 0.0, "losses": 0.0, "backward": 0.0,
-             "optimizer step": 0.0, "score bookkeeping": 0.0}
-    for net in t.networks.values():
-        net.train()
-    agree = torch.zeros(t.n_train, device=dev)
-    clock = time.perf_counter
-    for pos in shuffled_batches(t.n_train, cfg.batch_size, t.generator, dev):
-        s0 = clock()
-        x = t.batch_inputs(t.train_rows[pos], augment=True)
-        y = t.train_labels[pos]
-        s1 = clock()
-        z_t = t.forward["teacher"](x)
-        z_s = t.forward["student"](x)
-        s2 = clock()
-        comp = blind_distillation_loss(z_t, z_s, y)
-        probs_s = z_s.softmax(1)
-        loss = F.cross_entropy(z_t, y) + comp
-        s3 = clock()
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        s4 = clock()
-        t.optimizer.step()
-        s5 = clock()
-        with torch.no_grad():
-            rows = torch.arange(len(y), device=dev)
-            agree[pos] = agreement_probability(z_t, z_s)[rows, y]
-            _ = probs_s.detach().max(1).values.sum()
-        s6 = clock()
-        for key, a, b in zip(times, (s0, s1, s2, s3, s4, s5), (s1, s2, s3, s4, s5, s6)):
-            times[key] += b - a
-    return times
 
 
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
 def machine_description() -> dict[str, str]:
+    import torch
+    import torchvision
+
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -388,15 +569,19 @@ def machine_description() -> dict[str, str]:
                 break
     except OSError:
         pass
-    try:
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        load = "?"
-    import torchvision
-
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "torch_threads": str(torch.get_num_threads()),
-            "python": platform.python_version(), "loadavg": load}
+            "python": platform.python_version(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def parse_variant(text: str) -> tuple[str, str, dict[str, str]]:
+    """``LABEL=PIPELINE[:KEY=VALUE,...]`` -> (label, pipeline, env)."""
+    label, _, rest = text.partition("=")
+    pipeline, _, env_text = rest.partition(":")
+    if pipeline not in ("official", "bkd_core") or not label:
+        raise argparse.ArgumentTypeError(f"bad --variant {text!r}: expected LABEL=official|bkd_core[:KEY=VALUE,...]")
+    env = dict(item.split("=", 1) for item in env_text.split(",") if item)
+    return label, pipeline, env
 
 
 def main() -> None:
@@ -405,24 +590,36 @@ def main() -> None:
     parser.add_argument("--model", choices=("small_cnn", "preresnet18"), default="small_cnn")
     parser.add_argument("--widths", type=int, nargs=3, default=(32, 64, 128), help="small_cnn widths")
     parser.add_argument("--images", type=int, default=None,
-                        help="images per timed pass (default: 4000 = one epoch of the cpu profile's subset "
-                             "for small_cnn; batches*batch_size for preresnet18)")
+                        help="images per timed pass (default: 4000 = one epoch of the cpu profile's subset for "
+                             "small_cnn; --batches x --batch-size for preresnet18)")
     parser.add_argument("--batches", type=int, default=10, help="preresnet18: timed batches per pass")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up batches per pipeline (untimed)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up batches per pipeline")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed passes per pipeline, interleaved a,b,a,b (default 3 small_cnn, 2 preresnet18)")
+                        help="timed passes per pipeline, interleaved (default 3 for small_cnn, 2 for preresnet18)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers of (a)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers of the official pipeline")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-flops", action="store_true", help="skip FLOP count and matmul peak")
+    parser.add_argument("--variant", action="append", type=parse_variant, default=[],
+                        help="extra pipeline LABEL=official|bkd_core[:KEY=VALUE,...] run with those env variables")
+    parser.add_argument("--passive", action="store_true",
+                        help="add both pipelines with OMP_WAIT_POLICY=PASSIVE (see README)")
+    parser.add_argument("--data-only-repeats", type=int, default=3,
+                        help="also time each pipeline's input pipeline alone (no networks), this many passes")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul peak")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess")
     parser.add_argument("--rss-epochs", type=int, default=3, help="epochs of the cpu-profile run measured for RSS")
-    parser.add_argument("--profile", action="store_true", help="also profile one bkd_core epoch (torch.profiler)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one epoch of the last bkd_core variant (torch.profiler, phase times)")
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--worker", choices=("official", "bkd_core"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.worker:
+        worker(args)
+        return
     if args.rss_child:
         rss_child(args.rss_epochs)
         return
@@ -430,88 +627,114 @@ def main() -> None:
     machine = machine_description()
     repeats = args.repeats if args.repeats is not None else (3 if args.model == "small_cnn" else 2)
     n_images = args.images or (4000 if args.model == "small_cnn" else args.batches * args.batch_size)
-    warm = args.warmup * args.batch_size
-    widths = tuple(args.widths)
-    device = torch.device(args.device)
+    warm = min(args.warmup * args.batch_size, n_images)
+    variants = [("official", "official", {}), ("bkd_core", "bkd_core", {})]
+    if args.passive:
+        variants += [("official + OMP_WAIT_POLICY=PASSIVE", "official", {"OMP_WAIT_POLICY": "PASSIVE"}),
+                     ("bkd_core + OMP_WAIT_POLICY=PASSIVE", "bkd_core", {"OMP_WAIT_POLICY": "PASSIVE"})]
+    variants += args.variant
     print(f"machine: {machine}", flush=True)
+    peaks_start = None if args.no_flops else matmul_peak()
+    arrays, source = load_subset(n_images)
+    print(f"data: {source}; {n_images} training images per pass; model {args.model}; batch {args.batch_size}; "
+          f"official DataLoader workers {args.workers}; {repeats} interleaved repeats", flush=True)
 
-    full, source = load_data()
-    data = full.subset(n_images, seed=0)
-    print(f"data: {source}; {len(data.train_labels)} training images per pass, model {args.model}, "
-          f"batch {args.batch_size}, official workers {args.workers}, {repeats} interleaved repeats", flush=True)
-
+    speeds: dict[str, list[float]] = {}
+    cpu_per_k: dict[str, list[float]] = {}
+    data_speeds: dict[str, list[float]] = {}
+    loads: list[float] = []
+    phases = None
+    workers: list[Worker] = []
     with tempfile.TemporaryDirectory() as tmp:
-        pipes: dict[str, Any] = {
-            "official": OfficialPipeline(data, args.model, widths, args.batch_size, args.workers, device),
-            "bkd_core": BKDCorePipeline(data, args.model, widths, args.batch_size, Path(tmp) / "run", args.device),
-        }
-        for name, pipe in pipes.items():  # warm-up: allocator, oneDNN primitive caches, worker start-up
-            start = time.perf_counter()
-            pipe.run(min(warm, n_images))
-            print(f"warm-up {name}: {min(warm, n_images)} images in {time.perf_counter() - start:.1f} s", flush=True)
-
-        speeds: dict[str, list[float]] = {name: [] for name in pipes}
-        for r in range(repeats):
-            for name, pipe in pipes.items():
+        data_path = Path(tmp) / "subset.npz"
+        np.savez(data_path, **arrays)
+        try:
+            for label, pipeline, env in variants:
+                w = Worker(label, pipeline, env, args, data_path)
+                workers.append(w)
                 start = time.perf_counter()
-                seen = pipe.run()
-                elapsed = time.perf_counter() - start
-                speeds[name].append(seen / elapsed)
-                print(f"repeat {r + 1}/{repeats} {name}: {seen} images in {elapsed:.2f} s = {seen / elapsed:.1f} img/s",
+                w.call(f"run {warm}")  # warm-up: allocator, oneDNN primitive caches
+                print(f"started {label} ({w.info}); warm-up {warm} images in {time.perf_counter() - start:.1f} s",
                       flush=True)
+                speeds[label] = []
+            for r in range(repeats):
+                for w in workers:
+                    out = w.call("run")
+                    speeds[w.label].append(out["images"] / out["seconds"])
+                    cpu_per_k.setdefault(w.label, []).append(1000 * out["cpu_seconds"] / out["images"])
+                    loads.append(out["loadavg"])
+                    print(f"repeat {r + 1}/{repeats} {w.label}: {out['images']} images in {out['seconds']:.2f} s "
+                          f"= {out['images'] / out['seconds']:.1f} img/s (CPU time {out['cpu_seconds']:.1f} s, "
+                          f"load {out['loadavg']:.2f})", flush=True)
+            if args.data_only_repeats:
+                for r in range(args.data_only_repeats):
+                    for w in workers:
+                        out = w.call("data")
+                        data_speeds.setdefault(w.label, []).append(out["images"] / out["seconds"])
+                print("input pipeline alone (images/s): " + "; ".join(
+                    f"{k}: {', '.join(f'{v:.0f}' for v in vs)}" for k, vs in data_speeds.items()), flush=True)
+            if args.profile:
+                w = [w for w in workers if w.pipeline == "bkd_core"][-1]  # the last bkd_core variant
+                print(f"\n## profile of one bkd_core epoch ({w.label})", flush=True)
+                phases = w.call(f"profile {args.profile_rows}")["phases"]
+        finally:
+            for w in workers:
+                try:
+                    w.close()
+                except Exception:  # noqa: BLE001 - best effort shutdown
+                    w.proc.kill()
 
-        breakdown = None
-        if args.profile:
-            print("\n## profile of one bkd_core epoch", flush=True)
-            profile_bkd_epoch(pipes["bkd_core"], args.profile_rows)
-            breakdown = breakdown_bkd_epoch(pipes["bkd_core"])
-            total = sum(breakdown.values())
-            print(f"\nwall time of one bkd_core epoch by phase (same calls as train_epoch, timed one by one; "
-                  f"{n_images} images, {total:.2f} s):")
-            print("| phase | s | share |\n| --- | ---: | ---: |")
-            for k, v in breakdown.items():
-                print(f"| {k} | {v:.3f} | {100 * v / total:.1f}% |")
-
-    flops = peak = None
+    flops = peaks = None
     if not args.no_flops:
-        flops = step_flops(args.model, widths, args.batch_size)
-        peak = matmul_peak()
+        flops = step_flops(args.model, tuple(args.widths), args.batch_size)
+        peaks_end = matmul_peak()  # measured before and after the passes: the best is the least disturbed by load
+        peaks = {k: max(peaks_start[k], peaks_end[k]) for k in peaks_end}
     rss = None if args.no_rss else measure_rss(args.rss_epochs)
+    peak = max(peaks.values()) if peaks else None
 
-    med = {name: statistics.median(v) for name, v in speeds.items()} if repeats else {}
-    machine_after = machine_description()["loadavg"]
+    medians = {label: statistics.median(v) for label, v in speeds.items() if v}
     print(f"\n## {args.model}: {n_images} images per pass, batch {args.batch_size}, median of {repeats} "
-          f"interleaved passes")
-    print(f"machine: {machine['nproc']} cores ({machine['cpu']}), torch {machine['torch']}, "
-          f"{machine['torch_threads']} torch threads; load average before/after: {machine['loadavg']} / {machine_after}")
+          "interleaved passes")
+    print(f"machine: {machine['nproc']} cores ({machine['cpu']}), torch {machine['torch']}, torchvision "
+          f"{machine['torchvision']}, {machine['torch_threads']} torch threads; load average at start "
+          f"{machine['loadavg']}, during the passes {min(loads, default=0):.2f}-{max(loads, default=0):.2f}")
     print(f"data: {source}\n")
-    print("| pipeline | images/s (median) | all passes | achieved GFLOP/s | % of fp32 matmul peak |")
-    print("| --- | ---: | --- | ---: | ---: |")
-    for name in pipes:
-        if not repeats:
-            break
-        row = f"| {name} | {med[name]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[name])} |"
-        if flops:
-            achieved = flops / args.batch_size * med[name]
-            row += f" {achieved / 1e9:.1f} | {100 * achieved / peak:.1f}% |"
-        else:
-            row += " | |"
-        print(row)
+    if medians:
+        print("| pipeline | images/s (median) | all passes | CPU s per 1000 images (median) | achieved GFLOP/s "
+              "| % of fp32 matmul peak |")
+        print("| --- | ---: | --- | ---: | ---: | ---: |")
+        for label, med in medians.items():
+            row = (f"| {label} | {med:.1f} | {', '.join(f'{s:.1f}' for s in speeds[label])} | "
+                   f"{statistics.median(cpu_per_k[label]):.1f} |")
+            if flops:
+                achieved = flops / args.batch_size * med
+                row += f" {achieved / 1e9:.1f} | {100 * achieved / peak:.0f}% |"
+            else:
+                row += " | |"
+            print(row)
+    if data_speeds:
+        print("\ninput pipeline alone (no networks; images/s, median): " + "; ".join(
+            f"{k} {statistics.median(v):.0f}" for k, v in data_speeds.items()))
     if flops:
         print(f"\nmodel FLOPs of one training step (forward + backward, teacher + student, batch {args.batch_size}): "
-              f"{flops / 1e9:.2f} GFLOP = {flops / args.batch_size / 1e6:.1f} MFLOP per image; "
-              f"measured fp32 matmul peak (2048^3 torch.mm): {peak / 1e9:.1f} GFLOP/s")
+              f"{flops / 1e9:.2f} GFLOP = {flops / args.batch_size / 1e6:.0f} MFLOP per image; measured fp32 matmul "
+              "peak (2048^3 torch.mm, best of before/after the passes): "
+              + ", ".join(f"{v / 1e9:.1f} GFLOP/s with {k} thread(s)" for k, v in peaks.items())
+              + "; the % column uses the best of these")
     if rss:
-        print(f"peak RSS of a cpu-profile run ({rss['epochs']} epochs, subprocess): VmHWM {rss['vmhwm_kib'] / 1024:.0f} MiB "
-              f"(after imports {rss['rss_after_imports_kib'] / 1024:.0f} MiB, after loading the data "
-              f"{rss['rss_after_data_kib'] / 1024:.0f} MiB)")
-    if repeats:
-        ratio = med["bkd_core"] / med["official"]
-        print(f"\nspeed-up bkd_core / official ({args.model}): {ratio:.2f}x")
+        print(f"peak RSS of a cpu-profile run ({rss['epochs']} epochs, {rss['source']}, own subprocess): "
+              f"{rss['vmhwm_kib'] / 1024:.0f} MiB (VmHWM; after imports {rss['rss_after_imports_kib'] / 1024:.0f} MiB, "
+              f"after loading the data {rss['rss_after_data_kib'] / 1024:.0f} MiB)")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "model": args.model, "images": n_images,
-                                         "speeds": speeds, "median": med, "step_flops": flops, "matmul_peak": peak,
-                                         "rss": rss, "breakdown": breakdown, "source": source}, indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "model": args.model, "images": n_images, "speeds": speeds,
+                                         "medians": medians, "cpu_s_per_1000": cpu_per_k, "data_only": data_speeds, "step_flops": flops, "matmul_peaks": peaks, "rss": rss,
+                                         "phases": phases, "source": source, "loads": loads}, indent=2))
+    if "official" in medians:
+        for label, med in medians.items():
+            if label not in ("official", "bkd_core"):
+                print(f"ratio {label} / official: {med / medians['official']:.2f}x")
+        if "bkd_core" in medians:
+            print(f"\nspeed-up bkd_core / official ({args.model}): {medians['bkd_core'] / medians['official']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,384 @@
+"""Small non-plotting helpers for the book's chapters (``chapters/*.ipynb``).
+
+The chapters stay thin: they load data, ask :func:`bkd_core.cache.cached_run` for a run, call a
+helper from here or :mod:`bkd_core.plots` and explain the result. Everything a chapter states as
+a number is computed here (or in the chapter) and glued into the prose with :func:`glue`.
+
+Epochs: the package counts epochs from 0 (``history[key][e]`` is epoch ``e``, and
+``metrics["tipping_epoch"]`` is such an index); the book shows them counted from 1, as a reader
+counts passes over the data. :func:`epoch_number` converts, and every plot uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PROFILES, BKDConfig, get_profile
+from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, LABEL_FILES, NoisyCIFAR, load_cifar_n, load_cifar_n_labels, resolve_data_dir
+from .method import assign_groups, find_tipping_point, otsu_split
+from .metrics import detection_scores, flag_all_f1
+
+__all__ = [
+    "in_colab",
+    "load_data",
+    "chapter_config",
+    "config_table",
+    "table",
+    "glue",
+    "epoch_number",
+    "noise_rate_table",
+    "transition_matrix",
+    "example_rows",
+    "train_truth",
+    "all_truth",
+    "clean_noisy_means",
+    "memorization_onset",
+    "peak_epoch",
+    "phase1_epochs",
+    "tipping_by_window",
+    "window_sensitivity",
+    "scores_at_tipping",
+    "otsu_comparison",
+    "group_table",
+    "detection_table",
+    "hide_injected_parameters",
+]
+
+# Without ipywidgets, tqdm.auto warns on import inside a notebook and falls back to a text bar (on
+# stderr, which the chapters' training cells hide). The warning would otherwise appear in the book.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+#: Settings shown side by side for the chosen profile and the paper profile.
+CONFIG_FIELDS: tuple[str, ...] = ("model", "model_widths", "epochs", "train_size", "test_size", "val_ratio",
+                                  "batch_size", "lr", "lr_step", "augment", "seed")
+
+
+# --------------------------------------------------------------------------------------------
+# Running the chapters
+# --------------------------------------------------------------------------------------------
+
+
+def in_colab() -> bool:
+    """True inside Google Colab (its ``google.colab`` module is loaded in every Colab kernel)."""
+    return "google.colab" in sys.modules
+
+
+def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os.PathLike | None = None,
+              *, download: bool | None = None) -> NoisyCIFAR:
+    """The chapter's data: :func:`bkd_core.data.load_cifar_n`, or a synthetic stand-in.
+
+    Args:
+        dataset: ``"cifar10"`` / ``"cifar100"``, or ``"synthetic"`` for
+            :func:`bkd_core.synthetic.make_synthetic_cifar_n` (2,000 training and 500 test images,
+            40% of the labels flipped; ``split`` is ignored): lets every chapter run without CIFAR.
+        split: CIFAR-N split (``"worst"``, ``"aggre"``, ..., ``"noisy100"``).
+        data_dir: data folder; None means ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
+        download: fetch missing files first; None (default) means only inside Colab.
+    """
+    if dataset == "synthetic":
+        from .synthetic import make_synthetic_cifar_n
+
+        return make_synthetic_cifar_n(n_train=2000, n_test=500, noise_rate=0.4, seed=0)
+    return load_cifar_n(dataset, split, data_dir, download=in_colab() if download is None else download)
+
+
+def chapter_config(profile: str = "cpu", *, seed: int = 0, train_size: int | None = None,
+                   epochs: int | None = None, device: str = "auto",
+                   overrides: dict[str, Any] | None = None) -> BKDConfig:
+    """The run configuration of a chapter: the named profile with the parameters cell's overrides.
+
+    ``train_size`` / ``epochs`` None keep the profile's values; ``overrides`` may set any other
+    :class:`~bkd_core.config.BKDConfig` field (lists are accepted for tuples). Chapters that pass
+    the same arguments get the same configuration, hence the same cached runs.
+    """
+    changes: dict[str, Any] = {"seed": seed, "device": device}
+    if train_size is not None:
+        changes["train_size"] = train_size
+    if epochs is not None:
+        changes["epochs"] = epochs
+    for key, value in (overrides or {}).items():
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    return get_profile(profile, **changes)
+
+
+def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
+    """A pandas DataFrame of the settings that matter: this run's and the ``paper`` profile's."""
+    import pandas as pd
+
+    paper = PROFILES["paper"]
+
+    def show(cfg: BKDConfig, f: str) -> str:
+        if f == "model_widths" and cfg.model != "small_cnn":
+            return "(fixed)"
+        return _show(f, getattr(cfg, f))
+
+    rows = {f: [show(config, f), show(paper, f)] for f in fields}
+    rows["device"] = [str(config.resolved_device()), "a GPU"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"this run ({config.profile})", "paper"])
+
+
+_NONE_MEANS = {"train_size": "all 50,000", "test_size": "all 10,000", "lr_step": "none (constant lr)"}
+
+
+def _show(field: str, value: Any) -> str:
+    if value is None:
+        return _NONE_MEANS.get(field, "none")
+    if isinstance(value, tuple):
+        return "/".join(str(v) for v in value)
+    return str(value)
+
+
+def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = True):
+    """``frame`` (a pandas DataFrame) ready for display: number formats, the book theme's table style.
+
+    ``formats``: a format string for all cells or ``{column: format}``; ``index=False`` hides the index.
+    """
+    styler = frame.rename_axis(index=None).style
+    styler = styler.format(formats, na_rep="–") if formats is not None else styler.format(na_rep="–")
+    if not index:
+        styler = styler.hide(axis="index")
+    return styler.set_table_attributes('class="dataframe"')
+
+
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """Glue ``value`` under ``name`` for MyST-NB (``{glue:text}`name:.1f```` in the prose).
+
+    numpy scalars become Python numbers (so format specs work on them). Outside an environment
+    with ``myst_nb`` (e.g. Colab) this does nothing: there the numbers are in the cell outputs.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - Colab without myst-nb
+        return
+    _glue(name, value, display=display)
+
+
+def epoch_number(index: int | None) -> int | None:
+    """The book's epoch number (from 1) of a 0-based epoch index; None stays None."""
+    return None if index is None else int(index) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-N label files
+# --------------------------------------------------------------------------------------------
+
+
+def noise_rate_table(data_dir: str | os.PathLike | None = None):
+    """Noise rate of every CIFAR-N split, computed from the label files in ``data_dir``.
+
+    Needs only ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` (no images); a missing file's rows
+    are left out. Returns a DataFrame with columns dataset, split, key, noisy (count), noise rate.
+    """
+    import pandas as pd
+
+    root = resolve_data_dir(data_dir)
+    rows = []
+    for dataset, splits in (("cifar10", CIFAR10_SPLITS), ("cifar100", CIFAR100_SPLITS)):
+        path = Path(root) / LABEL_FILES[dataset]
+        if not path.is_file():
+            continue
+        labels = load_cifar_n_labels(path, dataset)
+        clean = labels["clean_label"]
+        for split, key in splits.items():
+            noisy = labels[key] != clean
+            rows.append({"dataset": {"cifar10": "CIFAR-10N", "cifar100": "CIFAR-100N"}[dataset], "split": split,
+                         "key": key, "noisy": int(noisy.sum()), "noise rate": float(noisy.mean())})
+    if not rows:
+        raise FileNotFoundError(f"no CIFAR-N label file ({', '.join(LABEL_FILES.values())}) in {root}")
+    return pd.DataFrame(rows)
+
+
+def transition_matrix(clean: np.ndarray, given: np.ndarray, num_classes: int) -> np.ndarray:
+    """Row-normalized noise transition matrix: ``T[i, j] = P(given = j | clean = i)``, float [C, C]."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(counts, (np.asarray(clean), np.asarray(given)), 1.0)
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+
+
+def example_rows(data: NoisyCIFAR, n: int = 24, noisy_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Rows of ``data`` to show: ``n`` random images, about ``noisy_fraction`` of them mislabelled."""
+    rng = np.random.default_rng(seed)
+    noisy, clean = np.flatnonzero(data.is_noisy), np.flatnonzero(~data.is_noisy)
+    k = min(len(noisy), int(round(n * noisy_fraction)))
+    rows = np.concatenate([rng.choice(noisy, k, replace=False), rng.choice(clean, min(len(clean), n - k), replace=False)])
+    return rng.permutation(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading runs
+# --------------------------------------------------------------------------------------------
+
+
+def all_truth(result) -> np.ndarray:
+    """bool [N]: which rows of the run's (subset of the) training set are truly mislabelled."""
+    return result.arrays["given_labels"] != result.arrays["clean_labels"]
+
+
+def train_truth(result) -> np.ndarray:
+    """bool [n_train]: truly mislabelled, for the rows trained on (the columns of per-sample history)."""
+    return all_truth(result)[result.arrays["train_rows"]]
+
+
+def clean_noisy_means(per_sample: np.ndarray, is_noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch means of a per-sample history ``[E, n]`` over clean and over noisy samples -> two [E]."""
+    values = np.asarray(per_sample, dtype=np.float64)
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        clean = values[:, ~is_noisy].mean(1) if (~is_noisy).any() else np.full(len(values), np.nan)
+        noisy = values[:, is_noisy].mean(1) if is_noisy.any() else np.full(len(values), np.nan)
+    return clean, noisy
+
+
+def memorization_onset(fraction: Sequence[float], rise: float = 0.10) -> int | None:
+    """Epoch index at which memorization of noisy samples takes off.
+
+    The first epoch at which the fraction of noisy samples predicted as their (wrong) given label
+    is at least ``rise`` (10 percentage points) above its lowest value so far. None if it never is.
+    """
+    lowest = np.inf
+    for i, value in enumerate(np.asarray(fraction, dtype=np.float64)):
+        if not np.isfinite(value):
+            continue
+        lowest = min(lowest, value)
+        if value - lowest >= rise:
+            return i
+    return None
+
+
+def peak_epoch(curve: Sequence[float]) -> int | None:
+    """Index of the largest finite value of a per-epoch curve (first one on ties); None if none."""
+    values = np.asarray(curve, dtype=np.float64)
+    if not np.isfinite(values).any():
+        return None
+    return int(np.nanargmax(values))
+
+
+def phase1_epochs(result) -> int:
+    """Number of epochs trained in phase 1 (all of them if phase 2 never started)."""
+    found = result.metrics.get("tipping_found_at_epoch")
+    return int(result.metrics["epochs"]) if found is None else int(found) + 1
+
+
+def tipping_by_window(curve: Sequence[float], windows: Sequence[int] = (1, 2, 3, 4)) -> dict[int, int | None]:
+    """``{window: find_tipping_point(curve, window)}``: 0-based epoch indices (None: no peak)."""
+    return {int(w): find_tipping_point(curve, window=int(w)) for w in windows}
+
+
+def window_sensitivity(curve: Sequence[float], windows: Sequence[int] = (1, 2, 3, 4)):
+    """Tipping point of the same curve for several window sizes (no retraining).
+
+    Returns a DataFrame: window, tipping epoch and the epoch at which it is detected (both counted
+    from 1; missing when no peak qualifies), and how many epochs the detection lags the peak.
+    """
+    import pandas as pd
+
+    rows = []
+    for w, tip in tipping_by_window(curve, windows).items():
+        rows.append({"window": int(w), "tipping epoch": epoch_number(tip),
+                     "detected at epoch": None if tip is None else epoch_number(tip + int(w)),
+                     "lag (epochs)": None if tip is None else int(w)})
+    return pd.DataFrame(rows).astype({"tipping epoch": "Int64", "detected at epoch": "Int64", "lag (epochs)": "Int64"})
+
+
+def scores_at_tipping(result) -> tuple[np.ndarray, int, bool]:
+    """The agreement scores the detector splits: ``history["eval_agreement"]`` of the tipping epoch.
+
+    Returns (scores float64 [N] over all rows of the subset, epoch index, found). Without a tipping
+    point the last epoch that has scores is used and ``found`` is False.
+    """
+    scores = np.asarray(result.history["eval_agreement"], dtype=np.float64)
+    tip = result.metrics.get("tipping_epoch")
+    if tip is not None:
+        return scores[int(tip)], int(tip), True
+    have = np.flatnonzero(np.isfinite(scores).all(1))
+    return scores[int(have[-1])], int(have[-1]), False
+
+
+def _row(name: str, mask: np.ndarray, is_noisy: np.ndarray) -> dict[str, Any]:
+    s = detection_scores(mask, is_noisy)
+    return {"flagged": name, "flagged fraction": float(np.mean(mask)), "precision": s["precision"],
+            "recall": s["recall"], "F1": s["f1"]}
+
+
+def otsu_comparison(scores: np.ndarray, is_noisy: np.ndarray, bins: int = 1000):
+    """The official (``"bkd"``) and the classic Otsu criterion on the same scores.
+
+    Returns a DataFrame with one column per criterion and one row per measure: threshold, class
+    means, estimated noise rate (share below the threshold), and the F1 of flagging G4 (below the
+    lower class mean: the official detector) and of flagging G3+G4, which is exactly everything
+    below the threshold.
+    """
+    import pandas as pd
+
+    columns = {}
+    for criterion in ("bkd", "classic"):
+        split = otsu_split(scores, bins=bins, criterion=criterion)
+        groups = assign_groups(scores, split).numpy()
+        columns[criterion] = {
+            "threshold": split.threshold, "lower class mean": split.lower_mean, "upper class mean": split.upper_mean,
+            "estimated noise rate": float(np.mean(scores < split.threshold)),
+            "F1 of flagging G4": detection_scores(groups == 4, is_noisy)["f1"],
+            "F1 of flagging G3+G4 (below threshold)": detection_scores(groups >= 3, is_noisy)["f1"],
+        }
+    return pd.DataFrame(columns)
+
+
+def group_table(groups: np.ndarray, is_noisy: np.ndarray, alphas: Sequence[float] = (0.30, 0.45, 0.55, 0.70)):
+    """Per group G1..G4: alpha, size, share of all samples, share truly mislabelled."""
+    import pandas as pd
+
+    groups = np.asarray(groups)
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    rows = []
+    for g in (1, 2, 3, 4):
+        members = groups == g
+        rows.append({"group": f"G{g}", "alpha": float(alphas[g - 1]), "samples": int(members.sum()),
+                     "share of samples": float(members.mean()),
+                     "truly mislabelled": float(is_noisy[members].mean()) if members.any() else float("nan")})
+    return pd.DataFrame(rows).set_index("group")
+
+
+def detection_table(masks: dict[str, np.ndarray], is_noisy: np.ndarray):
+    """Precision, recall and F1 of several flagged-as-noisy masks (plus flagging everything)."""
+    import pandas as pd
+
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    rows = [_row(name, np.asarray(mask, dtype=bool), is_noisy) for name, mask in masks.items()]
+    rows.append(_row("everything (baseline)", np.ones_like(is_noisy), is_noisy))
+    assert abs(rows[-1]["F1"] - flag_all_f1(float(is_noisy.mean()))) < 1e-9
+    return pd.DataFrame(rows).set_index("flagged")
+
+
+# --------------------------------------------------------------------------------------------
+# Papermill outputs
+# --------------------------------------------------------------------------------------------
+
+
+def hide_injected_parameters(path: str | os.PathLike, tag: str = "hide-cell") -> int:
+    """Tag papermill's ``injected-parameters`` cells of a notebook with ``tag`` (in place).
+
+    For building HTML from notebooks executed with papermill: MyST-NB shows every cell unless
+    tagged, and papermill's injected cell only carries ``injected-parameters``. Returns the number
+    of cells tagged.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    count = 0
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and tag not in tags:
+            tags.append(tag)
+            count += 1
+    if count:
+        nbformat.write(nb, path)
+    return count

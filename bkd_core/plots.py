@@ -1,0 +1,548 @@
+"""The book's figures. Each function takes plain arrays (numpy) and returns a matplotlib Figure.
+
+Conventions: epochs on the x axis are counted from 1 (``history[...][e]`` is drawn at ``e + 1``,
+see :func:`bkd_core.book.epoch_number`); truly clean samples are blue, truly mislabelled ones
+vermillion (Okabe-Ito colours, readable with colour-blindness); missing values (NaN, e.g. test
+accuracy of the ``paper`` profile, measured every 10 epochs) are skipped, not drawn as gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+
+from .book import clean_noisy_means
+
+__all__ = [
+    "CLEAN", "NOISY", "TEACHER", "STUDENT", "BKD", "CE",
+    "use_style",
+    "show_examples",
+    "plot_noise_rates",
+    "plot_transition_matrix",
+    "plot_memorization",
+    "draw_bkd_diagram",
+    "plot_teacher_student",
+    "plot_teacher_student_scatter",
+    "plot_tipping",
+    "plot_window_sensitivity",
+    "plot_score_histogram",
+    "plot_groups",
+    "plot_precision_recall",
+    "plot_robust_targets",
+    "plot_test_accuracy",
+]
+
+CLEAN = "#0072B2"  # blue
+NOISY = "#D55E00"  # vermillion
+TEACHER = "#CC79A7"  # reddish purple
+STUDENT = "#009E73"  # bluish green
+BKD = "#009E73"
+CE = "#666666"
+ACCENT = "#E69F00"  # orange: markers of detected epochs / thresholds
+GROUP_COLOURS = {1: "#0072B2", 2: "#56B4E9", 3: "#F0E442", 4: "#D55E00"}
+
+
+def use_style() -> None:
+    """The book's matplotlib style (call once per notebook)."""
+    plt.rcParams.update({
+        "figure.dpi": 100, "savefig.dpi": 150, "figure.facecolor": "white",
+        "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+        "axes.spines.top": False, "axes.spines.right": False,
+        "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
+        "figure.constrained_layout.use": True,
+    })
+    try:  # sharp PNGs in notebooks and in the book (displayed at their nominal size)
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        if get_ipython() is not None:
+            set_matplotlib_formats("retina")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _epochs(n: int) -> np.ndarray:
+    return np.arange(1, n + 1)
+
+
+def _line(ax, values, **kwargs):
+    """Plot a per-epoch curve at epochs 1..E, skipping non-finite values."""
+    y = np.asarray(values, dtype=np.float64)
+    x = _epochs(len(y))
+    ok = np.isfinite(y)
+    return ax.plot(x[ok], y[ok], **kwargs)
+
+
+def _mark_epoch(ax, index: int | None, label: str, colour: str = ACCENT, style: str = "--") -> None:
+    """A vertical line at the 0-based epoch ``index`` (drawn at index + 1)."""
+    if index is not None:
+        ax.axvline(int(index) + 1, color=colour, linestyle=style, linewidth=1.2, label=label)
+
+
+def _shade_phase2(ax, found_at: int | None, n_epochs: int, label: str | None = "phase 2") -> None:
+    """Shade the epochs after the tipping point was detected (phase 2 starts at epoch found_at + 2)."""
+    if found_at is not None and found_at + 1 < n_epochs:
+        ax.axvspan(found_at + 1.5, n_epochs + 0.5, color="0.9", zorder=0, label=label)
+
+
+def _legend_below(fig: Figure, axes, ncols: int = 2) -> None:
+    """One legend under the figure with the unique entries of all ``axes``."""
+    handles: dict[str, object] = {}
+    for ax in np.atleast_1d(axes).flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label and not label.startswith("_"):
+                handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncols=ncols)
+
+
+def _integer_epochs(ax) -> None:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 1: data
+# --------------------------------------------------------------------------------------------
+
+
+def show_examples(images: np.ndarray, clean: np.ndarray, given: np.ndarray, names: Sequence[str],
+                  ncols: int = 6) -> Figure:
+    """A grid of images (uint8 [n, 32, 32, 3]) titled with their clean and human labels.
+
+    Mislabelled images get a vermillion frame and title.
+    """
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.15 * ncols, 1.45 * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(images[i], interpolation="nearest")
+        wrong = int(clean[i]) != int(given[i])
+        colour = NOISY if wrong else "black"
+        ax.set_title(f"true: {names[int(clean[i])]}\nhuman: {names[int(given[i])]}", fontsize=8.5, color=colour,
+                     linespacing=1.1)
+        if wrong:
+            ax.add_patch(Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor=NOISY, linewidth=3))
+    return fig
+
+
+def plot_noise_rates(table) -> Figure:
+    """Horizontal bars of the noise rate of every CIFAR-N split (``book.noise_rate_table``)."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(table) + 1.0))
+    labels = [f"{d} {s}" for d, s in zip(table["dataset"], table["split"])]
+    rates = 100 * table["noise rate"].to_numpy()
+    colours = [CE if r == 0 else NOISY for r in rates]
+    ax.barh(labels, rates, color=colours)
+    for y, r in enumerate(rates):
+        ax.text(r + 0.5, y, f"{r:.2f}%", va="center", fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel("training labels that differ from the clean label (%)")
+    ax.set_ylabel("label set")
+    ax.set_xlim(0, max(50.0, rates.max() + 8))
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+def plot_transition_matrix(matrix: np.ndarray, names: Sequence[str], title: str = "") -> Figure:
+    """Heatmap of ``P(human label | true label)`` in percent, with the off-diagonal mass written in."""
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    pct = 100 * np.asarray(matrix)
+    im = ax.imshow(pct, cmap="Oranges", vmin=0, vmax=100)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if pct[i, j] >= 1.0:
+                ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if pct[i, j] > 60 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("human label")
+    ax.set_ylabel("true label")
+    ax.grid(False)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="% of the true class", shrink=0.8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 2: memorization
+# --------------------------------------------------------------------------------------------
+
+
+def plot_memorization(p_label: np.ndarray, predicts_label: np.ndarray, is_noisy: np.ndarray,
+                      test_acc: np.ndarray, onset: int | None = None, peak: int | None = None) -> Figure:
+    """Three stacked panels over the epochs of a cross-entropy run (shared epoch axis).
+
+    Args:
+        p_label: float [E, n] probability of the given label in the training pass.
+        predicts_label: [E, n] 1 where the training-pass prediction equals the given label.
+        is_noisy: bool [n] truth for the same columns.
+        test_acc: [E] test accuracy in %.
+        onset, peak: 0-based epochs to mark (memorization onset, best test accuracy).
+    """
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8.2), sharex=True)
+    p_clean, p_noisy = clean_noisy_means(p_label, is_noisy)
+    m_clean, m_noisy = clean_noisy_means(predicts_label, is_noisy)
+    ax = axes[0]
+    _line(ax, p_clean, color=CLEAN, marker="o", ms=3, label="truly clean images")
+    _line(ax, p_noisy, color=NOISY, marker="o", ms=3, label="mislabelled images")
+    ax.set(title="Probability of the given label (training pass)", ylabel="mean p(given label)", ylim=(0, 1.02))
+    ax = axes[1]
+    _line(ax, 100 * m_clean, color=CLEAN, marker="o", ms=3, label="truly clean images")
+    _line(ax, 100 * m_noisy, color=NOISY, marker="o", ms=3, label="mislabelled images")
+    ax.set(title="Images predicted as their given label", ylabel="% of images", ylim=(0, 102))
+    ax = axes[2]
+    _line(ax, test_acc, color=CE, marker="o", ms=3, label="test accuracy")
+    ax.set(title="Accuracy on the clean test set", xlabel="epoch", ylabel="test accuracy (%)")
+    for ax in axes:
+        _mark_epoch(ax, onset, "memorization takes off", ACCENT, "--")
+        _mark_epoch(ax, peak, "best test accuracy", "black", ":")
+    _integer_epochs(axes[2])
+    _legend_below(fig, axes, ncols=3)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 3: the blind teacher
+# --------------------------------------------------------------------------------------------
+
+
+def _box(ax, xy, w, h, text, colour, fontsize=10):
+    ax.add_patch(FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.02,rounding_size=0.04", facecolor=colour,
+                                edgecolor="black", linewidth=1.0, alpha=0.9))
+    ax.text(xy[0] + w / 2, xy[1] + h / 2, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _arrow(ax, start, end, text=None, colour="black", style="-|>", offset=(0, 0.03), **kwargs):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=colour, linewidth=1.2,
+                                 **kwargs))
+    if text:
+        ax.text((start[0] + end[0]) / 2 + offset[0], (start[1] + end[1]) / 2 + offset[1], text, ha="center",
+                va="bottom", fontsize=8.5, color=colour)
+
+
+def _bars(ax, origin, values, highlight: int, colour: str, masked: bool, width=0.018, height=0.15):
+    """Tiny bar chart of ``values`` (a logit vector) drawn at ``origin`` in axes coordinates."""
+    x0, y0 = origin
+    values = np.asarray(values, dtype=float)
+    scale = height / values.max()
+    for i, v in enumerate(values):
+        face, hatch = colour, None
+        if i == highlight:
+            face, hatch = ("white", "////") if masked else (NOISY, None)
+        ax.add_patch(Rectangle((x0 + i * width * 1.25, y0), width, v * scale, facecolor=face, edgecolor="black",
+                               linewidth=0.6, hatch=hatch))
+    return x0 + len(values) * width * 1.25
+
+
+def draw_bkd_diagram() -> Figure:
+    """Schematic of Blind Knowledge Distillation: two networks, the masked (blind) loss, the score.
+
+    The bars are illustrative logits over 10 classes. The given label y is red in the teacher's
+    logits (the teacher is trained to fit it) and hatched in the student's (the compensation loss
+    ignores it).
+    """
+    fig, ax = plt.subplots(figsize=(7.6, 4.9), layout="constrained")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.12, 0.95)
+    ax.axis("off")
+    y = 4  # index of the given label in the illustration
+    t_logits = np.array([0.8, 0.5, 1.6, 2.6, 3.8, 3.4, 0.6, 1.1, 0.4, 0.5])
+    s_logits = np.array([0.9, 0.6, 1.5, 2.5, 0.3, 3.2, 0.7, 1.0, 0.5, 0.4])
+    _box(ax, (0.0, 0.40), 0.13, 0.18, "image x\ngiven\nlabel y", "0.92", 10.5)
+    _box(ax, (0.18, 0.70), 0.13, 0.15, "teacher\nT", TEACHER, 11)
+    _box(ax, (0.18, 0.12), 0.13, 0.15, "student\nS", STUDENT, 11)
+    _arrow(ax, (0.13, 0.52), (0.18, 0.75))
+    _arrow(ax, (0.13, 0.46), (0.18, 0.22))
+    end = _bars(ax, (0.36, 0.70), t_logits, y, TEACHER, masked=False)
+    _bars(ax, (0.36, 0.12), s_logits, y, STUDENT, masked=True)
+    ax.text(0.36, 0.88, "teacher logits $z_T$", fontsize=10.5)
+    ax.text(0.36, 0.05, "student logits $z_S$", fontsize=10.5)
+    _arrow(ax, (0.31, 0.775), (0.355, 0.775))
+    _arrow(ax, (0.31, 0.195), (0.355, 0.195))
+    # the blind loss, between the two sets of logits
+    _box(ax, (0.33, 0.38), 0.29, 0.20,
+         "compensation loss, blind to y\n$\\sum_{c \\neq y} (z_T[c] - z_S[c])^2 / (BC - 1)$\ntrains both networks", "#fff3d6", 10)
+    _arrow(ax, (0.475, 0.695), (0.475, 0.585))
+    _arrow(ax, (0.475, 0.28), (0.475, 0.375))
+    # teacher's cross-entropy and the agreement score
+    _box(ax, (0.70, 0.70), 0.29, 0.17, "cross-entropy with y\n$-\\log\\, \\mathrm{softmax}(z_T)_y$\ntrains the teacher", "#f4e1ee", 10)
+    _box(ax, (0.70, 0.14), 0.30, 0.25, "agreement score\n$\\propto (\\mathrm{softmax}(z_T)\\odot\\mathrm{softmax}(z_S))_y$"
+         "\nhigh: clean\nlow: mislabelled?", "#e3f1fb", 10)
+    _arrow(ax, (end + 0.005, 0.78), (0.70, 0.785))
+    _arrow(ax, (end + 0.005, 0.71), (0.70, 0.36), colour="0.3")
+    _arrow(ax, (end + 0.005, 0.20), (0.70, 0.25), colour="0.3")
+    ax.text(0.0, -0.11, "red bar: the given label y, which the teacher learns to predict (even when y is wrong);\n"
+            "hatched bar: the same class for the student, which gets no signal for it", fontsize=9.5, color="0.3",
+            va="bottom")
+    return fig
+
+
+def plot_teacher_student(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy: np.ndarray,
+                         found_at: int | None = None, threshold: float = 0.5) -> Figure:
+    """Teacher vs student on the given label over the epochs, clean vs mislabelled (two stacked panels).
+
+    Args:
+        teacher_p, student_p: float [E, n] training-pass probability of the given label.
+        is_noisy: bool [n].
+        found_at: 0-based epoch at which the tipping point was detected (later epochs are shaded).
+        threshold: a mislabelled image counts as memorized when p(given label) > threshold.
+    """
+    n_epochs = len(teacher_p)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6.2), sharex=True)
+    t_clean, t_noisy = clean_noisy_means(teacher_p, is_noisy)
+    s_clean, s_noisy = clean_noisy_means(student_p, is_noisy)
+    ax = axes[0]
+    _line(ax, t_clean, color=CLEAN, linestyle="--", marker="s", ms=3, label="teacher, clean images")
+    _line(ax, s_clean, color=CLEAN, marker="o", ms=3, label="student, clean images")
+    _line(ax, t_noisy, color=NOISY, linestyle="--", marker="s", ms=3, label="teacher, mislabelled")
+    _line(ax, s_noisy, color=NOISY, marker="o", ms=3, label="student, mislabelled")
+    ax.set(title="Mean probability of the given label", ylabel="mean p(given label)", ylim=(0, 1.02))
+    ax = axes[1]
+    noisy = np.asarray(is_noisy, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        t_mem = 100 * (np.asarray(teacher_p, np.float64)[:, noisy] > threshold).mean(1)
+        s_mem = 100 * (np.asarray(student_p, np.float64)[:, noisy] > threshold).mean(1)
+    _line(ax, t_mem, color=TEACHER, linestyle="--", marker="s", ms=3, label="teacher")
+    _line(ax, s_mem, color=STUDENT, marker="o", ms=3, label="student")
+    ax.set(title=f"Mislabelled images memorized (p(given label) > {threshold:g})", xlabel="epoch",
+           ylabel="% of mislabelled images", ylim=(0, 102))
+    _shade_phase2(axes[0], found_at, n_epochs)
+    _shade_phase2(axes[1], found_at, n_epochs, label=None)
+    _legend_below(fig, axes, ncols=3)
+    _integer_epochs(axes[1])
+    return fig
+
+
+def plot_teacher_student_scatter(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy: np.ndarray,
+                                 epoch: int) -> Figure:
+    """Per image, the teacher's against the student's probability of the given label in one epoch.
+
+    Args:
+        teacher_p, student_p: float [n] (one epoch of the training-pass history); is_noisy: bool [n].
+        epoch: the 0-based epoch, for the title.
+    """
+    noisy = np.asarray(is_noisy, dtype=bool)
+    tp = np.asarray(teacher_p, np.float64)
+    sp = np.asarray(student_p, np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharex=True, sharey=True)
+    for ax, mask, colour, name in ((axes[0], ~noisy, CLEAN, "truly clean images"),
+                                   (axes[1], noisy, NOISY, "mislabelled images")):
+        ax.scatter(tp[mask], sp[mask], s=4, alpha=0.3, color=colour, rasterized=True)
+        ax.plot([0, 1], [0, 1], color="0.4", linewidth=0.8)
+        ax.set(title=name, xlabel="teacher p(given label)", xlim=(0, 1), ylim=(0, 1), aspect="equal")
+    axes[0].set_ylabel("student p(given label)")
+    fig.suptitle(f"Per image, epoch {epoch + 1} (below the diagonal: the student doubts the label more)",
+                 fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 4: the tipping point
+# --------------------------------------------------------------------------------------------
+
+
+def plot_tipping(mean_max_student: np.ndarray, tipping: int | None, found_at: int | None,
+                 ce_noisy_memorized: np.ndarray | None = None, ce_test_acc: np.ndarray | None = None,
+                 onset: int | None = None, ce_peak: int | None = None) -> Figure:
+    """The student's mean max probability with the tipping point, above the CE run's dynamics.
+
+    Args:
+        mean_max_student: [E] the BKD epoch statistic.
+        tipping, found_at: 0-based epochs of the peak and of its detection.
+        ce_noisy_memorized: [E'] % of mislabelled samples the CE network reproduces.
+        ce_test_acc: [E'] CE test accuracy (%).
+        onset, ce_peak: 0-based epochs where CE memorization takes off and where its test accuracy peaks.
+    """
+    with_ce = ce_noisy_memorized is not None
+    fig, axes = plt.subplots(2 if with_ce else 1, 1, figsize=(7, 6.4 if with_ce else 3.4), sharex=True,
+                             squeeze=False)
+    ax = axes[0, 0]
+    curve = np.asarray(mean_max_student, dtype=np.float64)
+    _line(ax, curve, color=STUDENT, marker="o", ms=4, label="student: mean max probability")
+    if tipping is not None:
+        ax.plot([tipping + 1], [curve[tipping]], marker="*", ms=16, color=ACCENT, linestyle="none",
+                markeredgecolor="black", label=f"tipping point (epoch {tipping + 1})")
+    _mark_epoch(ax, found_at, "detected (window of 2 epochs)" if found_at is not None else "", "0.4", ":")
+    _shade_phase2(ax, found_at, len(curve))
+    ax.set(title="BKD: the student's confidence", ylabel="mean max softmax of S")
+    if with_ce:
+        ax = axes[1, 0]
+        _line(ax, ce_noisy_memorized, color=NOISY, marker="o", ms=4, label="mislabelled images reproduced (%)")
+        if ce_test_acc is not None:
+            _line(ax, ce_test_acc, color=CE, marker="s", ms=4, label="test accuracy (%)")
+        _mark_epoch(ax, onset, "memorization takes off", NOISY, "--")
+        _mark_epoch(ax, ce_peak, "best test accuracy", "black", ":")
+        if tipping is not None:
+            ax.axvline(tipping + 1, color=ACCENT, linewidth=2, alpha=0.6, label="BKD tipping point")
+        ax.set(title="Cross-entropy baseline, same data and budget", ylabel="%", ylim=(0, 102))
+    axes[-1, 0].set_xlabel("epoch")
+    _integer_epochs(axes[-1, 0])
+    _legend_below(fig, axes, ncols=2)
+    return fig
+
+
+def plot_window_sensitivity(mean_max_student: np.ndarray, tipping_by_window: Mapping[int, int | None]) -> Figure:
+    """The student's curve with the tipping point each window size would pick (0-based epochs).
+
+    Markers of different windows at the same epoch are stacked above the curve.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    curve = np.asarray(mean_max_student, dtype=np.float64)
+    _line(ax, curve, color=STUDENT, marker="o", ms=4, label="student: mean max probability")
+    span = float(np.nanmax(curve) - np.nanmin(curve)) or 1.0
+    markers = ["v", "*", "D", "P", "X", "s"]
+    colours = [CLEAN, ACCENT, NOISY, TEACHER, "black", CE]
+    stacked: dict[int, int] = {}
+    for k, (w, tip) in enumerate(sorted(tipping_by_window.items())):
+        style = dict(linestyle="none", marker=markers[k % len(markers)], ms=9, color=colours[k % len(colours)],
+                     markeredgecolor="black")
+        if tip is None:
+            ax.plot([], [], label=f"window {w}: no peak", **{**style, "color": "white"})
+            continue
+        level = stacked.get(tip, 0)
+        stacked[tip] = level + 1
+        ax.plot([tip + 1], [curve[tip] + span * 0.08 * (level + 1)], label=f"window {w}: epoch {tip + 1}", **style)
+    ax.set(xlabel="epoch", ylabel="mean max softmax of S", title="Tipping point by window size")
+    ax.margins(y=0.15)
+    _integer_epochs(ax)
+    _legend_below(fig, ax, ncols=3)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 5: Otsu
+# --------------------------------------------------------------------------------------------
+
+
+def plot_score_histogram(scores: np.ndarray, is_noisy: np.ndarray, splits: Mapping[str, object],
+                         bins: int = 50, groups_of: str | None = None) -> Figure:
+    """Stacked histogram of agreement scores, clean vs mislabelled, with Otsu thresholds.
+
+    Args:
+        scores: float [N] in [0, 1]; is_noisy: bool [N].
+        splits: name -> :class:`~bkd_core.method.OtsuSplit` (thresholds drawn as vertical lines).
+        groups_of: name of the split whose four groups are marked along the top.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    scores = np.asarray(scores, dtype=np.float64)
+    noisy = np.asarray(is_noisy, dtype=bool)
+    edges = np.linspace(0, 1, bins + 1)
+    ax.hist([scores[~noisy], scores[noisy]], bins=edges, stacked=True, color=[CLEAN, NOISY],
+            label=["truly clean", "mislabelled"], alpha=0.85)
+    styles = ["-", "--", "-.", ":"]
+    for k, (name, split) in enumerate(splits.items()):
+        ax.axvline(split.threshold, color="black", linestyle=styles[k % 4], linewidth=1.5,
+                   label=f"{name} threshold {split.threshold:.3f}")
+    if groups_of is not None:
+        split = splits[groups_of]
+        top = ax.get_ylim()[1]
+        bounds = [(0.0, split.lower_mean, "G4"), (split.lower_mean, split.threshold, "G3"),
+                  (split.threshold, split.upper_mean, "G2"), (split.upper_mean, 1.0, "G1")]
+        for lo, hi, name in bounds:
+            g = int(name[1])
+            ax.axvspan(lo, hi, ymin=0.94, ymax=1.0, color=GROUP_COLOURS[g], alpha=0.8)
+            ax.text((lo + hi) / 2, top * 0.97, name, ha="center", va="center", fontsize=8)
+    ax.set(xlabel="agreement score of the given label", ylabel="images", xlim=(0, 1))
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def plot_groups(groups: np.ndarray, is_noisy: np.ndarray) -> Figure:
+    """Stacked bars: how many truly clean and mislabelled samples fall in each group G1..G4."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    groups = np.asarray(groups)
+    noisy = np.asarray(is_noisy, dtype=bool)
+    names = ["G1", "G2", "G3", "G4"]
+    n_clean = np.array([np.sum((groups == g) & ~noisy) for g in (1, 2, 3, 4)])
+    n_noisy = np.array([np.sum((groups == g) & noisy) for g in (1, 2, 3, 4)])
+    ax.bar(names, n_clean, color=CLEAN, label="truly clean")
+    ax.bar(names, n_noisy, bottom=n_clean, color=NOISY, label="mislabelled")
+    for i, (c, m) in enumerate(zip(n_clean, n_noisy)):
+        if c + m:
+            ax.text(i, c + m, f"{100 * m / (c + m):.0f}% wrong", ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="group (G1 most confident, G4 least)", ylabel="images", title="Who is in each group")
+    ax.margins(y=0.12)
+    ax.legend()
+    return fig
+
+
+def plot_precision_recall(scores: np.ndarray, is_noisy: np.ndarray,
+                          points: Mapping[str, tuple[float, float]] | None = None) -> Figure:
+    """Precision-recall curve of the (negated) score as a detector of mislabelled samples.
+
+    ``points``: name -> (recall, precision) operating points to mark (e.g. flagging G4).
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    noisy = np.asarray(is_noisy, dtype=bool)
+    score = -np.asarray(scores, dtype=np.float64)
+    precision, recall, _ = precision_recall_curve(noisy, score)
+    ap = average_precision_score(noisy, score)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.plot(recall, precision, color=BKD, label=f"low score = mislabelled (AP {ap:.3f})")
+    ax.axhline(noisy.mean(), color="0.5", linestyle=":", label=f"flag at random ({100 * noisy.mean():.1f}%)")
+    markers = ["o", "s", "D", "^"]
+    for k, (name, (r, p)) in enumerate((points or {}).items()):
+        ax.plot([r], [p], marker=markers[k % 4], ms=8, linestyle="none", markeredgecolor="black", label=name)
+    ax.set(xlabel="recall (share of mislabelled images flagged)", ylabel="precision (share of flags that are right)",
+           xlim=(0, 1.01), ylim=(0, 1.02), title="Detecting mislabelled images")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 6: robust training
+# --------------------------------------------------------------------------------------------
+
+
+def plot_robust_targets(label: int, student_probs: np.ndarray, targets: Mapping[str, np.ndarray],
+                        names: Sequence[str]) -> Figure:
+    """Bars per class: the student's prediction and the phase-2 targets of each group.
+
+    Args:
+        label: the given label y; student_probs: float [C]; targets: name -> float [C].
+    """
+    student_probs = np.asarray(student_probs, dtype=np.float64)
+    targets = {name: np.asarray(t, dtype=np.float64) for name, t in targets.items()}
+    k = len(targets) + 1
+    fig, axes = plt.subplots(1, k, figsize=(1.5 * k, 3.3), sharey=True)
+    c = len(student_probs)
+    colours = [NOISY if i == label else STUDENT for i in range(c)]
+    axes[0].bar(range(c), student_probs, color=colours)
+    axes[0].set_title("student\nprediction", fontsize=9.5)
+    for ax, (name, target) in zip(axes[1:], targets.items()):
+        ax.bar(range(c), target, color=[NOISY if i == label else CLEAN for i in range(c)])
+        ax.set_title(f"target\n{name}", fontsize=9.5)
+    for ax in axes:
+        ax.set_xticks(range(c), names, rotation=90, fontsize=8)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("probability (red: given label)")
+    return fig
+
+
+def plot_test_accuracy(curves: Mapping[str, np.ndarray], tipping: int | None = None,
+                       found_at: int | None = None, colours: Mapping[str, str] | None = None) -> Figure:
+    """Test accuracy (%) per epoch of several runs, with BKD's tipping point and phase 2 marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    default = [BKD, CE, ACCENT, CLEAN]
+    n = 0
+    for k, (name, curve) in enumerate(curves.items()):
+        colour = (colours or {}).get(name, default[k % len(default)])
+        _line(ax, curve, color=colour, marker="o", ms=3.5, label=name)
+        n = max(n, len(curve))
+    if tipping is not None:
+        ax.axvline(tipping + 1, color=ACCENT, linestyle="--", label=f"BKD tipping point (epoch {tipping + 1})")
+    _shade_phase2(ax, found_at, n, label="BKD phase 2")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Accuracy on the clean test set")
+    _legend_below(fig, ax, ncols=2)
+    _integer_epochs(ax)
+    return fig

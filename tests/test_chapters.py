@@ -1,0 +1,271 @@
+"""The book: its configuration, the chapter notebooks, and each chapter run end to end.
+
+* Static checks (instant): ``_config.yml``, ``_toc.yml``, the Pages workflow, and the shape every
+  chapter must have (title, Colab cell, plain ``parameters`` cell, no stored outputs).
+* Each chapter is executed with papermill and tiny parameters (a few seconds each; the training runs
+  are shared through one run cache), and what it records is checked: every value its prose glues
+  exists and is sane, figures are produced, nothing is printed, no error.
+  With ``BKD_DATA_DIR`` set the chapters run on real CIFAR-10N; without it on the generated
+  ``synthetic`` data, and the introduction (which reads the CIFAR-N label files) is skipped.
+* With real data, the executed notebooks are built into HTML with jupyter-book (no re-execution) and
+  the pages are checked: every chapter present, no stderr or error output, glue resolved,
+  papermill's injected-parameters cell hidden.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER_DIR = ROOT / "chapters"
+CHAPTERS = sorted(p.stem for p in CHAPTER_DIR.glob("*.ipynb"))
+PARAMETERS = ["dataset", "split", "profile", "seed", "train_size", "epochs", "device", "data_dir", "run_cache",
+              "overrides"]
+REAL_DATA = bool(os.environ.get("BKD_DATA_DIR"))
+NEEDS_LABEL_FILES = {"01_intro"}
+
+# Tiny runs: 300 images, 6 epochs, a narrow CNN; the fallback forces the tipping point to epoch 3 (found
+# after epoch 4), so phase 2 (epoch 5) and every detection path run.
+TINY = {
+    "dataset": "cifar10" if REAL_DATA else "synthetic",
+    "train_size": 300,
+    "epochs": 6,
+    "overrides": {"test_size": 200, "model_widths": [8, 16, 16], "tipping_fallback": 3},
+}
+
+GLUE_ROLE = re.compile(r"\{glue(?::text|:any|:md)?\}`([^`]+)`")
+
+
+def _load_yaml(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Static checks
+# ----------------------------------------------------------------------------------------------
+
+
+def test_config():
+    config = _load_yaml("_config.yml")
+    execute = config["execute"]
+    assert execute["execute_notebooks"] in ("force", "cache")
+    assert execute["raise_on_error"] is True and execute["allow_errors"] is False
+    assert execute["timeout"] >= 1800  # the cpu profile's BKD run is one cell
+    assert config["repository"]["branch"] == "main"
+    assert config["repository"]["url"].startswith("https://github.com/")
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert config["html"]["use_repository_button"] and config["html"]["use_issues_button"]
+    assert {"dollarmath", "amsmath"} <= set(config["parse"]["myst_enable_extensions"])
+    assert {".venv", "runs", ".data", "_build", "benchmarks", "tests"} <= set(config["exclude_patterns"])
+
+
+def test_toc_lists_every_chapter_in_four_parts():
+    toc = _load_yaml("_toc.yml")
+    assert toc["format"] == "jb-book"
+    assert [part["caption"] for part in toc["parts"]] == ["Background", "Method", "Results", "Appendix"]
+    files = [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
+    assert sorted(files) == [f"chapters/{name}" for name in CHAPTERS]
+    assert len(CHAPTERS) == 7
+
+
+def test_pages_workflow():
+    text = (ROOT / ".github" / "workflows" / "book.yml").read_text()
+    workflow = yaml.safe_load(text)
+    assert "build" in workflow["jobs"] and "deploy" in workflow["jobs"]
+    for needle in ("actions/upload-pages-artifact", "actions/deploy-pages", "python -m bkd_core download",
+                   "make book", "_build/html"):
+        assert needle in text, needle
+    assert "jupyter-book build . --builder html" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_shape(name):
+    nb = nbformat.read(CHAPTER_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "outputs stored"
+    # first code cell: Colab set-up, removed from the HTML, installing from the configured repository
+    colab = code[0]
+    assert "remove-cell" in colab.metadata.get("tags", [])
+    assert 'if "google.colab" in sys.modules:' in colab.source
+    url = _load_yaml("_config.yml")["repository"]["url"]
+    assert f"git+{url}" in colab.source
+    assert "download(" in colab.source
+    # second code cell: papermill parameters, plain literals only
+    params = code[1]
+    assert params.metadata.get("tags") == ["parameters"]
+    names = []
+    for stmt in ast.parse(params.source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.dump(stmt)
+        ast.literal_eval(stmt.value)
+        names.append(stmt.targets[0].id)
+    assert names == PARAMETERS
+    defaults = {stmt.targets[0].id: ast.literal_eval(stmt.value) for stmt in ast.parse(params.source).body}
+    assert defaults["profile"] == "cpu" and defaults["device"] == "auto"
+    assert defaults["epochs"] is None and defaults["train_size"] is None  # the cpu profile's values
+    # no hard-coded repository address elsewhere, no leftover debugging
+    for cell in code[1:]:
+        assert "github.com/" not in cell.source
+        assert not re.search(r"^\s*print\(", cell.source, re.M), f"print in {name}: {cell.source[:80]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Execution with papermill
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run chapters on demand (once each) into one folder, sharing one run cache."""
+    import papermill as pm
+
+    out = tmp_path_factory.mktemp("book")
+    (out / "chapters").mkdir()
+    cache = out / "runs"
+    results: dict[str, Path | BaseException] = {}
+    # the kernels inherit the environment: one thread each, as the rest of the suite (conftest.py)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+    def run(name: str) -> Path:
+        if name not in results:
+            path = out / "chapters" / f"{name}.ipynb"
+            try:
+                pm.execute_notebook(CHAPTER_DIR / f"{name}.ipynb", path, cwd=CHAPTER_DIR, kernel_name="python3",
+                                    progress_bar=False, parameters={**TINY, "run_cache": str(cache)})
+                results[name] = path
+            except BaseException as exc:  # noqa: BLE001 - re-raised for every test that needs it
+                results[name] = exc
+        if isinstance(results[name], BaseException):
+            raise results[name]
+        return results[name]
+
+    run.folder = out  # type: ignore[attr-defined]
+    yield run
+    if saved is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = saved
+
+
+def _glued(nb) -> dict:
+    values = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            meta = output.get("metadata", {}).get("scrapbook")
+            if meta:
+                text = output["data"][meta["mime_prefix"] + "text/plain"]
+                try:
+                    values[meta["name"]] = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    values[meta["name"]] = text
+    return values
+
+
+def _check_outputs(nb) -> int:
+    """No errors, no printed output (stderr only in cells tagged remove-stderr); returns the figure count."""
+    figures = 0
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error", output
+            if output.output_type == "stream":
+                assert output.name == "stderr" and "remove-stderr" in tags, (cell.source[:80], output.text[:300])
+            if "image/png" in output.get("data", {}):
+                figures += 1
+    return figures
+
+
+EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
+    "01_intro": ({"worst_rate", "aggre_rate", "top_pct", "worst_class"}, 3),
+    "02_memorization": ({"n_train", "noise_pct", "p_noisy_last", "mem_noisy_last", "peak_acc", "verdict"}, 1),
+    "03_blind_teacher": ({"t_mem", "s_mem", "t_noisy", "s_noisy", "verdict"}, 3),
+    "04_tipping_point": ({"tip_text", "found_text", "onset_text", "vs_onset", "w_range_text"}, 2),
+    "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
+    "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
+    "07_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic", "groups_text"}, 0),
+}
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_runs(name, executed):
+    if name in NEEDS_LABEL_FILES and not REAL_DATA:
+        pytest.skip("needs the CIFAR-N label files: set BKD_DATA_DIR (see README)")
+    nb = nbformat.read(executed(name), as_version=4)
+    glued = _glued(nb)
+    # every value the prose refers to was glued
+    referenced = {m.split(":")[0] for c in nb.cells if c.cell_type == "markdown" for m in GLUE_ROLE.findall(c.source)}
+    assert referenced, "the prose quotes no computed value"
+    assert referenced <= set(glued), f"not glued: {sorted(referenced - set(glued))}"
+    keys, min_figures = EXPECTED[name]
+    assert keys <= set(glued), sorted(keys - set(glued))
+    assert _check_outputs(nb) >= min_figures
+    for key, value in glued.items():
+        if isinstance(value, float) and not key.startswith("q6_"):
+            assert value == value, f"{key} is NaN"  # noqa: PLR0124
+    if name == "01_intro" and REAL_DATA:
+        assert abs(glued["worst_rate"] - 40.21) < 0.01 and abs(glued["aggre_rate"] - 9.01) < 0.01
+    if name == "05_otsu":
+        assert 0 < glued["t_bkd"] < 1 and 0 <= glued["g4_f1"] <= 1
+        assert abs(glued["all_f1"] - 2 * glued["true_rate"] / 100 / (1 + glued["true_rate"] / 100)) < 1e-9
+    if name == "07_differences":
+        b, c = glued["q3_B"], glued["q3_C"]
+        assert abs(glued["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12
+
+
+def test_injected_parameters_are_hidden(tmp_path):
+    from bkd_core.book import hide_injected_parameters
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("x = 2", metadata={"tags": ["injected-parameters"]})]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert hide_injected_parameters(path) == 1
+    assert hide_injected_parameters(path) == 0
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].metadata["tags"] == ["parameters"]
+    assert cells[1].metadata["tags"] == ["injected-parameters", "hide-cell"]
+
+
+@pytest.mark.skipif(not REAL_DATA, reason="builds every chapter, and the introduction needs BKD_DATA_DIR")
+def test_book_builds_from_executed_chapters(executed):
+    """jupyter-book turns the papermill outputs into HTML (execution off) without warnings."""
+    from bkd_core.book import hide_injected_parameters
+
+    for name in CHAPTERS:
+        hide_injected_parameters(executed(name))
+    book = executed.folder
+    config = _load_yaml("_config.yml")
+    config["execute"]["execute_notebooks"] = "off"
+    (book / "_config.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(ROOT / "_toc.yml", book / "_toc.yml")
+    if (ROOT / "_static").is_dir():
+        shutil.copytree(ROOT / "_static", book / "_static")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(jb), "build", str(book), "--builder", "html", "-W", "-n", "--keep-going"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in CHAPTERS:
+        html = (book / "_build" / "html" / "chapters" / f"{name}.html").read_text()
+        assert "output stderr" not in html and "output traceback" not in html, name
+        assert "{glue" not in html, name
+        assert "Traceback" not in html, name
+        injected = re.search(r'<div class="([^"]*)tag_injected-parameters([^"]*)"', html)
+        assert injected and "tag_hide-cell" in injected.group(0), name
+        assert "google.colab" not in html, name  # the Colab cell is removed
+    index = json.dumps(sorted(p.name for p in (book / "_build" / "html").iterdir()))
+    assert "index.html" in index

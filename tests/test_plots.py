@@ -1,0 +1,233 @@
+"""The book's helpers (bkd_core.book) and figures (bkd_core.plots) on small made-up arrays.
+
+Every figure function must return a Figure with labelled axes, a legend where there is more than
+one series, and cope with the cases a run can produce (no tipping point, NaN epochs).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bkd_core import book, plots  # noqa: E402
+from bkd_core import data as D  # noqa: E402
+from bkd_core.config import CPU  # noqa: E402
+from bkd_core.method import otsu_split  # noqa: E402
+
+RNG = np.random.default_rng(0)
+E, N = 8, 120
+IS_NOISY = RNG.random(N) < 0.4
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _labelled(fig):
+    """Every axes with data has x and y labels (or is an image / diagram without axis)."""
+    for ax in fig.axes:
+        if not ax.axison or not (ax.lines or ax.patches or ax.collections):
+            continue
+        shared_y = ax.get_shared_y_axes().get_siblings(ax)
+        assert any(a.get_ylabel() for a in shared_y), ax.get_title()
+        shared_x = ax.get_shared_x_axes().get_siblings(ax)
+        assert any(a.get_xlabel() for a in shared_x), ax.get_title()
+
+
+def _has_legend(fig):
+    return bool(fig.legends) or any(ax.get_legend() for ax in fig.axes)
+
+
+def _per_sample(low, high):
+    """[E, N] float16 probabilities rising from low to high (noisy rows rise later)."""
+    t = np.linspace(0, 1, E)[:, None]
+    base = np.where(IS_NOISY[None, :], low + (high - low) * t**3, low + (high - low) * np.sqrt(t))
+    return np.clip(base + RNG.normal(0, 0.02, (E, N)), 0, 1).astype(np.float16)
+
+
+# ----------------------------------------------------------------------------------------------
+# book helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_chapter_config_reads_the_profile():
+    cfg = book.chapter_config("cpu", seed=3)
+    assert cfg.epochs == CPU.epochs and cfg.train_size == CPU.train_size and cfg.seed == 3
+    cfg = book.chapter_config("cpu", epochs=5, train_size=100, overrides={"model_widths": [8, 8, 8]})
+    assert cfg.epochs == 5 and cfg.train_size == 100 and cfg.model_widths == (8, 8, 8)
+    same = book.chapter_config("cpu", epochs=5, train_size=100, device="cpu", overrides={"model_widths": [8, 8, 8]})
+    assert cfg.fingerprint() == same.fingerprint()  # the device does not change the cached run
+    table = book.config_table(cfg)
+    assert list(table.columns) == ["this run (cpu)", "paper"]
+    assert table.loc["model_widths", "paper"] == "(fixed)"
+    with pytest.raises(ValueError):
+        book.chapter_config("cpu", overrides={"no_such_field": 1})
+
+
+def test_load_data_synthetic():
+    data = book.load_data("synthetic")
+    assert len(data) == 2000 and data.num_classes == 10 and 0.3 < data.noise_rate < 0.5
+
+
+def test_memorization_onset_and_peak():
+    assert book.memorization_onset([0.2, 0.15, 0.2, 0.24, 0.26, 0.5]) == 4
+    assert book.memorization_onset([0.2, 0.21, 0.22]) is None
+    assert book.memorization_onset([np.nan, 0.1, 0.3]) == 2
+    assert book.peak_epoch([1.0, np.nan, 3.0, 2.0]) == 2
+    assert book.peak_epoch([np.nan, np.nan]) is None
+    assert book.epoch_number(0) == 1 and book.epoch_number(None) is None
+
+
+def test_clean_noisy_means():
+    values = np.array([[1.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+    clean, noisy = book.clean_noisy_means(values, np.array([False, True, False]))
+    np.testing.assert_allclose(clean, [1.0, 0.25])
+    np.testing.assert_allclose(noisy, [0.0, 0.5])
+
+
+def test_window_sensitivity():
+    curve = [0.1, 0.2, 0.3, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    tips = book.tipping_by_window(curve, (1, 2, 3, 4))
+    assert tips == {1: 3, 2: 3, 3: 3, 4: None}
+    table = book.window_sensitivity(curve, (1, 2, 3, 4))
+    assert list(table["tipping epoch"].astype(object).fillna(0)) == [4, 4, 4, 0]
+    assert table["detected at epoch"].iloc[1] == 6  # found window epochs after the peak, counted from 1
+
+
+def test_scores_at_tipping_and_tables():
+    scores = np.clip(np.where(IS_NOISY, RNG.normal(0.2, 0.1, N), RNG.normal(0.7, 0.1, N)), 0, 1)
+    history = np.vstack([scores, scores * 0.9, np.full(N, np.nan)])
+
+    class Run:
+        metrics = {"tipping_epoch": 1, "tipping_found_at_epoch": 2, "epochs": 3}
+
+    Run.history = {"eval_agreement": history}
+    got, epoch, found = book.scores_at_tipping(Run)
+    assert epoch == 1 and found and np.allclose(got, scores * 0.9)
+    Run.metrics = {"tipping_epoch": None, "tipping_found_at_epoch": None, "epochs": 3}
+    got, epoch, found = book.scores_at_tipping(Run)
+    assert epoch == 1 and not found  # the last epoch that has scores
+    assert book.phase1_epochs(Run) == 3
+
+    comparison = book.otsu_comparison(scores, IS_NOISY, bins=100)
+    assert list(comparison.columns) == ["bkd", "classic"]
+    assert comparison.loc["F1 of flagging G3+G4 (below threshold)", "bkd"] > 0.8
+    groups = np.array([1, 2, 3, 4] * (N // 4))
+    table = book.group_table(groups, IS_NOISY)
+    assert list(table.index) == ["G1", "G2", "G3", "G4"] and table["samples"].sum() == N
+    detection = book.detection_table({"G4": groups == 4}, IS_NOISY)
+    assert detection.loc["everything (baseline)", "recall"] == 1.0
+    html = book.table(detection, "{:.3f}").to_html()
+    assert 'class="dataframe"' in html
+
+
+def test_noise_rate_table_from_label_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "CIFAR_TRAIN_SIZE", 100)
+    rng = np.random.default_rng(1)
+    clean = rng.integers(0, 10, 100)
+    labels = {"clean_label": clean}
+    for key, rate in (("aggre_label", 0.1), ("random_label1", 0.2), ("random_label2", 0.2), ("random_label3", 0.2),
+                      ("worse_label", 0.4)):
+        noisy = clean.copy()
+        noisy[: int(rate * 100)] = (noisy[: int(rate * 100)] + 1) % 10
+        labels[key] = noisy
+    torch.save(labels, tmp_path / "CIFAR-10_human.pt")
+    table = book.noise_rate_table(tmp_path)
+    rates = dict(zip(table["split"], table["noise rate"]))
+    assert rates == {"clean": 0.0, "aggre": 0.1, "rand1": 0.2, "rand2": 0.2, "rand3": 0.2, "worst": 0.4}
+    assert set(table["dataset"]) == {"CIFAR-10N"}  # no CIFAR-100 file: its rows are left out
+    with pytest.raises(FileNotFoundError):
+        book.noise_rate_table(tmp_path / "empty")
+
+
+def test_transition_matrix_and_examples():
+    data = book.load_data("synthetic")
+    matrix = book.transition_matrix(data.clean_labels, data.train_labels, 10)
+    np.testing.assert_allclose(matrix.sum(1), 1.0)
+    assert abs((1 - np.diag(matrix)).mean() - data.noise_rate) < 0.05
+    rows = book.example_rows(data, n=12, noisy_fraction=0.5)
+    assert len(set(rows)) == 12 and data.is_noisy[rows].sum() == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------
+
+
+def test_data_figures():
+    data = book.load_data("synthetic")
+    rows = book.example_rows(data, n=8)
+    fig = plots.show_examples(data.train_images[rows], data.clean_labels[rows], data.train_labels[rows],
+                              [f"c{i}" for i in range(10)], ncols=4)
+    assert len([ax for ax in fig.axes if ax.images]) == 8
+    import pandas as pd
+
+    table = pd.DataFrame({"dataset": ["CIFAR-10N"] * 2, "split": ["clean", "worst"], "noise rate": [0.0, 0.4]})
+    _labelled(plots.plot_noise_rates(table))
+    fig = plots.plot_transition_matrix(np.eye(3), ["a", "b", "c"])
+    assert fig.axes[0].get_xlabel() == "human label"
+
+
+@pytest.mark.parametrize("onset", [None, 3])
+def test_memorization_figure(onset):
+    test_acc = np.linspace(20, 40, E)
+    test_acc[2] = np.nan
+    fig = plots.plot_memorization(_per_sample(0.1, 1.0), (_per_sample(0, 1) > 0.5).astype(np.float16), IS_NOISY,
+                                  test_acc, onset=onset, peak=int(np.nanargmax(test_acc)))
+    _labelled(fig)
+    assert _has_legend(fig) and len(fig.axes) == 3
+
+
+def test_bkd_figures():
+    _labelled(plots.draw_bkd_diagram())
+    for found_at in (None, 4):
+        fig = plots.plot_teacher_student(_per_sample(0.1, 1.0), _per_sample(0.1, 0.6), IS_NOISY, found_at=found_at)
+        _labelled(fig)
+        assert _has_legend(fig)
+    fig = plots.plot_teacher_student_scatter(_per_sample(0.1, 1)[5], _per_sample(0.1, 0.6)[5], IS_NOISY, 5)
+    _labelled(fig)
+
+
+@pytest.mark.parametrize("tipping,found_at", [(None, None), (3, 5)])
+def test_tipping_figures(tipping, found_at):
+    curve = np.array([0.2, 0.25, 0.3, 0.35, 0.33, 0.32, 0.5, 0.6])
+    fig = plots.plot_tipping(curve, tipping, found_at, np.linspace(10, 90, E), np.linspace(30, 20, E), 2, 1)
+    _labelled(fig)
+    assert _has_legend(fig)
+    _labelled(plots.plot_tipping(curve, tipping, found_at))
+    fig = plots.plot_window_sensitivity(curve, book.tipping_by_window(curve))
+    _labelled(fig)
+    assert _has_legend(fig)
+
+
+def test_otsu_figures():
+    scores = np.clip(np.where(IS_NOISY, RNG.normal(0.2, 0.1, N), RNG.normal(0.7, 0.1, N)), 0, 1)
+    splits = {"official": otsu_split(scores), "classic": otsu_split(scores, criterion="classic")}
+    fig = plots.plot_score_histogram(scores, IS_NOISY, splits, groups_of="official")
+    _labelled(fig)
+    assert _has_legend(fig)
+    from bkd_core.method import assign_groups
+
+    _labelled(plots.plot_groups(assign_groups(scores, splits["official"]).numpy(), IS_NOISY))
+    fig = plots.plot_precision_recall(scores, IS_NOISY, {"G4": (0.5, 0.9)})
+    _labelled(fig)
+    assert _has_legend(fig)
+
+
+def test_training_figures():
+    student = torch.full((10,), 0.05)
+    student[3], student[5] = 0.4, 0.2
+    targets = {"G1": np.eye(10)[5], "G4": np.full(10, 0.1)}
+    fig = plots.plot_robust_targets(5, student, targets, [str(i) for i in range(10)])
+    assert len(fig.axes) == 3
+    fig = plots.plot_test_accuracy({"BKD": np.linspace(20, 40, E), "CE": np.full(E, np.nan)}, tipping=3, found_at=5)
+    _labelled(fig)
+    assert _has_legend(fig)
