@@ -35,6 +35,7 @@ wall-time breakdown of one bkd_core epoch.
 Usage (from the repository root)::
 
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --passive
+    BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --batch-size 32 --passive
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model preresnet18 --passive
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --profile --repeats 0
 
@@ -590,8 +591,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("small_cnn", "preresnet18"), default="small_cnn")
     parser.add_argument("--widths", type=int, nargs=3, default=(32, 64, 128), help="small_cnn widths")
     parser.add_argument("--images", type=int, default=None,
-                        help="images per timed pass (default: 4000 = one epoch of the cpu profile's subset for "
-                             "small_cnn; --batches x --batch-size for preresnet18)")
+                        help="images per timed pass (default: the cpu profile's train_size, i.e. one epoch of its "
+                             "subset, for small_cnn; --batches x --batch-size for preresnet18)")
     parser.add_argument("--batches", type=int, default=10, help="preresnet18: timed batches per pass")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up batches per pipeline")
     parser.add_argument("--repeats", type=int, default=None,
@@ -626,7 +627,12 @@ def main() -> None:
 
     machine = machine_description()
     repeats = args.repeats if args.repeats is not None else (3 if args.model == "small_cnn" else 2)
-    n_images = args.images or (4000 if args.model == "small_cnn" else args.batches * args.batch_size)
+    if args.images is None and args.model == "small_cnn":  # one epoch of the cpu profile's subset
+        sys.path.insert(0, str(ROOT))
+        from bkd_core.config import get_profile
+
+        args.images = get_profile("cpu").train_size
+    n_images = args.images or args.batches * args.batch_size
     warm = min(args.warmup * args.batch_size, n_images)
     variants = [("official", "official", {}), ("bkd_core", "bkd_core", {})]
     if args.passive:

@@ -17,14 +17,6 @@ from bkd_core.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster when the 2 cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 
 
