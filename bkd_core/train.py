@@ -142,7 +142,8 @@ class _Trainer:
         self.augment_spec = OFFICIAL_AUGMENT.get(data.dataset, OFFICIAL_AUGMENT["cifar10"])
         on_cuda = self.device.type == "cuda"
         self.channels_last = config.channels_last
-        self.bf16 = on_cuda if config.bf16 is None else config.bf16
+        # bf16 autocast where the GPU has bf16 units (not on Turing GPUs such as Colab's T4)
+        self.bf16 = (on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) if config.bf16 is None else config.bf16
         mean, std = NORMALIZATION[data.dataset]
         self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         val_mean, val_std = NORMALIZATION["cifar10" if config.val_normalization == "cifar10" else data.dataset]
@@ -400,7 +401,7 @@ class _BKDTrainer(_Trainer):
         agree = torch.zeros(n, device=dev)
         p_teacher = torch.zeros(n, device=dev)
         p_student = torch.zeros(n, device=dev)
-        sums = torch.zeros(4, device=dev)  # ce, compensation, max-prob sum, batches
+        sums = torch.zeros(3, device=dev)  # ce, compensation, max-prob sum (no host sync inside the epoch)
         alpha = group_alpha(self.train_groups, cfg.alphas).to(dev) if self.train_groups is not None else None
         for pos in shuffled_batches(n, cfg.batch_size, self.generator, dev):
             x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
@@ -426,8 +427,8 @@ class _BKDTrainer(_Trainer):
                 p_teacher[pos] = z_t.softmax(1)[rows, y]
                 p_student[pos] = probs_s[rows, y]
                 sums += torch.stack([ce.detach() * len(y), compensation.detach() * len(y),
-                                     probs_s.detach().max(1).values.sum(), torch.tensor(float(len(y)), device=dev)])
-        ce_mean, comp_mean, max_mean = (sums[:3] / sums[3]).unbind()
+                                     probs_s.detach().max(1).values.sum()])
+        ce_mean, comp_mean, max_mean = (sums / n).unbind()
         return {"train_agreement": agree, "train_teacher_p": p_teacher, "train_student_p": p_student,
                 "loss_ce": ce_mean, "loss_compensation": comp_mean, "loss": ce_mean + comp_mean,
                 "mean_max_student": max_mean, "phase": torch.tensor(1.0 if alpha is None else 2.0)}
@@ -511,7 +512,7 @@ class _CETrainer(_Trainer):
         cfg, dev, n = self.config, self.device, self.n_train
         p_label = torch.zeros(n, device=dev)
         memorized = torch.zeros(n, device=dev)
-        sums = torch.zeros(2, device=dev)
+        loss_sum = torch.zeros((), device=dev)
         for pos in shuffled_batches(n, cfg.batch_size, self.generator, dev):
             x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
             y = self.train_labels[pos]
@@ -526,8 +527,8 @@ class _CETrainer(_Trainer):
                 rows = torch.arange(len(y), device=dev)
                 p_label[pos] = logits.softmax(1)[rows, y]
                 memorized[pos] = (logits.argmax(1) == y).float()
-                sums += torch.stack([loss.detach() * len(y), torch.tensor(float(len(y)), device=dev)])
-        return {"train_p_label": p_label, "train_predicts_label": memorized, "loss": sums[0] / sums[1]}
+                loss_sum += loss.detach() * len(y)
+        return {"train_p_label": p_label, "train_predicts_label": memorized, "loss": loss_sum / n}
 
     def final_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         is_noisy = self.prep.data.is_noisy
