@@ -1,4 +1,4 @@
-"""Command line: ``python -m bkd_core {train,train-ce,download} ...``."""
+"""Command line: ``python -m bkd_core {train,train-ce,reproduce,download} ...``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,61 @@ def _train(args: argparse.Namespace, kind: str) -> int:
     return 0
 
 
+def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--splits", nargs="+", default=["all"],
+                   help="all, cifar10, cifar100, or split names (worst aggre ... noisy100)")
+    p.add_argument("--methods", nargs="+", default=["bkd", "ce", "cleanlab"], choices=["bkd", "ce", "cleanlab"])
+    p.add_argument("--folds", type=int, default=3, help="cross-validation folds of confident learning (cleanlab's own default is 5)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a BKDConfig field (repeatable)")
+    p.add_argument("--out", required=True, help="batch folder; rerunning with the same one skips finished runs and resumes the rest")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (local pool, or the Slurm array's parallelism)")
+    p.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"],
+                   help="local: a process pool on this machine; slurm: submitit's Slurm executor; "
+                        "submitit-local: submitit's local executor (for testing the cluster path)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit parameter, e.g. slurm_partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs locally)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
+    p.add_argument("--download", action="store_true", help="download missing data inside each run")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import BatchOptions, format_outcomes, plan, run_batch
+
+    overrides = parse_overrides(args.set)
+    try:
+        get_profile(args.profile, **overrides)  # fail now, not inside every run
+        specs = plan(args.splits, args.seeds)
+        options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides, methods=tuple(args.methods),
+                               folds=args.folds, data_dir=args.data_dir, download=args.download, device=args.device,
+                               threads=args.threads)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    outcomes = run_batch(specs, options, jobs=args.jobs, executor=args.executor,
+                         submitit_parameters=parse_overrides_raw(args.slurm), progress=not args.no_progress)
+    print(format_outcomes(outcomes))
+    print(f"wrote {options.out}/summary.json and results.csv")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["slurm_partition=gpu", "timeout_min=600"]`` -> ``{"slurm_partition": "gpu", "timeout_min": 600}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--slurm expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bkd_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_train_args(p_bkd)
     p_ce = sub.add_parser("train-ce", help="train the cross-entropy baseline with the same budget")
     _add_train_args(p_ce)
+    p_rep = sub.add_parser("reproduce", help="every CIFAR-N split and seed: BKD, CE and cleanlab, one papermill run each")
+    _add_reproduce_args(p_rep)
     p_dl = sub.add_parser("download", help="download CIFAR images and the CIFAR-N label file")
     p_dl.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
@@ -94,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "download":
             print(f"data in {download(args.dataset, args.root)}")
             return 0
+        if args.command == "reproduce":
+            return _reproduce(args)
         return _train(args, "bkd" if args.command == "train" else "ce")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

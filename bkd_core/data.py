@@ -59,6 +59,7 @@ __all__ = [
     "load_cifar_n_labels",
     "download",
     "train_val_split",
+    "missing_data",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -655,6 +656,24 @@ def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
+
+def missing_data(dataset: str, root: str | os.PathLike | None = None) -> str | None:
+    """Why ``dataset`` cannot be loaded from ``root`` without downloading, or None if its files exist.
+
+    Only checks that the image file/folder and the CIFAR-N label file are present (cheap); the
+    checks of their contents happen in :func:`load_cifar_n`.
+    """
+    ds = canonical_dataset(dataset)
+    data_dir, source = _resolve_with_source(root)
+    missing = [str(p) for p, ok in (
+        (f"{data_dir / IMAGE_FILES[ds]} or {data_dir / TORCHVISION_FOLDERS[ds]}/",
+         (data_dir / IMAGE_FILES[ds]).is_file() or (data_dir / TORCHVISION_FOLDERS[ds]).is_dir()),
+        (data_dir / LABEL_FILES[ds], (data_dir / LABEL_FILES[ds]).is_file()),
+    ) if not ok]
+    if not missing:
+        return None
+    return f"{ds} data not found: missing {' and '.join(missing)} (data folder from {source}); pass --download or see the README"
 
 
 def load_cifar_n(

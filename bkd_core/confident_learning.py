@@ -1,0 +1,143 @@
+"""cleanlab's confident learning on the same data and budget as a BKD run: the comparison detector.
+
+Out-of-fold predicted probabilities come from K cross-entropy networks (``train_ce``, same model,
+epochs, batch size and pipeline as the BKD run), each trained on K-1 stratified folds of the
+run's training subset and applied to the fold it did not see; then
+``cleanlab.filter.find_label_issues`` flags the label issues and
+``cleanlab.rank.get_label_quality_scores`` scores every sample (lower = more likely mislabelled).
+
+A run directory holds one ``fold_K`` run directory per fold (each resumable on its own),
+``metrics.json`` and ``scores.npz`` (``label_issues``, ``label_quality``, ``ranked_indices``,
+``indices``, ``pred_probs``, ``predicted_labels``), as the BKD and CE runs do.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import NORMALIZATION, Normalizer, ordered_batches, to_device_images
+from .config import BKDConfig
+from .data import NoisyCIFAR
+from .io import atomic_save_npz, atomic_write_json, read_json
+from .metrics import detection_scores, flag_all_f1
+from .train import RunResult, train_ce
+
+__all__ = ["stratified_folds", "predict_probabilities", "train_confident_learning"]
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number in ``[0, folds)`` of each sample, stratified by ``labels`` (int [N]) -> int64 [N].
+
+    As cleanlab's own cross-validation: ``StratifiedKFold`` (shuffled, seeded); plain ``KFold``
+    when a class has fewer members than there are folds.
+
+    Raises:
+        ValueError: fewer than 2 folds, or more folds than samples.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    if folds < 2 or folds > len(labels):
+        raise ValueError(f"folds must be between 2 and the number of samples ({len(labels)}), got {folds}")
+    counts = np.bincount(labels)
+    stratify = counts[counts > 0].min() >= folds
+    splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold_of[held_out] = k
+    return fold_of
+
+
+@torch.no_grad()
+def predict_probabilities(network: nn.Module, images_hwc: np.ndarray, dataset: str, config: BKDConfig) -> np.ndarray:
+    """Softmax probabilities of ``network`` (eval mode, no augmentation) on uint8 images [N, H, W, 3]
+    -> float32 [N, C]. Normalized with ``dataset``'s constants, on ``config``'s device."""
+    device = next(network.parameters()).device
+    mean, std = NORMALIZATION[dataset]
+    normalize = Normalizer(mean, std, device, config.channels_last)
+    images = to_device_images(images_hwc, device)
+    network.eval()
+    out = [network(normalize(images[rows])).float().softmax(1) for rows in ordered_batches(len(images), config.eval_batch_size, device)]
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _fold_data(data: NoisyCIFAR, rows: np.ndarray) -> NoisyCIFAR:
+    return replace(data, train_images=data.train_images[rows], train_labels=data.train_labels[rows],
+                   clean_labels=data.clean_labels[rows], indices=data.indices[rows])
+
+
+def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, folds: int = 5,
+                             progress: bool = True) -> RunResult:
+    """Confident learning on ``config``'s training subset of ``data`` with ``folds``-fold cross-validation.
+
+    The subset is the one ``train_bkd`` uses (``config.train_size`` and ``config.seed``); every sample
+    of it (training and validation rows alike, as BKD's scores) gets an out-of-fold prediction.
+    Each fold network is ``train_ce`` with ``config`` on the other folds (no validation hold-out).
+    Rerunning with the same ``run_dir`` resumes the unfinished folds and returns a finished run.
+    """
+    import cleanlab
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    run_dir = Path(run_dir)
+    identity = {"kind": "cleanlab", "dataset": data.dataset, "split": data.split, "folds": folds,
+                "fingerprint": config.fingerprint()}
+    if (run_dir / "config.json").exists() and read_json(run_dir / "config.json").get("identity") != identity:
+        raise ValueError(f"{run_dir} belongs to a different run ({read_json(run_dir / 'config.json').get('identity')}), "
+                         f"not this one ({identity}); use another run directory, or delete that one to start over")
+    if (run_dir / "metrics.json").exists() and (run_dir / "scores.npz").exists():
+        return _load(run_dir, config)
+    atomic_write_json(run_dir / "config.json", {"config": config.to_dict(), "identity": identity})
+
+    subset = data.subset(config.train_size, seed=config.seed)
+    labels = subset.train_labels
+    fold_of = stratified_folds(labels, folds, config.seed)
+    fold_config = config.replace(train_size=None, val_ratio=0.0)
+    pred_probs = np.zeros((len(labels), subset.num_classes), dtype=np.float32)
+    wall = 0.0
+    for k in range(folds):
+        fit_rows, held_out = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+        fold = train_ce(_fold_data(subset, fit_rows), fold_config, run_dir / f"fold_{k}", progress=progress)
+        wall += fold.metrics["wall_time_s"]
+        start = time.perf_counter()
+        pred_probs[held_out] = predict_probabilities(fold.networks["model"], subset.train_images[held_out],
+                                                     subset.dataset, fold_config)
+        wall += time.perf_counter() - start
+
+    label_issues = find_label_issues(labels, pred_probs)
+    quality = get_label_quality_scores(labels, pred_probs).astype(np.float32)
+    is_noisy = subset.is_noisy
+    metrics: dict[str, Any] = {
+        "kind": "cleanlab", "dataset": subset.dataset, "split": subset.split, "profile": config.profile,
+        "seed": config.seed, "folds": folds, "num_samples": len(labels), "epochs": config.epochs,
+        "true_noise_rate": float(subset.noise_rate),
+        "estimated_noise_rate": float(label_issues.mean()), "flagged_fraction": float(label_issues.mean()),
+        "flag_all_f1": flag_all_f1(float(is_noisy.mean())),
+        **{f"detection_{k}": v for k, v in detection_scores(label_issues, is_noisy).items()},
+        "out_of_fold_acc_given": float((pred_probs.argmax(1) == labels).mean()),
+        "out_of_fold_acc_clean": float((pred_probs.argmax(1) == subset.clean_labels).mean()),
+        "wall_time_s": round(wall, 2), "cleanlab": cleanlab.__version__, "command": " ".join(sys.argv),
+    }
+    atomic_save_npz(run_dir / "scores.npz", label_issues=label_issues, label_quality=quality,
+                    ranked_indices=np.argsort(quality, kind="stable").astype(np.int64),
+                    indices=subset.indices.astype(np.int64), pred_probs=pred_probs,
+                    predicted_labels=pred_probs.argmax(1).astype(np.int64), folds=fold_of)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return _load(run_dir, config)
+
+
+def _load(run_dir: Path, config: BKDConfig) -> RunResult:
+    metrics = read_json(run_dir / "metrics.json")
+    with np.load(run_dir / "scores.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    return RunResult(run_dir=run_dir, config=config, metrics=metrics, label_issues=arrays["label_issues"],
+                     label_quality=arrays["label_quality"], ranked_indices=arrays["ranked_indices"],
+                     indices=arrays["indices"], history={}, arrays=arrays)

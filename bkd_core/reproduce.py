@@ -1,0 +1,386 @@
+"""Batch reproduction: every CIFAR-N split and seed, one papermill-executed run notebook each.
+
+Each (dataset, split, seed) is a *run*: the notebook ``templates/reproduce_run.ipynb`` executed
+with papermill into ``OUT/{dataset}-{split}-seed{seed}/run.ipynb``. It calls :func:`run_one`, which
+trains BKD, the cross-entropy baseline and cleanlab's confident learning (same data, same budget)
+into ``bkd/``, ``ce/`` and ``cleanlab/`` beside it and writes the run's ``metrics.json`` and
+``samples.csv``. Runs are resumable (finished ones are skipped, interrupted ones resume from their
+checkpoints); a failing run does not stop the others; the batch ends with ``OUT/summary.json``,
+``OUT/results.csv`` and a non-zero exit status if any run failed.
+
+Runs execute in a local process pool (``executor="local"``, ``jobs`` at once) or through submitit
+(``"slurm"`` for a cluster; ``"submitit-local"`` is submitit's own local executor, used by the tests).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
+from .io import atomic_write_json, read_json
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
+METHODS = ("bkd", "ce", "cleanlab")
+ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
+                                           *(("cifar100", s) for s in CIFAR100_SPLITS))
+Executor = Literal["local", "slurm", "submitit-local"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the batch: a CIFAR-N split and a seed."""
+
+    dataset: str
+    split: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.split}-seed{self.seed}"
+
+
+@dataclass
+class BatchOptions:
+    """Settings shared by every run of a batch (what the run notebook receives as parameters)."""
+
+    out: str
+    profile: str = "cpu"
+    overrides: dict[str, Any] = field(default_factory=dict)  # BKDConfig fields, as --set
+    methods: tuple[str, ...] = METHODS
+    folds: int = 3
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"
+    threads: int | None = None  # torch intra-op threads per run; None: cores // jobs
+    template: str = str(TEMPLATE)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(self.methods)}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2 (cleanlab's cross-validation), got {self.folds}")
+        # runs execute with their own folder as working directory: make every path absolute
+        self.out = str(Path(self.out).resolve())
+        data_dir = self.data_dir or os.environ.get("BKD_DATA_DIR")
+        self.data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run: ``status`` is done, skipped (finished before, or no data) or failed."""
+
+    name: str
+    status: Literal["done", "finished-before", "skipped", "failed"]
+    seconds: float = 0.0
+    reason: str = ""
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+def parse_splits(names: Sequence[str]) -> list[tuple[str, str]]:
+    """``["all"]``, ``["cifar10"]``, ``["worst", "noisy100"]``... -> ``[(dataset, split), ...]``.
+
+    Raises:
+        ValueError: a name that is neither ``all``, a dataset, nor a split of one (lists them).
+    """
+    out: list[tuple[str, str]] = []
+    for name in names:
+        if name == "all":
+            picked = list(ALL_SPLITS)
+        elif name in ("cifar10", "cifar100"):
+            picked = [p for p in ALL_SPLITS if p[0] == name]
+        else:
+            picked = []
+            for dataset in ("cifar10", "cifar100"):
+                try:
+                    picked = [(dataset, canonical_split(dataset, name))]
+                    break
+                except ValueError:
+                    continue
+            if not picked:
+                valid = ", ".join(["all", "cifar10", "cifar100", *CIFAR10_SPLITS, *CIFAR100_SPLITS])
+                raise ValueError(f"unknown split {name!r}; choose from {valid}")
+        out.extend(p for p in picked if p not in out)
+    return out
+
+
+def plan(splits: Sequence[str], seeds: Sequence[int]) -> list[RunSpec]:
+    """Every (dataset, split, seed) of the batch, split-major (all seeds of a split together)."""
+    if not seeds:
+        raise ValueError("give at least one seed")
+    return [RunSpec(d, s, int(seed)) for d, s in parse_splits(splits) for seed in seeds]
+
+
+def is_finished(run_dir: Path, methods: Sequence[str]) -> bool:
+    """True when ``run_dir/metrics.json`` exists and holds every method of ``methods``."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        return set(methods) <= set(read_json(path).get("methods", {}))
+    except ValueError:
+        return False
+
+
+def run_progress(run_dir: Path, epochs: int | None = None) -> str:
+    """A short "how far" of a running run, from the epoch files on disk: ``"bkd 12/20"``."""
+    parts = []
+    for stage in ("bkd", "ce", "cleanlab"):
+        stage_dir = run_dir / stage
+        if not stage_dir.is_dir():
+            continue
+        if (stage_dir / "metrics.json").is_file():
+            parts.append(f"{stage} done")
+            continue
+        folds = sorted(stage_dir.glob("fold_*"))
+        if folds:
+            done = sum((f / "metrics.json").is_file() for f in folds)
+            parts.append(f"{stage} fold {done + 1 if done < len(folds) else done}"
+                         f" ep {len(list(folds[-1].glob('epochs/*.npz')))}{f'/{epochs}' if epochs else ''}")
+        else:
+            parts.append(f"{stage} ep {len(list(stage_dir.glob('epochs/*.npz')))}{f'/{epochs}' if epochs else ''}")
+    return ", ".join(parts) or "starting"
+
+
+# -- one run (called inside the run notebook) ---------------------------------------------------
+
+def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
+            overrides: dict[str, Any] | None = None, methods: Sequence[str] = METHODS, folds: int = 3,
+            data_dir: str | None = None, download: bool = False, device: str = "auto",
+            threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``methods`` on one split and seed into ``out_dir``; write and return its ``metrics.json``.
+
+    ``out_dir/bkd``, ``out_dir/ce`` and ``out_dir/cleanlab`` are ordinary run directories (resumable).
+    ``out_dir/metrics.json`` holds each method's metrics under ``"methods"``; ``out_dir/samples.csv``
+    one row per training sample of the subset (index into the 50,000 images, given and clean label,
+    each method's label-quality score, flag and prediction).
+    """
+    import torch
+
+    from .config import get_profile
+    from .confident_learning import train_confident_learning
+    from .train import train_bkd, train_ce
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    out_dir = Path(out_dir)
+    config = get_profile(profile, seed=int(seed), device=device, **(overrides or {}))
+    data = load_cifar_n(dataset, split, data_dir, download=download)
+    results = {}
+    for method in methods:
+        if method == "bkd":
+            results[method] = train_bkd(data, config, out_dir / "bkd", progress=progress)
+        elif method == "ce":
+            results[method] = train_ce(data, config, out_dir / "ce", progress=progress)
+        elif method == "cleanlab":
+            results[method] = train_confident_learning(data, config, out_dir / "cleanlab", folds=folds, progress=progress)
+        else:
+            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    summary = {"dataset": data.dataset, "split": data.split, "seed": int(seed), "profile": profile,
+               "fingerprint": config.fingerprint(), "config": config.to_dict(), "folds": folds,
+               "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),
+               "methods": {m: r.metrics for m, r in results.items()}}
+    _write_samples(out_dir / "samples.csv", data.subset(config.train_size, seed=config.seed), results)
+    atomic_write_json(out_dir / "metrics.json", summary)
+    return summary
+
+
+def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
+    import pandas as pd
+
+    from .io import _atomic_path
+
+    table: dict[str, np.ndarray] = {"index": subset.indices, "given_label": subset.train_labels,
+                                    "clean_label": subset.clean_labels}
+    for method, result in results.items():
+        arrays = result.arrays
+        if not np.array_equal(arrays["indices"], subset.indices):
+            raise RuntimeError(f"{method} run in {result.run_dir} holds other samples than this run's subset")
+        table[f"{method}_quality"] = np.round(arrays["label_quality"].astype(np.float64), 5)
+        table[f"{method}_issue"] = arrays["label_issues"].astype(np.int8)
+        table[f"{method}_prediction"] = arrays["predicted_labels"]
+        if method == "bkd" and "groups" in arrays:
+            table["bkd_group"] = arrays["groups"]
+    with _atomic_path(path) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
+
+
+# -- executing runs ------------------------------------------------------------------------------
+
+def _settled(spec: RunSpec, options: BatchOptions) -> RunOutcome | None:
+    """The outcome of a run that needs no execution (finished before, or its data is missing)."""
+    if is_finished(Path(options.out) / spec.name, options.methods):
+        return RunOutcome(spec.name, "finished-before")
+    reason = None if options.download else missing_data(spec.dataset, options.data_dir)
+    return RunOutcome(spec.name, "skipped", reason=reason) if reason else None
+
+
+def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
+    """Execute one run's notebook with papermill (or skip it); never raises for a failing run."""
+    import papermill
+
+    run_dir = Path(options.out) / spec.name
+    settled = _settled(spec, options)
+    if settled:
+        return settled
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    parameters = {"dataset": spec.dataset, "split": spec.split, "seed": spec.seed, "out_dir": str(run_dir),
+                  "profile": options.profile, "overrides": _plain(options.overrides), "methods": list(options.methods),
+                  "folds": options.folds, "data_dir": options.data_dir, "download": options.download,
+                  "device": options.device, "threads": options.threads}
+    try:
+        papermill.execute_notebook(options.template, str(run_dir / "run.ipynb"), parameters=parameters,
+                                   progress_bar=False, kernel_name="python3", cwd=str(run_dir))
+    except Exception as exc:  # a failing run must not stop the batch: record it and go on
+        message = str(exc).strip().splitlines()
+        detail = next((line for line in reversed(message) if line.strip()), type(exc).__name__)
+        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        return RunOutcome(spec.name, "failed", time.perf_counter() - start,
+                          f"{detail[:300]} (see {run_dir / 'run.ipynb'} and error.txt)")
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    return RunOutcome(spec.name, "done", time.perf_counter() - start)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so papermill writes them into the notebook as literals it can read back."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _execute_with_env(spec: RunSpec, options: BatchOptions) -> RunOutcome:
+    # the kernel papermill starts inherits this environment: one thread pool per run, sized to its share
+    if options.threads:
+        os.environ["OMP_NUM_THREADS"] = str(options.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return execute_run(spec, options)
+
+
+def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1, executor: Executor = "local",
+              submitit_parameters: dict[str, Any] | None = None, progress: bool = True) -> list[RunOutcome]:
+    """Execute every run of ``specs``; write ``summary.json`` and ``results.csv`` into ``options.out``.
+
+    ``jobs`` runs go at once (local pool) or as the Slurm array's parallelism. Finished runs are
+    skipped, runs whose data is missing are reported as skipped with the reason.
+    """
+    from tqdm.auto import tqdm
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if options.threads is None and executor == "local":
+        options.threads = max(1, (os.cpu_count() or 1) // jobs)
+    epochs = _profile_epochs(options)
+    outcomes: dict[str, RunOutcome] = {}
+    todo = []
+    for spec in specs:  # settle the finished and the impossible runs at once, in this process
+        settled = _settled(spec, options)
+        if settled:
+            outcomes[spec.name] = settled
+        else:
+            todo.append(spec)
+    bar = tqdm(total=len(todo), desc="reproduce", unit="run", disable=not progress, dynamic_ncols=True)
+    for name, outcome in outcomes.items():
+        bar.write(f"{name}: {outcome.status}{f' ({outcome.reason})' if outcome.reason else ''}")
+
+    def report(outcome: RunOutcome) -> None:
+        outcomes[outcome.name] = outcome
+        bar.update(1)
+        bar.write(f"{outcome.name}: {outcome.status} in {outcome.seconds / 60:.1f} min"
+                  f"{f' ({outcome.reason})' if outcome.reason else ''}")
+
+    if todo and executor == "local":
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(_execute_with_env, spec, options): spec for spec in todo}
+            pending = set(futures)
+            while pending:
+                finished, pending = cf.wait(pending, timeout=15, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    spec = futures[future]
+                    try:
+                        report(future.result())
+                    except Exception as exc:  # the worker process itself died
+                        report(RunOutcome(spec.name, "failed", reason=f"{type(exc).__name__}: {exc}"))
+                running = [futures[f] for f in pending if f.running()]
+                bar.set_postfix_str("; ".join(f"{s.name}: {run_progress(out / s.name, epochs)}" for s in running))
+    elif todo:
+        _run_submitit(todo, options, jobs, executor, submitit_parameters or {}, report, bar, epochs)
+    bar.close()
+    ordered = [outcomes[s.name] for s in specs]
+    write_batch_summary(out, ordered, options)
+    return ordered
+
+
+def _profile_epochs(options: BatchOptions) -> int | None:
+    from .config import get_profile
+
+    try:
+        return get_profile(options.profile, **options.overrides).epochs
+    except (ValueError, TypeError):
+        return None
+
+
+def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, executor: str,
+                  parameters: dict[str, Any], report: Any, bar: Any, epochs: int | None) -> None:
+    import submitit
+
+    folder = Path(options.out) / "submitit" / "%j"
+    ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
+    ex.update_parameters(**{"timeout_min": 24 * 60, "slurm_array_parallelism": jobs, "name": "bkd-reproduce",
+                            **parameters})
+    submitted = ex.map_array(_execute_with_env, list(todo), [options] * len(todo))
+    pending = dict(zip(submitted, todo))
+    while pending:
+        for job, spec in list(pending.items()):
+            if job.done():
+                del pending[job]
+                try:
+                    report(job.result())
+                except Exception as exc:  # the job itself failed (killed, out of time, ...)
+                    report(RunOutcome(spec.name, "failed", reason=f"submitit job {job.job_id}: {str(exc).strip()[-300:]}"))
+        bar.set_postfix_str("; ".join(f"{s.name}: {run_progress(Path(options.out) / s.name, epochs)}"
+                                      for s in list(pending.values())[:jobs]))
+        if pending:
+            time.sleep(5)
+
+
+def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: BatchOptions) -> None:
+    """``summary.json`` (each run's outcome and the options) and ``results.csv`` (every finished run)."""
+    from .results import collect_results
+
+    atomic_write_json(out / "summary.json", {
+        "options": {k: v for k, v in asdict(options).items() if k != "template"},
+        "runs": [asdict(o) for o in outcomes],
+        "counts": {s: sum(o.status == s for o in outcomes) for s in ("done", "finished-before", "skipped", "failed")},
+    })
+    table = collect_results(out)
+    if len(table):
+        from .io import _atomic_path
+
+        with _atomic_path(out / "results.csv") as tmp:
+            table.to_csv(tmp, index=False)
+
+
+def format_outcomes(outcomes: Sequence[RunOutcome]) -> str:
+    """A plain-text summary table of the batch, one line per run."""
+    lines = [f"{'run':32s} {'status':16s} {'minutes':>8s}  reason"]
+    for o in outcomes:
+        lines.append(f"{o.name:32s} {o.status:16s} {o.seconds / 60:8.1f}  {o.reason}")
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "finished-before", "skipped", "failed")}
+    lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return "\n".join(lines)

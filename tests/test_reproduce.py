@@ -1,0 +1,256 @@
+"""The reproduction batch: confident learning, one run (``run_one``), the batch runner with its
+executors (local pool, submitit's local executor), the results tables and the CLI.
+
+Batch-runner tests execute a tiny stand-in run notebook (no training) so they take seconds; one test
+executes the real run notebook with tiny parameters on real CIFAR-10N (skipped without
+``BKD_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from bkd_core import cli, reproduce
+from bkd_core.config import BKDConfig
+from bkd_core.confident_learning import stratified_folds, train_confident_learning
+from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
+from bkd_core.results import collect_results, summarize
+from bkd_core.synthetic import make_synthetic_cifar_n
+
+TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=32, lr=0.02, lr_step=None,
+                 augment=False, val_every=1, test_every=1, seed=0, tipping_fallback=0)
+TINY_OVERRIDES = {"model": "small_cnn", "model_widths": [8, 16, 16], "epochs": 3, "batch_size": 32, "augment": False,
+                  "lr_step": None, "train_size": 120, "test_size": 40, "tipping_fallback": 0}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_synthetic_cifar_n(n_train=240, n_test=60, noise_rate=0.3, seed=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Confident learning
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stratified_folds_balanced_and_seeded():
+    labels = np.repeat(np.arange(4), 30)
+    folds = stratified_folds(labels, 3, seed=0)
+    assert folds.shape == labels.shape and set(folds) == {0, 1, 2}
+    for c in range(4):  # every class spread evenly over the folds
+        assert np.bincount(folds[labels == c], minlength=3).tolist() == [10, 10, 10]
+    np.testing.assert_array_equal(folds, stratified_folds(labels, 3, seed=0))
+    assert not np.array_equal(folds, stratified_folds(labels, 3, seed=1))
+
+
+def test_stratified_folds_rare_class_and_bad_counts():
+    labels = np.array([0] * 20 + [1])  # class 1 has fewer members than folds: plain K-fold
+    assert np.bincount(stratified_folds(labels, 3, seed=0)).tolist() == [7, 7, 7]
+    with pytest.raises(ValueError, match="folds must be between 2"):
+        stratified_folds(labels, 1, seed=0)
+    with pytest.raises(ValueError, match="folds must be between 2"):
+        stratified_folds(labels, 22, seed=0)
+
+
+def test_confident_learning_is_out_of_fold_and_detects(synthetic, tmp_path):
+    config = TINY.replace(epochs=4)
+    result = train_confident_learning(synthetic, config, tmp_path / "cl", folds=3, progress=False)
+    arrays, m = result.arrays, result.metrics
+    n = len(synthetic)
+    np.testing.assert_allclose(arrays["pred_probs"].sum(1), 1.0, atol=1e-4)
+    assert arrays["label_issues"].shape == (n,) and arrays["label_issues"].dtype == bool
+    assert sorted(arrays["ranked_indices"]) == list(range(n))
+    for k in range(3):  # fold k's network never saw the rows it predicted
+        with np.load(tmp_path / "cl" / f"fold_{k}" / "scores.npz") as f:
+            seen = set(f["indices"].tolist())
+        held_out = set(synthetic.indices[arrays["folds"] == k].tolist())
+        assert held_out and not seen & held_out and len(seen) + len(held_out) == n
+    assert m["true_noise_rate"] == pytest.approx(synthetic.noise_rate)
+    assert m["detection_f1"] > m["flag_all_f1"] + 0.15, m  # the synthetic classes are easy to learn
+    assert m["estimated_noise_rate"] == pytest.approx(arrays["label_issues"].mean())
+
+
+def test_confident_learning_resumes_and_refuses_another_run(synthetic, tmp_path):
+    first = train_confident_learning(synthetic, TINY, tmp_path / "cl", folds=2, progress=False)
+    (tmp_path / "cl" / "metrics.json").unlink()  # as if interrupted after the folds
+    again = train_confident_learning(synthetic, TINY, tmp_path / "cl", folds=2, progress=False)
+    np.testing.assert_array_equal(first.arrays["pred_probs"], again.arrays["pred_probs"])
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        train_confident_learning(synthetic, TINY, tmp_path / "cl", folds=3, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+# ----------------------------------------------------------------------------------------------
+
+
+def test_parse_splits_and_plan():
+    assert len(parse_splits(["all"])) == 8
+    assert parse_splits(["cifar100"]) == [("cifar100", "clean100"), ("cifar100", "noisy100")]
+    assert parse_splits(["worse_label", "noisy100", "worst"]) == [("cifar10", "worst"), ("cifar100", "noisy100")]
+    with pytest.raises(ValueError, match="unknown split 'bogus'; choose from all, cifar10"):
+        parse_splits(["bogus"])
+    specs = plan(["worst", "aggre"], [0, 1])
+    assert [s.name for s in specs] == ["cifar10-worst-seed0", "cifar10-worst-seed1", "cifar10-aggre-seed0",
+                                       "cifar10-aggre-seed1"]
+    with pytest.raises(ValueError, match="at least one seed"):
+        plan(["worst"], [])
+
+
+def test_batch_options_checks(tmp_path):
+    with pytest.raises(ValueError, match="methods must be a non-empty subset"):
+        BatchOptions(out=str(tmp_path), methods=("bkd", "dividemix"))
+    with pytest.raises(ValueError, match="folds must be >= 2"):
+        BatchOptions(out=str(tmp_path), folds=1)
+    assert Path(BatchOptions(out="rel").out).is_absolute()
+
+
+# ----------------------------------------------------------------------------------------------
+# One run, in process, on synthetic data
+# ----------------------------------------------------------------------------------------------
+
+
+def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    overrides = {k: v for k, v in TINY_OVERRIDES.items() if k not in ("train_size", "test_size")}
+    for seed in (0, 1):
+        run_dir = tmp_path / "batch" / f"cifar10-synthetic-seed{seed}"
+        summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False)
+        assert set(summary["methods"]) == {"bkd", "ce", "cleanlab"}
+        assert reproduce.is_finished(run_dir, reproduce.METHODS)
+        samples = pd.read_csv(run_dir / "samples.csv")
+        assert len(samples) == len(synthetic)
+        np.testing.assert_array_equal(samples["index"], synthetic.indices)
+        np.testing.assert_array_equal(samples["given_label"] != samples["clean_label"], synthetic.is_noisy)
+        for method in ("bkd", "ce", "cleanlab"):
+            assert samples[f"{method}_issue"].isin([0, 1]).all()
+            assert samples[f"{method}_quality"].between(0, 1).all()
+        assert samples["bkd_group"].isin([1, 2, 3, 4]).all()
+    table = collect_results(tmp_path / "batch")
+    assert len(table) == 6 and table["method"].tolist() == ["bkd", "ce", "cleanlab"] * 2
+    assert table["seed"].tolist() == [0, 0, 0, 1, 1, 1]
+    summary = summarize(table)
+    assert summary["seeds"].tolist() == [2, 2, 2]
+    bkd = summary[summary["method"] == "bkd"].iloc[0]
+    f1 = table[table["method"] == "bkd"]["detection_f1"].astype(float)
+    assert bkd["detection_f1_mean"] == pytest.approx(f1.mean())
+    assert bkd["detection_f1_std"] == pytest.approx(f1.std(ddof=1))
+
+
+def test_collect_results_of_empty_folder(tmp_path):
+    assert len(collect_results(tmp_path)) == 0 and len(summarize(collect_results(tmp_path))) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch runner with a stand-in run notebook (no training)
+# ----------------------------------------------------------------------------------------------
+
+STAND_IN = '''
+import json, os, pathlib
+if split == "rand2":
+    raise RuntimeError("deliberate failure of rand2")
+metrics = {"kind": "bkd", "detection_f1": 0.5 + seed / 10, "true_noise_rate": 0.4, "test_acc": 50.0,
+           "wall_time_s": 1.0, "threads": os.environ.get("OMP_NUM_THREADS")}
+pathlib.Path(out_dir, "metrics.json").write_text(json.dumps(
+    {"dataset": dataset, "split": split, "seed": seed, "profile": profile, "methods": {m: metrics for m in methods}}))
+'''
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'dataset = "cifar10"\nsplit = "worst"\nseed = 0\nout_dir = "."\nprofile = "cpu"\noverrides = {}\n'
+        'methods = ["bkd"]\nfolds = 3\ndata_dir = None\ndownload = False\ndevice = "auto"\nthreads = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(STAND_IN)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "stand_in.ipynb"
+    nbformat.write(nb, path)
+    data = tmp_path / "data"  # CIFAR-10 "present" (only existence is checked before a run), CIFAR-100 not
+    data.mkdir()
+    (data / "cifar10.npz").write_bytes(b"")
+    (data / "CIFAR-10_human.pt").write_bytes(b"")
+    return path, data
+
+
+@pytest.mark.parametrize("executor", ["local", "submitit-local"])
+def test_batch_failure_skips_resume_and_summary(stand_in, tmp_path, executor):
+    template, data = stand_in
+    out = tmp_path / "out"
+    options = BatchOptions(out=str(out), methods=("bkd", "ce"), data_dir=str(data), template=str(template))
+    specs = plan(["worst", "rand2", "noisy100"], [0, 1])
+    outcomes = run_batch(specs, options, jobs=2, executor=executor, progress=False)
+    status = {o.name: o.status for o in outcomes}
+    assert [o.name for o in outcomes] == [s.name for s in specs]
+    assert status == {"cifar10-worst-seed0": "done", "cifar10-worst-seed1": "done", "cifar10-rand2-seed0": "failed",
+                      "cifar10-rand2-seed1": "failed", "cifar100-noisy100-seed0": "skipped",
+                      "cifar100-noisy100-seed1": "skipped"}
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert "deliberate failure of rand2" in failed.reason
+    assert (out / "cifar10-rand2-seed0" / "error.txt").is_file()
+    assert "cifar100" in next(o for o in outcomes if o.status == "skipped").reason
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"done": 2, "finished-before": 0, "skipped": 2, "failed": 2}
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 4 and set(results["split"]) == {"worst"}
+    assert (out / "cifar10-worst-seed0" / "run.ipynb").is_file()
+    if executor == "local":  # one thread pool per run, sized to its share of the cores
+        threads = json.loads((out / "cifar10-worst-seed0" / "metrics.json").read_text())["methods"]["bkd"]["threads"]
+        assert threads == str(max(1, (os.cpu_count() or 1) // 2))
+    again = run_batch(specs, options, jobs=2, executor=executor, progress=False)
+    assert [o.status for o in again][:2] == ["finished-before", "finished-before"]
+    assert [o.status for o in again][2:4] == ["failed", "failed"]
+
+
+def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_run_batch(specs, options, **kwargs):
+        seen.update(specs=specs, options=options, **kwargs)
+        return [RunOutcome(specs[0].name, "done", 60.0), RunOutcome(specs[1].name, "failed", 1.0, "boom")]
+
+    monkeypatch.setattr(reproduce, "run_batch", fake_run_batch)
+    argv = ["reproduce", "--splits", "worst", "--seeds", "0", "1", "--out", str(tmp_path), "--jobs", "2",
+            "--set", "epochs=5", "--executor", "slurm", "--slurm", "slurm_partition=gpu", "--slurm", "timeout_min=600"]
+    assert cli.main(argv) == 1
+    assert [s.name for s in seen["specs"]] == ["cifar10-worst-seed0", "cifar10-worst-seed1"]
+    assert seen["options"].overrides == {"epochs": 5} and seen["jobs"] == 2 and seen["executor"] == "slurm"
+    assert seen["submitit_parameters"] == {"slurm_partition": "gpu", "timeout_min": 600}
+    out = capsys.readouterr().out
+    assert "1 done, 0 finished-before, 0 skipped, 1 failed" in out and "boom" in out
+    with pytest.raises(SystemExit, match="invalid BKDConfig: epochs must be >= 1"):
+        cli.main(["reproduce", "--out", str(tmp_path), "--set", "epochs=0"])
+    with pytest.raises(SystemExit, match="unknown split"):
+        cli.main(["reproduce", "--out", str(tmp_path), "--splits", "bogus"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The real run notebook on real CIFAR-10N
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.environ.get("BKD_DATA_DIR"), reason="BKD_DATA_DIR is unset: no real CIFAR-10N here")
+def test_real_run_notebook_on_cifar10n(tmp_path):
+    options = BatchOptions(out=str(tmp_path / "out"), overrides=dict(TINY_OVERRIDES), folds=2)
+    outcomes = run_batch([RunSpec("cifar10", "worst", 0)], options, jobs=1, progress=False)
+    assert [o.status for o in outcomes] == ["done"], outcomes
+    run_dir = tmp_path / "out" / "cifar10-worst-seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"bkd", "ce", "cleanlab"}
+    assert metrics["config"]["epochs"] == 3 and metrics["config"]["model_widths"] == [8, 16, 16]
+    assert 0.3 < metrics["methods"]["bkd"]["true_noise_rate"] < 0.55  # worst: about 40% noisy
+    samples = pd.read_csv(run_dir / "samples.csv")
+    assert len(samples) == 120 and samples["index"].between(0, 49_999).all()
+    executed = nbformat.read(run_dir / "run.ipynb", as_version=4)
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                if o.get("output_type") == "error"]
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert table["method"].tolist() == ["bkd", "ce", "cleanlab"]
