@@ -124,7 +124,7 @@ def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str |
         **{f"detection_{k}": v for k, v in detection_scores(label_issues, is_noisy).items()},
         "out_of_fold_acc_given": float((pred_probs.argmax(1) == labels).mean()),
         "out_of_fold_acc_clean": float((pred_probs.argmax(1) == subset.clean_labels).mean()),
-        "wall_time_s": round(wall, 2), "cleanlab": cleanlab.__version__, "command": " ".join(sys.argv),
+        "wall_time_s": round(wall, 2), "device": fold.metrics["device"], "cleanlab": cleanlab.__version__, "command": " ".join(sys.argv),
     }
     atomic_save_npz(run_dir / "scores.npz", label_issues=label_issues, label_quality=quality,
                     ranked_indices=np.argsort(quality, kind="stable").astype(np.int64),

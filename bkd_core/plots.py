@@ -36,6 +36,10 @@ __all__ = [
     "plot_precision_recall",
     "plot_robust_targets",
     "plot_test_accuracy",
+    "plot_detection_by_split",
+    "plot_accuracy_by_split",
+    "plot_noise_estimates",
+    "show_label_issues",
 ]
 
 CLEAN = "#0072B2"  # blue
@@ -545,4 +549,109 @@ def plot_test_accuracy(curves: Mapping[str, np.ndarray], tipping: int | None = N
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Accuracy on the clean test set")
     _legend_below(fig, ax, ncols=2)
     _integer_epochs(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Results chapter: the reproduction batch
+# --------------------------------------------------------------------------------------------
+
+#: Detectors of the results chapter: (label, method, metric column prefix, colour).
+DETECTORS = (
+    ("BKD, G4", "bkd", "detection_f1", BKD),
+    ("BKD, below threshold", "bkd", "below_threshold_f1", "#56B4E9"),
+    ("cleanlab (confident learning)", "cleanlab", "detection_f1", ACCENT),
+    ("CE, prediction differs", "ce", "detection_f1", CE),
+)
+
+
+def _split_axis(summary) -> list[str]:
+    from .results import ordered_splits
+
+    return ordered_splits(summary["split"])
+
+
+def _value(summary, split: str, method: str, column: str) -> tuple[float, float]:
+    row = summary[(summary["split"] == split) & (summary["method"] == method)]
+    if row.empty:
+        return float("nan"), float("nan")
+    return float(row[f"{column}_mean"].iloc[0]), float(row[f"{column}_std"].iloc[0])
+
+
+def plot_detection_by_split(summary) -> Figure:
+    """Detection F1 (%) per split for each detector (mean over seeds, bars; std as error bars), with
+    the F1 of flagging everything marked as the floor. ``summary``: :func:`bkd_core.results.summarize`."""
+    splits = _split_axis(summary)
+    x = np.arange(len(splits))
+    width = 0.8 / len(DETECTORS)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, (label, method, column, colour) in enumerate(DETECTORS):
+        values = np.array([_value(summary, s, method, column) for s in splits]).reshape(-1, 2)
+        ax.bar(x + (k - (len(DETECTORS) - 1) / 2) * width, 100 * values[:, 0], width, yerr=100 * np.nan_to_num(values[:, 1]),
+               color=colour, label=label, capsize=2, error_kw={"elinewidth": 0.8})
+    floor = np.array([_value(summary, s, "bkd", "flag_all_f1")[0] for s in splits])
+    ax.hlines(100 * floor, x - 0.45, x + 0.45, colors="black", linestyles="--", label="flag everything (floor)")
+    ax.set_xticks(x, splits)
+    ax.set(xlabel="CIFAR-10N split", ylabel="detection F1 (%)", title="Finding the mislabelled images", ylim=(0, 100))
+    _legend_below(fig, ax, ncols=3)
+    return fig
+
+
+def plot_accuracy_by_split(summary) -> Figure:
+    """Last-epoch test accuracy (%) per split of BKD and the cross-entropy baseline (mean, std bars)."""
+    splits = _split_axis(summary)
+    x = np.arange(len(splits))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, (label, method, colour) in enumerate((("BKD", "bkd", BKD), ("cross-entropy", "ce", CE))):
+        values = np.array([_value(summary, s, method, "test_acc") for s in splits]).reshape(-1, 2)
+        ax.bar(x + (k - 0.5) * 0.38, values[:, 0], 0.38, yerr=np.nan_to_num(values[:, 1]), color=colour, label=label,
+               capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks(x, splits)
+    ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy, last epoch (%)", title="Accuracy on the clean test set")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def plot_noise_estimates(table) -> Figure:
+    """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold) and
+    cleanlab (flagged share), with the diagonal. ``table``: :func:`bkd_core.results.collect_results`."""
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    for label, method, colour, marker in (("BKD (below threshold)", "bkd", BKD, "o"),
+                                          ("cleanlab (flagged)", "cleanlab", ACCENT, "s")):
+        rows = table[table["method"] == method]
+        true = 100 * rows["true_noise_rate"].astype(float)
+        est = 100 * rows["estimated_noise_rate"].astype(float)
+        ax.scatter(true, est, color=colour, marker=marker, label=label, edgecolor="black", linewidth=0.5, zorder=3)
+        for t, e, split in zip(true, est, rows["split"]):
+            if np.isfinite(e):
+                ax.annotate(split, (t, e), textcoords="offset points", xytext=(4, 3), fontsize=7.5, color="0.3")
+    top = max(5.0, float(np.nanmax(100 * table["estimated_noise_rate"].astype(float).to_numpy(), initial=0)),
+              float(np.nanmax(100 * table["true_noise_rate"].astype(float).to_numpy(), initial=0))) * 1.08
+    ax.plot([0, top], [0, top], color="0.5", linestyle=":", label="estimate = truth")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="true noise rate (%)", ylabel="estimated noise rate (%)",
+           title="How many labels are wrong?")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def show_label_issues(images: np.ndarray, given: np.ndarray, clean: np.ndarray, predicted: np.ndarray,
+                      names: Sequence[str], notes: Sequence[str] | None = None, ncols: int = 6) -> Figure:
+    """A grid of training images (uint8 [n, 32, 32, 3]) titled with the given (human) label, the clean
+    label and a method's prediction, plus an optional note each (a score, a rank). Truly mislabelled
+    images get a vermillion frame."""
+    given, clean, predicted = (np.asarray(a) for a in (given, clean, predicted))
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.95 * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(images[i], interpolation="nearest")
+        wrong = int(clean[i]) != int(given[i])
+        title = (f"given: {names[int(given[i])]}\nclean: {names[int(clean[i])]}\n"
+                 f"BKD: {names[int(predicted[i])]}" + (f"\n{notes[i]}" if notes is not None else ""))
+        ax.set_title(title, fontsize=7.5, color=NOISY if wrong else "black", linespacing=1.1)
+        if wrong:
+            ax.add_patch(Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor=NOISY, linewidth=3))
     return fig

@@ -360,12 +360,19 @@ def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, exe
 
 
 def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: BatchOptions) -> None:
-    """``summary.json`` (each run's outcome and the options) and ``results.csv`` (every finished run)."""
+    """``summary.json`` (the options, this batch's counts, and each run's outcome, merged with what
+    earlier batches into ``out`` reported: a run finished before keeps its earlier entry) and
+    ``results.csv`` (every finished run in ``out``)."""
     from .results import collect_results
 
+    earlier = read_json(out / "summary.json").get("runs", []) if (out / "summary.json").is_file() else []
+    runs = {r["name"]: r for r in earlier}  # keep what earlier batches into this folder reported
+    for o in outcomes:
+        if o.status != "finished-before" or o.name not in runs:
+            runs[o.name] = asdict(o)
     atomic_write_json(out / "summary.json", {
         "options": {k: v for k, v in asdict(options).items() if k != "template"},
-        "runs": [asdict(o) for o in outcomes],
+        "runs": list(runs.values()),
         "counts": {s: sum(o.status == s for o in outcomes) for s in ("done", "finished-before", "skipped", "failed")},
     })
     table = collect_results(out)

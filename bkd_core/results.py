@@ -30,6 +30,12 @@ SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100",
 METHOD_ORDER = ("bkd", "ce", "cleanlab")
 
 
+def ordered_splits(names) -> list[str]:
+    """The distinct split ``names`` in CIFAR-N order (:data:`SPLIT_ORDER`), unknown ones after, by name."""
+    present = set(names)
+    return [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER))
+
+
 def collect_results(out: str | Path) -> "pd.DataFrame":
     """One row per (dataset, split, seed, method) of every finished run under ``out``, sorted by
     split (CIFAR-N order), seed and method; columns :data:`COLUMNS` (missing values are NaN)."""
@@ -69,3 +75,97 @@ def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
     stds = grouped[list(SUMMARY_METRICS)].std(ddof=1).add_suffix("_std")
     out = pd.concat([means, stds, grouped.size().rename("seeds")], axis=1).reset_index()
     return out[["dataset", "split", "method", "seeds", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]]]
+
+
+def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
+    """``"41.0 ± 1.2"`` (``"41.0"`` when ``std`` is NaN, i.e. one seed; ``"–"`` when ``mean`` is NaN)."""
+    import math
+
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None or math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
+
+
+#: Rows of :func:`split_table`: (label, method, metric, scale, digits).
+SPLIT_TABLE_ROWS = (
+    ("seeds", "bkd", "seeds", None, 0),
+    ("true noise rate (%)", "bkd", "true_noise_rate", 100, 1),
+    ("BKD estimated noise rate (%)", "bkd", "estimated_noise_rate", 100, 1),
+    ("cleanlab estimated noise rate (%)", "cleanlab", "estimated_noise_rate", 100, 1),
+    ("BKD tipping epoch (from 1)", "bkd", "tipping_epoch", 1, 1),
+    ("BKD precision, G4 (%)", "bkd", "detection_precision", 100, 1),
+    ("BKD recall, G4 (%)", "bkd", "detection_recall", 100, 1),
+    ("BKD F1, G4 (%)", "bkd", "detection_f1", 100, 1),
+    ("BKD F1, below threshold (%)", "bkd", "below_threshold_f1", 100, 1),
+    ("cleanlab F1 (%)", "cleanlab", "detection_f1", 100, 1),
+    ("CE F1, prediction differs (%)", "ce", "detection_f1", 100, 1),
+    ("flag everything F1 (%)", "bkd", "flag_all_f1", 100, 1),
+    ("BKD test accuracy, last epoch (%)", "bkd", "test_acc", 1, 1),
+    ("CE test accuracy, last epoch (%)", "ce", "test_acc", 1, 1),
+    ("BKD training time (min)", "bkd", "wall_time_s", 1 / 60, 1),
+    ("CE training time (min)", "ce", "wall_time_s", 1 / 60, 1),
+    ("cleanlab training time (min)", "cleanlab", "wall_time_s", 1 / 60, 1),
+)
+
+
+def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
+    """The results chapter's table: one column per split, rows :data:`SPLIT_TABLE_ROWS` as
+    ``"mean ± std"`` strings over seeds (tipping epochs counted from 1)."""
+    import pandas as pd
+
+    columns = {}
+    for split in ordered_splits(summary["split"]):
+        rows = {}
+        for label, method, metric, scale, digits in SPLIT_TABLE_ROWS:
+            match = summary[(summary["split"] == split) & (summary["method"] == method)]
+            if match.empty:
+                rows[label] = "–"
+            elif metric == "seeds":
+                rows[label] = str(int(match["seeds"].iloc[0]))
+            else:
+                mean, std = match[f"{metric}_mean"].iloc[0], match[f"{metric}_std"].iloc[0]
+                if metric == "tipping_epoch":
+                    mean = mean + 1  # the book counts epochs from 1
+                rows[label] = mean_std(mean, std, scale, digits)
+        columns[split] = rows
+    return pd.DataFrame(columns)
+
+
+def most_suspicious(samples: "pd.DataFrame", n: int = 12, method: str = "bkd") -> "pd.DataFrame":
+    """The ``n`` rows of a run's ``samples.csv`` that ``method`` ranks most likely mislabelled."""
+    return samples.sort_values(f"{method}_quality", kind="stable").head(n)
+
+
+def disagreements(samples: "pd.DataFrame", n: int = 6) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """Where BKD and cleanlab disagree most: ``(BKD suspects, cleanlab trusts)`` and the reverse.
+
+    Each score is turned into its rank percentile (0 = most suspicious); the rows with the largest
+    gap between the two percentiles, ``n`` in each direction, with a ``rank_gap`` column.
+    """
+    bkd = samples["bkd_quality"].rank(pct=True, method="average")
+    cleanlab = samples["cleanlab_quality"].rank(pct=True, method="average")
+    gap = (cleanlab - bkd).rename("rank_gap")
+    table = samples.assign(rank_gap=gap)
+    return (table.sort_values("rank_gap", ascending=False, kind="stable").head(n),
+            table.sort_values("rank_gap", ascending=True, kind="stable").head(n))
+
+
+def run_times(out: str | Path) -> "pd.DataFrame":
+    """One row per run of the batch (``summary.json``): status and each method's training time (min)
+    and device, from the run's ``metrics.json`` when it finished."""
+    import pandas as pd
+
+    out = Path(out)
+    summary = read_json(out / "summary.json")
+    rows = []
+    for run in summary["runs"]:
+        row = {"run": run["name"], "status": run["status"], "reason": run.get("reason", "")}
+        path = out / run["name"] / "metrics.json"
+        if path.is_file():
+            methods = read_json(path)["methods"]
+            for method, metrics in methods.items():
+                row[f"{method} (min)"] = metrics.get("wall_time_s", float("nan")) / 60
+            row["device"] = next(iter(methods.values())).get("device", "")
+        rows.append(row)
+    return pd.DataFrame(rows)

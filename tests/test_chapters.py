@@ -32,7 +32,10 @@ CHAPTER_DIR = ROOT / "chapters"
 CHAPTERS = sorted(p.stem for p in CHAPTER_DIR.glob("*.ipynb"))
 PARAMETERS = ["dataset", "split", "profile", "seed", "train_size", "epochs", "device", "data_dir", "run_cache",
               "overrides"]
+RESULTS_CHAPTER = "07_results"  # reads a reproduction batch; its parameters say which one
+RESULTS_PARAMETERS = ["results_dir", "dataset", "gallery_split", "gallery_seed", "data_dir"]
 REAL_DATA = bool(os.environ.get("BKD_DATA_DIR"))
+COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
 NEEDS_LABEL_FILES = {"01_intro"}
 
 # Tiny runs: 300 images, 6 epochs, a narrow CNN; the fallback forces the tipping point to epoch 3 (found
@@ -76,7 +79,7 @@ def test_toc_lists_every_chapter_in_four_parts():
     assert [part["caption"] for part in toc["parts"]] == ["Background", "Method", "Results", "Appendix"]
     files = [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
     assert sorted(files) == [f"chapters/{name}" for name in CHAPTERS]
-    assert len(CHAPTERS) == 7
+    assert len(CHAPTERS) == 8
 
 
 def test_pages_workflow():
@@ -112,10 +115,14 @@ def test_chapter_shape(name):
         assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.dump(stmt)
         ast.literal_eval(stmt.value)
         names.append(stmt.targets[0].id)
-    assert names == PARAMETERS
     defaults = {stmt.targets[0].id: ast.literal_eval(stmt.value) for stmt in ast.parse(params.source).body}
-    assert defaults["profile"] == "cpu" and defaults["device"] == "auto"
-    assert defaults["epochs"] is None and defaults["train_size"] is None  # the cpu profile's values
+    if name == RESULTS_CHAPTER:
+        assert names == RESULTS_PARAMETERS
+        assert defaults["results_dir"] == "../reproductions/cpu"  # the committed batch
+    else:
+        assert names == PARAMETERS
+        assert defaults["profile"] == "cpu" and defaults["device"] == "auto"
+        assert defaults["epochs"] is None and defaults["train_size"] is None  # the cpu profile's values
     # no hard-coded repository address elsewhere, no leftover debugging
     for cell in code[1:]:
         assert "github.com/" not in cell.source
@@ -144,8 +151,12 @@ def executed(tmp_path_factory):
         if name not in results:
             path = out / "chapters" / f"{name}.ipynb"
             try:
+                if name == RESULTS_CHAPTER:
+                    parameters = _results_parameters(out / "batch")
+                else:
+                    parameters = {**TINY, "run_cache": str(cache)}
                 pm.execute_notebook(CHAPTER_DIR / f"{name}.ipynb", path, cwd=CHAPTER_DIR, kernel_name="python3",
-                                    progress_bar=False, parameters={**TINY, "run_cache": str(cache)})
+                                    progress_bar=False, parameters=parameters)
                 results[name] = path
             except BaseException as exc:  # noqa: BLE001 - re-raised for every test that needs it
                 results[name] = exc
@@ -159,6 +170,29 @@ def executed(tmp_path_factory):
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = saved
+
+
+def _results_parameters(folder: Path) -> dict:
+    """The results chapter reads the committed batch when it and the real data are here; otherwise a
+    two-seed batch of tiny runs on the synthetic stand-in, made here in process."""
+    if REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file():
+        return {"results_dir": str(COMMITTED_BATCH)}
+    from bkd_core import book, reproduce
+
+    data = book.load_data("synthetic")
+    overrides = {"train_size": 300, "epochs": 4, "test_size": 100, "model_widths": (8, 16, 16), "tipping_fallback": 1}
+    real_load = reproduce.load_cifar_n
+    reproduce.load_cifar_n = lambda *args, **kwargs: data
+    try:
+        for seed in (0, 1):
+            reproduce.run_one("cifar10", "synthetic", seed, folder / f"cifar10-synthetic-seed{seed}", overrides=overrides,
+                              folds=2, progress=False)
+    finally:
+        reproduce.load_cifar_n = real_load
+    outcomes = [reproduce.RunOutcome(f"cifar10-synthetic-seed{seed}", "done", 1.0) for seed in (0, 1)]
+    outcomes.append(reproduce.RunOutcome("cifar100-noisy100-seed0", "skipped", reason="cifar100 data not found"))
+    reproduce.write_batch_summary(folder, outcomes, reproduce.BatchOptions(out=str(folder), overrides=overrides, folds=2))
+    return {"results_dir": str(folder), "dataset": "synthetic", "gallery_split": "synthetic"}
 
 
 def _glued(nb) -> dict:
@@ -196,7 +230,8 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
     "04_tipping_point": ({"tip_text", "found_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
-    "07_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic", "groups_text"}, 0),
+    "07_results": ({"n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor"}, 6),
+    "08_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic", "groups_text"}, 0),
 }
 
 
@@ -221,7 +256,7 @@ def test_chapter_runs(name, executed):
     if name == "05_otsu":
         assert 0 < glued["t_bkd"] < 1 and 0 <= glued["g4_f1"] <= 1
         assert abs(glued["all_f1"] - 2 * glued["true_rate"] / 100 / (1 + glued["true_rate"] / 100)) < 1e-9
-    if name == "07_differences":
+    if name == "08_differences":
         b, c = glued["q3_B"], glued["q3_C"]
         assert abs(glued["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12
 
