@@ -70,7 +70,7 @@ def test_config():
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert config["html"]["use_repository_button"] and config["html"]["use_issues_button"]
     assert {"dollarmath", "amsmath"} <= set(config["parse"]["myst_enable_extensions"])
-    assert {".venv", "runs", ".data", "_build", "benchmarks", "tests"} <= set(config["exclude_patterns"])
+    assert {".venv", "runs", "reproductions", ".data", "_build", "benchmarks", "tests"} <= set(config["exclude_patterns"])
 
 
 def test_toc_lists_every_chapter_in_four_parts():
