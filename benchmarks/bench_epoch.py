@@ -62,6 +62,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = "@@RESULT "
+#: the caller's own OMP_WAIT_POLICY, read before anything imports ``bkd_core`` (which sets a default
+#: in this process's environment): workers start from it, so the official pipeline runs as it would
+#: outside this benchmark, and a variant's ``env`` is what changes it
+_CALLER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 #: the official code's CIFAR-10 normalization (method.md section 2)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -447,6 +451,15 @@ def worker(args: argparse.Namespace) -> None:
             print(RESULT + json.dumps(out), flush=True)
 
 
+def worker_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment with the caller's OMP_WAIT_POLICY restored, plus ``extra``."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if _CALLER_OMP_WAIT_POLICY is not None:
+        env["OMP_WAIT_POLICY"] = _CALLER_OMP_WAIT_POLICY
+    return {**env, **extra}
+
+
 class Worker:
     """Parent-side handle of a worker subprocess."""
 
@@ -456,7 +469,7 @@ class Worker:
                "--model", args.model, "--widths", *map(str, args.widths), "--batch-size", str(args.batch_size),
                "--workers", str(args.workers), "--device", args.device]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, **env}, cwd=ROOT)
+                                     env=worker_env(env), cwd=ROOT)
         self.info = self._result()
 
     def _result(self) -> dict[str, Any]:
@@ -549,7 +562,7 @@ def rss_child(epochs: int) -> None:
 
 def measure_rss(epochs: int) -> dict[str, Any]:
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rss-child", "--rss-epochs", str(epochs)],
-                         capture_output=True, text=True, env=os.environ.copy(), cwd=ROOT)
+                         capture_output=True, text=True, env=worker_env({}), cwd=ROOT)
     if out.returncode:
         raise RuntimeError(f"RSS child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

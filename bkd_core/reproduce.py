@@ -265,7 +265,6 @@ def _execute_with_env(spec: RunSpec, options: BatchOptions) -> RunOutcome:
     # the kernel papermill starts inherits this environment: one thread pool per run, sized to its share
     if options.threads:
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return execute_run(spec, options)
 
 
@@ -316,7 +315,9 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
                         report(future.result())
                     except Exception as exc:  # the worker process itself died
                         report(RunOutcome(spec.name, "failed", reason=f"{type(exc).__name__}: {exc}"))
-                running = [futures[f] for f in pending if f.running()]
+                # the pool hands one run more than ``jobs`` to its queue early (and marks it running):
+                # in submission order, the first ``jobs`` running futures are the ones executing
+                running = [spec for f, spec in futures.items() if f in pending and f.running()][:jobs]
                 bar.set_postfix_str("; ".join(f"{s.name}: {run_progress(out / s.name, epochs)}" for s in running))
     elif todo:
         _run_submitit(todo, options, jobs, executor, submitit_parameters or {}, report, bar, epochs)
