@@ -273,6 +273,25 @@ def tipping_by_window(curve: Sequence[float], windows: Sequence[int] = (1, 2, 3,
     return {int(w): find_tipping_point(curve, window=int(w)) for w in windows}
 
 
+def peak_prominence(curve: Sequence[float], index: int, window: int = 2) -> tuple[float, float]:
+    """How far a tipping point stands out: (margin, typical step) of a per-epoch curve.
+
+    ``margin`` is ``curve[index]`` minus the largest other value within ``window`` epochs on either
+    side (> 0 for a point ``find_tipping_point`` accepts); ``typical step`` is the median absolute
+    change from one epoch to the next up to ``index + window``, the curve's epoch-to-epoch wobble.
+    A margin below the typical step means the rule fired on a fluctuation rather than a clear turn.
+    """
+    values = np.asarray(curve, dtype=np.float64)
+    if not 0 <= index < len(values) or window < 1:
+        raise ValueError(f"index must be in [0, {len(values)}) and window >= 1, got index {index}, window {window}")
+    lo, hi = max(0, index - window), min(len(values), index + window + 1)
+    neighbours = np.delete(values[lo:hi], index - lo)
+    if not len(neighbours):
+        raise ValueError("the curve has no other epoch within the window")
+    steps = np.abs(np.diff(values[:hi]))
+    return float(values[index] - np.nanmax(neighbours)), float(np.nanmedian(steps)) if len(steps) else float("nan")
+
+
 def window_sensitivity(curve: Sequence[float], windows: Sequence[int] = (1, 2, 3, 4)):
     """Tipping point of the same curve for several window sizes (no retraining).
 

@@ -80,6 +80,13 @@ def test_load_data_synthetic():
 def test_memorization_onset_and_peak():
     assert book.memorization_onset([0.2, 0.15, 0.2, 0.24, 0.26, 0.5]) == 4
     assert book.memorization_onset([0.2, 0.21, 0.22]) is None
+    # a clear peak stands out by more than the curve's wobble; a blip on a rising curve does not
+    margin, step = book.peak_prominence([0.1, 0.2, 0.3, 0.6, 0.3, 0.2, 0.1], 3, window=2)
+    assert margin == pytest.approx(0.3) and step == pytest.approx(0.1)
+    margin, step = book.peak_prominence([0.30, 0.32, 0.34, 0.36, 0.365, 0.362, 0.364, 0.37], 4, window=2)
+    assert margin == pytest.approx(0.001) and step == pytest.approx(0.0125)
+    with pytest.raises(ValueError, match="index"):
+        book.peak_prominence([0.1, 0.2], 5)
     assert book.memorization_onset([np.nan, 0.1, 0.3]) == 2
     assert book.peak_epoch([1.0, np.nan, 3.0, 2.0]) == 2
     assert book.peak_epoch([np.nan, np.nan]) is None
