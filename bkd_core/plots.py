@@ -121,20 +121,25 @@ def show_examples(images: np.ndarray, clean: np.ndarray, given: np.ndarray, name
 
     Mislabelled images get a vermillion frame and title.
     """
+    titles = [f"true: {names[int(c)]}\nhuman: {names[int(g)]}" for c, g in zip(clean, given)]
+    return _image_grid(images, titles, np.asarray(clean) != np.asarray(given), ncols, (1.15, 1.45), 8.5)
+
+
+def _image_grid(images: np.ndarray, titles: Sequence[str], wrong: np.ndarray, ncols: int,
+                cell_inches: tuple[float, float], fontsize: float) -> Figure:
+    """Images (uint8 [n, 32, 32, 3]) in rows of ``ncols``, each titled; ``wrong`` (bool [n]) ones
+    get a vermillion frame and title."""
     n = len(images)
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.15 * ncols, 1.45 * nrows), squeeze=False,
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches[0] * ncols, cell_inches[1] * nrows), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
         ax = axes.flat[i]
         ax.imshow(images[i], interpolation="nearest")
-        wrong = int(clean[i]) != int(given[i])
-        colour = NOISY if wrong else "black"
-        ax.set_title(f"true: {names[int(clean[i])]}\nhuman: {names[int(given[i])]}", fontsize=8.5, color=colour,
-                     linespacing=1.1)
-        if wrong:
+        ax.set_title(titles[i], fontsize=fontsize, color=NOISY if wrong[i] else "black", linespacing=1.1)
+        if wrong[i]:
             ax.add_patch(Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor=NOISY, linewidth=3))
     return fig
 
@@ -640,18 +645,7 @@ def show_label_issues(images: np.ndarray, given: np.ndarray, clean: np.ndarray, 
     label and a method's prediction, plus an optional note each (a score, a rank). Truly mislabelled
     images get a vermillion frame."""
     given, clean, predicted = (np.asarray(a) for a in (given, clean, predicted))
-    n = len(images)
-    nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.95 * nrows), squeeze=False, layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.flat[i]
-        ax.imshow(images[i], interpolation="nearest")
-        wrong = int(clean[i]) != int(given[i])
-        title = (f"given: {names[int(given[i])]}\nclean: {names[int(clean[i])]}\n"
-                 f"BKD: {names[int(predicted[i])]}" + (f"\n{notes[i]}" if notes is not None else ""))
-        ax.set_title(title, fontsize=7.5, color=NOISY if wrong else "black", linespacing=1.1)
-        if wrong:
-            ax.add_patch(Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor=NOISY, linewidth=3))
-    return fig
+    titles = [f"given: {names[int(g)]}\nclean: {names[int(c)]}\nBKD: {names[int(p)]}"
+              + (f"\n{notes[i]}" if notes is not None else "")
+              for i, (g, c, p) in enumerate(zip(given, clean, predicted))]
+    return _image_grid(images, titles, clean != given, ncols, (1.3, 1.95), 7.5)
