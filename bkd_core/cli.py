@@ -1,4 +1,4 @@
-"""Command line: ``python -m bkd_core {train,train-ce,reproduce,download} ...``."""
+"""Command line: ``python -m bkd_core {train,train-ce,reproduce,results,download} ...``."""
 
 from __future__ import annotations
 
@@ -120,6 +120,16 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
+def _results(out: str) -> int:
+    from .results import collect_results, markdown_table, split_table, summarize
+
+    table = collect_results(out)
+    if not len(table):
+        raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}; write one with: python -m bkd_core reproduce --out {out}")
+    print(markdown_table(split_table(summarize(table)), "mean ± std over seeds"))
+    return 0
+
+
 def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
     """``["slurm_partition=gpu", "timeout_min=600"]`` -> ``{"slurm_partition": "gpu", "timeout_min": 600}``."""
     out: dict[str, Any] = {}
@@ -143,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_train_args(p_ce)
     p_rep = sub.add_parser("reproduce", help="every CIFAR-N split and seed: BKD, CE and cleanlab, one papermill run each")
     _add_reproduce_args(p_rep)
+    p_res = sub.add_parser("results", help="the results table of a reproduction batch (Markdown, one column per split)")
+    p_res.add_argument("out", help="batch folder written by reproduce --out")
     p_dl = sub.add_parser("download", help="download CIFAR images and the CIFAR-N label file")
     p_dl.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
@@ -153,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "reproduce":
             return _reproduce(args)
+        if args.command == "results":
+            return _results(args.out)
         return _train(args, "bkd" if args.command == "train" else "ce")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

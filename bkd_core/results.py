@@ -109,18 +109,27 @@ SPLIT_TABLE_ROWS = (
 )
 
 
+#: Metrics undefined without wrong labels (no positives to find).
+DETECTION_PREFIXES = ("detection_", "below_threshold_", "flag_all_")
+
+
 def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
     """The results chapter's table: one column per split, rows :data:`SPLIT_TABLE_ROWS` as
-    ``"mean ± std"`` strings over seeds (tipping epochs counted from 1)."""
+    ``"mean ± std"`` strings over seeds (tipping epochs counted from 1). On a split without wrong
+    labels (``clean``) precision, recall and F1 are undefined: ``"n/a"``."""
     import pandas as pd
 
     columns = {}
     for split in ordered_splits(summary["split"]):
         rows = {}
+        noise = summary.loc[summary["split"] == split, "true_noise_rate_mean"]
+        no_wrong_labels = bool(len(noise)) and float(noise.max()) == 0.0
         for label, method, metric, scale, digits in SPLIT_TABLE_ROWS:
             match = summary[(summary["split"] == split) & (summary["method"] == method)]
             if match.empty:
                 rows[label] = "–"
+            elif no_wrong_labels and metric.startswith(DETECTION_PREFIXES):
+                rows[label] = "n/a"
             elif metric == "seeds":
                 rows[label] = str(int(match["seeds"].iloc[0]))
             else:
@@ -130,6 +139,16 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
                 rows[label] = mean_std(mean, std, scale, digits)
         columns[split] = rows
     return pd.DataFrame(columns)
+
+
+def markdown_table(frame: "pd.DataFrame", index_label: str = "") -> str:
+    """``frame`` (cells already formatted, e.g. :func:`split_table`) as a GitHub-flavoured Markdown
+    table, the index as its first column headed ``index_label``."""
+    header = [index_label, *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    for label, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(label), *map(str, row.tolist())]) + " |")
+    return "\n".join(lines)
 
 
 def most_suspicious(samples: "pd.DataFrame", n: int = 12, method: str = "bkd") -> "pd.DataFrame":

@@ -117,7 +117,7 @@ def test_batch_options_checks(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypatch):
+def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
     overrides = {k: v for k, v in TINY_OVERRIDES.items() if k not in ("train_size", "test_size")}
     for seed in (0, 1):
@@ -142,6 +142,16 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
     f1 = table[table["method"] == "bkd"]["detection_f1"].astype(float)
     assert bkd["detection_f1_mean"] == pytest.approx(f1.mean())
     assert bkd["detection_f1_std"] == pytest.approx(f1.std(ddof=1))
+    # the same table as Markdown, from the command line
+    from bkd_core.cli import main
+
+    assert main(["results", str(tmp_path / "batch")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| mean ± std over seeds | synthetic |" and lines[1] == "| --- | --- |"
+    f1_row = next(line for line in lines if line.startswith("| BKD F1, G4 (%) |"))
+    assert f1_row == f"| BKD F1, G4 (%) | {100 * f1.mean():.1f} ± {100 * f1.std(ddof=1):.1f} |"
+    assert main(["results", str(tmp_path / "empty")]) == 2
+    assert "no finished run" in capsys.readouterr().err
 
 
 def test_collect_results_of_empty_folder(tmp_path):
@@ -254,3 +264,23 @@ def test_real_run_notebook_on_cifar10n(tmp_path):
                 if o.get("output_type") == "error"]
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert table["method"].tolist() == ["bkd", "ce", "cleanlab"]
+
+
+def test_split_table_formats_mean_std_and_undefined_detection(tmp_path):
+    from bkd_core.io import atomic_write_json
+    from bkd_core.results import split_table
+
+    for split, noise, f1s in (("clean", 0.0, (0.0, 0.0)), ("worst", 0.4, (0.5, 0.7))):
+        for seed, f1 in enumerate(f1s):
+            metrics = {"true_noise_rate": noise, "detection_f1": f1, "flag_all_f1": 2 * noise / (1 + noise),
+                       "tipping_epoch": 9 + seed, "test_acc": 40.0 + seed}
+            atomic_write_json(tmp_path / f"cifar10-{split}-seed{seed}" / "metrics.json",
+                              {"dataset": "cifar10", "split": split, "seed": seed, "methods": {"bkd": metrics}})
+    table = split_table(summarize(collect_results(tmp_path)))
+    assert list(table.columns) == ["clean", "worst"]
+    assert table.loc["seeds"].tolist() == ["2", "2"]
+    assert table.loc["BKD F1, G4 (%)"].tolist() == ["n/a", "60.0 ± 14.1"]
+    assert table.loc["flag everything F1 (%)"].tolist() == ["n/a", "57.1 ± 0.0"]
+    assert table.loc["BKD tipping epoch (from 1)"].tolist() == ["10.5 ± 0.7", "10.5 ± 0.7"]  # counted from 1
+    assert table.loc["BKD test accuracy, last epoch (%)", "worst"] == "40.5 ± 0.7"
+    assert table.loc["cleanlab F1 (%)"].tolist() == ["–", "–"]  # no cleanlab run in this batch
