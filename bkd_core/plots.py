@@ -640,12 +640,16 @@ def plot_noise_estimates(table) -> Figure:
 
 
 def show_label_issues(images: np.ndarray, given: np.ndarray, clean: np.ndarray, predicted: np.ndarray,
-                      names: Sequence[str], notes: Sequence[str] | None = None, ncols: int = 6) -> Figure:
+                      names: Sequence[str], notes: Sequence[str] | None = None, ncols: int = 6,
+                      title: str | None = None) -> Figure:
     """A grid of training images (uint8 [n, 32, 32, 3]) titled with the given (human) label, the clean
     label and a method's prediction, plus an optional note each (a score, a rank). Truly mislabelled
-    images get a vermillion frame."""
+    images get a vermillion frame; ``title`` goes above the grid."""
     given, clean, predicted = (np.asarray(a) for a in (given, clean, predicted))
     titles = [f"given: {names[int(g)]}\nclean: {names[int(c)]}\nBKD: {names[int(p)]}"
               + (f"\n{notes[i]}" if notes is not None else "")
               for i, (g, c, p) in enumerate(zip(given, clean, predicted))]
-    return _image_grid(images, titles, clean != given, ncols, (1.3, 1.95), 7.5)
+    fig = _image_grid(images, titles, clean != given, ncols, (1.3, 1.95), 7.5)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -210,7 +210,8 @@ def _glued(nb) -> dict:
 
 
 def _check_outputs(nb) -> int:
-    """No errors, no printed output (stderr only in cells tagged remove-stderr); returns the figure count."""
+    """No errors, no printed output (stderr only in cells tagged remove-stderr), no bare text repr as a
+    cell's result; returns the figure count."""
     figures = 0
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
@@ -218,6 +219,8 @@ def _check_outputs(nb) -> int:
             assert output.output_type != "error", output
             if output.output_type == "stream":
                 assert output.name == "stderr" and "remove-stderr" in tags, (cell.source[:80], output.text[:300])
+            if output.output_type == "execute_result":  # a bare repr such as Text(...) left on the page
+                assert set(output["data"]) - {"text/plain"}, (cell.source[-80:], output["data"]["text/plain"][:200])
             if "image/png" in output.get("data", {}):
                 figures += 1
     return figures

@@ -178,7 +178,8 @@ def test_data_figures():
     # the gallery: one titled image per row given, a frame exactly on the mislabelled ones
     given, clean, predicted = np.array([1, 2, 3]), np.array([1, 0, 3]), np.array([1, 0, 0])
     fig = plots.show_label_issues(data.train_images[:3], given, clean, predicted, [f"c{i}" for i in range(10)],
-                                  notes=["a", "b", "c"], ncols=2)
+                                  notes=["a", "b", "c"], ncols=2, title="suspects")
+    assert fig._suptitle.get_text() == "suspects"
     shown = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in shown] == ["given: c1\nclean: c1\nBKD: c1\na", "given: c2\nclean: c0\nBKD: c0\nb",
                                                 "given: c3\nclean: c3\nBKD: c0\nc"]
