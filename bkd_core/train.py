@@ -390,6 +390,7 @@ class _BKDTrainer(_Trainer):
         super().__init__(*args, **kwargs)
         self.tipping_epoch: int | None = None
         self.tipping_found_at: int | None = None
+        self.tipping_rule: str | None = None  # "peak": the official rule fired; "fallback": config.tipping_fallback
         self.train_groups: torch.Tensor | None = None  # int64 [n_train] in 1..4 once phase 2 starts
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -444,12 +445,13 @@ class _BKDTrainer(_Trainer):
             return {}
         curve = self.history["mean_max_student"]
         tip = find_tipping_point(curve, self.config.tipping_window)
+        rule = "peak"
         fallback = self.config.tipping_fallback
         if tip is None and fallback is not None and len(curve) == fallback + self.config.tipping_window:
-            tip = fallback
+            tip, rule = fallback, "fallback"
         if tip is None:
             return {"eval_agreement": self.eval_agreement()}
-        self.tipping_epoch, self.tipping_found_at = tip, self.epoch
+        self.tipping_epoch, self.tipping_found_at, self.tipping_rule = tip, self.epoch, rule
         scores = self.load_epoch(tip)["train_agreement"].astype(np.float64) if tip < self.epoch else per_sample["train_agreement"]
         split = otsu_split(scores, bins=self.config.otsu_bins, criterion=self.config.otsu_criterion)
         self.train_groups = assign_groups(torch.from_numpy(scores), split).to(self.device)
@@ -457,11 +459,13 @@ class _BKDTrainer(_Trainer):
 
     def extra_state(self) -> dict[str, Any]:
         return {"tipping_epoch": self.tipping_epoch, "tipping_found_at": self.tipping_found_at,
+                "tipping_rule": self.tipping_rule,
                 "train_groups": None if self.train_groups is None else self.train_groups.cpu()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.tipping_epoch = state["tipping_epoch"]
         self.tipping_found_at = state["tipping_found_at"]
+        self.tipping_rule = state.get("tipping_rule", None if self.tipping_epoch is None else "peak")
         groups = state["train_groups"]
         self.train_groups = None if groups is None else groups.to(self.device)
 
@@ -471,7 +475,8 @@ class _BKDTrainer(_Trainer):
         n = len(is_noisy)
         rows = torch.arange(n, device=self.device)
         predicted = self.predict_rows(rows, augment=False).argmax(1).cpu().numpy()
-        metrics: dict[str, Any] = {"tipping_epoch": self.tipping_epoch, "tipping_found_at_epoch": self.tipping_found_at}
+        metrics: dict[str, Any] = {"tipping_epoch": self.tipping_epoch, "tipping_found_at_epoch": self.tipping_found_at,
+                                   "tipping_rule": self.tipping_rule}
         arrays: dict[str, np.ndarray] = {"predicted_labels": predicted.astype(np.int64)}
         if self.tipping_epoch is not None:
             scores = self.load_epoch(self.tipping_epoch)["eval_agreement"].astype(np.float64)

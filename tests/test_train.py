@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bkd_core.config import BKDConfig
+from bkd_core.method import find_tipping_point
 from bkd_core.synthetic import make_synthetic_cifar_n
 from bkd_core.train import train_bkd, train_ce
 
@@ -121,6 +122,8 @@ def test_tipping_fallback_starts_phase_two_and_groups_the_training_set(tiny_data
         pytest.fail("fallback did not fire")
     found = result.metrics["tipping_found_at_epoch"]
     assert found == result.tipping_epoch + cfg.tipping_window or result.tipping_epoch == 2
+    expected_rule = "fallback" if find_tipping_point(result.history["mean_max_student"][: found + 1]) is None else "peak"
+    assert result.metrics["tipping_rule"] == expected_rule
     assert np.all(phase[: found + 1] == 1) and np.all(phase[found + 1:] == 2)
     groups = result.arrays["groups"]
     assert set(np.unique(groups)) <= {1, 2, 3, 4}
@@ -139,6 +142,7 @@ def test_synthetic_noise_is_detected_far_better_than_flagging_everything(tmp_pat
     result = train_bkd(data, cfg, tmp_path / "run", progress=False)
     m = result.metrics
     assert m["tipping_epoch"] is not None, np.round(result.history["mean_max_student"], 3)
+    assert m["tipping_rule"] == "peak"  # no fallback configured
     assert m["detection_f1"] > m["flag_all_f1"] + 0.15, m  # official mask: G4 only
     assert m["below_threshold_f1"] > 0.75, m
     assert abs(m["estimated_noise_rate"] - m["true_noise_rate"]) < 0.1, m
