@@ -140,7 +140,8 @@ PAPER = BKDConfig(profile="paper")
 #: a narrow small CNN (16/32/64) on a 5,000-image subset, no augmentation and a constant learning
 #: rate, batch 32 (141 steps per epoch), 24 epochs. Two departures from the official code, both
 #: switchable: the robust target is detached (quirk 2) and, when the student's confidence plateaus
-#: without a strict peak, the tipping point falls back to epoch 16 (index), found at 18 (quirk 5).
+#: without a strict peak, the tipping point falls back to epoch index 16 once 18 epochs have passed
+#: without one (quirk 5; the official variant's rule is epoch 8 after 10).
 CPU = BKDConfig(
     profile="cpu",
     model="small_cnn",

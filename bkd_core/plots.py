@@ -361,12 +361,13 @@ def plot_teacher_student_scatter(teacher_p: np.ndarray, student_p: np.ndarray, i
 
 def plot_tipping(mean_max_student: np.ndarray, tipping: int | None, found_at: int | None,
                  ce_noisy_memorized: np.ndarray | None = None, ce_test_acc: np.ndarray | None = None,
-                 onset: int | None = None, ce_peak: int | None = None) -> Figure:
+                 onset: int | None = None, ce_peak: int | None = None, rule: str | None = "peak") -> Figure:
     """The student's mean max probability with the tipping point, above the CE run's dynamics.
 
     Args:
         mean_max_student: [E] the BKD epoch statistic.
         tipping, found_at: 0-based epochs of the peak and of its detection.
+        rule: the run's ``tipping_rule``: ``"peak"`` (the official rule) or ``"fallback"`` (labelled as such).
         ce_noisy_memorized: [E'] % of mislabelled samples the CE network reproduces.
         ce_test_acc: [E'] CE test accuracy (%).
         onset, ce_peak: 0-based epochs where CE memorization takes off and where its test accuracy peaks.
@@ -379,8 +380,10 @@ def plot_tipping(mean_max_student: np.ndarray, tipping: int | None, found_at: in
     _line(ax, curve, color=STUDENT, marker="o", ms=4, label="student: mean max probability")
     if tipping is not None:
         ax.plot([tipping + 1], [curve[tipping]], marker="*", ms=16, color=ACCENT, linestyle="none",
-                markeredgecolor="black", label=f"tipping point (epoch {tipping + 1})")
-    _mark_epoch(ax, found_at, "detected (window of 2 epochs)" if found_at is not None else "", "0.4", ":")
+                markeredgecolor="black", label=f"tipping point (epoch {tipping + 1}"
+                + (", fallback: no peak)" if rule == "fallback" else ")"))
+    detected = "fallback fired" if rule == "fallback" else "detected (window of 2 epochs)"
+    _mark_epoch(ax, found_at, detected if found_at is not None else "", "0.4", ":")
     _shade_phase2(ax, found_at, len(curve))
     ax.set(title="BKD: the student's confidence", ylabel="mean max softmax of S")
     if with_ce:

@@ -219,10 +219,27 @@ def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
 
 def _settled(spec: RunSpec, options: BatchOptions) -> RunOutcome | None:
     """The outcome of a run that needs no execution (finished before, or its data is missing)."""
-    if is_finished(Path(options.out) / spec.name, options.methods):
-        return RunOutcome(spec.name, "finished-before")
+    run_dir = Path(options.out) / spec.name
+    if is_finished(run_dir, options.methods):
+        stale = _other_config(run_dir, spec, options)
+        return RunOutcome(spec.name, "failed", reason=stale) if stale else RunOutcome(spec.name, "finished-before")
     reason = None if options.download else missing_data(spec.dataset, options.data_dir)
     return RunOutcome(spec.name, "skipped", reason=reason) if reason else None
+
+
+def _other_config(run_dir: Path, spec: RunSpec, options: BatchOptions) -> str:
+    """Why a finished run does not belong to this batch (it was trained with another configuration), or ``""``."""
+    from .config import get_profile
+
+    try:
+        expected = get_profile(options.profile, seed=spec.seed, **options.overrides).fingerprint()
+    except (ValueError, TypeError):
+        return ""  # an invalid --set fails, with its own message, when the run executes
+    found = read_json(run_dir / "metrics.json").get("fingerprint")
+    if found in (None, expected):
+        return ""
+    return (f"finished earlier with another configuration (fingerprint {found}; this batch's is {expected}): "
+            f"the profile or --set changed since. Use another --out, or delete {run_dir} to rerun it")
 
 
 def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
@@ -273,7 +290,8 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
     """Execute every run of ``specs``; write ``summary.json`` and ``results.csv`` into ``options.out``.
 
     ``jobs`` runs go at once (local pool) or as the Slurm array's parallelism. Finished runs are
-    skipped, runs whose data is missing are reported as skipped with the reason.
+    skipped (one finished with another configuration is reported as failed, not reused), runs whose
+    data is missing are reported as skipped with the reason.
     """
     from tqdm.auto import tqdm
 

@@ -17,13 +17,13 @@ if TYPE_CHECKING:
 #: Columns of ``results.csv`` (one row per dataset, split, seed and method), in this order.
 COLUMNS = (
     "dataset", "split", "seed", "method", "profile", "num_samples", "epochs", "true_noise_rate",
-    "estimated_noise_rate", "tipping_epoch", "detection_precision", "detection_recall", "detection_f1",
+    "estimated_noise_rate", "tipping_epoch", "tipping_rule", "detection_precision", "detection_recall", "detection_f1",
     "below_threshold_precision", "below_threshold_recall", "below_threshold_f1", "flag_all_f1",
     "test_acc", "best_test_acc", "wall_time_s", "device",
 )
 #: Metrics averaged by :func:`summarize`.
 SUMMARY_METRICS = (
-    "true_noise_rate", "estimated_noise_rate", "tipping_epoch", "detection_precision", "detection_recall",
+    "true_noise_rate", "estimated_noise_rate", "tipping_epoch", "tipping_from_peak", "detection_precision", "detection_recall",
     "detection_f1", "below_threshold_f1", "flag_all_f1", "test_acc", "best_test_acc", "wall_time_s",
 )
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
@@ -48,6 +48,8 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                        profile=run.get("profile"))
+            if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
+                row["tipping_rule"] = "peak"  # runs from before the fallback was recorded: the rule fired
             rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(table):  # CIFAR-N order of splits, then seeds, then methods; unknown splits last
@@ -67,7 +69,9 @@ def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
 
     if not len(table):
         return pd.DataFrame()
-    numeric = table[["dataset", "split", "method", *SUMMARY_METRICS]].copy()
+    numeric = table.copy()
+    numeric["tipping_from_peak"] = table["tipping_rule"].map({"peak": 1.0, "fallback": 0.0})
+    numeric = numeric[["dataset", "split", "method", *SUMMARY_METRICS]]
     for column in SUMMARY_METRICS:
         numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
     grouped = numeric.groupby(["dataset", "split", "method"], sort=False)
@@ -94,6 +98,7 @@ SPLIT_TABLE_ROWS = (
     ("BKD estimated noise rate (%)", "bkd", "estimated_noise_rate", 100, 1),
     ("cleanlab estimated noise rate (%)", "cleanlab", "estimated_noise_rate", 100, 1),
     ("BKD tipping epoch (from 1)", "bkd", "tipping_epoch", 1, 1),
+    ("BKD tipping point from the peak rule (runs)", "bkd", "tipping_from_peak", None, 0),
     ("BKD precision, G4 (%)", "bkd", "detection_precision", 100, 1),
     ("BKD recall, G4 (%)", "bkd", "detection_recall", 100, 1),
     ("BKD F1, G4 (%)", "bkd", "detection_f1", 100, 1),
@@ -115,7 +120,8 @@ DETECTION_PREFIXES = ("detection_", "below_threshold_", "flag_all_")
 
 def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
     """The results chapter's table: one column per split, rows :data:`SPLIT_TABLE_ROWS` as
-    ``"mean ± std"`` strings over seeds (tipping epochs counted from 1). On a split without wrong
+    ``"mean ± std"`` strings over seeds (tipping epochs counted from 1; how many runs' tipping point
+    came from the official peak rule rather than the fallback, as ``"k of n"``). On a split without wrong
     labels (``clean``) precision, recall and F1 are undefined: ``"n/a"``."""
     import pandas as pd
 
@@ -132,6 +138,9 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
                 rows[label] = "n/a"
             elif metric == "seeds":
                 rows[label] = str(int(match["seeds"].iloc[0]))
+            elif metric == "tipping_from_peak":  # "2 of 3": the other runs fell back to config.tipping_fallback
+                mean, seeds = match["tipping_from_peak_mean"].iloc[0], int(match["seeds"].iloc[0])
+                rows[label] = "–" if pd.isna(mean) else f"{round(mean * seeds)} of {seeds}"
             else:
                 mean, std = match[f"{metric}_mean"].iloc[0], match[f"{metric}_std"].iloc[0]
                 if metric == "tipping_epoch":

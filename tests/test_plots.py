@@ -224,6 +224,13 @@ def test_tipping_figures(tipping, found_at):
     assert _has_legend(fig)
 
 
+def test_tipping_figure_says_when_the_fallback_set_the_tipping_point():
+    curve = np.array([0.2, 0.25, 0.3, 0.31, 0.31, 0.31, 0.31])
+    labels = lambda fig: " ".join(t.get_text() for legend in fig.legends for t in legend.get_texts())  # noqa: E731
+    assert "fallback" in labels(plots.plot_tipping(curve, 3, 5, rule="fallback"))
+    assert "fallback" not in labels(plots.plot_tipping(curve, 3, 5, rule="peak"))
+
+
 def test_otsu_figures():
     scores = np.clip(np.where(IS_NOISY, RNG.normal(0.2, 0.1, N), RNG.normal(0.7, 0.1, N)), 0, 1)
     splits = {"official": otsu_split(scores), "classic": otsu_split(scores, criterion="classic")}

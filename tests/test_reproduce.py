@@ -274,6 +274,8 @@ def test_split_table_formats_mean_std_and_undefined_detection(tmp_path):
         for seed, f1 in enumerate(f1s):
             metrics = {"true_noise_rate": noise, "detection_f1": f1, "flag_all_f1": 2 * noise / (1 + noise),
                        "tipping_epoch": 9 + seed, "test_acc": 40.0 + seed}
+            if split == "worst" and seed == 1:
+                metrics["tipping_rule"] = "fallback"  # clean: no rule recorded (an older run), counted as the peak
             atomic_write_json(tmp_path / f"cifar10-{split}-seed{seed}" / "metrics.json",
                               {"dataset": "cifar10", "split": split, "seed": seed, "methods": {"bkd": metrics}})
     table = split_table(summarize(collect_results(tmp_path)))
@@ -282,5 +284,22 @@ def test_split_table_formats_mean_std_and_undefined_detection(tmp_path):
     assert table.loc["BKD F1, G4 (%)"].tolist() == ["n/a", "60.0 ± 14.1"]
     assert table.loc["flag everything F1 (%)"].tolist() == ["n/a", "57.1 ± 0.0"]
     assert table.loc["BKD tipping epoch (from 1)"].tolist() == ["10.5 ± 0.7", "10.5 ± 0.7"]  # counted from 1
+    assert table.loc["BKD tipping point from the peak rule (runs)"].tolist() == ["2 of 2", "1 of 2"]
     assert table.loc["BKD test accuracy, last epoch (%)", "worst"] == "40.5 ± 0.7"
     assert table.loc["cleanlab F1 (%)"].tolist() == ["–", "–"]  # no cleanlab run in this batch
+
+
+def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
+    from bkd_core.config import get_profile
+    from bkd_core.io import atomic_write_json
+
+    spec = RunSpec("cifar10", "worst", 0)
+    options = BatchOptions(out=str(tmp_path), methods=("bkd", "ce"), overrides={"epochs": 5})
+    metrics = tmp_path / spec.name / "metrics.json"
+    this_batch = get_profile("cpu", seed=0, epochs=5).fingerprint()
+    atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": this_batch})
+    assert reproduce._settled(spec, options).status == "finished-before"
+    atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": get_profile("cpu", seed=0).fingerprint()})
+    outcome = reproduce._settled(spec, options)
+    assert outcome.status == "failed"
+    assert "another configuration" in outcome.reason and this_batch in outcome.reason and "--out" in outcome.reason
