@@ -230,7 +230,7 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
     "01_intro": ({"worst_rate", "aggre_rate", "top_pct", "worst_class"}, 3),
     "02_memorization": ({"n_train", "noise_pct", "p_noisy_last", "mem_noisy_last", "peak_acc", "verdict"}, 1),
     "03_blind_teacher": ({"t_mem", "s_mem", "t_noisy", "s_noisy", "verdict"}, 3),
-    "04_tipping_point": ({"tip_text", "found_text", "onset_text", "vs_onset", "w_range_text"}, 2),
+    "04_tipping_point": ({"tip_sentence", "prominence_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
     "07_results": ({"n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor"}, 6),
