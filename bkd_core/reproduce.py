@@ -21,12 +21,15 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
 from .io import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from .config import BKDConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
 METHODS = ("bkd", "ce", "cleanlab")
@@ -154,6 +157,13 @@ def run_progress(run_dir: Path, epochs: int | None = None) -> str:
 
 # -- one run (called inside the run notebook) ---------------------------------------------------
 
+def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None, device: str = "auto") -> "BKDConfig":
+    """The configuration one run of a batch trains with: ``profile`` with ``overrides`` and the run's seed."""
+    from .config import get_profile
+
+    return get_profile(profile, seed=int(seed), device=device, **(overrides or {}))
+
+
 def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
             overrides: dict[str, Any] | None = None, methods: Sequence[str] = METHODS, folds: int = 3,
             data_dir: str | None = None, download: bool = False, device: str = "auto",
@@ -167,14 +177,13 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     """
     import torch
 
-    from .config import get_profile
     from .confident_learning import train_confident_learning
     from .train import train_bkd, train_ce
 
     if threads:
         torch.set_num_threads(int(threads))
     out_dir = Path(out_dir)
-    config = get_profile(profile, seed=int(seed), device=device, **(overrides or {}))
+    config = run_config(profile, seed, overrides, device)
     data = load_cifar_n(dataset, split, data_dir, download=download)
     results = {}
     for method in methods:
@@ -229,10 +238,8 @@ def _settled(spec: RunSpec, options: BatchOptions) -> RunOutcome | None:
 
 def _other_config(run_dir: Path, spec: RunSpec, options: BatchOptions) -> str:
     """Why a finished run does not belong to this batch (it was trained with another configuration), or ``""``."""
-    from .config import get_profile
-
     try:
-        expected = get_profile(options.profile, seed=spec.seed, **options.overrides).fingerprint()
+        expected = run_config(options.profile, spec.seed, options.overrides).fingerprint()
     except (ValueError, TypeError):
         return ""  # an invalid --set fails, with its own message, when the run executes
     found = read_json(run_dir / "metrics.json").get("fingerprint")

@@ -69,8 +69,7 @@ def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
 
     if not len(table):
         return pd.DataFrame()
-    numeric = table.copy()
-    numeric["tipping_from_peak"] = table["tipping_rule"].map({"peak": 1.0, "fallback": 0.0})
+    numeric = table.assign(tipping_from_peak=table["tipping_rule"].map({"peak": 1.0, "fallback": 0.0}))
     numeric = numeric[["dataset", "split", "method", *SUMMARY_METRICS]]
     for column in SUMMARY_METRICS:
         numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
