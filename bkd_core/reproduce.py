@@ -36,6 +36,7 @@ METHODS = ("bkd", "ce", "cleanlab")
 ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
                                            *(("cifar100", s) for s in CIFAR100_SPLITS))
 Executor = Literal["local", "slurm", "submitit-local"]
+STATUSES = ("done", "finished-before", "skipped", "failed", "pending")  # what summary.json counts
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,11 @@ class BatchOptions:
 
 @dataclass
 class RunOutcome:
-    """What became of one run: ``status`` is done, skipped (finished before, or no data) or failed."""
+    """What became of one run: ``status`` is done, skipped (finished before, or no data) or failed;
+    pending while the batch that runs it is still going (or was interrupted before it finished)."""
 
     name: str
-    status: Literal["done", "finished-before", "skipped", "failed"]
+    status: Literal["done", "finished-before", "skipped", "failed", "pending"]
     seconds: float = 0.0
     reason: str = ""
 
@@ -321,11 +323,17 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
     for name, outcome in outcomes.items():
         bar.write(f"{name}: {outcome.status}{f' ({outcome.reason})' if outcome.reason else ''}")
 
+    def write_summary() -> None:  # after every run, so an interrupted batch leaves a true summary.json
+        write_batch_summary(out, [outcomes.get(s.name) or RunOutcome(s.name, "pending") for s in specs], options)
+
     def report(outcome: RunOutcome) -> None:
         outcomes[outcome.name] = outcome
         bar.update(1)
         bar.write(f"{outcome.name}: {outcome.status} in {outcome.seconds / 60:.1f} min"
                   f"{f' ({outcome.reason})' if outcome.reason else ''}")
+        write_summary()
+
+    write_summary()
 
     if todo and executor == "local":
         context = multiprocessing.get_context("spawn")
@@ -347,9 +355,7 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
     elif todo:
         _run_submitit(todo, options, jobs, executor, submitit_parameters or {}, report, bar, epochs)
     bar.close()
-    ordered = [outcomes[s.name] for s in specs]
-    write_batch_summary(out, ordered, options)
-    return ordered
+    return [outcomes[s.name] for s in specs]
 
 
 def _profile_epochs(options: BatchOptions) -> int | None:
@@ -399,7 +405,7 @@ def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: Batc
     atomic_write_json(out / "summary.json", {
         "options": {k: v for k, v in asdict(options).items() if k != "template"},
         "runs": list(runs.values()),
-        "counts": {s: sum(o.status == s for o in outcomes) for s in ("done", "finished-before", "skipped", "failed")},
+        "counts": {s: sum(o.status == s for o in outcomes) for s in STATUSES},
     })
     table = collect_results(out)
     if len(table):
@@ -414,6 +420,6 @@ def format_outcomes(outcomes: Sequence[RunOutcome]) -> str:
     lines = [f"{'run':32s} {'status':16s} {'minutes':>8s}  reason"]
     for o in outcomes:
         lines.append(f"{o.name:32s} {o.status:16s} {o.seconds / 60:8.1f}  {o.reason}")
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "finished-before", "skipped", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES if s != "pending"}
     lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
     return "\n".join(lines)

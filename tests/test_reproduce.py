@@ -21,7 +21,7 @@ from bkd_core import cli, reproduce
 from bkd_core.config import BKDConfig
 from bkd_core.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
-from bkd_core.results import collect_results, summarize
+from bkd_core.results import collect_results, run_times, summarize
 from bkd_core.synthetic import make_synthetic_cifar_n
 
 TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=32, lr=0.02, lr_step=None,
@@ -168,8 +168,11 @@ if split == "rand2":
     raise RuntimeError("deliberate failure of rand2")
 metrics = {"kind": "bkd", "detection_f1": 0.5 + seed / 10, "true_noise_rate": 0.4, "test_acc": 50.0,
            "wall_time_s": 1.0, "threads": os.environ.get("OMP_NUM_THREADS")}
+summary = pathlib.Path(out_dir).parent / "summary.json"  # what the batch's summary says while this run goes
+seen = {r["name"]: r["status"] for r in json.loads(summary.read_text())["runs"]} if summary.is_file() else None
 pathlib.Path(out_dir, "metrics.json").write_text(json.dumps(
-    {"dataset": dataset, "split": split, "seed": seed, "profile": profile, "methods": {m: metrics for m in methods}}))
+    {"dataset": dataset, "split": split, "seed": seed, "profile": profile, "methods": {m: metrics for m in methods},
+     "summary_seen": seen}))
 '''
 
 
@@ -208,7 +211,7 @@ def test_batch_failure_skips_resume_and_summary(stand_in, tmp_path, executor):
     assert (out / "cifar10-rand2-seed0" / "error.txt").is_file()
     assert "cifar100" in next(o for o in outcomes if o.status == "skipped").reason
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"done": 2, "finished-before": 0, "skipped": 2, "failed": 2}
+    assert summary["counts"] == {"done": 2, "finished-before": 0, "skipped": 2, "failed": 2, "pending": 0}
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 4 and set(results["split"]) == {"worst"}
     assert (out / "cifar10-worst-seed0" / "run.ipynb").is_file()
@@ -218,6 +221,22 @@ def test_batch_failure_skips_resume_and_summary(stand_in, tmp_path, executor):
     again = run_batch(specs, options, jobs=2, executor=executor, progress=False)
     assert [o.status for o in again][:2] == ["finished-before", "finished-before"]
     assert [o.status for o in again][2:4] == ["failed", "failed"]
+
+
+def test_interrupted_batch_leaves_a_true_summary(stand_in, tmp_path):
+    """summary.json is rewritten after every run: while a run goes (or if the batch dies) it says which
+    runs are done and which are still pending."""
+    template, data = stand_in
+    out = tmp_path / "out"
+    options = BatchOptions(out=str(out), methods=("bkd",), data_dir=str(data), template=str(template))
+    run_batch(plan(["worst", "noisy100"], [0, 1]), options, jobs=1, progress=False)
+    first = json.loads((out / "cifar10-worst-seed0" / "metrics.json").read_text())["summary_seen"]
+    second = json.loads((out / "cifar10-worst-seed1" / "metrics.json").read_text())["summary_seen"]
+    assert first == {"cifar10-worst-seed0": "pending", "cifar10-worst-seed1": "pending",
+                     "cifar100-noisy100-seed0": "skipped", "cifar100-noisy100-seed1": "skipped"}
+    assert second == {**first, "cifar10-worst-seed0": "done"}
+    runs = run_times(out)
+    assert runs["status"].tolist() == ["done", "done", "skipped", "skipped"]
 
 
 def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
