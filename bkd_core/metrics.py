@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["detection_scores", "flag_all_f1"]
+__all__ = ["detection_scores", "flag_all_f1", "ranking_auc"]
 
 
 def _as_bool_array(mask, name: str) -> np.ndarray:
@@ -63,3 +63,34 @@ def flag_all_f1(noise_rate: float) -> float:
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"noise_rate must lie in [0, 1], got {noise_rate}")
     return 2.0 * r / (1.0 + r)
+
+
+def ranking_auc(quality, is_noisy) -> float:
+    """How well a per-sample score ranks the mislabelled samples first: the ROC-AUC of ``-quality``.
+
+    The probability that a randomly drawn mislabelled sample scores lower than a randomly drawn
+    clean one (ties count half). Unlike F1 it needs no threshold, so it compares the scores of
+    detectors that flag different amounts: 0.5 is chance, 1.0 a perfect ranking.
+
+    Args:
+        quality: float ``[N]`` (numpy or torch), low = likely mislabelled (BKD's agreement
+            probability, cleanlab's label quality).
+        is_noisy: bool ``[N]``, the truth (``noisy_label != clean_label``).
+
+    Returns:
+        A Python float in ``[0, 1]``; NaN when every sample is clean or every sample is noisy.
+
+    Raises:
+        ValueError: arrays of different lengths, not 1-D, non-boolean truth or non-finite scores.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    truth = _as_bool_array(is_noisy, "is_noisy")
+    score = quality.detach().cpu().numpy() if isinstance(quality, torch.Tensor) else np.asarray(quality, dtype=float)
+    if score.shape != truth.shape:
+        raise ValueError(f"quality has shape {score.shape} but is_noisy has {truth.shape}: give one score per sample")
+    if not np.isfinite(score).all():
+        raise ValueError("quality contains NaN or infinite scores")
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(roc_auc_score(truth, -score))

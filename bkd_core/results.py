@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .io import read_json
+from .metrics import ranking_auc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,13 +19,13 @@ if TYPE_CHECKING:
 COLUMNS = (
     "dataset", "split", "seed", "method", "profile", "num_samples", "epochs", "true_noise_rate",
     "estimated_noise_rate", "tipping_epoch", "tipping_rule", "detection_precision", "detection_recall", "detection_f1",
-    "below_threshold_precision", "below_threshold_recall", "below_threshold_f1", "flag_all_f1",
+    "below_threshold_precision", "below_threshold_recall", "below_threshold_f1", "flag_all_f1", "ranking_auc",
     "test_acc", "best_test_acc", "wall_time_s", "device",
 )
 #: Metrics averaged by :func:`summarize`.
 SUMMARY_METRICS = (
     "true_noise_rate", "estimated_noise_rate", "tipping_epoch", "tipping_from_peak", "detection_precision", "detection_recall",
-    "detection_f1", "below_threshold_f1", "flag_all_f1", "test_acc", "best_test_acc", "wall_time_s",
+    "detection_f1", "below_threshold_f1", "flag_all_f1", "ranking_auc", "test_acc", "best_test_acc", "wall_time_s",
 )
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
 METHOD_ORDER = ("bkd", "ce", "cleanlab")
@@ -38,16 +39,25 @@ def ordered_splits(names) -> list[str]:
 
 def collect_results(out: str | Path) -> "pd.DataFrame":
     """One row per (dataset, split, seed, method) of every finished run under ``out``, sorted by
-    split (CIFAR-N order), seed and method; columns :data:`COLUMNS` (missing values are NaN)."""
+    split (CIFAR-N order), seed and method; columns :data:`COLUMNS` (missing values are NaN).
+
+    ``ranking_auc`` is computed here from the run's ``samples.csv`` (:func:`ranking_auc` of the
+    method's score against the clean labels); NaN without that file or on a split with no wrong label.
+    """
     import pandas as pd
 
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
         run = read_json(path)
+        samples_path = path.parent / "samples.csv"
+        samples = pd.read_csv(samples_path) if samples_path.is_file() else None
         for method, metrics in run.get("methods", {}).items():
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                        profile=run.get("profile"))
+            if samples is not None and f"{method}_quality" in samples:
+                row["ranking_auc"] = ranking_auc(samples[f"{method}_quality"].to_numpy(),
+                                                 (samples["given_label"] != samples["clean_label"]).to_numpy())
             if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
                 row["tipping_rule"] = "peak"  # runs from before the fallback was recorded: the rule fired
             rows.append(row)
@@ -105,6 +115,9 @@ SPLIT_TABLE_ROWS = (
     ("cleanlab F1 (%)", "cleanlab", "detection_f1", 100, 1),
     ("CE F1, prediction differs (%)", "ce", "detection_f1", 100, 1),
     ("flag everything F1 (%)", "bkd", "flag_all_f1", 100, 1),
+    ("BKD ranking ROC-AUC", "bkd", "ranking_auc", 1, 3),
+    ("cleanlab ranking ROC-AUC", "cleanlab", "ranking_auc", 1, 3),
+    ("CE ranking ROC-AUC", "ce", "ranking_auc", 1, 3),
     ("BKD test accuracy, last epoch (%)", "bkd", "test_acc", 1, 1),
     ("CE test accuracy, last epoch (%)", "ce", "test_acc", 1, 1),
     ("BKD training time (min)", "bkd", "wall_time_s", 1 / 60, 1),
@@ -114,7 +127,7 @@ SPLIT_TABLE_ROWS = (
 
 
 #: Metrics undefined without wrong labels (no positives to find).
-DETECTION_PREFIXES = ("detection_", "below_threshold_", "flag_all_")
+DETECTION_PREFIXES = ("detection_", "below_threshold_", "flag_all_", "ranking_")
 
 
 def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bkd_core.metrics import detection_scores, flag_all_f1
+from bkd_core.metrics import detection_scores, flag_all_f1, ranking_auc
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -76,3 +76,25 @@ def test_flag_all_f1_equals_flagging_every_sample():
         flag_all_f1(1.2)
     with pytest.raises(ValueError):
         flag_all_f1(-0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranking_auc_is_the_chance_a_noisy_sample_scores_below_a_clean_one(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(300) < 0.3
+    quality = np.round(rng.random(300) - 0.3 * truth, 1)  # rounded: many ties, which count half
+    noisy, clean = quality[truth], quality[~truth]
+    pairs = (noisy[:, None] < clean[None, :]).mean() + 0.5 * (noisy[:, None] == clean[None, :]).mean()
+    assert ranking_auc(quality, truth) == pytest.approx(pairs)
+    assert ranking_auc(torch.from_numpy(quality), torch.from_numpy(truth)) == pytest.approx(pairs)
+    assert ranking_auc(-quality, truth) == pytest.approx(1 - pairs)
+
+
+def test_ranking_auc_edge_cases_and_bad_input():
+    assert ranking_auc(np.array([0.1, 0.9]), np.array([True, False])) == 1.0
+    assert np.isnan(ranking_auc(np.array([0.1, 0.9]), np.zeros(2, bool)))  # no wrong label: undefined
+    assert np.isnan(ranking_auc(np.array([0.1, 0.9]), np.ones(2, bool)))
+    with pytest.raises(ValueError, match="one score per sample"):
+        ranking_auc(np.zeros(3), np.zeros(4, bool))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ranking_auc(np.array([0.1, np.nan]), np.array([True, False]))

@@ -142,6 +142,11 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
     f1 = table[table["method"] == "bkd"]["detection_f1"].astype(float)
     assert bkd["detection_f1_mean"] == pytest.approx(f1.mean())
     assert bkd["detection_f1_std"] == pytest.approx(f1.std(ddof=1))
+    samples = pd.read_csv(tmp_path / "batch" / "cifar10-synthetic-seed1" / "samples.csv")
+    from bkd_core.metrics import ranking_auc
+
+    cleanlab_auc = ranking_auc(samples["cleanlab_quality"], samples["given_label"] != samples["clean_label"])
+    assert table.iloc[5]["method"] == "cleanlab" and table.iloc[5]["ranking_auc"] == pytest.approx(cleanlab_auc)
     # the same table as Markdown, from the command line
     from bkd_core.cli import main
 
@@ -306,6 +311,7 @@ def test_split_table_formats_mean_std_and_undefined_detection(tmp_path):
     assert table.loc["BKD tipping point from the peak rule (runs)"].tolist() == ["2 of 2", "1 of 2"]
     assert table.loc["BKD test accuracy, last epoch (%)", "worst"] == "40.5 ± 0.7"
     assert table.loc["cleanlab F1 (%)"].tolist() == ["–", "–"]  # no cleanlab run in this batch
+    assert table.loc["BKD ranking ROC-AUC"].tolist() == ["n/a", "–"]  # no samples.csv: no ranking to score
 
 
 def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
