@@ -157,6 +157,57 @@ def run_progress(run_dir: Path, epochs: int | None = None) -> str:
     return ", ".join(parts) or "starting"
 
 
+def _stage_weight(stage: str, folds: int) -> float:
+    """Network-epochs over the whole subset per epoch of ``stage``: BKD trains a teacher and a student,
+    cross-entropy one network; each of confident learning's ``folds`` networks sees ``(folds - 1) / folds``."""
+    return {"bkd": 2.0, "ce": 1.0}.get(stage, (folds - 1) / folds)
+
+
+def run_work(run_dir: Path, epochs: int, methods: Sequence[str] = METHODS, folds: int = 3) -> tuple[float, float]:
+    """``(done, total)`` training work of a run, in network-epochs over its subset, from the files on
+    disk: a finished method counts in full, a running one by its saved epochs (``epochs`` per network).
+    The batch's time-left estimate is built on it."""
+    done = total = 0.0
+    for stage in methods:
+        stage_dir = run_dir / stage
+        weight = _stage_weight(stage, folds)
+        units = [stage_dir / f"fold_{k}" for k in range(folds)] if stage == "cleanlab" else [stage_dir]
+        finished = (stage_dir / "metrics.json").is_file()
+        for unit_dir in units:
+            total += weight * epochs
+            if finished or (unit_dir / "metrics.json").is_file():
+                done += weight * epochs
+            elif (unit_dir / "epochs").is_dir():
+                done += weight * min(epochs, len(list((unit_dir / "epochs").glob("*.npz"))))
+    return done, total
+
+
+class TimeLeft:
+    """Time left of a batch, from the rate of work done since it started (:func:`run_work` over its
+    runs): ``str()`` is ``"~42 min left"`` (``"<1 min left"``), or ``""`` before any work is done or without an epoch count."""
+
+    def __init__(self, run_dirs: Sequence[Path], epochs: int | None, methods: Sequence[str], folds: int) -> None:
+        self.run_dirs, self.epochs, self.methods, self.folds = list(run_dirs), epochs, tuple(methods), folds
+        self.start = time.perf_counter()
+        self.done_at_start = self._work()[0]  # resumed runs bring work done before this batch
+
+    def _work(self) -> tuple[float, float]:
+        if not self.epochs:
+            return 0.0, 0.0
+        pairs = [run_work(d, self.epochs, self.methods, self.folds) for d in self.run_dirs]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+    def minutes(self) -> float | None:
+        """Estimated minutes left, or None before any work is done."""
+        done, total = self._work()
+        rate = (done - self.done_at_start) / max(time.perf_counter() - self.start, 1e-9)
+        return (total - done) / rate / 60 if rate > 0 else None
+
+    def __str__(self) -> str:
+        left = self.minutes()
+        return "" if left is None else "<1 min left" if left < 1 else f"~{left:.0f} min left"
+
+
 # -- one run (called inside the run notebook) ---------------------------------------------------
 
 def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None, device: str = "auto") -> "BKDConfig":
@@ -334,7 +385,7 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
         write_summary()
 
     write_summary()
-
+    time_left = TimeLeft([out / s.name for s in todo], epochs, options.methods, options.folds)
     if todo and executor == "local":
         context = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
@@ -351,9 +402,9 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
                 # the pool hands one run more than ``jobs`` to its queue early (and marks it running):
                 # in submission order, the first ``jobs`` running futures are the ones executing
                 running = [spec for f, spec in futures.items() if f in pending and f.running()][:jobs]
-                bar.set_postfix_str("; ".join(f"{s.name}: {run_progress(out / s.name, epochs)}" for s in running))
+                bar.set_postfix_str(_postfix(out, running, epochs, time_left))
     elif todo:
-        _run_submitit(todo, options, jobs, executor, submitit_parameters or {}, report, bar, epochs)
+        _run_submitit(todo, options, jobs, executor, submitit_parameters or {}, report, bar, epochs, time_left)
     bar.close()
     return [outcomes[s.name] for s in specs]
 
@@ -367,8 +418,13 @@ def _profile_epochs(options: BatchOptions) -> int | None:
         return None
 
 
+def _postfix(out: Path, running: Sequence[RunSpec], epochs: int | None, time_left: TimeLeft) -> str:
+    """The progress bar's postfix: how far each running run is, then the batch's time left."""
+    return "; ".join([*(f"{s.name}: {run_progress(out / s.name, epochs)}" for s in running), *filter(None, [str(time_left)])])
+
+
 def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, executor: str,
-                  parameters: dict[str, Any], report: Any, bar: Any, epochs: int | None) -> None:
+                  parameters: dict[str, Any], report: Any, bar: Any, epochs: int | None, time_left: TimeLeft) -> None:
     import submitit
 
     folder = Path(options.out) / "submitit" / "%j"
@@ -385,8 +441,7 @@ def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, exe
                     report(job.result())
                 except Exception as exc:  # the job itself failed (killed, out of time, ...)
                     report(RunOutcome(spec.name, "failed", reason=f"submitit job {job.job_id}: {str(exc).strip()[-300:]}"))
-        bar.set_postfix_str("; ".join(f"{s.name}: {run_progress(Path(options.out) / s.name, epochs)}"
-                                      for s in list(pending.values())[:jobs]))
+        bar.set_postfix_str(_postfix(Path(options.out), list(pending.values())[:jobs], epochs, time_left))
         if pending:
             time.sleep(5)
 

@@ -244,6 +244,41 @@ def test_interrupted_batch_leaves_a_true_summary(stand_in, tmp_path):
     assert runs["status"].tolist() == ["done", "done", "skipped", "skipped"]
 
 
+def _fake_epochs(folder: Path, n: int) -> None:
+    (folder / "epochs").mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        (folder / "epochs" / f"epoch_{k:03d}.npz").write_bytes(b"")
+
+
+def test_run_work_counts_network_epochs_from_disk(tmp_path):
+    run = tmp_path / "cifar10-worst-seed0"
+    assert reproduce.run_work(run, 4) == (0.0, 20.0)  # bkd 2 x 4, ce 1 x 4, cleanlab 3 folds x 2/3 x 4
+    _fake_epochs(run / "bkd", 3)
+    (run / "ce").mkdir(parents=True)
+    (run / "ce" / "metrics.json").write_text("{}")
+    (run / "cleanlab" / "fold_0").mkdir(parents=True)
+    (run / "cleanlab" / "fold_0" / "metrics.json").write_text("{}")
+    _fake_epochs(run / "cleanlab" / "fold_1", 2)
+    done, total = reproduce.run_work(run, 4)
+    assert total == pytest.approx(20.0) and done == pytest.approx(2 * 3 + 4 + 4 * 2 / 3 + 2 * 2 / 3)
+    assert reproduce.run_work(run, 4, methods=("ce",)) == (4.0, 4.0)
+    (run / "cleanlab" / "metrics.json").write_text("{}")  # a finished method counts in full
+    assert reproduce.run_work(run, 4, methods=("cleanlab",)) == pytest.approx((8.0, 8.0))
+
+
+def test_time_left_from_the_rate_since_the_batch_started(tmp_path, monkeypatch):
+    clock = iter([100.0, 100.0, 160.0, 160.0, 160.0, 160.0])
+    monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(clock))
+    first, second = tmp_path / "a", tmp_path / "b"
+    _fake_epochs(first / "bkd", 2)  # resumed: 4 of its network-epochs were done before this batch
+    left = reproduce.TimeLeft([first, second], 10, ("bkd",), 3)  # 40 network-epochs in all
+    assert str(left) == ""  # no work done since the start: no estimate
+    _fake_epochs(first / "bkd", 5)  # 6 more in 60 s: 30 left at 6 per minute
+    assert left.minutes() == pytest.approx(5.0)
+    assert str(left) == "~5 min left"
+    assert reproduce.TimeLeft([first], None, ("bkd",), 3).minutes() is None
+
+
 def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
     seen = {}
 
