@@ -137,6 +137,11 @@ def is_finished(run_dir: Path, methods: Sequence[str]) -> bool:
         return False
 
 
+def _saved_epochs(run_dir: Path) -> int:
+    """How many epochs a (running) training run has saved: its ``epochs/*.npz`` files."""
+    return len(list(run_dir.glob("epochs/*.npz")))
+
+
 def run_progress(run_dir: Path, epochs: int | None = None) -> str:
     """A short "how far" of a running run, from the epoch files on disk: ``"bkd 12/20"``."""
     parts = []
@@ -151,9 +156,9 @@ def run_progress(run_dir: Path, epochs: int | None = None) -> str:
         if folds:
             done = sum((f / "metrics.json").is_file() for f in folds)
             parts.append(f"{stage} fold {done + 1 if done < len(folds) else done}"
-                         f" ep {len(list(folds[-1].glob('epochs/*.npz')))}{f'/{epochs}' if epochs else ''}")
+                         f" ep {_saved_epochs(folds[-1])}{f'/{epochs}' if epochs else ''}")
         else:
-            parts.append(f"{stage} ep {len(list(stage_dir.glob('epochs/*.npz')))}{f'/{epochs}' if epochs else ''}")
+            parts.append(f"{stage} ep {_saved_epochs(stage_dir)}{f'/{epochs}' if epochs else ''}")
     return ", ".join(parts) or "starting"
 
 
@@ -177,8 +182,8 @@ def run_work(run_dir: Path, epochs: int, methods: Sequence[str] = METHODS, folds
             total += weight * epochs
             if finished or (unit_dir / "metrics.json").is_file():
                 done += weight * epochs
-            elif (unit_dir / "epochs").is_dir():
-                done += weight * min(epochs, len(list((unit_dir / "epochs").glob("*.npz"))))
+            else:
+                done += weight * min(epochs, _saved_epochs(unit_dir))
     return done, total
 
 

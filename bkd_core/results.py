@@ -51,13 +51,13 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
         run = read_json(path)
         samples_path = path.parent / "samples.csv"
         samples = pd.read_csv(samples_path) if samples_path.is_file() else None
+        is_noisy = None if samples is None else (samples["given_label"] != samples["clean_label"]).to_numpy()
         for method, metrics in run.get("methods", {}).items():
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                        profile=run.get("profile"))
             if samples is not None and f"{method}_quality" in samples:
-                row["ranking_auc"] = ranking_auc(samples[f"{method}_quality"].to_numpy(),
-                                                 (samples["given_label"] != samples["clean_label"]).to_numpy())
+                row["ranking_auc"] = ranking_auc(samples[f"{method}_quality"].to_numpy(), is_noisy)
             if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
                 row["tipping_rule"] = "peak"  # runs from before the fallback was recorded: the rule fired
             rows.append(row)
