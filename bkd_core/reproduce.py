@@ -145,7 +145,8 @@ def _saved_epochs(run_dir: Path) -> int:
 def run_progress(run_dir: Path, epochs: int | None = None) -> str:
     """A short "how far" of a running run, from the epoch files on disk: ``"bkd 12/20"``."""
     parts = []
-    for stage in ("bkd", "ce", "cleanlab"):
+    of = f"/{epochs}" if epochs else ""
+    for stage in METHODS:
         stage_dir = run_dir / stage
         if not stage_dir.is_dir():
             continue
@@ -155,17 +156,16 @@ def run_progress(run_dir: Path, epochs: int | None = None) -> str:
         folds = sorted(stage_dir.glob("fold_*"))
         if folds:
             done = sum((f / "metrics.json").is_file() for f in folds)
-            parts.append(f"{stage} fold {done + 1 if done < len(folds) else done}"
-                         f" ep {_saved_epochs(folds[-1])}{f'/{epochs}' if epochs else ''}")
+            parts.append(f"{stage} fold {done + 1 if done < len(folds) else done} ep {_saved_epochs(folds[-1])}{of}")
         else:
-            parts.append(f"{stage} ep {_saved_epochs(stage_dir)}{f'/{epochs}' if epochs else ''}")
+            parts.append(f"{stage} ep {_saved_epochs(stage_dir)}{of}")
     return ", ".join(parts) or "starting"
 
 
 def _stage_weight(stage: str, folds: int) -> float:
     """Network-epochs over the whole subset per epoch of ``stage``: BKD trains a teacher and a student,
     cross-entropy one network; each of confident learning's ``folds`` networks sees ``(folds - 1) / folds``."""
-    return {"bkd": 2.0, "ce": 1.0}.get(stage, (folds - 1) / folds)
+    return {"bkd": 2.0, "ce": 1.0, "cleanlab": (folds - 1) / folds}[stage]
 
 
 def run_work(run_dir: Path, epochs: int, methods: Sequence[str] = METHODS, folds: int = 3) -> tuple[float, float]:
@@ -425,7 +425,10 @@ def _profile_epochs(options: BatchOptions) -> int | None:
 
 def _postfix(out: Path, running: Sequence[RunSpec], epochs: int | None, time_left: TimeLeft) -> str:
     """The progress bar's postfix: how far each running run is, then the batch's time left."""
-    return "; ".join([*(f"{s.name}: {run_progress(out / s.name, epochs)}" for s in running), *filter(None, [str(time_left)])])
+    parts = [f"{s.name}: {run_progress(out / s.name, epochs)}" for s in running]
+    if left := str(time_left):
+        parts.append(left)
+    return "; ".join(parts)
 
 
 def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, executor: str,
