@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import json
 import sys
 from typing import Any, Sequence
 
-from .config import PROFILES, BKDConfig, get_profile
+from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, get_profile
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, download, load_cifar_n
+from .errors import BKDError
 
 SUMMARY_KEYS = ("dataset", "split", "num_samples", "epochs", "wall_time_s", "device", "tipping_epoch", "threshold",
                 "estimated_noise_rate", "true_noise_rate", "detection_precision", "detection_recall", "detection_f1",
@@ -36,8 +38,12 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def build_config(args: argparse.Namespace) -> BKDConfig:
+def build_config(args: argparse.Namespace, kind: str = "bkd") -> BKDConfig:
     overrides = parse_overrides(args.set)
+    unused = sorted(set(overrides) & BKD_ONLY_FIELDS) if kind != "bkd" else []
+    if unused:
+        raise SystemExit(f"error: --set {', '.join(unused)}: only BKD uses {'this field' if len(unused) == 1 else 'these fields'}, "
+                         "so it has no effect on a cross-entropy run; drop it, or train BKD with 'train'")
     for name in ("seed", "epochs", "train_size", "device"):
         value = getattr(args, name)
         if value is not None:
@@ -69,7 +75,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace, kind: str) -> int:
     from .train import train_bkd, train_ce
 
-    config = build_config(args)
+    config = build_config(args, kind)
     data = load_cifar_n(args.dataset, args.split, args.data_dir, download=args.download)
     trainer = train_bkd if kind == "bkd" else train_ce
     result = trainer(data, config, args.out, progress=not args.no_progress)
@@ -105,6 +111,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .reproduce import BatchOptions, format_outcomes, plan, run_batch
 
     overrides = parse_overrides(args.set)
+    for name, value, least in (("--jobs", args.jobs, 1), ("--threads", args.threads, 1), ("--folds", args.folds, 2)):
+        if value is not None and value < least:
+            raise SystemExit(f"error: {name} must be >= {least}, got {value}")
     try:
         get_profile(args.profile, **overrides)  # fail now, not inside every run
         specs = plan(args.splits, args.seeds)
@@ -168,9 +177,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "results":
             return _results(args.out)
         return _train(args, "bkd" if args.command == "train" else "ce")
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    except (BKDError, ValueError, OSError) as exc:
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a user: what went wrong, where, and (for a failing file operation) what to do."""
+    if isinstance(exc, OSError) and not isinstance(exc, BKDError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = {errno.ENOSPC: "free some space and rerun the same command: a run resumes from its last checkpoint",
+                errno.EDQUOT: "free some space and rerun the same command: a run resumes from its last checkpoint",
+                errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+                errno.EPERM: "choose a folder you can write to (or fix its permissions)",
+                errno.EROFS: "choose a folder on a writable file system",
+                errno.EEXIST: "a file is in the way: choose another path, or move that file",
+                errno.ENOTDIR: "a file is in the way: choose another path, or move that file",
+                errno.EISDIR: "a folder is where a file was expected: choose another path"}.get(exc.errno, "")
+        return f"{exc.strerror}{where}{'; ' + hint if hint else ''}"
+    return " ".join(str(exc).split()) if str(exc).strip() else type(exc).__name__
 
 
 if __name__ == "__main__":

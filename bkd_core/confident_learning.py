@@ -26,9 +26,10 @@ from torch import nn
 from .augment import NORMALIZATION, Normalizer, ordered_batches, to_device_images
 from .config import BKDConfig
 from .data import NoisyCIFAR
-from .io import atomic_save_npz, atomic_write_json, read_json
+from .errors import DamagedFileError
 from .metrics import detection_scores, flag_all_f1
-from .train import RunResult, train_ce
+from .rundir import RunDir
+from .train import RunResult, _fingerprint_of, train_ce, training_subset
 
 __all__ = ["stratified_folds", "predict_probabilities", "train_confident_learning"]
 
@@ -83,21 +84,26 @@ def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str |
     Each fold network is ``train_ce`` with ``config`` on the other folds (no validation hold-out).
     Rerunning with the same ``run_dir`` resumes the unfinished folds and returns a finished run.
     """
+    rundir = RunDir(run_dir)
+    identity = {"kind": "cleanlab", "dataset": data.dataset, "split": data.split, "folds": folds,
+                "fingerprint": config.fingerprint()}
+    with rundir.writing(identity, config.to_dict(), fingerprint=_fingerprint_of):
+        if rundir.finished():
+            try:
+                return _load(rundir, config)
+            except DamagedFileError:
+                pass  # recomputed from the folds below (finished folds are loaded, not retrained)
+        rundir.require_writable()
+        rundir.write_config(identity, config.to_dict())
+        return _train_folds(rundir, data, config, folds, progress)
+
+
+def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int, progress: bool) -> RunResult:
     import cleanlab
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    run_dir = Path(run_dir)
-    identity = {"kind": "cleanlab", "dataset": data.dataset, "split": data.split, "folds": folds,
-                "fingerprint": config.fingerprint()}
-    if (run_dir / "config.json").exists() and read_json(run_dir / "config.json").get("identity") != identity:
-        raise ValueError(f"{run_dir} belongs to a different run ({read_json(run_dir / 'config.json').get('identity')}), "
-                         f"not this one ({identity}); use another run directory, or delete that one to start over")
-    if (run_dir / "metrics.json").exists() and (run_dir / "scores.npz").exists():
-        return _load(run_dir, config)
-    atomic_write_json(run_dir / "config.json", {"config": config.to_dict(), "identity": identity})
-
-    subset = data.subset(config.train_size, seed=config.seed)
+    subset = training_subset(data, config)
     labels = subset.train_labels
     fold_of = stratified_folds(labels, folds, config.seed)
     fold_config = config.replace(train_size=None, val_ratio=0.0)
@@ -105,7 +111,10 @@ def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str |
     wall = 0.0
     for k in range(folds):
         fit_rows, held_out = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        fold = train_ce(_fold_data(subset, fit_rows), fold_config, run_dir / f"fold_{k}", progress=progress)
+        fold = train_ce(_fold_data(subset, fit_rows), fold_config, rundir.path / f"fold_{k}", progress=progress)
+        if "model" not in fold.networks:
+            raise DamagedFileError(f"{fold.run_dir} is finished but its checkpoint.pt is gone, so its network cannot "
+                                   f"predict the held-out fold; delete {fold.run_dir} to retrain that fold")
         wall += fold.metrics["wall_time_s"]
         start = time.perf_counter()
         pred_probs[held_out] = predict_probabilities(fold.networks["model"], subset.train_images[held_out],
@@ -126,18 +135,16 @@ def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str |
         "out_of_fold_acc_clean": float((pred_probs.argmax(1) == subset.clean_labels).mean()),
         "wall_time_s": round(wall, 2), "device": fold.metrics["device"], "cleanlab": cleanlab.__version__, "command": " ".join(sys.argv),
     }
-    atomic_save_npz(run_dir / "scores.npz", label_issues=label_issues, label_quality=quality,
-                    ranked_indices=np.argsort(quality, kind="stable").astype(np.int64),
-                    indices=subset.indices.astype(np.int64), pred_probs=pred_probs,
-                    predicted_labels=pred_probs.argmax(1).astype(np.int64), folds=fold_of)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    return _load(run_dir, config)
+    rundir.save_outputs(metrics, {
+        "label_issues": label_issues, "label_quality": quality,
+        "ranked_indices": np.argsort(quality, kind="stable").astype(np.int64),
+        "indices": subset.indices.astype(np.int64), "pred_probs": pred_probs,
+        "predicted_labels": pred_probs.argmax(1).astype(np.int64), "folds": fold_of})
+    return _load(rundir, config)
 
 
-def _load(run_dir: Path, config: BKDConfig) -> RunResult:
-    metrics = read_json(run_dir / "metrics.json")
-    with np.load(run_dir / "scores.npz") as f:
-        arrays = {k: f[k] for k in f.files}
-    return RunResult(run_dir=run_dir, config=config, metrics=metrics, label_issues=arrays["label_issues"],
+def _load(rundir: RunDir, config: BKDConfig) -> RunResult:
+    metrics, arrays = rundir.load_outputs()
+    return RunResult(run_dir=rundir.path, config=config, metrics=metrics, label_issues=arrays["label_issues"],
                      label_quality=arrays["label_quality"], ranked_indices=arrays["ranked_indices"],
                      indices=arrays["indices"], history={}, arrays=arrays)

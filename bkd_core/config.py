@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -63,19 +66,10 @@ class BKDConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.noisy_groups, int):
+        if isinstance(self.noisy_groups, int) and not isinstance(self.noisy_groups, bool):
             self.noisy_groups = (self.noisy_groups,)
-        try:
-            self.model_widths = tuple(int(w) for w in self.model_widths)  # type: ignore[assignment]
-            self.alphas = tuple(float(a) for a in self.alphas)  # type: ignore[assignment]
-            self.noisy_groups = tuple(int(g) for g in self.noisy_groups)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"invalid BKDConfig: model_widths, alphas and noisy_groups must be sequences of numbers ({exc})") from exc
-        for name in ("augment", "detach_teacher", "detach_robust_target", "compile", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"invalid BKDConfig: {name} must be True or False, got {getattr(self, name)!r}")
-        if self.bf16 is not None and not isinstance(self.bf16, bool):
-            raise ValueError(f"invalid BKDConfig: bf16 must be True, False or None, got {self.bf16!r}")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _HINTS[f.name]))
         checks = [
             (len(self.model_widths) == 3 and min(self.model_widths) >= 1, f"model_widths must be three positive ints, got {self.model_widths}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
@@ -90,12 +84,11 @@ class BKDConfig:
             (len(self.alphas) == 4 and all(0 <= a <= 1 for a in self.alphas), f"alphas must be four values in [0, 1], got {self.alphas}"),
             (set(self.noisy_groups) <= {1, 2, 3, 4} and self.noisy_groups, f"noisy_groups must be a non-empty subset of 1..4, got {self.noisy_groups}"),
             (self.tipping_window >= 1, f"tipping_window must be >= 1, got {self.tipping_window}"),
-            (self.model in ("preresnet18", "small_cnn"), f"model must be 'preresnet18' or 'small_cnn', got {self.model!r}"),
-            (self.otsu_criterion in ("bkd", "classic"), f"otsu_criterion must be 'bkd' or 'classic', got {self.otsu_criterion!r}"),
-            (self.loss_reduction in ("official", "mean"), f"loss_reduction must be 'official' or 'mean', got {self.loss_reduction!r}"),
-            (self.score_views in ("augmented", "clean"), f"score_views must be 'augmented' or 'clean', got {self.score_views!r}"),
-            (self.val_normalization in ("own", "cifar10"), f"val_normalization must be 'own' or 'cifar10', got {self.val_normalization!r}"),
             (self.val_every >= 1 and self.test_every >= 1, "val_every and test_every must be >= 1"),
+            (self.momentum >= 0 and self.weight_decay >= 0 and self.lr_gamma > 0,
+             f"momentum and weight_decay must be >= 0 and lr_gamma > 0, got {self.momentum}, {self.weight_decay}, {self.lr_gamma}"),
+            (self.tipping_fallback is None or self.tipping_fallback >= 0, f"tipping_fallback must be None or >= 0, got {self.tipping_fallback}"),
+            (_valid_device(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,11 +120,92 @@ class BKDConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def resolved_device(self) -> torch.device:
-        """``device`` with ``"auto"`` resolved: CUDA when present, else the CPU."""
+        """``device`` with ``"auto"`` resolved: CUDA when present, else the CPU.
+
+        Raises:
+            ValueError: a CUDA device was asked for that this machine does not have.
+        """
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise ValueError(f"device={self.device!r} was asked for, but torch finds no CUDA device on this machine "
+                                 "(torch.cuda.is_available() is False); use device 'auto' or 'cpu'")
+            if device.index is not None and device.index >= count:
+                raise ValueError(f"device={self.device!r} was asked for, but this machine has {count} CUDA device(s) "
+                                 f"(cuda:0 to cuda:{count - 1})")
+        return device
 
+
+def _valid_device(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, ValueError):
+        return False
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        kind = {int: "integers", float: "numbers"}.get(args[0], "values")
+        return f"a sequence of {kind}" if args[-1] is Ellipsis else f"a sequence of {len(args)} {kind}"
+    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string", dict: "a dict"}.get(hint, str(hint))
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as field ``name`` of type ``hint`` wants it (ints as floats, sequences as tuples), or a
+    ``ValueError`` that names the field, the value and the type: the one check of every field's type,
+    derived from the annotations (``Literal`` choices included)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _checked(name, value, option)
+            except ValueError:
+                continue
+    elif origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            element = args[0]
+            converted = tuple(_checked(name, v, element) for v in value)
+            if args[-1] is Ellipsis or len(converted) == len(args):
+                return converted
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint in (str, dict):
+        if isinstance(value, hint):
+            return value
+    else:
+        return value
+    raise ValueError(f"invalid BKDConfig: {name} must be {_type_name(hint)}, got {value!r}")
+
+
+_HINTS = typing.get_type_hints(BKDConfig)
+
+#: Fields only BKD uses: a cross-entropy or confident-learning run ignores them.
+BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion", "noisy_groups",
+                             "detach_teacher", "detach_robust_target", "loss_reduction", "score_views"})
 
 #: The official settings (method.md section 2): two PreResNet18, 300 epochs, full data. For a GPU.
 PAPER = BKDConfig(profile="paper")

@@ -47,6 +47,7 @@ __all__ = [
     "LABEL_FILES",
     "LABEL_URLS",
     "CIFAR_TRAIN_SIZE",
+    "PUBLISHED_NOISE_RATES",
     "CIFAR_TEST_SIZE",
     "DataError",
     "DataNotFoundError",
@@ -75,6 +76,15 @@ CIFAR10_SPLITS: dict[str, str] = {
     "rand3": "random_label3",
     "worst": "worse_label",  # sic: the release spells it "worse"
 }
+#: Noise rate of each CIFAR-N split over the full training set, as published with the release
+#: (method.md section 4). ``load_cifar_n`` warns when a label file's split is far from it.
+PUBLISHED_NOISE_RATES: dict[str, float] = {
+    "clean": 0.0, "aggre": 0.0901, "rand1": 0.1723, "rand2": 0.1812, "rand3": 0.1764, "worst": 0.4021,
+    "clean100": 0.0, "noisy100": 0.4020,
+}
+#: How far (absolute) a loaded split's noise rate may be from the published one before ``load_cifar_n`` warns.
+NOISE_RATE_TOLERANCE = 0.02
+
 #: CIFAR-100N split name -> key in ``CIFAR-100_human.pt`` (fine labels).
 CIFAR100_SPLITS: dict[str, str] = {"clean100": "clean_label", "noisy100": "noisy_label"}
 
@@ -342,11 +352,12 @@ def load_cifar_n_labels(path: str | os.PathLike, dataset: str | None = None) -> 
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        refused = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(e))
         if refused:
             raise DataError(
-                f"{where}: refused to load it: it asks to unpickle {refused.group(1)}, which is not a "
-                f"numpy array, so it is not a CIFAR-N label file (or it has been tampered with). " + fix
+                f"{where} was refused as unsafe: loading it would unpickle {refused.group(1)}, which is not "
+                f"a numpy array, so it is not a CIFAR-N label file (or it has been tampered with); nothing "
+                f"in it was run. " + fix
             ) from e
         raise DataError(
             f"{where} cannot be read (not a torch.save archive of numpy arrays); "
@@ -742,9 +753,11 @@ def load_cifar_n(
             f"datasets. The CIFAR-N labels only fit images in torchvision's order. {fix}"
         )
 
+    given = labels[SPLITS[ds][sp]]
+    _warn_if_noise_rate_is_off(float((given != clean).mean()), sp, label_path)
     return NoisyCIFAR(
         train_images=arrays["x_train"],
-        train_labels=labels[SPLITS[ds][sp]],
+        train_labels=given,
         clean_labels=clean,
         test_images=arrays["x_test"],
         test_labels=y_test,
@@ -753,6 +766,27 @@ def load_cifar_n(
         split=sp,
         indices=np.arange(len(clean), dtype=np.int64),
     )
+
+
+class NoiseRateWarning(UserWarning):
+    """A label file's split has a noise rate far from the one published with CIFAR-N."""
+
+
+def _warn_if_noise_rate_is_off(rate: float, split: str, path: Path) -> None:
+    published = PUBLISHED_NOISE_RATES.get(split)
+    if published is None or abs(rate - published) <= NOISE_RATE_TOLERANCE:
+        return
+    import warnings
+
+    warnings.warn(
+        f"{path}: the {split!r} labels differ from clean_label on {rate:.1%} of the training images, but the "
+        f"CIFAR-N release publishes {published:.2%} for this split. The file's {SPLITS_OF.get(split, split)!r} "
+        f"column may be shuffled, edited or from another release; results will not be comparable. Fetch the "
+        f"original file from {LABEL_URLS['cifar100' if split.endswith('100') else 'cifar10']}",
+        NoiseRateWarning, stacklevel=3)
+
+
+SPLITS_OF: dict[str, str] = {**CIFAR10_SPLITS, **CIFAR100_SPLITS}
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 
 @contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it over ``path`` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,20 +51,20 @@ def _jsonable(value: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` (dicts, lists, numbers, numpy scalars/arrays) as indented JSON, atomically."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez_compressed`` to ``path`` atomically (``path`` should end in ``.npz``)."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` to ``path`` atomically."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
+from .errors import RunDirError
 from .io import atomic_write_json, read_json
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     from .config import BKDConfig
@@ -73,6 +76,8 @@ class BatchOptions:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(self.methods)}")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2 (cleanlab's cross-validation), got {self.folds}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (torch threads per run) or None, got {self.threads}")
         # runs execute with their own folder as working directory: make every path absolute
         self.out = str(Path(self.out).resolve())
         data_dir = self.data_dir or os.environ.get("BKD_DATA_DIR")
@@ -225,19 +230,22 @@ def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None,
 def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
             overrides: dict[str, Any] | None = None, methods: Sequence[str] = METHODS, folds: int = 3,
             data_dir: str | None = None, download: bool = False, device: str = "auto",
-            threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+            threads: int | None = None, progress: bool = True, exit_with_parent: bool = False) -> dict[str, Any]:
     """Train ``methods`` on one split and seed into ``out_dir``; write and return its ``metrics.json``.
 
     ``out_dir/bkd``, ``out_dir/ce`` and ``out_dir/cleanlab`` are ordinary run directories (resumable).
     ``out_dir/metrics.json`` holds each method's metrics under ``"methods"``; ``out_dir/samples.csv``
     one row per training sample of the subset (index into the 50,000 images, given and clean label,
-    each method's label-quality score, flag and prediction).
+    each method's label-quality score, flag and prediction). ``exit_with_parent``: end this process
+    when the process that started it dies (the batch's run notebooks set it, see :func:`exit_when_parent_dies`).
     """
     import torch
 
     from .confident_learning import train_confident_learning
     from .train import train_bkd, train_ce
 
+    if exit_with_parent:
+        exit_when_parent_dies()
     if threads:
         torch.set_num_threads(int(threads))
     out_dir = Path(out_dir)
@@ -262,10 +270,28 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     return summary
 
 
+def exit_when_parent_dies(interval: float = 0.5) -> None:
+    """End this process (``os._exit``) as soon as its parent process dies, checked every ``interval`` s.
+
+    The batch's pool workers and the Jupyter kernels they start call this, so that killing
+    ``reproduce`` (even with SIGKILL) stops its runs too: a worker whose batch died exits, then the
+    kernel whose worker died exits. Without it they train on, and a rerun would put a second writer
+    on their run folders (which the run folders' locks refuse, but only after the fact).
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="bkd-exit-with-parent", daemon=True).start()
+
+
 def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
     import pandas as pd
 
-    from .io import _atomic_path
+    from .io import atomic_path
 
     table: dict[str, np.ndarray] = {"index": subset.indices, "given_label": subset.train_labels,
                                     "clean_label": subset.clean_labels}
@@ -278,7 +304,7 @@ def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
         table[f"{method}_prediction"] = arrays["predicted_labels"]
         if method == "bkd" and "groups" in arrays:
             table["bkd_group"] = arrays["groups"]
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
 
 
@@ -315,15 +341,17 @@ def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
     settled = _settled(spec, options)
     if settled:
         return settled
-    run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     parameters = {"dataset": spec.dataset, "split": spec.split, "seed": spec.seed, "out_dir": str(run_dir),
                   "profile": options.profile, "overrides": _plain(options.overrides), "methods": list(options.methods),
                   "folds": options.folds, "data_dir": options.data_dir, "download": options.download,
-                  "device": options.device, "threads": options.threads}
+                  "device": options.device, "threads": options.threads, "exit_with_parent": True}
     try:
-        papermill.execute_notebook(options.template, str(run_dir / "run.ipynb"), parameters=parameters,
-                                   progress_bar=False, kernel_name="python3", cwd=str(run_dir))
+        with RunDir(run_dir).lock():  # one writer per run folder: a second batch on the same --out is refused
+            papermill.execute_notebook(options.template, str(run_dir / "run.ipynb"), parameters=parameters,
+                                       progress_bar=False, kernel_name="python3", cwd=str(run_dir))
+    except RunDirError as exc:
+        return RunOutcome(spec.name, "failed", time.perf_counter() - start, str(exc))
     except Exception as exc:  # a failing run must not stop the batch: record it and go on
         message = str(exc).strip().splitlines()
         detail = next((line for line in reversed(message) if line.strip()), type(exc).__name__)
@@ -393,7 +421,7 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
     time_left = TimeLeft([out / s.name for s in todo], epochs, options.methods, options.folds)
     if todo and executor == "local":
         context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=exit_when_parent_dies) as pool:
             futures = {pool.submit(_execute_with_env, spec, options): spec for spec in todo}
             pending = set(futures)
             while pending:
@@ -472,9 +500,9 @@ def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: Batc
     })
     table = collect_results(out)
     if len(table):
-        from .io import _atomic_path
+        from .io import atomic_path
 
-        with _atomic_path(out / "results.csv") as tmp:
+        with atomic_path(out / "results.csv") as tmp:
             table.to_csv(tmp, index=False)
 
 

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 from typing import TYPE_CHECKING
 
 from .io import read_json
@@ -48,16 +50,25 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
 
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
-        run = read_json(path)
+        run = _read_run(path)
         samples_path = path.parent / "samples.csv"
-        samples = pd.read_csv(samples_path) if samples_path.is_file() else None
+        samples = _read_samples(samples_path) if samples_path.is_file() else None
         is_noisy = None if samples is None else (samples["given_label"] != samples["clean_label"]).to_numpy()
-        for method, metrics in run.get("methods", {}).items():
+        for method, metrics in run["methods"].items():
+            if not isinstance(metrics, dict):
+                raise ValueError(f"{path}: methods.{method} holds a {type(metrics).__name__}, not a method's metrics; "
+                                 "delete the run's folder and rerun the batch to rewrite it")
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                        profile=run.get("profile"))
             if samples is not None and f"{method}_quality" in samples:
-                row["ranking_auc"] = ranking_auc(samples[f"{method}_quality"].to_numpy(), is_noisy)
+                scores = samples[f"{method}_quality"].to_numpy(dtype=float)
+                bad = np.flatnonzero(~np.isfinite(scores))
+                if len(bad):  # row numbers as a spreadsheet shows them: the header is line 1
+                    raise ValueError(f"{samples_path}: column {method}_quality has {len(bad)} NaN or infinite score(s) "
+                                     f"(first on line {int(bad[0]) + 2}, sample index {int(samples['index'].iloc[bad[0]])}); "
+                                     "the run wrote a broken file: delete its folder and rerun the batch")
+                row["ranking_auc"] = ranking_auc(scores, is_noisy)
             if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
                 row["tipping_rule"] = "peak"  # runs from before the fallback was recorded: the rule fired
             rows.append(row)
@@ -69,6 +80,37 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
             lambda v: (split_rank if col.name == "split" else method_rank if col.name == "method" else {}).get(v, 99))
             if col.name != "seed" else col, kind="stable").reset_index(drop=True)
     return table
+
+
+_RUN_KEYS = ("dataset", "split", "seed", "methods")
+
+
+def _read_run(path: Path) -> dict:
+    """A run's ``metrics.json`` (from ``reproduce``), checked, with errors that name the file."""
+    fix = "it is not a run written by 'python -m bkd_core reproduce': move it out of the batch folder, or delete its folder and rerun the batch"
+    run = read_json(path)
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} holds a {type(run).__name__}, not a run's metrics; {fix}")
+    missing = [k for k in _RUN_KEYS if k not in run]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; {fix}")
+    if not isinstance(run["methods"], dict):
+        raise ValueError(f"{path}: 'methods' holds a {type(run['methods']).__name__}, not a dict of methods; {fix}")
+    return run
+
+
+def _read_samples(path: Path) -> "pd.DataFrame":
+    import pandas as pd
+
+    try:
+        samples = pd.read_csv(path)
+    except (ValueError, OSError) as exc:  # pandas' parser errors are ValueErrors
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         "delete the run's folder and rerun the batch to rewrite it") from exc
+    missing = [c for c in ("index", "given_label", "clean_label") if c not in samples]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {missing}; delete the run's folder and rerun the batch to rewrite it")
+    return samples
 
 
 def summarize(table: "pd.DataFrame") -> "pd.DataFrame":

@@ -31,7 +31,7 @@ from . import __version__
 from .augment import NORMALIZATION, OFFICIAL_AUGMENT, Normalizer, augment_batch, ordered_batches, shuffled_batches, to_device_images
 from .config import BKDConfig
 from .data import NoisyCIFAR, train_val_split
-from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, read_json
+from .errors import DamagedFileError, DivergedError
 from .method import (
     OtsuSplit,
     agreement_probability,
@@ -45,8 +45,7 @@ from .method import (
 )
 from .metrics import detection_scores, flag_all_f1
 from .models import build_model
-
-CHECKPOINT = "checkpoint.pt"
+from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
 
 
 @dataclass
@@ -74,10 +73,6 @@ class RunResult:
         return self.metrics.get("tipping_epoch")
 
 
-BKDResult = RunResult
-CEResult = RunResult
-
-
 @dataclass
 class PreparedData:
     """A run's data on its device: the (subset of the) training set, its train/val split, the test set."""
@@ -91,11 +86,26 @@ class PreparedData:
     test_labels: torch.Tensor
 
 
+def training_subset(data: NoisyCIFAR, config: BKDConfig) -> NoisyCIFAR:
+    """The ``config.train_size`` random training images of ``data`` (seeded by ``config.seed``).
+
+    Raises:
+        ValueError: ``train_size`` is larger than the training set.
+    """
+    if config.train_size is not None and config.train_size > len(data):
+        raise ValueError(f"train_size={config.train_size:,} is larger than the {len(data):,} training images of "
+                         f"{data.dataset}/{data.split}; use at most {len(data):,}, or None for all of them")
+    return data.subset(config.train_size, seed=config.seed)
+
+
 def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> PreparedData:
     """Take the configured subset (seeded by ``config.seed``), split it and move it to ``device``."""
-    data = data.subset(config.train_size, seed=config.seed)
+    data = training_subset(data, config)
     train_idx, val_idx = train_val_split(len(data.train_labels), config.val_ratio, config.seed)
     test_rows = np.arange(len(data.test_labels))
+    if config.test_size is not None and config.test_size > len(test_rows):
+        raise ValueError(f"test_size={config.test_size:,} is larger than the {len(test_rows):,} test images of "
+                         f"{data.dataset}; use at most {len(test_rows):,}, or None for all of them")
     if config.test_size is not None and config.test_size < len(test_rows):
         test_rows = np.sort(np.random.default_rng(config.seed).permutation(len(test_rows))[:config.test_size])
     return PreparedData(
@@ -107,6 +117,11 @@ def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> P
         test_images=to_device_images(data.test_images[test_rows], device),
         test_labels=torch.from_numpy(data.test_labels[test_rows].astype(np.int64)).to(device),
     )
+
+
+def _fingerprint_of(config: dict[str, Any]) -> str:
+    """Fingerprint of a configuration stored as a dict (``config.json``)."""
+    return BKDConfig.from_dict(config).fingerprint()
 
 
 def _versions() -> dict[str, str]:
@@ -131,6 +146,8 @@ class _Trainer:
     def __init__(self, data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, progress: bool) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        self.rundir = RunDir(run_dir)
+        self.loaded_weights = False  # networks hold trained (or resumed) weights
         self.progress = progress
         self.device = config.resolved_device()
         self.prep = prepare_data(data, config, self.device)
@@ -229,12 +246,8 @@ class _Trainer:
         values.extend([float("nan")] * (self.epoch + 1 - len(values)))
         values[self.epoch] = value
 
-    def epoch_file(self, epoch: int) -> Path:
-        return self.run_dir / "epochs" / f"epoch_{epoch:03d}.npz"
-
     def load_epoch(self, epoch: int) -> dict[str, np.ndarray]:
-        with np.load(self.epoch_file(epoch)) as f:
-            return {k: f[k] for k in f.files}
+        return self.rundir.load_epoch(epoch)
 
     def run_identity(self) -> dict[str, Any]:
         data = self.prep.data
@@ -255,36 +268,52 @@ class _Trainer:
             "history": self.history,
             "extra": self.extra_state(),
         }
-        atomic_torch_save(self.run_dir / CHECKPOINT, state)
+        self.rundir.save_checkpoint(state)
 
     def try_resume(self) -> bool:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
+        """Load the run directory's checkpoint, if there is one (read with ``weights_only=True``, so a
+        tampered file cannot run code). Tensors are loaded on the CPU and moved where they belong: a
+        generator's state must stay a CPU byte tensor, also for a CUDA generator."""
+        state = self.rundir.load_checkpoint(self.run_identity())
+        if state is None:
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["identity"] != self.run_identity():
-            raise ValueError(
-                f"{path} belongs to a different run ({state['identity']}), not this one ({self.run_identity()}); "
-                "use another run directory, or delete that one to start over")
-        for name, net in self.networks.items():
-            net.load_state_dict(state["networks"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.history = state["history"]
-        self.epoch = state["epoch"]
-        self.elapsed = state["elapsed"]
-        self.load_extra_state(state["extra"])
+        try:
+            for name, net in self.networks.items():
+                net.load_state_dict(state["networks"][name])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
+            self.history = state["history"]
+            self.epoch = state["epoch"]
+            self.elapsed = state["elapsed"]
+            self.load_extra_state(state["extra"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            path = self.rundir.path / CHECKPOINT
+            raise DamagedFileError(f"checkpoint {path} does not fit this run's networks ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:200]}). Delete it to restart this run from its "
+                                   f"first epoch (rm {path})") from exc
+        self.loaded_weights = True
         return True
 
     def run(self) -> RunResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self.try_resume()  # raises if run_dir belongs to another run
-        finished = all((self.run_dir / name).exists() for name in ("metrics.json", "scores.npz"))
-        if resumed and finished and self.epoch >= self.config.epochs:
-            return self.load_result()
-        atomic_write_json(self.run_dir / "config.json", {"config": self.config.to_dict(), "identity": self.run_identity()})
+        identity = self.run_identity()
+        with self.rundir.writing(identity, self.config.to_dict(), fingerprint=_fingerprint_of):
+            resumed = self.try_resume()
+            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs):
+                try:
+                    return self.load_result()
+                except DamagedFileError:
+                    if not resumed:
+                        raise
+                    # the final epoch's checkpoint and epoch files are there: recompute the outputs
+            self.rundir.require_writable()
+            if resumed:
+                self.rundir.check_epochs(self.epoch)  # a damaged epoch file is found now, not at the end
+            self.rundir.write_config(identity, self.config.to_dict())
+            return self._train_and_finish()
+
+    def _train_and_finish(self) -> RunResult:
         desc = f"{self.kind} {self.prep.data.dataset}/{self.prep.data.split}"
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=desc, unit="epoch", disable=not self.progress,
                    dynamic_ncols=True)
@@ -299,6 +328,7 @@ class _Trainer:
             for key, value in out.items():
                 if value.ndim == 0:
                     self.record(key, float(value))
+            self.check_finite(per_sample)
             per_sample.update(self.after_epoch(per_sample))
             last = self.epoch == self.config.epochs - 1
             if self.epoch % self.config.val_every == 0 or last:
@@ -308,7 +338,7 @@ class _Trainer:
                                                      else self.train_labels, self.normalize_val))
             if self.epoch % self.config.test_every == 0 or last:
                 self.record("test_acc", self.evaluate(self.prep.test_images, self.prep.test_labels))
-            atomic_save_npz(self.epoch_file(self.epoch), **{k: v.astype(np.float16) for k, v in per_sample.items()})
+            self.rundir.save_epoch(self.epoch, {k: v.astype(np.float16) for k, v in per_sample.items()})
             self.elapsed += time.perf_counter() - start
             self.record("epoch_time", time.perf_counter() - start)
             self.epoch += 1
@@ -316,7 +346,25 @@ class _Trainer:
             bar.update(1)
             bar.set_postfix({k: f"{self.history[k][-1]:.3g}" for k in ("loss", "test_acc") if k in self.history})
         bar.close()
+        self.loaded_weights = True
         return self.finish()
+
+    def check_finite(self, per_sample: dict[str, np.ndarray]) -> None:
+        """Stop a diverging run: raise :class:`DivergedError` if this epoch's loss or scores are not finite.
+
+        The epoch's results are not saved, so the run directory keeps the last finite epoch's checkpoint.
+        """
+        bad = [k for k in ("loss", "loss_ce", "loss_compensation") if k in self.history
+               and not np.isfinite(self.history[k][self.epoch])]
+        bad += [k for k, v in per_sample.items() if not np.isfinite(v).all()]
+        if bad:
+            cfg = self.config
+            values = ", ".join(f"{k}={self.history[k][self.epoch]:.3g}" for k in bad if k in self.history)
+            raise DivergedError(
+                f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite{f' ({values})' if values else ''}. "
+                f"The likely cause is a learning rate too high for this model (lr={cfg.lr:g}, batch_size={cfg.batch_size}); "
+                f"train with a lower lr into another run directory. {self.rundir.path} keeps the checkpoint of epoch "
+                f"{self.epoch} (the last finite one)")
 
     def stacked_history(self) -> dict[str, np.ndarray]:
         """Scalar history as float arrays [E] and per-sample history as float16 arrays [E, n]."""
@@ -362,20 +410,19 @@ class _Trainer:
             "val_rows": self.prep.val_idx.astype(np.int64),
         })
         arrays.update(self.stacked_history())
-        atomic_save_npz(self.run_dir / "scores.npz", **arrays)
-        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        self.rundir.save_outputs(metrics, arrays)
         return self.load_result()
 
     def load_result(self) -> RunResult:
-        metrics = read_json(self.run_dir / "metrics.json")
-        with np.load(self.run_dir / "scores.npz") as f:
-            arrays = {k: f[k] for k in f.files}
+        """The finished run's outputs; ``networks`` holds the trained networks when the checkpoint was
+        loaded (it is empty for a finished run whose ``checkpoint.pt`` was deleted)."""
+        metrics, arrays = self.rundir.load_outputs()
         return RunResult(
             run_dir=self.run_dir, config=self.config, metrics=metrics,
             label_issues=arrays["label_issues"], label_quality=arrays["label_quality"],
             ranked_indices=arrays["ranked_indices"], indices=arrays["indices"],
             history={k[len("history_"):]: v for k, v in arrays.items() if k.startswith("history_")},
-            arrays=arrays, networks=self.networks)
+            arrays=arrays, networks=self.networks if self.loaded_weights else {})
 
 
 def _detection_metrics(prefix: str, mask: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
@@ -455,7 +502,9 @@ class _BKDTrainer(_Trainer):
         scores = self.load_epoch(tip)["train_agreement"].astype(np.float64) if tip < self.epoch else per_sample["train_agreement"]
         split = otsu_split(scores, bins=self.config.otsu_bins, criterion=self.config.otsu_criterion)
         self.train_groups = assign_groups(torch.from_numpy(scores), split).to(self.device)
-        return {}
+        # the tipping epoch is this one (tipping_window=1 with the fallback): its eval-pass scores are
+        # needed for the detection and were not computed yet
+        return {"eval_agreement": self.eval_agreement()} if tip == self.epoch else {}
 
     def extra_state(self) -> dict[str, Any]:
         return {"tipping_epoch": self.tipping_epoch, "tipping_found_at": self.tipping_found_at,

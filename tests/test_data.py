@@ -423,12 +423,31 @@ class _Evil:
         return (_evil_payload, ("code ran",))
 
 
+class _Shell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_label_file_with_arbitrary_objects_is_refused(tmp_path, small_sizes):
     path = write_labels(tmp_path / "CIFAR-10_human.pt", _labels10(clean_label=_Evil()))
-    with pytest.raises(D.DataError, match="refused to load") as e:
+    with pytest.raises(D.DataError, match="refused as unsafe") as e:
         D.load_cifar_n_labels(path)
     assert str(path) in str(e.value)
     assert _EVIL_CALLED == []
+
+
+def test_label_file_that_calls_a_shell_is_refused_as_unsafe(tmp_path, small_sizes):
+    # torch words a blocked module (os, subprocess) differently from an unknown global: both are "unsafe"
+    marker = tmp_path / "code-ran"
+    path = write_labels(tmp_path / "CIFAR-10_human.pt", _labels10(clean_label=_Shell(marker)))
+    with pytest.raises(D.DataError, match=r"refused as unsafe: loading it would unpickle (posix|os)\.system"):
+        D.load_cifar_n_labels(path)
+    assert not marker.exists()
 
 
 def test_label_file_with_torch_tensors(tmp_path, small_sizes):

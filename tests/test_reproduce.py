@@ -119,7 +119,7 @@ def test_batch_options_checks(tmp_path):
 
 def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
-    overrides = {k: v for k, v in TINY_OVERRIDES.items() if k not in ("train_size", "test_size")}
+    overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}  # every synthetic image
     for seed in (0, 1):
         run_dir = tmp_path / "batch" / f"cifar10-synthetic-seed{seed}"
         summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False)

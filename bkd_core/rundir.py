@@ -1,0 +1,302 @@
+"""A run directory: one training run's folder, its identity, a writer lock, checkpoint, epoch files, outputs.
+
+Every run of ``bkd_core`` (BKD, cross-entropy, each fold of confident learning, confident learning
+itself) writes through :class:`RunDir`, which promises:
+
+- **Identity.** ``config.json`` records the configuration and the run's identity (kind, dataset,
+  split, sizes, fingerprint). A folder whose ``config.json`` names another run, whose
+  ``config.json`` was edited by hand (its settings no longer give the recorded fingerprint), or
+  that holds run files without a ``config.json``, is never written: :class:`RunDirError`.
+- **One writer.** ``.lock`` is held with ``flock`` while a process writes; a second writer is refused
+  at once. The lock dies with its process, so a killed run leaves no stale lock.
+- **No code from files.** ``checkpoint.pt`` is read with ``torch.load(weights_only=True)``: tensors
+  and plain data only. A checkpoint whose pickle names anything else is refused
+  (:class:`UnsafeFileError`) without running it.
+- **Nothing half-written.** Every file is written atomically (``bkd_core.io``); temporary files left
+  by a killed writer (``.NAME.XXXXXXXX.tmp``) are removed when the next writer starts. A damaged or
+  missing file gives :class:`DamagedFileError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import DamagedFileError, RunDirError, UnsafeFileError
+from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, read_json
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
+METRICS = "metrics.json"
+SCORES = "scores.npz"
+#: Files that mark a folder as a run's (``config.json`` aside).
+RUN_FILES = (METRICS, SCORES, CHECKPOINT, "samples.csv")
+_STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # bkd_core.io's temporary names
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The global a ``weights_only`` load refused (``"posix.system"``), or None if ``exc`` is another error."""
+    match = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(exc))
+    return match.group(1) if match else None
+
+
+def safe_torch_load(path: Path, *, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU with errors that name the file.
+
+    Raises:
+        UnsafeFileError: the pickle names a global other than tensors and plain data (it would run code).
+        DamagedFileError: empty, truncated or not a ``torch.save`` file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = refused_global(exc)
+        if name:
+            raise UnsafeFileError(
+                f"{what} {path} was refused as unsafe: loading it would call {name}, and a file written "
+                f"by bkd_core holds only tensors and plain data, so it was not written by bkd_core or has "
+                f"been tampered with; nothing in it was run. {fix}") from exc
+        raise DamagedFileError(f"{what} {path} is damaged ({_first_line(exc)}). {fix}") from exc
+    except Exception as exc:  # empty file, truncated zip, other bytes: torch raises many kinds
+        raise DamagedFileError(f"{what} {path} is damaged ({_first_line(exc)}). {fix}") from exc
+
+
+class RunDir:
+    """The folder of one run. ``RunDir(path).writing(identity, config)`` opens it for one writer."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.read_only = False
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- opening --------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, identity: dict[str, Any], config: dict[str, Any],
+                fingerprint: Callable[[dict[str, Any]], str] | None = None) -> Iterator["RunDir"]:
+        """Check the folder, take its lock, remove stale temporary files, and check its identity.
+
+        ``fingerprint`` maps a stored configuration dict to its fingerprint: with it, a
+        ``config.json`` whose settings were edited after the run wrote it is refused.
+
+        Raises:
+            RunDirError: the path is a file, the folder belongs to another run or was edited, or
+                another process is writing to it.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} is a file, not a folder; pass a folder path (new or of this run)")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {self.path} ({exc.strerror}); choose a writable folder") from exc
+        with self._lock():
+            if not self.read_only:
+                self.remove_stale_temp_files()
+            self.check_identity(identity, fingerprint)
+            yield self
+
+    @contextmanager
+    def lock(self) -> Iterator["RunDir"]:
+        """Hold the folder's writer lock (creating the folder) without checking an identity.
+
+        Raises:
+            RunDirError: the path is a file, or another process holds the lock.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} is a file, not a folder; pass a folder path")
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            yield self
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock
+            yield
+            return
+        try:
+            handle = open(self.path / LOCK, "a+")
+        except OSError:  # a read-only folder: a finished run can still be read
+            self.read_only = True
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise RunDirError(f"another process (pid {owner}) is writing to {self.path}; wait for it to "
+                                  "finish or stop it, then rerun (the run resumes where it stopped)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # releases the lock
+
+    def require_writable(self) -> None:
+        """Raise :class:`RunDirError` if the folder cannot be written (read-only) before any training starts."""
+        if self.read_only or not os.access(self.path, os.W_OK):
+            raise RunDirError(f"run directory {self.path} is not writable (permission denied); choose a writable "
+                              "folder, or make this one writable, to train or resume this run")
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the temporary files a killed writer left (``.NAME.XXXXXXXX.tmp``); return them."""
+        removed = []
+        for folder in (self.path, self.path / "epochs"):
+            if folder.is_dir():
+                for tmp in folder.iterdir():
+                    if _STALE_TEMP.match(tmp.name) and tmp.is_file():
+                        tmp.unlink(missing_ok=True)
+                        removed.append(tmp)
+        return removed
+
+    # -- identity -------------------------------------------------------------------------------
+    def stored_config(self) -> dict[str, Any] | None:
+        """``config.json`` as written (``{"config": ..., "identity": ...}``), or None if there is none."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        fix = f"delete {self.path} to start this run over, or use another run directory"
+        try:
+            stored = read_json(path)
+        except (ValueError, OSError) as exc:
+            raise DamagedFileError(f"{path} is damaged ({_first_line(exc)}); {fix}") from exc
+        if not isinstance(stored, dict) or not isinstance(stored.get("identity"), dict):
+            raise DamagedFileError(f"{path} is not a run's config.json (no 'identity' record); {fix}")
+        return stored
+
+    def check_identity(self, identity: dict[str, Any], fingerprint: Callable[[dict[str, Any]], str] | None = None) -> None:
+        """Refuse a folder that belongs to another run, was edited, or holds run files without ``config.json``."""
+        stored = self.stored_config()
+        if stored is None:
+            present = [name for name in RUN_FILES if (self.path / name).exists()]
+            if (self.path / "epochs").is_dir() and any((self.path / "epochs").iterdir()):
+                present.append("epochs/")
+            if present:
+                raise RunDirError(
+                    f"{self.path} holds {', '.join(present)} but no config.json, so it is not known which run they "
+                    "belong to; refusing to overwrite them. Use another run directory, or delete that one")
+            return
+        if fingerprint is not None and isinstance(stored.get("config"), dict):
+            try:
+                recorded = fingerprint(stored["config"])
+            except (ValueError, TypeError) as exc:
+                recorded = f"invalid ({_first_line(exc)})"
+            if recorded != stored["identity"].get("fingerprint"):
+                raise RunDirError(
+                    f"{self.path / CONFIG} was edited after the run wrote it: its settings give fingerprint "
+                    f"{recorded}, the run recorded {stored['identity'].get('fingerprint')}. Restore the file, "
+                    "or train the new settings into another run directory")
+        if stored["identity"] != identity:
+            raise RunDirError(
+                f"{self.path} belongs to a different run ({stored['identity']}), not this one ({identity}); "
+                "use another run directory, or delete that one to start over")
+
+    def write_config(self, identity: dict[str, Any], config: dict[str, Any]) -> None:
+        atomic_write_json(self.path / CONFIG, {"config": config, "identity": identity})
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def load_checkpoint(self, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """The checkpoint's state (tensors on the CPU), or None if there is none.
+
+        Raises:
+            UnsafeFileError: the checkpoint would run code.
+            DamagedFileError: it is damaged or not a checkpoint of this code.
+            RunDirError: it belongs to another run.
+        """
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            return None
+        fix = f"Delete it to restart this run from its first epoch (rm {path})"
+        state = safe_torch_load(path, what="checkpoint", fix=fix)
+        if not isinstance(state, dict) or not {"identity", "epoch", "networks"} <= set(state):
+            raise DamagedFileError(f"checkpoint {path} is not a bkd_core checkpoint (unexpected content). {fix}")
+        if state["identity"] != identity:
+            raise RunDirError(f"{path} belongs to a different run ({state['identity']}), not this one ({identity}); "
+                              "use another run directory, or delete that one to start over")
+        return state
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.path / CHECKPOINT, state)
+
+    # -- per-epoch files ------------------------------------------------------------------------
+    def epoch_file(self, epoch: int) -> Path:
+        return self.path / "epochs" / f"epoch_{epoch:03d}.npz"
+
+    def save_epoch(self, epoch: int, arrays: dict[str, np.ndarray]) -> None:
+        atomic_save_npz(self.epoch_file(epoch), **arrays)
+
+    def load_epoch(self, epoch: int) -> dict[str, np.ndarray]:
+        """Per-sample arrays of epoch ``epoch`` (0-based).
+
+        Raises:
+            DamagedFileError: the file is missing or damaged (the run cannot be finished from it).
+        """
+        path = self.epoch_file(epoch)
+        fix = (f"the run's scores of that epoch are lost: delete {self.path} (or its checkpoint.pt and "
+               "epochs/) to retrain the run")
+        if not path.is_file():
+            raise DamagedFileError(f"epoch file {path} is missing; {fix}")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise DamagedFileError(f"epoch file {path} is damaged ({_first_line(exc)}); {fix}") from exc
+
+    def check_epochs(self, epochs: int) -> None:
+        """Read epoch files ``0 .. epochs-1`` (at resume, so a damaged one is found before training on)."""
+        for epoch in range(epochs):
+            self.load_epoch(epoch)
+
+    # -- finished outputs -----------------------------------------------------------------------
+    def finished(self) -> bool:
+        return all((self.path / name).is_file() for name in (METRICS, SCORES))
+
+    def save_outputs(self, metrics: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """``scores.npz`` then ``metrics.json`` (so a run with ``metrics.json`` has its scores)."""
+        atomic_save_npz(self.path / SCORES, **arrays)
+        atomic_write_json(self.path / METRICS, metrics)
+
+    def load_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(metrics, arrays)`` of a finished run.
+
+        Raises:
+            DamagedFileError: ``metrics.json`` or ``scores.npz`` is damaged.
+        """
+        fix = f"delete it (and {METRICS}) and rerun: a run with its checkpoint recomputes them, another retrains"
+        metrics_path, scores_path = self.path / METRICS, self.path / SCORES
+        try:
+            metrics = read_json(metrics_path)
+        except (ValueError, OSError) as exc:
+            raise DamagedFileError(f"{metrics_path} is damaged ({_first_line(exc)}); {fix}") from exc
+        if not isinstance(metrics, dict):
+            raise DamagedFileError(f"{metrics_path} holds a {type(metrics).__name__}, not a run's metrics; {fix}")
+        try:
+            with np.load(scores_path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise DamagedFileError(f"{scores_path} is damaged ({_first_line(exc)}); {fix}") from exc
+        missing = [k for k in ("label_issues", "label_quality", "ranked_indices", "indices") if k not in arrays]
+        if missing:
+            raise DamagedFileError(f"{scores_path} lacks {missing}; {fix}")
+        return metrics, arrays
