@@ -363,8 +363,9 @@ class _Trainer:
             raise DivergedError(
                 f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite{f' ({values})' if values else ''}. "
                 f"The likely cause is a learning rate too high for this model (lr={cfg.lr:g}, batch_size={cfg.batch_size}); "
-                f"train with a lower lr into another run directory. {self.rundir.path} keeps the checkpoint of epoch "
-                f"{self.epoch} (the last finite one)")
+                f"train with a lower lr into another run directory. "
+                + (f"{self.rundir.path} keeps the checkpoint of epoch {self.epoch} (the last finite one)" if self.epoch
+                   else "Nothing of this run was saved"))
 
     def stacked_history(self) -> dict[str, np.ndarray]:
         """Scalar history as float arrays [E] and per-sample history as float16 arrays [E, n]."""

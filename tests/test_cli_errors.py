@@ -1,0 +1,241 @@
+"""Bad input at the command line: each case is answered by one clear line (``error: ...``) that names
+what is wrong and how to fix it, a non-zero exit status, no traceback, and nothing half-written.
+
+Training cases run the real ``train`` / ``train-ce`` commands on a tiny synthetic data set (the data
+loader is replaced; the data-file errors have their own tests in test_data.py)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import bkd_core.cli as cli
+from bkd_core.synthetic import make_synthetic_cifar_n
+
+TINY_SET = ["model_widths=(4,8,8)", "train_size=None", "test_size=None", "batch_size=64", "epochs=2",
+            "tipping_fallback=0"]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    data = make_synthetic_cifar_n(n_train=120, n_test=30, noise_rate=0.3, seed=4)
+    monkeypatch.setattr(cli, "load_cifar_n", lambda *a, **k: data)
+    return data
+
+
+def _train(out: Path, *extra: str, command: str = "train") -> list[str]:
+    args = [command, "--split", "worst", "--out", str(out), "--no-progress"]
+    for pair in TINY_SET:
+        args += ["--set", pair]
+    return args + list(extra)
+
+
+def _fails(argv, capsys, *fragments, code=2):
+    """Run the CLI; assert a non-zero exit with one ``error:`` line that holds every fragment."""
+    try:
+        got = cli.main(argv)
+    except SystemExit as exc:  # argparse-level and --set errors exit through SystemExit(message)
+        got = exc.code if isinstance(exc.code, int) else 1
+        err = (str(exc.code) if not isinstance(exc.code, int) else "") + capsys.readouterr().err
+    else:
+        err = capsys.readouterr().err
+    assert got == code or (code == 2 and got == 1), (got, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _finished(out: Path, capsys, *extra: str, command: str = "train") -> None:
+    assert cli.main(_train(out, *extra, command=command)) == 0
+    capsys.readouterr()
+
+
+# -- damaged run folders -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, fragment", [(b"", "is damaged"), (b"garbage", "is damaged"),
+                                               ("truncated", "is damaged")])
+def test_damaged_checkpoint(tiny, tmp_path, capsys, content, fragment):
+    out = tmp_path / "run"
+    _finished(out, capsys)
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:300] if content == "truncated" else content)
+    (out / "metrics.json").unlink()
+    _fails(_train(out), capsys, fragment, str(ckpt), "Delete it to restart this run")
+
+
+def test_code_carrying_checkpoint(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished(out, capsys)
+    marker = tmp_path / "code-ran"
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"identity": Shell()}, out / "checkpoint.pt")
+    (out / "metrics.json").unlink()
+    _fails(_train(out), capsys, "refused as unsafe", "nothing in it was run")
+    assert not marker.exists()
+
+
+def test_damaged_and_deleted_epoch_file(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished(out, capsys)
+    for name in ("metrics.json", "scores.npz"):
+        (out / name).unlink()
+    epoch = out / "epochs" / "epoch_000.npz"
+    epoch.write_bytes(b"PK\x03\x04 not a zip")
+    _fails(_train(out), capsys, "epoch_000.npz is damaged", "delete")
+    epoch.unlink()
+    _fails(_train(out), capsys, "epoch_000.npz is missing", "delete")
+
+
+def test_truncated_scores_of_finished_run(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished(out, capsys)
+    good = json.loads((out / "metrics.json").read_text())
+    (out / "scores.npz").write_bytes((out / "scores.npz").read_bytes()[:64])
+    assert cli.main(_train(out)) == 0  # recomputed from the final checkpoint
+    assert json.loads((out / "metrics.json").read_text())["detection_f1"] == good["detection_f1"]
+    capsys.readouterr()
+    (out / "checkpoint.pt").unlink()
+    (out / "scores.npz").write_bytes(b"")
+    _fails(_train(out), capsys, "scores.npz is damaged")
+
+
+def test_edited_config_of_finished_run(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished(out, capsys)
+    stored = json.loads((out / "config.json").read_text())
+    stored["config"]["epochs"] = 7
+    (out / "config.json").write_text(json.dumps(stored))
+    _fails(_train(out), capsys, "was edited after the run wrote it")
+
+
+def test_folder_of_another_run_is_not_written(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished(out, capsys)
+    (out / "checkpoint.pt").unlink()  # as a committed run
+    before = (out / "metrics.json").read_bytes()
+    _fails(_train(out, "--set", "lr=0.05"), capsys, "belongs to a different run")
+    assert (out / "metrics.json").read_bytes() == before
+
+
+# -- paths -----------------------------------------------------------------------------------------------
+
+
+def test_out_is_a_file(tiny, tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("x")
+    _fails(_train(path), capsys, "is a file, not a folder")
+
+
+def test_read_only_out(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a non-root user in a read-only folder
+    _fails(_train(tmp_path / "run"), capsys, "is not writable")
+
+
+def test_disk_full_while_writing(tiny, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    _fails(_train(tmp_path / "run"), capsys, "No space left on device", "free some space")
+    assert not list((tmp_path / "run").rglob("*.tmp"))  # nothing half-written
+
+
+# -- settings --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pair, fragment", [
+    ("batch_size=2.5", "batch_size must be an integer, got 2.5"),
+    ("epochs=2.5", "epochs must be an integer, got 2.5"),
+    ("epochs=abc", "epochs must be an integer, got 'abc'"),
+    ("lr=nan", "lr must be a finite number, got 'nan'"),
+    ("lr=float('inf')", "lr must be a finite number"),
+    ("seed=abc", "seed must be an integer, got 'abc'"),
+    ("momentum=abc", "momentum must be a finite number, got 'abc'"),
+    ("device=tpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+])
+def test_invalid_setting_names_the_field(tiny, tmp_path, capsys, pair, fragment):
+    _fails(_train(tmp_path / "run", "--set", pair), capsys, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu(tiny, tmp_path, capsys):
+    _fails(_train(tmp_path / "run", "--set", "device=cuda"), capsys, "no CUDA device", "'auto' or 'cpu'")
+
+
+def test_train_size_larger_than_the_data(tiny, tmp_path, capsys):
+    _fails(_train(tmp_path / "run", "--set", "train_size=100000"), capsys, "train_size=100,000 is larger than the 120")
+
+
+def test_bkd_only_field_on_a_ce_run(tiny, tmp_path, capsys):
+    _fails(_train(tmp_path / "run", "--set", "otsu_criterion=classic", command="train-ce"), capsys,
+           "otsu_criterion", "only BKD uses")
+
+
+def test_diverging_run_exits_with_error(tiny, tmp_path, capsys):
+    _fails(_train(tmp_path / "run", "--set", "lr=1e6", "--set", "epochs=4"), capsys, "training diverged in epoch",
+           "learning rate too high")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_ctrl_c_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    import bkd_core.train as train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_bkd", interrupted)
+    assert cli.main(_train(tmp_path / "run")) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: rerun the same command to resume from the last finished epoch"
+
+
+@pytest.mark.parametrize("flag, value, fragment", [("--threads", "0", "--threads must be >= 1"),
+                                                   ("--jobs", "0", "--jobs must be >= 1"),
+                                                   ("--folds", "1", "--folds must be >= 2")])
+def test_reproduce_rejects_bad_counts(tmp_path, capsys, flag, value, fragment):
+    _fails(["reproduce", "--out", str(tmp_path / "batch"), "--splits", "worst", flag, value], capsys, fragment)
+    assert not (tmp_path / "batch").exists()
+
+
+# -- results of a batch -------------------------------------------------------------------------------------
+
+
+def _batch_run(tmp_path: Path, metrics) -> Path:
+    run = tmp_path / "batch" / "cifar10-worst-seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+@pytest.mark.parametrize("metrics, fragment", [([1, 2], "holds a list, not a run's metrics"),
+                                               ({"split": "worst", "seed": 0, "methods": {}}, "lacks dataset"),
+                                               ({"dataset": "cifar10", "split": "worst", "seed": 0, "methods": []},
+                                                "'methods' holds a list")])
+def test_results_over_a_broken_metrics_json(tmp_path, capsys, metrics, fragment):
+    run = _batch_run(tmp_path, metrics)
+    _fails(["results", str(tmp_path / "batch")], capsys, str(run / "metrics.json"), fragment)
+
+
+def test_results_over_a_nan_score_names_file_and_line(tmp_path, capsys):
+    run = _batch_run(tmp_path, {"dataset": "cifar10", "split": "worst", "seed": 0, "profile": "cpu",
+                                "methods": {"bkd": {"detection_f1": 0.5}}})
+    pd.DataFrame({"index": [0, 1, 2], "given_label": [1, 2, 3], "clean_label": [1, 0, 3],
+                  "bkd_quality": [0.5, float("nan"), 0.7]}).to_csv(run / "samples.csv", index=False)
+    _fails(["results", str(tmp_path / "batch")], capsys, str(run / "samples.csv"), "bkd_quality",
+           "first on line 3", "sample index 1")
