@@ -71,6 +71,24 @@ def test_config():
     assert config["html"]["use_repository_button"] and config["html"]["use_issues_button"]
     assert {"dollarmath", "amsmath"} <= set(config["parse"]["myst_enable_extensions"])
     assert {".venv", "runs", "reproductions", ".data", "_build", "benchmarks", "tests"} <= set(config["exclude_patterns"])
+    # the Pages address of the configured repository
+    owner, name = config["repository"]["url"].removeprefix("https://github.com/").split("/")[:2]
+    assert config["html"]["baseurl"] == f"https://{owner}.github.io/{name}/"
+    assert config["bibtex_bibfiles"] == ["references.bib"] and (ROOT / "references.bib").is_file()
+
+
+def test_citations_resolve_to_bibliography_entries():
+    """Every {cite} key of the chapters is in references.bib (the build check is test_book_builds...)."""
+    import pybtex.database
+
+    keys = set(pybtex.database.parse_file(str(ROOT / "references.bib")).entries)
+    cited = set()
+    for path in [*CHAPTER_DIR.glob("*.ipynb"), *CHAPTER_DIR.glob("*.md")]:
+        for group in re.findall(r"\{cite(?::[pt])?\}`([^`]+)`", path.read_text()):
+            cited |= {k.strip() for k in group.split(",")}
+    assert cited and cited <= keys, sorted(cited - keys)
+    assert {"kaiser2022blind", "otsu1979threshold", "northcutt2021confident", "hinton2015distilling",
+            "wei2022learning", "arpit2017closer", "zhang2017understanding"} <= cited
 
 
 def test_toc_lists_every_chapter_in_four_parts():
@@ -78,7 +96,8 @@ def test_toc_lists_every_chapter_in_four_parts():
     assert toc["format"] == "jb-book"
     assert [part["caption"] for part in toc["parts"]] == ["Background", "Method", "Results", "Appendix"]
     files = [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
-    assert sorted(files) == [f"chapters/{name}" for name in CHAPTERS]
+    assert files[-1] == "chapters/bibliography" and (ROOT / "chapters" / "bibliography.md").is_file()
+    assert sorted(files[:-1]) == [f"chapters/{name}" for name in CHAPTERS]
     assert len(CHAPTERS) == 8
 
 
@@ -321,6 +340,9 @@ def test_book_builds_from_executed_chapters(executed):
     config["execute"]["execute_notebooks"] = "off"
     (book / "_config.yml").write_text(yaml.safe_dump(config))
     shutil.copy(ROOT / "_toc.yml", book / "_toc.yml")
+    shutil.copy(ROOT / "references.bib", book / "references.bib")
+    for page in CHAPTER_DIR.glob("*.md"):  # the bibliography
+        shutil.copy(page, book / "chapters" / page.name)
     if (ROOT / "_static").is_dir():
         shutil.copytree(ROOT / "_static", book / "_static")
     jb = Path(sys.executable).with_name("jupyter-book")
