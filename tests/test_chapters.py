@@ -109,6 +109,18 @@ def test_pages_workflow():
                    "make book", "_build/html"):
         assert needle in text, needle
     assert "jupyter-book build . --builder html" in (ROOT / "Makefile").read_text()
+    # PRs build without deploying; least privilege: Pages rights only on the deploy job
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert "pull_request" in triggers and "push" in triggers
+    assert workflow["permissions"] == {"contents": "read"}
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert "pull_request" in deploy["if"] and "permissions" not in workflow["jobs"]["build"]
+    steps = workflow["jobs"]["build"]["steps"]
+    setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["cache"] == "pip"
+    # every download goes through bkd_core's validated downloads
+    assert "urlretrieve" not in text and "download_labels('cifar100')" in text
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
