@@ -30,6 +30,8 @@ from .metrics import detection_scores, flag_all_f1
 
 __all__ = [
     "in_colab",
+    "setup_colab",
+    "colab_note",
     "load_data",
     "chapter_config",
     "parse_overrides",
@@ -76,6 +78,71 @@ CONFIG_FIELDS: tuple[str, ...] = ("model", "model_widths", "epochs", "train_size
 def in_colab() -> bool:
     """True inside Google Colab (its ``google.colab`` module is loaded in every Colab kernel)."""
     return "google.colab" in sys.modules
+
+
+#: Where Colab keeps runs and data unless told otherwise (both are deleted with the runtime).
+COLAB_DATA, COLAB_RUNS = "/content/data", "/content/runs"
+#: Where runs go when a Colab reader keeps them on Google Drive.
+COLAB_DRIVE, COLAB_DRIVE_RUNS = "/content/drive", "/content/drive/MyDrive/bkd-book/runs"
+
+
+def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = (), *, trains: bool = True,
+                keep_runs_on_drive: bool = False) -> dict[str, str]:
+    """The Colab set-up cell of a chapter: data folders, the run cache, downloads, and a note to the reader.
+
+    Sets ``$BKD_DATA_DIR`` (default ``/content/data``) and, for a chapter that trains (``trains``),
+    ``$BKD_RUN_CACHE``: ``/content/runs``, which Colab deletes with the runtime, or with
+    ``keep_runs_on_drive`` Google Drive (mounted at ``/content/drive``; runs in ``MyDrive/bkd-book/runs``),
+    where they outlive the runtime and a later session reuses them. A value set before is kept.
+    Downloads the images with their CIFAR-N labels of ``images`` and the label files alone of
+    ``labels`` (validated, see :func:`bkd_core.data.download` and :func:`~bkd_core.data.download_labels`),
+    then shows where everything is and how to keep the runs.
+
+    Returns the folders used: ``{"data": ..., "runs": ...}`` (``runs`` only when ``trains``).
+    """
+    from .data import download, download_labels
+
+    if trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ:
+        from google.colab import drive  # only inside Colab
+
+        drive.mount(COLAB_DRIVE)
+        os.environ["BKD_RUN_CACHE"] = COLAB_DRIVE_RUNS
+    folders = {"data": os.environ.setdefault("BKD_DATA_DIR", COLAB_DATA)}
+    if trains:
+        folders["runs"] = os.environ.setdefault("BKD_RUN_CACHE", COLAB_RUNS)
+        Path(folders["runs"]).mkdir(parents=True, exist_ok=True)
+    for dataset in images:
+        download(dataset)
+    for dataset in labels:
+        if dataset not in images:
+            download_labels(dataset)
+    _show_markdown(colab_note(folders, images, labels))
+    return folders
+
+
+def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()) -> str:
+    """What :func:`setup_colab` tells the reader (Markdown): where the data and the runs are, and how to keep the runs."""
+    names = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+    got = [f"{names.get(d, d)} with its CIFAR-N labels" for d in images]
+    got += [f"the {names.get(d, d)}N labels" for d in labels if d not in images]
+    lines = [f"Data: {', '.join(got) or 'none'} in `{folders['data']}`."]
+    runs = folders.get("runs")
+    if runs is None:
+        lines.append("This chapter trains nothing: it reads the repository's committed results.")
+    elif runs.startswith(COLAB_DRIVE):
+        lines.append(f"Training runs go to `{runs}` on your Google Drive: they outlive this runtime, and the other "
+                     "chapters (with the same parameters) reuse them.")
+    else:
+        lines.append(f"Training runs go to `{runs}`, which Colab deletes when the runtime ends. To keep them, set "
+                     "`KEEP_RUNS_ON_DRIVE = True` in the set-up cell (mounts Google Drive; runs go to "
+                     f"`{COLAB_DRIVE_RUNS}`), or set `BKD_RUN_CACHE` to a folder of your own before it runs.")
+    return "\n\n".join(lines)
+
+
+def _show_markdown(text: str) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
 
 
 def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os.PathLike | None = None,
@@ -276,9 +343,7 @@ def conclusion(text: str) -> None:
     sentence once, from the prose with its glue roles.
     Returns None, so that the cell's value does not show the sentence a second time.
     """
-    from IPython.display import Markdown, display
-
-    display(Markdown(render_glue(text)))
+    _show_markdown(render_glue(text))
 
 
 def epoch_number(index: int | None) -> int | None:

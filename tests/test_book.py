@@ -124,3 +124,58 @@ def test_a_notebook_executed_with_papermill_shows_the_conclusion_with_its_number
     glued = {o["metadata"]["scrapbook"]["name"] for c in done.cells if c.cell_type == "code"
              for o in c.outputs if "scrapbook" in o.get("metadata", {})}
     assert glued == {"rate", "split"}
+
+
+# -- the Colab set-up cell ---------------------------------------------------------------------
+
+@pytest.fixture()
+def colab(monkeypatch, tmp_path):
+    """A stand-in for Colab: downloads recorded, Drive "mounted" into tmp_path, /content in tmp_path."""
+    import sys
+    import types
+
+    from bkd_core import data
+
+    calls = []
+    monkeypatch.setattr(data, "download", lambda d, root=None: calls.append(("images", d)))
+    monkeypatch.setattr(data, "download_labels", lambda d, root=None: calls.append(("labels", d)))
+    monkeypatch.delenv("BKD_DATA_DIR", raising=False)
+    monkeypatch.delenv("BKD_RUN_CACHE", raising=False)
+    monkeypatch.setattr(book, "COLAB_DATA", str(tmp_path / "content" / "data"))
+    monkeypatch.setattr(book, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
+    monkeypatch.setattr(book, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
+    monkeypatch.setattr(book, "COLAB_DRIVE", str(tmp_path / "drive"))
+    drive = types.SimpleNamespace(mounted=[])
+    drive.mount = lambda path: drive.mounted.append(path)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=drive))
+    shown = []
+    monkeypatch.setattr(book, "_show_markdown", shown.append)
+    return types.SimpleNamespace(calls=calls, drive=drive, shown=shown, tmp=tmp_path)
+
+
+def test_setup_colab_fetches_what_the_chapter_needs_and_says_where_runs_go(colab):
+    folders = book.setup_colab(images=["cifar10"], labels=["cifar100"])
+    assert colab.calls == [("images", "cifar10"), ("labels", "cifar100")]
+    assert folders == {"data": os.environ["BKD_DATA_DIR"], "runs": os.environ["BKD_RUN_CACHE"]}
+    assert folders["runs"] == book.COLAB_RUNS and Path(folders["runs"]).is_dir() and not colab.drive.mounted
+    note = colab.shown[-1]
+    assert "CIFAR-100N labels" in note and "deletes when the runtime ends" in note and "KEEP_RUNS_ON_DRIVE" in note
+
+
+def test_setup_colab_keeps_runs_on_drive(colab):
+    folders = book.setup_colab(keep_runs_on_drive=True)
+    assert colab.drive.mounted == [book.COLAB_DRIVE]
+    assert folders["runs"] == book.COLAB_DRIVE_RUNS == os.environ["BKD_RUN_CACHE"]
+    assert "on your Google Drive" in colab.shown[-1]
+
+
+def test_setup_colab_keeps_a_run_cache_the_reader_set(colab, monkeypatch):
+    monkeypatch.setenv("BKD_RUN_CACHE", str(colab.tmp / "mine"))
+    assert book.setup_colab(keep_runs_on_drive=True)["runs"] == str(colab.tmp / "mine")
+    assert not colab.drive.mounted
+
+
+def test_setup_colab_for_a_chapter_that_trains_nothing(colab):
+    folders = book.setup_colab(images=["cifar10"], trains=False)
+    assert "runs" not in folders and "trains nothing" in colab.shown[-1]

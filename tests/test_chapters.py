@@ -137,7 +137,14 @@ def test_chapter_shape(name):
     assert 'if "google.colab" in sys.modules:' in colab.source
     url = _load_yaml("_config.yml")["repository"]["url"]
     assert f"git+{url}" in colab.source
-    assert "download(" in colab.source
+    # ... fetching the data the chapter needs and saying where its runs go (bkd_core.book.setup_colab)
+    assert "book.setup_colab(" in colab.source and 'images=["cifar10"]' in colab.source
+    if name in NEEDS_LABEL_FILES:
+        assert 'labels=["cifar100"]' in colab.source  # the noise rates of CIFAR-100N too
+    if name == RESULTS_CHAPTER:
+        assert "trains=False" in colab.source
+    else:
+        assert "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source and "BKD_RUN_CACHE" in colab.source
     # second code cell: papermill parameters, plain literals only, each with a type annotation that
     # papermill --help-notebook shows (its pattern takes names, brackets and commas: no "int | None")
     params = code[1]
