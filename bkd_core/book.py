@@ -2,7 +2,8 @@
 
 The chapters stay thin: they load data, ask :func:`bkd_core.cache.cached_run` for a run, call a
 helper from here or :mod:`bkd_core.plots` and explain the result. Everything a chapter states as
-a number is computed here (or in the chapter) and glued into the prose with :func:`glue`.
+a number is computed here (or in the chapter) and glued into the prose with :func:`glue`; the
+chapter's conclusions are also shown with their numbers outside the book build (:func:`conclusion`).
 
 Epochs: the package counts epochs from 0 (``history[key][e]`` is epoch ``e``, and
 ``metrics["tipping_epoch"]`` is such an index); the book shows them counted from 1, as a reader
@@ -11,7 +12,9 @@ counts passes over the data. :func:`epoch_number` converts, and every plot uses 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -27,11 +30,18 @@ from .metrics import detection_scores, flag_all_f1
 
 __all__ = [
     "in_colab",
+    "setup_colab",
+    "colab_note",
     "load_data",
     "chapter_config",
+    "parse_overrides",
+    "repository_root",
+    "find_results_dir",
     "config_table",
     "table",
     "glue",
+    "render_glue",
+    "conclusion",
     "epoch_number",
     "noise_rate_table",
     "transition_matrix",
@@ -70,6 +80,71 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+#: Where Colab keeps runs and data unless told otherwise (both are deleted with the runtime).
+COLAB_DATA, COLAB_RUNS = "/content/data", "/content/runs"
+#: Where runs go when a Colab reader keeps them on Google Drive.
+COLAB_DRIVE, COLAB_DRIVE_RUNS = "/content/drive", "/content/drive/MyDrive/bkd-book/runs"
+
+
+def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = (), *, trains: bool = True,
+                keep_runs_on_drive: bool = False) -> dict[str, str]:
+    """The Colab set-up cell of a chapter: data folders, the run cache, downloads, and a note to the reader.
+
+    Sets ``$BKD_DATA_DIR`` (default ``/content/data``) and, for a chapter that trains (``trains``),
+    ``$BKD_RUN_CACHE``: ``/content/runs``, which Colab deletes with the runtime, or with
+    ``keep_runs_on_drive`` Google Drive (mounted at ``/content/drive``; runs in ``MyDrive/bkd-book/runs``),
+    where they outlive the runtime and a later session reuses them. A value set before is kept.
+    Downloads the images with their CIFAR-N labels of ``images`` and the label files alone of
+    ``labels`` (validated, see :func:`bkd_core.data.download` and :func:`~bkd_core.data.download_labels`),
+    then shows where everything is and how to keep the runs.
+
+    Returns the folders used: ``{"data": ..., "runs": ...}`` (``runs`` only when ``trains``).
+    """
+    from .data import download, download_labels
+
+    if trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ:
+        from google.colab import drive  # only inside Colab
+
+        drive.mount(COLAB_DRIVE)
+        os.environ["BKD_RUN_CACHE"] = COLAB_DRIVE_RUNS
+    folders = {"data": os.environ.setdefault("BKD_DATA_DIR", COLAB_DATA)}
+    if trains:
+        folders["runs"] = os.environ.setdefault("BKD_RUN_CACHE", COLAB_RUNS)
+        Path(folders["runs"]).mkdir(parents=True, exist_ok=True)
+    for dataset in images:
+        download(dataset)
+    for dataset in labels:
+        if dataset not in images:
+            download_labels(dataset)
+    _show_markdown(colab_note(folders, images, labels))
+    return folders
+
+
+def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()) -> str:
+    """What :func:`setup_colab` tells the reader (Markdown): where the data and the runs are, and how to keep the runs."""
+    names = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+    got = [f"{names.get(d, d)} with its CIFAR-N labels" for d in images]
+    got += [f"the {names.get(d, d)}N labels" for d in labels if d not in images]
+    lines = [f"Data: {', '.join(got) or 'none'} in `{folders['data']}`."]
+    runs = folders.get("runs")
+    if runs is None:
+        lines.append("This chapter trains nothing: it reads the repository's committed results.")
+    elif runs.startswith(COLAB_DRIVE):
+        lines.append(f"Training runs go to `{runs}` on your Google Drive: they outlive this runtime, and the other "
+                     "chapters (with the same parameters) reuse them.")
+    else:
+        lines.append(f"Training runs go to `{runs}`, which Colab deletes when the runtime ends. To keep them, set "
+                     "`KEEP_RUNS_ON_DRIVE = True` in the set-up cell (mounts Google Drive; runs go to "
+                     f"`{COLAB_DRIVE_RUNS}`), or set `BKD_RUN_CACHE` to a folder of your own before it runs.")
+    return "\n\n".join(lines)
+
+
+def _show_markdown(text: str) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
 def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os.PathLike | None = None,
               *, download: bool | None = None) -> NoisyCIFAR:
     """The chapter's data: :func:`bkd_core.data.load_cifar_n`, or a synthetic stand-in.
@@ -91,11 +166,12 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
 
 def chapter_config(profile: str = "cpu", *, seed: int = 0, train_size: int | None = None,
                    epochs: int | None = None, device: str = "auto",
-                   overrides: dict[str, Any] | None = None) -> BKDConfig:
+                   overrides: dict[str, Any] | str | None = None) -> BKDConfig:
     """The run configuration of a chapter: the named profile with the parameters cell's overrides.
 
     ``train_size`` / ``epochs`` None keep the profile's values; ``overrides`` may set any other
-    :class:`~bkd_core.config.BKDConfig` field (lists are accepted for tuples). Chapters that pass
+    :class:`~bkd_core.config.BKDConfig` field (lists are accepted for tuples), as a dict or as JSON
+    text (what ``papermill -p overrides '{"otsu_criterion": "classic"}'`` passes). Chapters that pass
     the same arguments get the same configuration, hence the same cached runs.
     """
     changes: dict[str, Any] = {"seed": seed, "device": device}
@@ -103,9 +179,71 @@ def chapter_config(profile: str = "cpu", *, seed: int = 0, train_size: int | Non
         changes["train_size"] = train_size
     if epochs is not None:
         changes["epochs"] = epochs
-    for key, value in (overrides or {}).items():
+    for key, value in parse_overrides(overrides).items():
         changes[key] = tuple(value) if isinstance(value, list) else value
     return get_profile(profile, **changes)
+
+
+def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
+    """``overrides`` of a parameters cell as a dict: a dict as it is, JSON text (papermill's ``-p``
+    passes text) parsed, None or ``""`` as ``{}``.
+
+    Raises:
+        ValueError: text that is not a JSON object, or another type (says what was given).
+    """
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        if not overrides.strip():
+            return {}
+        try:
+            parsed = json.loads(overrides)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"overrides must be a dict or a JSON object such as '{{\"otsu_criterion\": \"classic\"}}', "
+                             f"got {overrides!r} ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"overrides must be a JSON object (field: value), got {overrides!r}")
+        return parsed
+    raise ValueError(f"overrides must be a dict or JSON text, got {type(overrides).__name__}: {overrides!r}")
+
+
+def repository_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The book's repository (the folder holding ``_toc.yml``): searched upwards from ``start`` (default:
+    the working directory), then from this ``bkd_core`` package's folder (a checkout or an editable
+    install). None when neither lies inside one (e.g. ``bkd_core`` installed from PyPI or git)."""
+    for origin in (Path(start or os.getcwd()).resolve(), Path(__file__).resolve().parent):
+        for folder in (origin, *origin.parents):
+            if (folder / "_toc.yml").is_file() and (folder / "bkd_core").is_dir():
+                return folder
+    return None
+
+
+def find_results_dir(results_dir: str | os.PathLike) -> Path:
+    """The reproduction batch folder ``results_dir`` (holding ``summary.json``) from any working directory.
+
+    An absolute path is used as it is; a relative one is looked up in the working directory first,
+    then in the repository (:func:`repository_root`), so the results chapter's default
+    ``reproductions/cpu`` works with papermill from the repository, from ``chapters/`` or elsewhere.
+
+    Raises:
+        FileNotFoundError: no ``summary.json`` there; says where it looked and how to fix it.
+    """
+    path = Path(results_dir).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path]
+    root = repository_root()
+    if not path.is_absolute() and root is not None:
+        candidates.append(root / path)
+    for candidate in candidates:
+        if (candidate / "summary.json").is_file():
+            return candidate.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    hint = "" if root is not None else (" (no repository found from the working directory or from bkd_core's location "
+                                        f"{Path(__file__).resolve().parent}: clone it, or pass an absolute path)")
+    raise FileNotFoundError(f"no reproduction batch (summary.json) for results_dir={str(results_dir)!r}: looked in "
+                            f"{looked}{hint}. Pass the folder written by `bkd reproduce --out DIR`, e.g. "
+                            f"papermill -p results_dir /path/to/reproductions/cpu")
 
 
 def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
@@ -147,19 +285,65 @@ def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = T
     return styler.set_table_attributes('class="dataframe"')
 
 
+#: Every value glued in this kernel, by name (what :func:`conclusion` fills in).
+GLUED: dict[str, Any] = {}
+
+#: A glue role of the prose: ``{glue:text}`name:.1f```, ``{glue}`name```, ``{glue:any}`name```.
+GLUE_ROLE = re.compile(r"\{glue(?::text|:any|:md|:)?\}`([^`:]+)(?::([^`]*))?`")
+
+
 def glue(name: str, value: Any, display: bool = False) -> None:
     """Glue ``value`` under ``name`` for MyST-NB (``{glue:text}`name:.1f```` in the prose).
 
-    numpy scalars become Python numbers (so format specs work on them). Outside an environment
-    with ``myst_nb`` (e.g. Colab) this does nothing: there the numbers are in the cell outputs.
+    numpy scalars become Python numbers (so format specs work on them). The value is also kept in
+    :data:`GLUED`, from which :func:`conclusion` writes the prose's sentences with their numbers
+    for readers outside the book build (Colab, papermill), where glue roles are not resolved.
+    Without ``myst_nb`` (e.g. Colab) only that is done.
     """
     if isinstance(value, np.generic):
         value = value.item()
+    GLUED[name] = value
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - Colab without myst-nb
         return
     _glue(name, value, display=display)
+
+
+def render_glue(text: str, values: dict[str, Any] | None = None) -> str:
+    """``text`` (Markdown prose) with each glue role replaced by its value, formatted as the role says.
+
+    ``{glue:text}`rate:.1f``` becomes ``format(values["rate"], ".1f")``, a role without a format
+    ``str(value)``. ``values`` defaults to :data:`GLUED` (everything glued so far in this kernel).
+
+    Raises:
+        KeyError: a role names a value that was not glued (names it).
+    """
+    values = GLUED if values is None else values
+
+    def fill(match: re.Match) -> str:
+        name, spec = match.group(1), match.group(2)
+        if name not in values:
+            raise KeyError(f"{name!r} is not glued (yet): glue it with book.glue before the conclusion that quotes it")
+        value = values[name]
+        return format(value, spec) if spec else str(value)
+
+    return GLUE_ROLE.sub(fill, text)
+
+
+def conclusion(text: str) -> None:
+    """Show a sentence of the prose with its numbers, for readers of the notebook itself.
+
+    In the book, the prose quotes computed values with glue roles, which only the book build (MyST-NB)
+    resolves: in Colab, Jupyter or a notebook executed with papermill, a reader would see
+    ``{glue:text}`...``` placeholders. A chapter therefore repeats its conclusion sentences (copied
+    verbatim from its Markdown: a test checks that they are there) in a code cell tagged
+    ``remove-cell`` that calls this function. It displays ``text`` as Markdown with every glue role
+    filled in (:func:`render_glue`); the book build removes that cell, so the HTML shows each
+    sentence once, from the prose with its glue roles.
+    Returns None, so that the cell's value does not show the sentence a second time.
+    """
+    _show_markdown(render_glue(text))
 
 
 def epoch_number(index: int | None) -> int | None:

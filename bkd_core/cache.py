@@ -1,4 +1,5 @@
-"""A run cache: runs that several chapters need are trained once, keyed by their configuration."""
+"""A run cache: runs that several chapters need are trained once, keyed by their configuration and
+by the code that trains them (:func:`bkd_core.provenance.code_hash`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Literal
 
 from .config import BKDConfig
 from .data import NoisyCIFAR
+from .provenance import code_hash
 from .train import RunResult, train_bkd, train_ce
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -26,8 +28,13 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def run_key(kind: str, data: NoisyCIFAR, config: BKDConfig) -> str:
-    """Folder name of a run: method, dataset, split and the configuration's fingerprint."""
-    return f"{kind}-{data.dataset}-{data.split}-{config.fingerprint()}"
+    """Folder name of a run: method, dataset, split, the configuration's fingerprint and the code hash.
+
+    The code hash (:func:`~bkd_core.provenance.code_hash`) changes with any change to the training
+    code (not with comments or docstrings), so a fix in ``method.py`` or ``train.py`` that leaves the
+    configuration unchanged trains a new run instead of reusing one made by the old code.
+    """
+    return f"{kind}-{data.dataset}-{data.split}-{config.fingerprint()}-code{code_hash()}"
 
 
 def cached_run(kind: Literal["bkd", "ce"], data: NoisyCIFAR, config: BKDConfig,

@@ -59,6 +59,7 @@ __all__ = [
     "load_cifar_n",
     "load_cifar_n_labels",
     "download",
+    "download_labels",
     "train_val_split",
     "missing_data",
 ]
@@ -636,6 +637,12 @@ def _download_into(ds: str, data_dir: Path) -> Path:
                 f"torchvision ({type(e).__name__}: {e}).\n" + _how_to_get(ds, data_dir)
             ) from e
 
+    _ensure_label_file(ds, data_dir)
+    return data_dir
+
+
+def _ensure_label_file(ds: str, data_dir: Path) -> None:
+    """Fetch ``ds``'s CIFAR-N label file into ``data_dir`` unless a valid one is there."""
     label_path = data_dir / LABEL_FILES[ds]
     need = not label_path.is_file()
     if not need:
@@ -645,7 +652,6 @@ def _download_into(ds: str, data_dir: Path) -> Path:
             need = True
     if need:
         _fetch_label_file(ds, label_path)
-    return data_dir
 
 
 def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
@@ -662,6 +668,26 @@ def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
         DataError: a download failed (the message says how to get the data offline).
     """
     return _download_into(canonical_dataset(dataset), resolve_data_dir(root))
+
+
+def download_labels(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """Fetch only the CIFAR-N label file of ``dataset`` (no images) into the data folder.
+
+    For what needs the human labels alone, e.g. the noise rates of every split (the book's
+    introduction shows CIFAR-100N's without its images). Validated and written atomically as in
+    :func:`download`; a valid file already there is kept.
+
+    Returns:
+        The path of the label file.
+
+    Raises:
+        DataError: the download failed or is not a valid label file (the message says how to get it).
+    """
+    ds = canonical_dataset(dataset)
+    data_dir = resolve_data_dir(root)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_label_file(ds, data_dir)
+    return data_dir / LABEL_FILES[ds]
 
 
 # --------------------------------------------------------------------------------------------

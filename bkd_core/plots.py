@@ -14,6 +14,7 @@ import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
@@ -104,6 +105,12 @@ def _legend_below(fig: Figure, axes, ncols: int = 2) -> None:
                 handles.setdefault(label, handle)
     if handles:
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncols=ncols)
+
+
+def _swatch(colour: str, label: str, alpha: float = 1.0) -> Rectangle:
+    """An empty patch that only carries a legend entry (seaborn draws with ``legend=False``, and
+    :func:`_legend_below` collects labelled artists)."""
+    return Rectangle((0, 0), 0, 0, facecolor=colour, alpha=alpha, label=label, linewidth=0)
 
 
 def _integer_epochs(ax) -> None:
@@ -448,8 +455,12 @@ def plot_score_histogram(scores: np.ndarray, is_noisy: np.ndarray, splits: Mappi
     scores = np.asarray(scores, dtype=np.float64)
     noisy = np.asarray(is_noisy, dtype=bool)
     edges = np.linspace(0, 1, bins + 1)
-    ax.hist([scores[~noisy], scores[noisy]], bins=edges, stacked=True, color=[CLEAN, NOISY],
-            label=["truly clean", "mislabelled"], alpha=0.85)
+    kind = np.where(noisy, "mislabelled", "truly clean")
+    sns.histplot(x=scores, hue=kind, hue_order=["mislabelled", "truly clean"], multiple="stack", bins=edges,
+                 palette={"truly clean": CLEAN, "mislabelled": NOISY}, alpha=0.85, linewidth=0.3, legend=False, ax=ax)
+    # (seaborn stacks the last hue level at the bottom: clean images below, mislabelled on top, as before)
+    for label, colour in (("truly clean", CLEAN), ("mislabelled", NOISY)):  # seaborn's legend is not collected
+        ax.add_patch(_swatch(colour, label, alpha=0.85))
     styles = ["-", "--", "-.", ":"]
     for k, (name, split) in enumerate(splits.items()):
         ax.axvline(split.threshold, color="black", linestyle=styles[k % 4], linewidth=1.5,
@@ -573,50 +584,78 @@ DETECTORS = (
 )
 
 
-def _split_axis(summary) -> list[str]:
+def _per_run(table, columns: Sequence[tuple[str, str, str]], scale: float = 100.0):
+    """Long table of one row per (run, series): split, seed, series label and value (times ``scale``),
+    from :func:`bkd_core.results.collect_results` and ``(label, method, column)`` triples."""
+    import pandas as pd
+
+    parts = []
+    for label, method, column in columns:
+        rows = table[table["method"] == method]
+        parts.append(pd.DataFrame({"split": rows["split"].to_numpy(), "seed": rows["seed"].to_numpy(), "series": label,
+                                   "value": scale * pd.to_numeric(rows[column], errors="coerce").to_numpy()}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _bars_over_seeds(table, series: Sequence[tuple[str, str, str, str]], ax, scale: float = 100.0) -> list[str]:
+    """Grouped bars per split of each series' mean over seeds, with the standard deviation over seeds
+    as error bars (seaborn's ``barplot(errorbar="sd")``; none for a single seed). Returns the splits."""
     from .results import ordered_splits
 
-    return ordered_splits(summary["split"])
+    splits = ordered_splits(table["split"])
+    long = _per_run(table, [(label, method, column) for label, method, column, _ in series], scale)
+    long = long.dropna(subset=["value"])
+    sns.barplot(data=long, x="split", y="value", hue="series", order=splits, hue_order=[s[0] for s in series],
+                palette={label: colour for label, _, _, colour in series}, errorbar="sd", capsize=0.1,
+                err_kws={"linewidth": 0.8}, legend=False, ax=ax)
+    for label, _, _, colour in series:  # legend entries for _legend_below
+        ax.add_patch(_swatch(colour, label))
+    return splits
 
 
-def _value(summary, split: str, method: str, column: str) -> tuple[float, float]:
-    row = summary[(summary["split"] == split) & (summary["method"] == method)]
-    if row.empty:
-        return float("nan"), float("nan")
-    return float(row[f"{column}_mean"].iloc[0]), float(row[f"{column}_std"].iloc[0])
-
-
-def plot_detection_by_split(summary) -> Figure:
-    """Detection F1 (%) per split for each detector (mean over seeds, bars; std as error bars), with
-    the F1 of flagging everything marked as the floor. ``summary``: :func:`bkd_core.results.summarize`."""
-    splits = _split_axis(summary)
-    x = np.arange(len(splits))
-    width = 0.8 / len(DETECTORS)
+def plot_detection_by_split(table) -> Figure:
+    """Detection F1 (%) per split for each detector: the mean over seeds as bars, the standard deviation
+    over seeds as error bars, the F1 of flagging everything marked as the floor.
+    ``table``: one row per run and method, :func:`bkd_core.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (label, method, column, colour) in enumerate(DETECTORS):
-        values = np.array([_value(summary, s, method, column) for s in splits]).reshape(-1, 2)
-        ax.bar(x + (k - (len(DETECTORS) - 1) / 2) * width, 100 * values[:, 0], width, yerr=100 * np.nan_to_num(values[:, 1]),
-               color=colour, label=label, capsize=2, error_kw={"elinewidth": 0.8})
-    floor = np.array([_value(summary, s, "bkd", "flag_all_f1")[0] for s in splits])
+    splits = _bars_over_seeds(table, DETECTORS, ax)
+    bkd = table[table["method"] == "bkd"].assign(flag_all_f1=lambda t: t["flag_all_f1"].astype(float))
+    floor = bkd.groupby("split")["flag_all_f1"].mean().reindex(splits).to_numpy()
+    x = np.arange(len(splits))
     ax.hlines(100 * floor, x - 0.45, x + 0.45, colors="black", linestyles="--", label="flag everything (floor)")
-    ax.set_xticks(x, splits)
     ax.set(xlabel="CIFAR-10N split", ylabel="detection F1 (%)", title="Finding the mislabelled images", ylim=(0, 100))
     _legend_below(fig, ax, ncols=3)
     return fig
 
 
-def plot_accuracy_by_split(summary) -> Figure:
-    """Last-epoch test accuracy (%) per split of BKD and the cross-entropy baseline (mean, std bars)."""
-    splits = _split_axis(summary)
-    x = np.arange(len(splits))
+def plot_accuracy_by_split(table) -> Figure:
+    """Last-epoch test accuracy (%) per split of BKD and the cross-entropy baseline: mean over seeds,
+    standard deviation as error bars. ``table``: :func:`bkd_core.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for k, (label, method, colour) in enumerate((("BKD", "bkd", BKD), ("cross-entropy", "ce", CE))):
-        values = np.array([_value(summary, s, method, "test_acc") for s in splits]).reshape(-1, 2)
-        ax.bar(x + (k - 0.5) * 0.38, values[:, 0], 0.38, yerr=np.nan_to_num(values[:, 1]), color=colour, label=label,
-               capsize=2, error_kw={"elinewidth": 0.8})
-    ax.set_xticks(x, splits)
+    series = (("BKD", "bkd", "test_acc", BKD), ("cross-entropy", "ce", "test_acc", CE))
+    _bars_over_seeds(table, series, ax, scale=1.0)  # test_acc is in % already
     ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy, last epoch (%)", title="Accuracy on the clean test set")
     _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def plot_f1_heatmap(table) -> Figure:
+    """Detection F1 (%) as a detector x split heatmap (mean over seeds, annotated), the flag-everything
+    floor as the last row. Splits without a wrong label (no F1) are left out.
+    ``table``: :func:`bkd_core.results.collect_results`."""
+    from .results import ordered_splits
+
+    floor = (("flag everything", "bkd", "flag_all_f1"),)
+    table = table[table["true_noise_rate"].astype(float) > 0]
+    long = _per_run(table, [(label, method, column) for label, method, column, _ in DETECTORS] + list(floor))
+    grid = long.pivot_table(index="series", columns="split", values="value", aggfunc="mean")
+    grid = grid.reindex(index=[d[0] for d in DETECTORS] + [floor[0][0]],
+                        columns=[s for s in ordered_splits(long["split"]) if s in grid.columns])
+    grid = grid.dropna(axis=1, how="all")
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(grid.columns), 2) + 3.2, 3.4))
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="cividis", vmin=0, vmax=100, linewidths=0.5,
+                cbar_kws={"label": "detection F1 (%)"}, ax=ax)
+    ax.set(xlabel="CIFAR-10N split", ylabel="detector", title="Detection F1 by detector and split (mean over seeds)")
     return fig
 
 

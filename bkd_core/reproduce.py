@@ -242,6 +242,7 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     import torch
 
     from .confident_learning import train_confident_learning
+    from .provenance import code_hash
     from .train import train_bkd, train_ce
 
     if exit_with_parent:
@@ -262,7 +263,7 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
         else:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     summary = {"dataset": data.dataset, "split": data.split, "seed": int(seed), "profile": profile,
-               "fingerprint": config.fingerprint(), "config": config.to_dict(), "folds": folds,
+               "fingerprint": config.fingerprint(), "code_hash": code_hash(), "config": config.to_dict(), "folds": folds,
                "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),
                "methods": {m: r.metrics for m, r in results.items()}}
     _write_samples(out_dir / "samples.csv", data.subset(config.train_size, seed=config.seed), results)

@@ -251,3 +251,50 @@ def run_times(out: str | Path) -> "pd.DataFrame":
             row["device"] = next(iter(methods.values())).get("device", "")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: What :func:`code_versions` says of a run, by how its recorded code hash compares with this code's.
+CODE_CURRENT, CODE_OTHER, CODE_UNKNOWN = "current code", "other code", "code version not recorded"
+
+
+def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame":
+    """Which code produced each finished run under ``out``: one row per run with its recorded
+    ``code_hash`` (:func:`bkd_core.provenance.code_hash`, written by ``reproduce`` into the run's
+    ``metrics.json``) and ``code``: :data:`CODE_CURRENT` (same hash as ``current``, by default this
+    package's), :data:`CODE_OTHER` (the training code changed since: the run's numbers may be stale)
+    or :data:`CODE_UNKNOWN` (runs made before the hash was recorded; whether their code matches
+    this one cannot be told)."""
+    import pandas as pd
+
+    from .provenance import code_hash
+
+    current = current or code_hash()
+    rows = []
+    for path in sorted(Path(out).glob("*/metrics.json")):
+        recorded = read_json(path).get("code_hash")
+        status = CODE_UNKNOWN if not recorded else CODE_CURRENT if recorded == current else CODE_OTHER
+        rows.append({"run": path.parent.name, "code_hash": recorded, "code": status})
+    return pd.DataFrame(rows, columns=["run", "code_hash", "code"])
+
+
+def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> str:
+    """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by this code,
+    by other code, or by code whose version was not recorded."""
+    from .provenance import code_hash
+
+    current = current or code_hash()
+    n = len(versions)
+    counts = {s: int((versions["code"] == s).sum()) for s in (CODE_CURRENT, CODE_OTHER, CODE_UNKNOWN)}
+    if not n:
+        return "No finished run to check."
+    parts = []
+    if counts[CODE_CURRENT]:
+        parts.append(f"{counts[CODE_CURRENT]} of {n} runs were produced by the current training code ({current})")
+    if counts[CODE_OTHER]:
+        names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
+        parts.append(f"{counts[CODE_OTHER]} of {n} by other code (the training code changed since; their numbers may "
+                     f"be stale: {names})")
+    if counts[CODE_UNKNOWN]:
+        parts.append(f"{counts[CODE_UNKNOWN]} of {n} were made before runs recorded their code version "
+                     f"(code version not recorded: they may or may not match the current code, {current})")
+    return "Code version: " + "; ".join(parts) + "."

@@ -71,6 +71,24 @@ def test_config():
     assert config["html"]["use_repository_button"] and config["html"]["use_issues_button"]
     assert {"dollarmath", "amsmath"} <= set(config["parse"]["myst_enable_extensions"])
     assert {".venv", "runs", "reproductions", ".data", "_build", "benchmarks", "tests"} <= set(config["exclude_patterns"])
+    # the Pages address of the configured repository
+    owner, name = config["repository"]["url"].removeprefix("https://github.com/").split("/")[:2]
+    assert config["html"]["baseurl"] == f"https://{owner}.github.io/{name}/"
+    assert config["bibtex_bibfiles"] == ["references.bib"] and (ROOT / "references.bib").is_file()
+
+
+def test_citations_resolve_to_bibliography_entries():
+    """Every {cite} key of the chapters is in references.bib (the build check is test_book_builds...)."""
+    import pybtex.database
+
+    keys = set(pybtex.database.parse_file(str(ROOT / "references.bib")).entries)
+    cited = set()
+    for path in [*CHAPTER_DIR.glob("*.ipynb"), *CHAPTER_DIR.glob("*.md")]:
+        for group in re.findall(r"\{cite(?::[pt])?\}`([^`]+)`", path.read_text()):
+            cited |= {k.strip() for k in group.split(",")}
+    assert cited and cited <= keys, sorted(cited - keys)
+    assert {"kaiser2022blind", "otsu1979threshold", "northcutt2021confident", "hinton2015distilling",
+            "wei2022learning", "arpit2017closer", "zhang2017understanding"} <= cited
 
 
 def test_toc_lists_every_chapter_in_four_parts():
@@ -78,7 +96,8 @@ def test_toc_lists_every_chapter_in_four_parts():
     assert toc["format"] == "jb-book"
     assert [part["caption"] for part in toc["parts"]] == ["Background", "Method", "Results", "Appendix"]
     files = [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
-    assert sorted(files) == [f"chapters/{name}" for name in CHAPTERS]
+    assert files[-1] == "chapters/bibliography" and (ROOT / "chapters" / "bibliography.md").is_file()
+    assert sorted(files[:-1]) == [f"chapters/{name}" for name in CHAPTERS]
     assert len(CHAPTERS) == 8
 
 
@@ -90,6 +109,18 @@ def test_pages_workflow():
                    "make book", "_build/html"):
         assert needle in text, needle
     assert "jupyter-book build . --builder html" in (ROOT / "Makefile").read_text()
+    # PRs build without deploying; least privilege: Pages rights only on the deploy job
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert "pull_request" in triggers and "push" in triggers
+    assert workflow["permissions"] == {"contents": "read"}
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert "pull_request" in deploy["if"] and "permissions" not in workflow["jobs"]["build"]
+    steps = workflow["jobs"]["build"]["steps"]
+    setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["cache"] == "pip"
+    # every download goes through bkd_core's validated downloads
+    assert "urlretrieve" not in text and "download_labels('cifar100')" in text
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
@@ -106,27 +137,56 @@ def test_chapter_shape(name):
     assert 'if "google.colab" in sys.modules:' in colab.source
     url = _load_yaml("_config.yml")["repository"]["url"]
     assert f"git+{url}" in colab.source
-    assert "download(" in colab.source
-    # second code cell: papermill parameters, plain literals only
+    # ... fetching the data the chapter needs and saying where its runs go (bkd_core.book.setup_colab)
+    assert "book.setup_colab(" in colab.source and 'images=["cifar10"]' in colab.source
+    if name in NEEDS_LABEL_FILES:
+        assert 'labels=["cifar100"]' in colab.source  # the noise rates of CIFAR-100N too
+    if name == RESULTS_CHAPTER:
+        assert "trains=False" in colab.source
+    else:
+        assert "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source and "BKD_RUN_CACHE" in colab.source
+    # second code cell: papermill parameters, plain literals only, each with a type annotation that
+    # papermill --help-notebook shows (its pattern takes names, brackets and commas: no "int | None")
     params = code[1]
     assert params.metadata.get("tags") == ["parameters"]
-    names = []
+    names, defaults = [], {}
     for stmt in ast.parse(params.source).body:
-        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.dump(stmt)
-        ast.literal_eval(stmt.value)
-        names.append(stmt.targets[0].id)
-    defaults = {stmt.targets[0].id: ast.literal_eval(stmt.value) for stmt in ast.parse(params.source).body}
+        assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value, ast.dump(stmt)
+        annotation = ast.unparse(stmt.annotation)
+        assert re.fullmatch(r"""['"]?\w[\w\[\],\s]*['"]?""", annotation), annotation
+        names.append(stmt.target.id)
+        defaults[stmt.target.id] = ast.literal_eval(stmt.value)
+    import papermill
+
+    inferred = {k: v["inferred_type_name"] for k, v in papermill.inspect_notebook(str(CHAPTER_DIR / f"{name}.ipynb")).items()}
+    assert list(inferred) == names and "None" not in inferred.values(), inferred
     if name == RESULTS_CHAPTER:
         assert names == RESULTS_PARAMETERS
-        assert defaults["results_dir"] == "../reproductions/cpu"  # the committed batch
+        assert defaults["results_dir"] == "reproductions/cpu"  # the committed batch, found from any directory
     else:
         assert names == PARAMETERS
         assert defaults["profile"] == "cpu" and defaults["device"] == "auto"
         assert defaults["epochs"] is None and defaults["train_size"] is None  # the cpu profile's values
+    # conclusions for readers outside the book build: verbatim copies of the prose, in removed cells
+    prose = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    shown = [c for c in code if "book.conclusion(" in c.source]
+    assert shown, "no conclusion is shown outside the book build"
+    for cell in shown:
+        assert "remove-cell" in cell.metadata.get("tags", []), cell.source[:80]
+        for text in _conclusion_texts(cell.source):
+            assert GLUE_ROLE.search(text), text[:80]
+            for paragraph in text.split("\n\n"):
+                assert " ".join(paragraph.split()) in prose, f"not in the chapter's text: {paragraph[:80]}"
     # no hard-coded repository address elsewhere, no leftover debugging
     for cell in code[1:]:
         assert "github.com/" not in cell.source
         assert not re.search(r"^\s*print\(", cell.source, re.M), f"print in {name}: {cell.source[:80]}"
+
+
+def _conclusion_texts(source: str) -> list[str]:
+    """The string arguments of the ``book.conclusion(...)`` calls in a cell."""
+    return [ast.literal_eval(node.args[0]) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "book.conclusion"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +214,8 @@ def executed(tmp_path_factory):
                 if name == RESULTS_CHAPTER:
                     parameters = _results_parameters(out / "batch")
                 else:
-                    parameters = {**TINY, "run_cache": str(cache)}
+                    # overrides as JSON text, as `papermill -p overrides '{...}'` passes them
+                    parameters = {**TINY, "overrides": json.dumps(TINY["overrides"]), "run_cache": str(cache)}
                 pm.execute_notebook(CHAPTER_DIR / f"{name}.ipynb", path, cwd=CHAPTER_DIR, kernel_name="python3",
                                     progress_bar=False, parameters=parameters)
                 results[name] = path
@@ -233,7 +294,7 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
     "04_tipping_point": ({"tip_sentence", "prominence_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
-    "07_results": ({"n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor", "auc_bkd", "n_auc"}, 6),
+    "07_results": ({"code_text", "n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor", "auc_bkd", "n_auc"}, 6),
     "08_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic", "groups_text"}, 0),
 }
 
@@ -248,6 +309,13 @@ def test_chapter_runs(name, executed):
     referenced = {m.split(":")[0] for c in nb.cells if c.cell_type == "markdown" for m in GLUE_ROLE.findall(c.source)}
     assert referenced, "the prose quotes no computed value"
     assert referenced <= set(glued), f"not glued: {sorted(referenced - set(glued))}"
+    # outside the book build the conclusions are shown with their numbers (Markdown outputs)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "book.conclusion(" in cell.source:
+            texts = [o["data"]["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {})]
+            assert len(texts) == len(_conclusion_texts(cell.source)), cell.source[:120]
+            for text in texts:
+                assert "{glue" not in text and re.search(r"\d", text), text[:200]
     keys, min_figures = EXPECTED[name]
     assert keys <= set(glued), sorted(keys - set(glued))
     assert _check_outputs(nb) >= min_figures
@@ -291,6 +359,9 @@ def test_book_builds_from_executed_chapters(executed):
     config["execute"]["execute_notebooks"] = "off"
     (book / "_config.yml").write_text(yaml.safe_dump(config))
     shutil.copy(ROOT / "_toc.yml", book / "_toc.yml")
+    shutil.copy(ROOT / "references.bib", book / "references.bib")
+    for page in CHAPTER_DIR.glob("*.md"):  # the bibliography
+        shutil.copy(page, book / "chapters" / page.name)
     if (ROOT / "_static").is_dir():
         shutil.copytree(ROOT / "_static", book / "_static")
     jb = Path(sys.executable).with_name("jupyter-book")
@@ -307,3 +378,29 @@ def test_book_builds_from_executed_chapters(executed):
         assert "google.colab" not in html, name  # the Colab cell is removed
     index = json.dumps(sorted(p.name for p in (book / "_build" / "html").iterdir()))
     assert "index.html" in index
+
+
+@pytest.mark.skipif(not (REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file()),
+                    reason="reads the committed batch and its images: set BKD_DATA_DIR")
+def test_results_chapter_runs_from_any_directory(tmp_path):
+    """papermill from another working directory, default parameters: the committed batch is found
+    (relative to the repository), and the conclusions are shown with their numbers."""
+    import papermill as pm
+
+    out = tmp_path / "07.ipynb"
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        pm.execute_notebook(CHAPTER_DIR / f"{RESULTS_CHAPTER}.ipynb", out, cwd=tmp_path, kernel_name="python3",
+                            progress_bar=False)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    nb = nbformat.read(out, as_version=4)
+    assert _glued(nb)["n_runs"] == 18
+    shown = " ".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
+    assert "Code version: 18 of 18 were made before runs recorded their code version" in shown
+    assert re.search(r"In short: of the \d noisy splits, BKD's G4 mask beats flagging everything", shown), shown[:500]

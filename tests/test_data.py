@@ -825,3 +825,25 @@ def test_shuffled_split_warns_that_its_noise_rate_is_far_from_the_published_one(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         D.load_cifar_n("cifar10", "aggre", tmp_path)  # an untouched split: no warning
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_download_labels_fetches_only_the_label_file(tmp_path, small_sizes, monkeypatch, dataset):
+    arrays = make_arrays(dataset)
+    root = tmp_path / "labels"
+    dest = root / D.LABEL_FILES[dataset]
+    urls, tv_calls = [], []
+    _fake_urlopen(monkeypatch, [_FakeResponse(_label_bytes(dataset, arrays["y_train"]), dest=dest)], urls)
+    _fake_torchvision(monkeypatch, dataset, arrays, tv_calls)
+    assert D.download_labels(dataset, root) == dest
+    assert urls == [D.LABEL_URLS[dataset]] and tv_calls == []  # no images
+    assert dest.is_file() and _leftovers(root) == []
+    assert D.download_labels(dataset, root) == dest and len(urls) == 1  # a valid file is kept
+
+
+def test_download_labels_refuses_an_invalid_download(tmp_path, monkeypatch):
+    urls = []
+    _fake_urlopen(monkeypatch, [_FakeResponse(b"<html>rate limited</html>")], urls)
+    with pytest.raises(D.DataError, match="not a valid CIFAR-N label file"):
+        D.download_labels("cifar100", tmp_path)
+    assert not (tmp_path / D.LABEL_FILES["cifar100"]).exists() and _leftovers(tmp_path) == []

@@ -254,3 +254,78 @@ def test_training_figures():
     fig = plots.plot_test_accuracy({"BKD": np.linspace(20, 40, E), "CE": np.full(E, np.nan)}, tipping=3, found_at=5)
     _labelled(fig)
     assert _has_legend(fig)
+
+
+def _results_table(seeds=(0, 1, 2)):
+    """A results.collect_results-like table: two noisy splits and the clean control, three methods."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, rate in (("clean", 0.0), ("aggre", 0.09), ("worst", 0.40)):
+        for seed in seeds:
+            for method, f1 in (("bkd", 0.6), ("ce", 0.4), ("cleanlab", 0.5)):
+                rows.append({"dataset": "cifar10", "split": split, "seed": seed, "method": method,
+                             "true_noise_rate": rate, "detection_f1": np.nan if rate == 0 else f1 + rng.normal(0, 0.02),
+                             "below_threshold_f1": np.nan if rate == 0 else f1 - 0.05 if method == "bkd" else np.nan,
+                             "flag_all_f1": 2 * rate / (1 + rate) if rate else np.nan,
+                             "test_acc": 50 + 5 * (method == "bkd") + rng.normal(0, 1)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seeds", [(0, 1, 2), (0,)])
+def test_results_bars_over_seeds(seeds):
+    table = _results_table(seeds)
+    for draw, n_series in ((plots.plot_detection_by_split, len(plots.DETECTORS)), (plots.plot_accuracy_by_split, 2)):
+        fig = draw(table)
+        _labelled(fig)
+        assert _has_legend(fig)
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["clean", "aggre", "worst"]
+        bars = [p for p in ax.patches if p.get_width() > 0]
+        assert bars and max(p.get_height() for p in bars) <= 100
+        spans = [np.nanmax(y) - np.nanmin(y) for y in (np.asarray(line.get_ydata(), float) for line in ax.lines)
+                 if np.isfinite(y).any()]
+        error_bars = [span for span in spans if span > 0]
+        assert bool(error_bars) == (len(seeds) > 1)  # standard deviation over seeds, none for one seed
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert len([x for x in legend if "floor" not in x]) == n_series
+        plt.close(fig)
+    # the bar heights are the means over seeds
+    fig = plots.plot_accuracy_by_split(table)
+    heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches if p.get_width() > 0)
+    means = table.groupby(["split", "method"])["test_acc"].mean()
+    expected = sorted(round(v, 6) for (s, m), v in means.items() if m in ("bkd", "ce"))
+    assert heights == pytest.approx(expected)
+    plt.close(fig)
+
+
+def test_f1_heatmap():
+    table = _results_table()
+    fig = plots.plot_f1_heatmap(table)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["aggre", "worst"]  # the clean control has no F1
+    assert [t.get_text() for t in ax.get_yticklabels()] == [d[0] for d in plots.DETECTORS] + ["flag everything"]
+    annotations = [t.get_text() for t in ax.texts]
+    mean_bkd_worst = 100 * table[(table.split == "worst") & (table.method == "bkd")]["detection_f1"].mean()
+    assert f"{mean_bkd_worst:.1f}" in annotations
+    assert ax.get_xlabel() and ax.get_title() and len(fig.axes) == 2  # with a colour bar
+    plt.close(fig)
+
+
+def test_score_histogram_is_stacked_clean_below_noisy():
+    from bkd_core.method import otsu_split
+
+    scores = RNG.random(400)
+    noisy = RNG.random(400) < 0.4
+    fig = plots.plot_score_histogram(scores, noisy, {"official": otsu_split(scores)}, bins=10)
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if p.get_width() > 0 and p.get_height() > 0 and p.get_y() < 1e9]
+    counts = {matplotlib.colors.to_hex(p.get_facecolor()): 0 for p in bars}
+    for p in bars:
+        counts[matplotlib.colors.to_hex(p.get_facecolor())] += p.get_height()
+    assert counts[plots.CLEAN.lower()] == pytest.approx((~noisy).sum()) and counts[plots.NOISY.lower()] == pytest.approx(noisy.sum())
+    bottoms = [p.get_y() for p in bars if matplotlib.colors.to_hex(p.get_facecolor()) == plots.CLEAN.lower()]
+    assert max(bottoms) == 0  # clean images at the bottom of each stack
+    assert _has_legend(fig)
+    plt.close(fig)

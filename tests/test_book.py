@@ -1,0 +1,181 @@
+"""The chapters' helpers for papermill and Colab readers: overrides as JSON, the results folder from
+any working directory, and conclusions shown with their numbers outside the book build."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bkd_core import book
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
+
+
+# -- overrides ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given", [{"otsu_criterion": "classic", "model_widths": [8, 16, 16]},
+                                   '{"otsu_criterion": "classic", "model_widths": [8, 16, 16]}'])
+def test_overrides_as_dict_or_json_text(given):
+    config = book.chapter_config("cpu", overrides=given)
+    assert config.otsu_criterion == "classic" and config.model_widths == (8, 16, 16)
+    assert config.fingerprint() == book.chapter_config("cpu", overrides={"otsu_criterion": "classic",
+                                                                         "model_widths": (8, 16, 16)}).fingerprint()
+
+
+@pytest.mark.parametrize("empty", [None, {}, "", "  "])
+def test_empty_overrides(empty):
+    assert book.parse_overrides(empty) == {}
+    assert book.chapter_config("cpu", overrides=empty) == book.chapter_config("cpu")
+
+
+@pytest.mark.parametrize(("given", "message"), [("otsu_criterion=classic", "JSON object such as"),
+                                                ("[1, 2]", "must be a JSON object"), (3, "dict or JSON text")])
+def test_bad_overrides_say_what_is_expected(given, message):
+    with pytest.raises(ValueError, match=message):
+        book.parse_overrides(given)
+
+
+# -- the results folder ------------------------------------------------------------------------
+
+@pytest.mark.skipif(not (COMMITTED_BATCH / "summary.json").is_file(), reason="no committed batch")
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "chapters", "tmp"])
+def test_results_dir_found_from_any_working_directory(cwd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path if cwd == "tmp" else cwd)
+    assert book.find_results_dir("reproductions/cpu") == COMMITTED_BATCH.resolve()
+    assert book.find_results_dir(str(COMMITTED_BATCH)) == COMMITTED_BATCH.resolve()
+
+
+def test_results_dir_in_the_working_directory_comes_first(tmp_path, monkeypatch):
+    (tmp_path / "reproductions" / "cpu").mkdir(parents=True)
+    (tmp_path / "reproductions" / "cpu" / "summary.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert book.find_results_dir("reproductions/cpu") == (tmp_path / "reproductions" / "cpu").resolve()
+
+
+def test_missing_results_dir_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no reproduction batch .*looked in .*papermill -p results_dir"):
+        book.find_results_dir("nowhere/batch")
+    # bkd_core installed outside a checkout, run outside one: says so
+    monkeypatch.setattr(book, "__file__", str(tmp_path / "site-packages" / "bkd_core" / "book.py"))
+    assert book.repository_root() is None
+    with pytest.raises(FileNotFoundError, match="no repository found"):
+        book.find_results_dir("reproductions/cpu")
+
+
+def test_repository_root_from_a_checkout(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert book.repository_root() == ROOT  # from bkd_core's own location
+    assert book.repository_root(ROOT / "chapters") == ROOT
+
+
+# -- conclusions outside the book build --------------------------------------------------------
+
+def test_render_glue_fills_every_role_with_its_format():
+    values = {"rate": 40.2123, "split": "worst", "n": 3}
+    text = "On {glue:text}`split` {glue:text}`rate:.1f`% are wrong ({glue}`n` runs, {glue:any}`n`)."
+    assert book.render_glue(text, values) == "On worst 40.2% are wrong (3 runs, 3)."
+    with pytest.raises(KeyError, match="'missing' is not glued"):
+        book.render_glue("{glue:text}`missing:.1f`", values)
+
+
+def test_glue_records_the_value():
+    import numpy as np
+
+    book.glue("_test_value", np.float32(0.25))
+    assert book.GLUED["_test_value"] == 0.25 and type(book.GLUED["_test_value"]) is float
+
+
+def test_a_notebook_executed_with_papermill_shows_the_conclusion_with_its_number(tmp_path):
+    """A small notebook as the chapters are written: values glued in one cell, the conclusion in a
+    removed cell, the prose with glue roles. Executed with papermill, the output shows the sentence."""
+    import papermill as pm
+
+    sentence = "The noise rate is {glue:text}`rate:.1f`% on {glue:text}`split`."
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("rate = 0.0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from bkd_core import book\nbook.glue('rate', rate)\nbook.glue('split', 'worst')"),
+        nbformat.v4.new_code_cell(f'book.conclusion("""{sentence}""")', metadata={"tags": ["remove-cell"]}),
+        nbformat.v4.new_markdown_cell(sentence),
+    ]
+    source, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, source)
+    env = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env]))  # the kernel imports this bkd_core
+    try:
+        pm.execute_notebook(str(source), str(out), parameters={"rate": 40.21}, kernel_name="python3",
+                            progress_bar=False, cwd=str(tmp_path))
+    finally:
+        if env is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = env
+    done = nbformat.read(out, as_version=4)
+    shown = [o["data"]["text/markdown"] for c in done.cells if c.cell_type == "code"
+             for o in c.outputs if "text/markdown" in o.get("data", {})]
+    assert shown == ["The noise rate is 40.2% on worst."]
+    # the book build still gets the glued values (MyST-NB's scrapbook outputs)
+    glued = {o["metadata"]["scrapbook"]["name"] for c in done.cells if c.cell_type == "code"
+             for o in c.outputs if "scrapbook" in o.get("metadata", {})}
+    assert glued == {"rate", "split"}
+
+
+# -- the Colab set-up cell ---------------------------------------------------------------------
+
+@pytest.fixture()
+def colab(monkeypatch, tmp_path):
+    """A stand-in for Colab: downloads recorded, Drive "mounted" into tmp_path, /content in tmp_path."""
+    import sys
+    import types
+
+    from bkd_core import data
+
+    calls = []
+    monkeypatch.setattr(data, "download", lambda d, root=None: calls.append(("images", d)))
+    monkeypatch.setattr(data, "download_labels", lambda d, root=None: calls.append(("labels", d)))
+    monkeypatch.delenv("BKD_DATA_DIR", raising=False)
+    monkeypatch.delenv("BKD_RUN_CACHE", raising=False)
+    monkeypatch.setattr(book, "COLAB_DATA", str(tmp_path / "content" / "data"))
+    monkeypatch.setattr(book, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
+    monkeypatch.setattr(book, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
+    monkeypatch.setattr(book, "COLAB_DRIVE", str(tmp_path / "drive"))
+    drive = types.SimpleNamespace(mounted=[])
+    drive.mount = lambda path: drive.mounted.append(path)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=drive))
+    shown = []
+    monkeypatch.setattr(book, "_show_markdown", shown.append)
+    return types.SimpleNamespace(calls=calls, drive=drive, shown=shown, tmp=tmp_path)
+
+
+def test_setup_colab_fetches_what_the_chapter_needs_and_says_where_runs_go(colab):
+    folders = book.setup_colab(images=["cifar10"], labels=["cifar100"])
+    assert colab.calls == [("images", "cifar10"), ("labels", "cifar100")]
+    assert folders == {"data": os.environ["BKD_DATA_DIR"], "runs": os.environ["BKD_RUN_CACHE"]}
+    assert folders["runs"] == book.COLAB_RUNS and Path(folders["runs"]).is_dir() and not colab.drive.mounted
+    note = colab.shown[-1]
+    assert "CIFAR-100N labels" in note and "deletes when the runtime ends" in note and "KEEP_RUNS_ON_DRIVE" in note
+
+
+def test_setup_colab_keeps_runs_on_drive(colab):
+    folders = book.setup_colab(keep_runs_on_drive=True)
+    assert colab.drive.mounted == [book.COLAB_DRIVE]
+    assert folders["runs"] == book.COLAB_DRIVE_RUNS == os.environ["BKD_RUN_CACHE"]
+    assert "on your Google Drive" in colab.shown[-1]
+
+
+def test_setup_colab_keeps_a_run_cache_the_reader_set(colab, monkeypatch):
+    monkeypatch.setenv("BKD_RUN_CACHE", str(colab.tmp / "mine"))
+    assert book.setup_colab(keep_runs_on_drive=True)["runs"] == str(colab.tmp / "mine")
+    assert not colab.drive.mounted
+
+
+def test_setup_colab_for_a_chapter_that_trains_nothing(colab):
+    folders = book.setup_colab(images=["cifar10"], trains=False)
+    assert "runs" not in folders and "trains nothing" in colab.shown[-1]
