@@ -113,10 +113,18 @@ class BKDConfig:
         return dataclasses.replace(self, **changes)
 
     def fingerprint(self) -> str:
-        """Short hash of every setting that changes results (not device or speed switches)."""
+        """Short hash of every setting that changes results (not device or speed switches: :data:`NOT_FINGERPRINTED`).
+
+        A field added after runs were recorded (:data:`LATER_FIELDS`) enters the hash only when it differs
+        from its default, so those runs keep their fingerprints.
+        """
         data = self.to_dict()
-        for key in ("device", "channels_last", "bf16", "compile", "eval_batch_size", "profile"):
-            data.pop(key)
+        for key in NOT_FINGERPRINTED:
+            data.pop(key, None)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in LATER_FIELDS:
+            if key in data and data[key] == defaults[key]:
+                data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def resolved_device(self) -> torch.device:
@@ -202,6 +210,11 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
 
 
 _HINTS = typing.get_type_hints(BKDConfig)
+
+#: Execution and speed switches: they do not change what a run computes, so they are not in its fingerprint.
+NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "compile", "eval_batch_size", "profile")
+#: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
+LATER_FIELDS: tuple[str, ...] = ()
 
 #: Fields only BKD uses: a cross-entropy or confident-learning run ignores them.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion", "noisy_groups",
