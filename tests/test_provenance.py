@@ -115,7 +115,8 @@ def test_reproduce_records_the_code_hash_and_results_tell_other_code(tmp_path, m
 
     data = make_synthetic_cifar_n(n_train=160, n_test=40, noise_rate=0.3, seed=0)
     monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: data)
-    overrides = {"model_widths": (4, 8, 8), "epochs": 1, "augment": False, "lr_step": None, "test_size": 40}
+    overrides = {"model_widths": (4, 8, 8), "epochs": 1, "augment": False, "lr_step": None, "train_size": None,
+                 "test_size": 40}
     for seed in (0, 1, 2):
         summary = reproduce.run_one("cifar10", "synthetic", seed, tmp_path / f"cifar10-synthetic-seed{seed}",
                                     overrides=overrides, methods=("ce",), progress=False)
