@@ -202,9 +202,9 @@ def test_build_model_unknown_name_lists_valid_names():
         build_model("resnet50", 10)
     message = str(exc.value)
     assert "resnet50" in message
-    for name in ("preresnet18", "small_cnn"):
+    for name in ("preresnet18", "small_cnn", "mlp"):
         assert name in message
-    assert set(MODEL_NAMES) == {"preresnet18", "small_cnn"}
+    assert set(MODEL_NAMES) == {"preresnet18", "small_cnn", "mlp"}
 
 
 def test_count_parameters_counts_only_trainable():
