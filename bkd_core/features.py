@@ -132,12 +132,12 @@ class PatchFeatureSettings:
 
     patch_size: int = 6
     n_patches: int = 100_000
-    n_atoms: int = 2048
+    n_atoms: int = 1024
     dictionary: Literal["kmeans", "random"] = "kmeans"
     kmeans_iters: int = 10
     contrast_eps: float = 10 / 255**2
     zca_eps: float = 0.1
-    threshold: float = 0.5
+    threshold: float = 0.25
     pool_grid: int = 2
     flip_invariant: bool = True
     out_dim: int = 512
