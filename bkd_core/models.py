@@ -1,4 +1,5 @@
-"""Networks: the official code's hybrid "PreResNet18" and a small fast CNN for CPU profiles."""
+"""Networks: the official code's hybrid "PreResNet18", a small fast CNN for CPU profiles, and an
+MLP over precomputed feature vectors (``bkd_core.features``)."""
 
 from __future__ import annotations
 
@@ -92,15 +93,72 @@ class SmallCNN(nn.Module):
         return self.linear(self.features(x))
 
 
-MODEL_NAMES = ("preresnet18", "small_cnn")
+class MLP(nn.Module):
+    """A multilayer perceptron over feature vectors (e.g. :mod:`bkd_core.features`).
+
+    ``Linear(in_features, widths[0])-[BatchNorm1d]-ReLU-...-Linear(widths[-1], num_classes)``;
+    with ``widths=()`` it is a linear classifier. With the defaults (512 inputs, widths (512, 512),
+    10 classes): 530,442 parameters.
+
+    Parameters
+    ----------
+    in_features : int
+        Input dimension D.
+    num_classes : int
+        Number of classes C.
+    widths : sequence of int
+        Hidden layer widths (any number, each >= 1).
+    batch_norm : bool
+        Put a ``BatchNorm1d`` after every hidden linear layer (default off; see
+        ``benchmarks/README.md`` for the measurement).
+
+    Input: float [B, D]. Output: logits [B, C].
+    """
+
+    def __init__(self, in_features: int, num_classes: int = 10, widths: Sequence[int] = (512, 512), *,
+                 batch_norm: bool = False) -> None:
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if int(in_features) < 1 or int(num_classes) < 1 or any(w < 1 for w in widths):
+            raise ValueError(f"MLP needs positive in_features, num_classes and widths, got "
+                             f"{in_features}, {num_classes}, {widths}")
+        layers: list[nn.Module] = []
+        d = int(in_features)
+        for w in widths:
+            layers.append(nn.Linear(d, w))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(w))
+            layers.append(nn.ReLU(inplace=True))
+            d = w
+        self.in_features = int(in_features)
+        self.hidden = nn.Sequential(*layers)
+        self.linear = nn.Linear(d, int(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"MLP expects float [B, {self.in_features}] feature vectors, got shape {tuple(x.shape)}")
+        return self.linear(self.hidden(x))
 
 
-def build_model(name: str, num_classes: int, widths: Sequence[int] = (32, 64, 128)) -> nn.Module:
-    """Build a network by name: ``"preresnet18"`` (official hybrid) or ``"small_cnn"`` (``widths`` used)."""
+MODEL_NAMES = ("preresnet18", "small_cnn", "mlp")
+
+
+def build_model(name: str, num_classes: int, widths: Sequence[int] = (32, 64, 128), *,
+                in_features: int | None = None, batch_norm: bool = False) -> nn.Module:
+    """Build a network by name.
+
+    ``"preresnet18"`` (official hybrid; ``widths`` ignored), ``"small_cnn"`` (``widths`` are its
+    three channel widths), or ``"mlp"`` over ``in_features``-dimensional vectors (``widths`` are
+    its hidden widths, any number; ``in_features`` is required; ``batch_norm`` adds BatchNorm1d).
+    """
     if name == "preresnet18":
         return OfficialPreResNet18(num_classes)
     if name == "small_cnn":
         return SmallCNN(num_classes, widths)
+    if name == "mlp":
+        if in_features is None:
+            raise ValueError("build_model('mlp', ...) needs in_features (the feature dimension D)")
+        return MLP(in_features, num_classes, widths, batch_norm=batch_norm)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 

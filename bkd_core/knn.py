@@ -1,0 +1,132 @@
+"""k-nearest-neighbour label voting on feature vectors: a training-free label-issue detector.
+
+As SimiFeat (Zhu, Dong, Liu, ICML 2022) and Docta do: a sample whose nearest neighbours in
+feature space (cosine similarity) mostly carry another label is probably mislabelled.
+
+- quality score: the fraction of the sample's ``k`` nearest neighbours (itself excluded) that carry
+  its given label, in ``[0, 1]``; lower = worse;
+- label issue: the majority label of the neighbours differs from the given label (a tie that
+  includes the given label counts as agreement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours"]
+
+
+@dataclass(frozen=True)
+class KNNLabelIssues:
+    """Result of :func:`knn_label_issues` (N samples, C classes).
+
+    Attributes
+    ----------
+    label_issues : np.ndarray
+        bool ``[N]``, True where the neighbours' majority label differs from the given label.
+    label_quality : np.ndarray
+        float32 ``[N]``, fraction of the k neighbours carrying the given label (lower = worse).
+    ranked : np.ndarray
+        int64 ``[N]``, sample indices from the lowest quality to the highest (stable: ties keep
+        index order).
+    vote : np.ndarray
+        int64 ``[N]``, the neighbours' majority label (the given label where it ties for first).
+    neighbour_counts : np.ndarray
+        int64 ``[N, C]``, how many of the k neighbours carry each class.
+    """
+
+    label_issues: np.ndarray
+    label_quality: np.ndarray
+    ranked: np.ndarray
+    vote: np.ndarray
+    neighbour_counts: np.ndarray
+
+
+def _as_tensor(features) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"features must be a float array [N, D] with N >= 2, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("features contain NaN or infinite values")
+    return x
+
+
+@torch.no_grad()
+def nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048) -> np.ndarray:
+    """Indices of each sample's ``k`` nearest neighbours by cosine similarity, itself excluded.
+
+    Parameters
+    ----------
+    features : array_like
+        float ``[N, D]``. Rows of zero norm are compared as they are (similarity 0 to everything).
+    k : int
+        Neighbours per sample, ``1 <= k < N``.
+    batch_size : int
+        Rows per block of the ``[batch, N]`` similarity matrix (memory ``4 * batch * N`` bytes).
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[N, k]``, most similar first (exact ties in the order ``torch.topk`` gives).
+    """
+    x = _as_tensor(features)
+    n = len(x)
+    if not 1 <= k < n:
+        raise ValueError(f"k must lie in [1, N-1] = [1, {n - 1}], got {k}")
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out = torch.empty(n, k, dtype=torch.int64)
+    for start in range(0, n, batch_size):
+        block = x[start:start + batch_size]
+        sims = block @ x.T  # [b, N]
+        rows = torch.arange(len(block))
+        sims[rows, rows + start] = -float("inf")  # never one's own neighbour
+        out[start:start + len(block)] = torch.topk(sims, k, dim=1).indices
+    return out.numpy()
+
+
+def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None = None,
+                     batch_size: int = 2048) -> KNNLabelIssues:
+    """Label issues, quality scores and a ranking from k-nearest-neighbour label voting.
+
+    Parameters
+    ----------
+    features : array_like
+        float ``[N, D]`` feature vectors (e.g. :func:`bkd_core.features.cached_features`).
+    labels : array_like
+        int ``[N]`` given (possibly noisy) labels in ``[0, C)``.
+    k : int
+        Neighbours per sample (cosine similarity, itself excluded).
+    num_classes : int, optional
+        C; default ``labels.max() + 1``.
+    batch_size : int
+        Rows per block of the similarity matrix.
+
+    Returns
+    -------
+    KNNLabelIssues
+        ``label_issues`` bool ``[N]``, ``label_quality`` float32 ``[N]`` (lower = worse),
+        ``ranked`` int64 ``[N]`` (worst first), ``vote`` int64 ``[N]``, ``neighbour_counts``
+        int64 ``[N, C]``.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array [N], got dtype {y.dtype} shape {y.shape}")
+    y = y.astype(np.int64)
+    c = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if len(y) and (y.min() < 0 or y.max() >= c):
+        raise ValueError(f"labels must lie in [0, {c}), found [{y.min()}, {y.max()}]")
+    neighbours = nearest_neighbours(features, k=k, batch_size=batch_size)
+    if len(neighbours) != len(y):
+        raise ValueError(f"features have {len(neighbours)} rows but labels {len(y)}")
+    neighbour_labels = y[neighbours]  # [N, k]
+    counts = np.zeros((len(y), c), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(y)), k), neighbour_labels.ravel()), 1)
+    own = counts[np.arange(len(y)), y]
+    quality = (own / k).astype(np.float32)
+    top = counts.max(1)
+    vote = np.where(own == top, y, counts.argmax(1))
+    return KNNLabelIssues(label_issues=own < top, label_quality=quality,
+                          ranked=np.argsort(quality, kind="stable"), vote=vote, neighbour_counts=counts)

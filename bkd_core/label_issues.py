@@ -1,0 +1,166 @@
+"""One call for users' own data: label issues from BKD's phase 1 on MLP heads over feature vectors.
+
+Given a feature matrix ``[N, D]`` (e.g. :func:`bkd_core.features.cached_features`, or any
+embedding) and given labels ``[N]``, :func:`find_label_issues` trains a teacher and a student MLP
+with BKD's losses and optimiser until the official tipping rule fires, scores every sample with the
+teacher-student agreement on its given label at the tipping epoch, splits the scores with BKD's
+Otsu variant and reports, as cleanlab's ``find_label_issues`` does, a boolean mask, quality scores
+and the indices ranked from worst to best.
+
+Only phase 1 is needed for detection (the groups are fixed at the tipping epoch), so no phase 2 is
+run here; to *train* a robust classifier use :func:`bkd_core.train.train_bkd`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .method import agreement_probability, assign_groups, blind_distillation_loss, find_tipping_point, otsu_split
+from .models import build_model
+
+__all__ = ["BKDLabelIssues", "find_label_issues"]
+
+
+@dataclass(frozen=True)
+class BKDLabelIssues:
+    """Result of :func:`find_label_issues` (N samples).
+
+    Attributes
+    ----------
+    label_issues : np.ndarray
+        bool ``[N]``: group G4 (``flag="g4"``, the official output) or every score below the Otsu
+        threshold (``flag="below_threshold"``).
+    label_quality : np.ndarray
+        float32 ``[N]`` in ``[0, 1]``: the agreement probability of the given label at the tipping
+        epoch (lower = worse).
+    ranked : np.ndarray
+        int64 ``[N]``: indices from the lowest quality to the highest.
+    groups : np.ndarray
+        int64 ``[N]`` in ``{1, 2, 3, 4}`` (method.md, "Groups").
+    threshold : float
+        The Otsu threshold; ``noise_rate`` is the fraction of scores below it.
+    noise_rate : float
+        Estimated fraction of wrong labels.
+    tipping_epoch : int
+        0-based epoch whose scores were used.
+    tipping_found : bool
+        False when the peak rule did not fire within ``epochs`` (then the epoch of the highest
+        statistic was used, with a warning).
+    epoch_statistic : list of float
+        The student's mean max-probability per epoch (the tipping rule's input).
+    """
+
+    label_issues: np.ndarray
+    label_quality: np.ndarray
+    ranked: np.ndarray
+    groups: np.ndarray
+    threshold: float
+    noise_rate: float
+    tipping_epoch: int
+    tipping_found: bool
+    epoch_statistic: list[float] = field(default_factory=list)
+
+
+def find_label_issues(features, labels, *, num_classes: int | None = None, widths: Sequence[int] = (512, 512),
+                      epochs: int = 30, batch_size: int = 128, lr: float = 0.02, momentum: float = 0.9,
+                      weight_decay: float = 5e-4, tipping_window: int = 2,
+                      flag: Literal["g4", "below_threshold"] = "g4", seed: int = 0,
+                      device: str = "cpu", progress: bool = True) -> BKDLabelIssues:
+    """Label issues of ``labels`` given ``features``, by BKD (phase 1) on two MLP heads.
+
+    Parameters
+    ----------
+    features : array_like
+        float ``[N, D]``. Standardised columns work best (the patch features are).
+    labels : array_like
+        int ``[N]``, the given labels in ``[0, C)``.
+    num_classes : int, optional
+        C; default ``labels.max() + 1``.
+    widths : sequence of int
+        Hidden widths of both MLPs.
+    epochs : int
+        Maximum phase-1 epochs; training stops as soon as the tipping rule fires.
+    batch_size, lr, momentum, weight_decay : optional
+        One SGD optimiser over both networks (official values by default).
+    tipping_window : int
+        Neighbours on each side of the peak (official 2).
+    flag : {"g4", "below_threshold"}
+        Which samples are reported as label issues.
+    seed : int
+        Seed of the initialisation and the batch order.
+    device : str
+        Torch device.
+    progress : bool
+        tqdm bar over the epochs.
+
+    Returns
+    -------
+    BKDLabelIssues
+        ``label_issues`` bool ``[N]``, ``label_quality`` float32 ``[N]``, ``ranked`` int64 ``[N]``
+        (worst first), ``groups`` int64 ``[N]``, and the threshold, noise estimate and tipping epoch.
+    """
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    y_np = np.asarray(labels)
+    if x.ndim != 2 or y_np.shape != (len(x),):
+        raise ValueError(f"features must be [N, D] and labels [N], got {tuple(x.shape)} and {y_np.shape}")
+    if not np.issubdtype(y_np.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y_np.dtype}")
+    if flag not in ("g4", "below_threshold"):
+        raise ValueError(f"flag must be 'g4' or 'below_threshold', got {flag!r}")
+    if epochs < 2 * tipping_window + 2:
+        raise ValueError(f"epochs must be >= {2 * tipping_window + 2} for the tipping rule, got {epochs}")
+    c = int(num_classes) if num_classes is not None else int(y_np.max()) + 1
+    if y_np.min() < 0 or y_np.max() >= c or c < 2:
+        raise ValueError(f"labels must lie in [0, {c}) with at least 2 classes")
+    dev = torch.device(device)
+    x, y = x.to(dev), torch.as_tensor(y_np.astype(np.int64)).to(dev)
+    torch.manual_seed(seed)
+    teacher = build_model("mlp", c, widths, in_features=x.shape[1]).to(dev)
+    student = build_model("mlp", c, widths, in_features=x.shape[1]).to(dev)
+    opt = torch.optim.SGD([*teacher.parameters(), *student.parameters()], lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    stats: list[float] = []
+    scores: list[np.ndarray] = []
+    tip = None
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(epochs), desc="BKD phase 1", unit="epoch", disable=not progress, leave=False):
+        teacher.train(), student.train()
+        total = torch.zeros((), device=dev)
+        for idx in torch.randperm(len(x), generator=generator).to(dev).split(batch_size):
+            zt, zs = teacher(x[idx]), student(x[idx])
+            loss = F.cross_entropy(zt, y[idx]) + blind_distillation_loss(zt, zs, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += torch.softmax(zs.detach(), 1).max(1).values.sum()
+        stats.append(float(total) / len(x))
+        teacher.eval(), student.eval()
+        with torch.no_grad():
+            parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
+                     for i in torch.arange(len(x), device=dev).split(4096)]
+        scores.append(torch.cat(parts).float().cpu().numpy())
+        tip = find_tipping_point(stats, tipping_window)
+        if tip is not None:
+            break
+    found = tip is not None
+    if not found:
+        tip = int(np.argmax(stats))
+        warnings.warn(f"the tipping rule did not fire within {epochs} epochs; using the epoch of the "
+                      f"highest statistic ({tip})", RuntimeWarning, stacklevel=2)
+    quality = scores[tip]
+    split = otsu_split(quality)
+    groups = assign_groups(quality, split).numpy()
+    below = quality < split.threshold
+    issues = groups == 4 if flag == "g4" else below
+    return BKDLabelIssues(label_issues=issues, label_quality=quality.astype(np.float32),
+                          ranked=np.argsort(quality, kind="stable"), groups=groups,
+                          threshold=float(split.threshold), noise_rate=float(below.mean()),
+                          tipping_epoch=int(tip), tipping_found=found, epoch_statistic=stats)
