@@ -29,7 +29,7 @@ from .data import NoisyCIFAR
 from .errors import DamagedFileError
 from .metrics import detection_scores, flag_all_f1
 from .rundir import RunDir
-from .train import RunResult, _fingerprint_of, train_ce, training_subset
+from .train import RunResult, _fingerprint_of, train_ce, training_subset, with_config_features
 
 __all__ = ["stratified_folds", "predict_probabilities", "train_confident_learning"]
 
@@ -58,21 +58,23 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_probabilities(network: nn.Module, images_hwc: np.ndarray, dataset: str, config: BKDConfig) -> np.ndarray:
-    """Softmax probabilities of ``network`` (eval mode, no augmentation) on uint8 images [N, H, W, 3]
-    -> float32 [N, C]. Normalized with ``dataset``'s constants, on ``config``'s device."""
+def predict_probabilities(network: nn.Module, inputs: np.ndarray, dataset: str, config: BKDConfig) -> np.ndarray:
+    """Softmax probabilities of ``network`` (eval mode, no augmentation) -> float32 [N, C].
+
+    ``inputs``: uint8 images [N, H, W, 3] (normalized with ``dataset``'s constants), or float32
+    feature vectors [N, D] when ``config.features`` is set; on ``config``'s device.
+    """
     device = next(network.parameters()).device
-    mean, std = NORMALIZATION[dataset]
-    normalize = Normalizer(mean, std, device, config.channels_last)
-    images = to_device_images(images_hwc, device)
+    if config.features:
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
+        normalize = lambda batch: batch  # noqa: E731  (features are standardized already)
+    else:
+        mean, std = NORMALIZATION[dataset]
+        normalize = Normalizer(mean, std, device, config.channels_last)
+        x = to_device_images(inputs, device)
     network.eval()
-    out = [network(normalize(images[rows])).float().softmax(1) for rows in ordered_batches(len(images), config.eval_batch_size, device)]
+    out = [network(normalize(x[rows])).float().softmax(1) for rows in ordered_batches(len(x), config.eval_batch_size, device)]
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
-
-
-def _fold_data(data: NoisyCIFAR, rows: np.ndarray) -> NoisyCIFAR:
-    return replace(data, train_images=data.train_images[rows], train_labels=data.train_labels[rows],
-                   clean_labels=data.clean_labels[rows], indices=data.indices[rows])
 
 
 def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, folds: int = 5,
@@ -103,7 +105,7 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    subset = training_subset(data, config)
+    subset = training_subset(with_config_features(data, config, progress=progress), config)
     labels = subset.train_labels
     fold_of = stratified_folds(labels, folds, config.seed)
     fold_config = config.replace(train_size=None, val_ratio=0.0)
@@ -111,13 +113,14 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
     wall = 0.0
     for k in range(folds):
         fit_rows, held_out = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        fold = train_ce(_fold_data(subset, fit_rows), fold_config, rundir.path / f"fold_{k}", progress=progress)
+        fold = train_ce(subset.take(fit_rows), fold_config, rundir.path / f"fold_{k}", progress=progress)
         if "model" not in fold.networks:
             raise DamagedFileError(f"{fold.run_dir} is finished but its checkpoint.pt is gone, so its network cannot "
                                    f"predict the held-out fold; delete {fold.run_dir} to retrain that fold")
         wall += fold.metrics["wall_time_s"]
         start = time.perf_counter()
-        pred_probs[held_out] = predict_probabilities(fold.networks["model"], subset.train_images[held_out],
+        inputs = subset.train_features if config.features else subset.train_images
+        pred_probs[held_out] = predict_probabilities(fold.networks["model"], inputs[held_out],
                                                      subset.dataset, fold_config)
         wall += time.perf_counter() - start
 

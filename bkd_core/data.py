@@ -508,6 +508,9 @@ class NoisyCIFAR:
         split: canonical split name (see :data:`CIFAR10_SPLITS`, :data:`CIFAR100_SPLITS`).
         indices: int64 [N], each row's position in the full 50,000-image training set
             (``arange(N)`` for the full set; defaults to that when not given).
+        train_features, test_features: optional float32 [N, D] / [T, D] label-free feature vectors of
+            the images (``bkd_core.features.with_features``), carried along by :meth:`subset`.
+        feature_key: the fingerprint of the feature settings that produced them.
     """
 
     train_images: np.ndarray
@@ -519,6 +522,9 @@ class NoisyCIFAR:
     dataset: str
     split: str
     indices: np.ndarray | None = None
+    train_features: np.ndarray | None = None
+    test_features: np.ndarray | None = None
+    feature_key: str | None = None
 
     def __post_init__(self) -> None:
         self.train_labels = np.asarray(self.train_labels, dtype=np.int64)
@@ -532,6 +538,15 @@ class NoisyCIFAR:
         for name in ("train_labels", "clean_labels", "indices"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"NoisyCIFAR: {name} has shape {getattr(self, name).shape}, expected ({n},)")
+        if (self.train_features is None) != (self.test_features is None):
+            raise ValueError("NoisyCIFAR: give both train_features and test_features, or neither")
+        if self.train_features is not None:
+            if self.train_features.ndim != 2 or len(self.train_features) != n or self.test_features.ndim != 2 \
+                    or len(self.test_features) != len(self.test_images) \
+                    or self.train_features.shape[1] != self.test_features.shape[1]:
+                raise ValueError(f"NoisyCIFAR: features of shapes {self.train_features.shape} and "
+                                 f"{self.test_features.shape} do not fit {n} training and {len(self.test_images)} "
+                                 "test images (expected [N, D] and [T, D])")
         if self.test_labels.shape != (len(self.test_images),):
             raise ValueError(
                 f"NoisyCIFAR: test_labels has shape {self.test_labels.shape}, "
@@ -576,12 +591,18 @@ class NoisyCIFAR:
             return self
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(n, size=int(size), replace=False))
+        return self.take(rows)
+
+    def take(self, rows: np.ndarray) -> NoisyCIFAR:
+        """The training rows ``rows`` (int [M], positions in this set) with their labels, indices and
+        features; the test set is untouched."""
         return replace(
             self,
             train_images=self.train_images[rows],
             train_labels=self.train_labels[rows],
             clean_labels=self.clean_labels[rows],
             indices=self.indices[rows],
+            train_features=None if self.train_features is None else self.train_features[rows],
         )
 
 

@@ -63,6 +63,8 @@ __all__ = [
     "feature_cache_dir",
     "feature_cache_path",
     "register_extractor",
+    "FEATURE_SETTINGS",
+    "with_features",
 ]
 
 #: bumped whenever a change to the code changes the features computed for the same settings,
@@ -780,3 +782,29 @@ def cached_features(data_or_images: Any, *, settings: Settings = PatchFeatureSet
     _write_atomic(path, train=train, test=test, fingerprint=np.array(settings.fingerprint()),
                   settings=np.array(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)))
     return train, test
+
+
+# --------------------------------------------------------------------------------------------
+# features of a data set, by name (what BKDConfig.features names)
+# --------------------------------------------------------------------------------------------
+
+#: The feature sets a configuration can name (``BKDConfig.features``): name -> extractor settings.
+FEATURE_SETTINGS: dict[str, Settings] = {"patches": PatchFeatureSettings()}
+
+
+def with_features(data: Any, name: str, *, root: str | os.PathLike | None = None, progress: bool = True) -> Any:
+    """``data`` (a :class:`~bkd_core.data.NoisyCIFAR`) with the feature set ``name`` attached
+    (``train_features``, ``test_features``, ``feature_key``), from the cache or computed once.
+
+    Attach them to the full data set before taking subsets: the extractor's statistics are fitted on
+    ``data.train_images``, and :meth:`~bkd_core.data.NoisyCIFAR.subset` carries the features along.
+    Returns ``data`` itself when it already holds this feature set.
+    """
+    if name not in FEATURE_SETTINGS:
+        raise ValueError(f"unknown feature set {name!r}; choose one of {', '.join(FEATURE_SETTINGS)}")
+    settings = FEATURE_SETTINGS[name]
+    key = f"{name}-{settings.fingerprint()}"
+    if getattr(data, "feature_key", None) == key:
+        return data
+    train, test = cached_features(data, settings=settings, root=root, progress=progress)
+    return dataclasses.replace(data, train_features=train, test_features=test, feature_key=key)

@@ -80,7 +80,7 @@ class PreparedData:
     data: NoisyCIFAR
     train_idx: np.ndarray  # rows of ``data`` used for training
     val_idx: np.ndarray  # rows held out (noisy validation)
-    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    images: torch.Tensor  # uint8 [N, 3, 32, 32], or float32 feature vectors [N, D] (config.features)
     labels: torch.Tensor  # int64 [N], given (noisy) labels
     test_images: torch.Tensor
     test_labels: torch.Tensor
@@ -98,9 +98,23 @@ def training_subset(data: NoisyCIFAR, config: BKDConfig) -> NoisyCIFAR:
     return data.subset(config.train_size, seed=config.seed)
 
 
+def with_config_features(data: NoisyCIFAR, config: BKDConfig, *, progress: bool = True) -> NoisyCIFAR:
+    """``data`` with the feature vectors ``config.features`` names attached (computed once, cached);
+    ``data`` unchanged for a configuration that trains on images."""
+    if config.features is None:
+        return data
+    from .features import with_features
+
+    return with_features(data, config.features, progress=progress)
+
+
 def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> PreparedData:
-    """Take the configured subset (seeded by ``config.seed``), split it and move it to ``device``."""
-    data = training_subset(data, config)
+    """Take the configured subset (seeded by ``config.seed``), split it and move it to ``device``.
+
+    With ``config.features`` the network inputs are the float32 feature vectors [N, D] of the images
+    (attached here if ``data`` does not hold them yet); otherwise the uint8 images [N, 3, 32, 32].
+    """
+    data = training_subset(with_config_features(data, config), config)
     train_idx, val_idx = train_val_split(len(data.train_labels), config.val_ratio, config.seed)
     test_rows = np.arange(len(data.test_labels))
     if config.test_size is not None and config.test_size > len(test_rows):
@@ -108,15 +122,24 @@ def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> P
                          f"{data.dataset}; use at most {len(test_rows):,}, or None for all of them")
     if config.test_size is not None and config.test_size < len(test_rows):
         test_rows = np.sort(np.random.default_rng(config.seed).permutation(len(test_rows))[:config.test_size])
+    if config.features:
+        images = torch.from_numpy(np.ascontiguousarray(data.train_features, dtype=np.float32)).to(device)
+        test_images = torch.from_numpy(np.ascontiguousarray(data.test_features[test_rows], dtype=np.float32)).to(device)
+    else:
+        images, test_images = to_device_images(data.train_images, device), to_device_images(data.test_images[test_rows], device)
     return PreparedData(
         data=data,
         train_idx=train_idx,
         val_idx=val_idx,
-        images=to_device_images(data.train_images, device),
+        images=images,
         labels=torch.from_numpy(data.train_labels.astype(np.int64)).to(device),
-        test_images=to_device_images(data.test_images[test_rows], device),
+        test_images=test_images,
         test_labels=torch.from_numpy(data.test_labels[test_rows].astype(np.int64)).to(device),
     )
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _fingerprint_of(config: dict[str, Any]) -> str:
@@ -158,17 +181,21 @@ class _Trainer:
         self.train_labels = self.prep.labels[self.train_rows]
         self.augment_spec = OFFICIAL_AUGMENT.get(data.dataset, OFFICIAL_AUGMENT["cifar10"])
         on_cuda = self.device.type == "cuda"
-        self.channels_last = config.channels_last
+        self.channels_last = config.channels_last and config.features is None
         # bf16 autocast where the GPU has bf16 units (not on Turing GPUs such as Colab's T4)
         self.bf16 = (on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) if config.bf16 is None else config.bf16
         mean, std = NORMALIZATION[data.dataset]
-        self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         val_mean, val_std = NORMALIZATION["cifar10" if config.val_normalization == "cifar10" else data.dataset]
-        self.normalize_val = Normalizer(val_mean, val_std, self.device, self.channels_last)
+        if config.features:  # feature vectors are standardized already
+            self.normalize = self.normalize_val = _identity
+        else:
+            self.normalize = Normalizer(mean, std, self.device, self.channels_last)
+            self.normalize_val = Normalizer(val_mean, val_std, self.device, self.channels_last)
+        in_features = self.prep.images.shape[1] if config.features else None
         torch.manual_seed(config.seed)
         self.networks: dict[str, nn.Module] = {}
         for name in self.network_names:
-            net = build_model(config.model, self.num_classes, config.model_widths).to(self.device)
+            net = build_model(config.model, self.num_classes, config.model_widths, in_features=in_features).to(self.device)
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
             self.networks[name] = net
@@ -211,6 +238,7 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def batch_inputs(self, rows: torch.Tensor, *, augment: bool, normalizer: Normalizer | None = None) -> torch.Tensor:
+        """Network inputs of training rows: normalized (optionally augmented) images, or feature vectors."""
         images = self.prep.images[rows]
         if augment:
             images = augment_batch(images, self.augment_spec, self.generator)
@@ -253,7 +281,8 @@ class _Trainer:
         data = self.prep.data
         return {"kind": self.kind, "dataset": data.dataset, "split": data.split, "num_samples": len(data.train_labels),
                 "num_train": self.n_train, "num_val": len(self.prep.val_idx), "num_test": len(self.prep.test_labels),
-                "fingerprint": self.config.fingerprint()}
+                "fingerprint": self.config.fingerprint(),
+                **({"features": data.feature_key} if self.config.features else {})}
 
     def save_checkpoint(self) -> None:
         state = {
