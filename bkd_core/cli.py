@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, get_profile
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, download, load_cifar_n
 from .errors import BKDError
+from .methods import METHODS
 
 SUMMARY_KEYS = ("dataset", "split", "num_samples", "epochs", "wall_time_s", "device", "tipping_epoch", "threshold",
                 "estimated_noise_rate", "true_noise_rate", "detection_precision", "detection_recall", "detection_f1",
@@ -59,7 +60,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p.add_argument("--split", default="worst", help=f"CIFAR-N label set: {splits} (label-file keys work too)")
     p.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
-                   help="cpu: small CNN on a subset, minutes on a CPU; paper: the official settings, for a GPU")
+                   help="cpu: small CNN on a 5,000-image subset, minutes on a CPU; features: all 50,000 images as "
+                        "label-free feature vectors with MLPs, minutes on a CPU; paper: the official settings, for a GPU")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     p.add_argument("--train-size", dest="train_size", type=int, default=None, help="random training subset size")
@@ -90,7 +92,8 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--splits", nargs="+", default=["all"],
                    help="all, cifar10, cifar100, or split names (worst aggre ... noisy100)")
-    p.add_argument("--methods", nargs="+", default=["bkd", "ce", "cleanlab"], choices=["bkd", "ce", "cleanlab"])
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                   help="detectors to run (default: every one the profile can run; knn needs the features profile)")
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds of confident learning (cleanlab's own default is 5)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a BKDConfig field (repeatable)")
     p.add_argument("--out", required=True, help="batch folder; rerunning with the same one skips finished runs and resumes the rest")
@@ -117,7 +120,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         get_profile(args.profile, **overrides)  # fail now, not inside every run
         specs = plan(args.splits, args.seeds)
-        options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides, methods=tuple(args.methods),
+        options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides, methods=tuple(args.methods) if args.methods else None,
                                folds=args.folds, data_dir=args.data_dir, download=args.download, device=args.device,
                                threads=args.threads)
     except (ValueError, TypeError) as exc:

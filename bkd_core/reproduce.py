@@ -29,13 +29,15 @@ import numpy as np
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
 from .errors import RunDirError
 from .io import atomic_write_json, read_json
+from .methods import METHODS as METHOD_REGISTRY
+from .methods import methods_for
 from .rundir import RunDir
 
 if TYPE_CHECKING:
     from .config import BKDConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
-METHODS = ("bkd", "ce", "cleanlab")
+METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.methods)
 ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
                                            *(("cifar100", s) for s in CIFAR100_SPLITS))
 Executor = Literal["local", "slurm", "submitit-local"]
@@ -62,7 +64,7 @@ class BatchOptions:
     out: str
     profile: str = "cpu"
     overrides: dict[str, Any] = field(default_factory=dict)  # BKDConfig fields, as --set
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] | None = None  # None: every method the profile can run (methods.methods_for)
     folds: int = 3
     data_dir: str | None = None
     download: bool = False
@@ -71,9 +73,16 @@ class BatchOptions:
     template: str = str(TEMPLATE)
 
     def __post_init__(self) -> None:
+        if self.methods is None:
+            self.methods = methods_for(run_config(self.profile, 0, self.overrides))
+        self.methods = tuple(self.methods)
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(self.methods)}")
+        unusable = sorted(set(self.methods) - set(methods_for(run_config(self.profile, 0, self.overrides))))
+        if unusable:
+            raise ValueError(f"{', '.join(unusable)} needs feature vectors, which profile {self.profile!r} does not "
+                             "use: choose --profile features, or drop it from --methods")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2 (cleanlab's cross-validation), got {self.folds}")
         if self.threads is not None and self.threads < 1:
@@ -170,7 +179,7 @@ def run_progress(run_dir: Path, epochs: int | None = None) -> str:
 def _stage_weight(stage: str, folds: int) -> float:
     """Network-epochs over the whole subset per epoch of ``stage``: BKD trains a teacher and a student,
     cross-entropy one network; each of confident learning's ``folds`` networks sees ``(folds - 1) / folds``."""
-    return {"bkd": 2.0, "ce": 1.0, "cleanlab": (folds - 1) / folds}[stage]
+    return METHOD_REGISTRY[stage].networks(folds)
 
 
 def run_work(run_dir: Path, epochs: int, methods: Sequence[str] = METHODS, folds: int = 3) -> tuple[float, float]:
@@ -228,7 +237,7 @@ def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None,
 
 
 def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
-            overrides: dict[str, Any] | None = None, methods: Sequence[str] = METHODS, folds: int = 3,
+            overrides: dict[str, Any] | None = None, methods: Sequence[str] | None = None, folds: int = 3,
             data_dir: str | None = None, download: bool = False, device: str = "auto",
             threads: int | None = None, progress: bool = True, exit_with_parent: bool = False) -> dict[str, Any]:
     """Train ``methods`` on one split and seed into ``out_dir``; write and return its ``metrics.json``.
@@ -241,9 +250,8 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     """
     import torch
 
-    from .confident_learning import train_confident_learning
     from .provenance import code_hash
-    from .train import train_bkd, train_ce
+    from .train import with_config_features
 
     if exit_with_parent:
         exit_when_parent_dies()
@@ -252,16 +260,13 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     out_dir = Path(out_dir)
     config = run_config(profile, seed, overrides, device)
     data = load_cifar_n(dataset, split, data_dir, download=download)
+    methods = methods_for(config) if methods is None else methods
+    data = with_config_features(data, config, progress=progress)  # once for every method of the run
     results = {}
     for method in methods:
-        if method == "bkd":
-            results[method] = train_bkd(data, config, out_dir / "bkd", progress=progress)
-        elif method == "ce":
-            results[method] = train_ce(data, config, out_dir / "ce", progress=progress)
-        elif method == "cleanlab":
-            results[method] = train_confident_learning(data, config, out_dir / "cleanlab", folds=folds, progress=progress)
-        else:
+        if method not in METHOD_REGISTRY:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        results[method] = METHOD_REGISTRY[method].train(data, config, out_dir / method, folds=folds, progress=progress)
     summary = {"dataset": data.dataset, "split": data.split, "seed": int(seed), "profile": profile,
                "fingerprint": config.fingerprint(), "code_hash": code_hash(), "config": config.to_dict(), "folds": folds,
                "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),

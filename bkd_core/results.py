@@ -12,6 +12,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from .io import read_json
+from .methods import METHODS
 from .metrics import ranking_auc
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ SUMMARY_METRICS = (
     "detection_f1", "below_threshold_f1", "flag_all_f1", "ranking_auc", "test_acc", "best_test_acc", "wall_time_s",
 )
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
-METHOD_ORDER = ("bkd", "ce", "cleanlab")
+METHOD_ORDER = tuple(METHODS)  # bkd_core.methods: the registry's order
 
 
 def ordered_splits(names) -> list[str]:

@@ -192,7 +192,7 @@ def test_train_help_mentions_profiles_splits_and_options(capsys, command):
         main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--profile" in out and "{cpu,paper}" in out and "official settings" in out
+    assert "--profile" in out and "{cpu,features,paper}" in out and "official settings" in out
     for split in ("aggre", "rand1", "worst", "noisy100"):
         assert split in out
     for option in ("--set", "--data-dir", "--download", "--out", "--seed", "--epochs", "--device"):
