@@ -27,8 +27,16 @@ processes on a shared machine affects both alike. ``--variant LABEL=PIPELINE:KEY
 pipelines run with extra environment variables (e.g. ``OMP_WAIT_POLICY=PASSIVE``); ``--passive``
 adds that variant of both pipelines.
 
+On CUDA (``--device cuda``) the comparison is like for like: both pipelines run the precision the
+``paper`` profile resolves to there (bf16 autocast, or fp16 with a gradient scaler on GPUs without
+bf16) and channels_last networks; two more rows show the official pipeline as published (fp32, NCHW)
+and bkd_core in fp32, i.e. what precision adds. A pass is a full epoch of the ``paper`` profile's
+45,000 training rows by default (short passes are dominated by the DataLoader's worker start-up).
+``BENCH_PRECISION=fp32|bf16|fp16`` and ``BENCH_CHANNELS_LAST=0|1`` set a variant's precision and layout.
+
 Also reported: model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``)
-turned into achieved FLOP/s, against this machine's measured fp32 matmul peak; the peak RSS of a
+turned into achieved FLOP/s, against the measured matmul peak of the device the passes ran on (on
+CUDA in the pass's precision, an 8192^3 product); the peak RSS of a
 ``cpu``-profile run (own subprocess); with ``--profile`` a torch.profiler table and a per-phase
 wall-time breakdown of one bkd_core epoch.
 
@@ -179,6 +187,9 @@ class OfficialPipeline:
         # attribution knobs (not part of the official pipeline; used only through --variant):
         # BENCH_CHANNELS_LAST=1 runs the networks channels_last, BENCH_WORKERS=k overrides the worker count
         self.channels_last = os.environ.get("BENCH_CHANNELS_LAST") == "1"
+        # BENCH_PRECISION=bf16|fp16 autocasts the networks (fp16 with a GradScaler), for a like-for-like GPU comparison
+        self.precision = os.environ.get("BENCH_PRECISION", "fp32")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         workers = int(os.environ.get("BENCH_WORKERS", workers))
         self.batch_size, self.workers, self.num_classes = batch_size, workers, num_classes
         build_model = _models_module().build_model
@@ -202,8 +213,11 @@ class OfficialPipeline:
         import torch.nn.functional as F
 
         b, c = x.shape[0], self.num_classes
-        z_t = self.teacher(x)
-        z_s = self.student(x)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            z_t = self.teacher(x)
+            z_s = self.student(x)
+        z_t, z_s = z_t.float(), z_s.float()
         mask = 1.0 - F.one_hot(y, c).float()  # every class except the given label
         compensation = (((z_t - z_s) ** 2) * mask).sum() / (b * c - 1)  # not detached (quirk 1)
         p_t = F.softmax(z_t, dim=1)
@@ -218,8 +232,9 @@ class OfficialPipeline:
         ce = F.cross_entropy(z_t, y)
         loss = ce + compensation
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return loss, max_student
 
     def data_only(self) -> int:
@@ -277,6 +292,10 @@ class BKDCorePipeline:
                           split="worst")
         cfg = get_profile("cpu", model=model, model_widths=widths, batch_size=batch_size, train_size=None,
                           val_ratio=0.0, test_size=None, augment=True, seed=seed, device=device)
+        if os.environ.get("BENCH_PRECISION"):
+            cfg = cfg.replace(precision=os.environ["BENCH_PRECISION"])
+        if os.environ.get("BENCH_CHANNELS_LAST") in ("0", "1"):
+            cfg = cfg.replace(channels_last=os.environ["BENCH_CHANNELS_LAST"] == "1")
         self.trainer = _BKDTrainer(data, cfg, run_dir, progress=False)
         self.device = self.trainer.device
 
@@ -312,10 +331,12 @@ class BKDCorePipeline:
         from torch.profiler import ProfilerActivity, profile
 
         self.run()  # warm-up
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
             self.run()
         averages = prof.key_averages()
-        print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+        sort = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(averages.table(sort_by=sort, row_limit=rows))
         total = sum(e.self_cpu_time_total for e in averages)
         groups: dict[str, float] = {}
         for e in averages:
@@ -354,25 +375,33 @@ class BKDCorePipeline:
             s0 = clock()
             x = t.batch_inputs(t.train_rows[pos], augment=True)
             y = t.train_labels[pos]
+            _sync(dev)
             s1 = clock()
-            z_t = t.forward["teacher"](x)
-            z_s = t.forward["student"](x)
+            with t.autocast():
+                z_t = t.forward["teacher"](x)
+                z_s = t.forward["student"](x)
+            z_t, z_s = z_t.float(), z_s.float()
+            _sync(dev)
             s2 = clock()
             comp = blind_distillation_loss(z_t, z_s, y)
             probs_s = z_s.softmax(1)
             ce = F.cross_entropy(z_t, y)
             loss = ce + comp
+            _sync(dev)
             s3 = clock()
             t.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            t.scaler.scale(loss).backward()
+            _sync(dev)
             s4 = clock()
-            t.optimizer.step()
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+            _sync(dev)
             s5 = clock()
             with torch.no_grad():
                 rows = torch.arange(len(y), device=dev)
                 agree[pos] = agreement_probability(z_t, z_s)[rows, y]
                 sums += torch.stack([ce.detach() * len(y), comp.detach() * len(y),
-                                     probs_s.detach().max(1).values.sum(), torch.tensor(float(len(y)))])
+                                     probs_s.detach().max(1).values.sum(), torch.tensor(float(len(y)), device=dev)])
             _sync(dev)
             s6 = clock()
             for key, a, b in zip(keys, (s0, s1, s2, s3, s4, s5), (s1, s2, s3, s4, s5, s6)):
@@ -507,6 +536,32 @@ def step_flops(model: str, widths: tuple[int, int, int], batch_size: int) -> flo
     return float(counter.get_total_flops())
 
 
+def gpu_matmul_peak(device: str, n: int = 8192, reps: int = 10, trials: int = 3) -> dict[str, float]:
+    """Measured matmul FLOP/s of a CUDA device per dtype ("fp32" without TF32, "bf16" where supported,
+    "fp16"): best of ``trials`` x ``reps`` n^3 products."""
+    import torch
+
+    dev = torch.device(device)
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        dtypes["bf16"] = torch.bfloat16
+    out: dict[str, float] = {}
+    for name, dtype in dtypes.items():
+        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+        torch.mm(a, b)
+        torch.cuda.synchronize(dev)
+        best = 0.0
+        for _ in range(trials):
+            start = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            torch.cuda.synchronize(dev)
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+        out[name] = best
+        del a, b
+    return out
+
+
 def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 4) -> dict[int, float]:
     """Measured fp32 matmul FLOP/s per torch thread count (best of ``trials`` x ``reps`` n^3 products)."""
     import torch
@@ -639,7 +694,10 @@ def main() -> None:
         return
 
     machine = machine_description()
+    on_cuda = args.device.startswith("cuda")
     repeats = args.repeats if args.repeats is not None else (3 if args.model == "small_cnn" else 2)
+    if args.images is None and on_cuda:  # a full epoch of the paper profile's training rows
+        args.images = 45_000
     if args.images is None and args.model == "small_cnn":  # one epoch of the cpu profile's subset
         sys.path.insert(0, str(ROOT))
         from bkd_core.config import get_profile
@@ -648,12 +706,24 @@ def main() -> None:
     n_images = args.images or args.batches * args.batch_size
     warm = min(args.warmup * args.batch_size, n_images)
     variants = [("official", "official", {}), ("bkd_core", "bkd_core", {})]
+    precision_of = {"official": "fp32", "bkd_core": "fp32"}
+    if on_cuda:  # like for like: the paper profile's precision and channels_last for both, plus fp32 rows
+        sys.path.insert(0, str(ROOT))
+        import torch
+        from bkd_core.config import PAPER
+
+        gpu_precision = PAPER.resolved_precision(torch.device(args.device))
+        same = {"BENCH_PRECISION": gpu_precision, "BENCH_CHANNELS_LAST": "1"}
+        variants = [("official", "official", same), ("bkd_core", "bkd_core", same),
+                    ("bkd_core, fp32 (what precision adds)", "bkd_core", {"BENCH_PRECISION": "fp32", "BENCH_CHANNELS_LAST": "1"}),
+                    ("official as published (fp32, NCHW)", "official", {"BENCH_PRECISION": "fp32"})]
+        precision_of = {"official": gpu_precision, "bkd_core": gpu_precision}
     if args.passive:
         variants += [("official + OMP_WAIT_POLICY=PASSIVE", "official", {"OMP_WAIT_POLICY": "PASSIVE"}),
                      ("bkd_core + OMP_WAIT_POLICY=PASSIVE", "bkd_core", {"OMP_WAIT_POLICY": "PASSIVE"})]
     variants += args.variant
     print(f"machine: {machine}", flush=True)
-    peaks_start = None if args.no_flops else matmul_peak()
+    peaks_start = None if args.no_flops or on_cuda else matmul_peak()
     arrays, source = load_subset(n_images)
     print(f"data: {source}; {n_images} training images per pass; model {args.model}; batch {args.batch_size}; "
           f"official DataLoader workers {args.workers}; {repeats} interleaved repeats", flush=True)
@@ -706,10 +776,21 @@ def main() -> None:
     flops = peaks = None
     if not args.no_flops:
         flops = step_flops(args.model, tuple(args.widths), args.batch_size)
-        peaks_end = matmul_peak()  # measured before and after the passes: the best is the least disturbed by load
-        peaks = {k: max(peaks_start[k], peaks_end[k]) for k in peaks_end}
+        if on_cuda:
+            peaks = gpu_matmul_peak(args.device)
+        else:
+            peaks_end = matmul_peak()  # measured before and after the passes: the best is the least disturbed by load
+            peaks = {k: max(peaks_start[k], peaks_end[k]) for k in peaks_end}
     rss = None if args.no_rss else measure_rss(args.rss_epochs)
     peak = max(peaks.values()) if peaks else None
+
+    def row_peak(label: str, env: dict[str, str]) -> float | None:
+        if not peaks:
+            return None
+        if on_cuda:
+            return peaks.get(env.get("BENCH_PRECISION", precision_of.get(label, "fp32")), peaks["fp32"])
+        return peak
+    envs = {label: env for label, _, env in variants}
 
     medians = {label: statistics.median(v) for label, v in speeds.items() if v}
     print(f"\n## {args.model}: {n_images} images per pass, batch {args.batch_size}, median of {repeats} "
@@ -720,14 +801,14 @@ def main() -> None:
     print(f"data: {source}\n")
     if medians:
         print("| pipeline | images/s (median) | all passes | CPU s per 1000 images (median) | achieved GFLOP/s "
-              "| % of fp32 matmul peak |")
+              f"| % of {'the measured GPU matmul peak in its precision' if on_cuda else 'fp32 matmul peak'} |")
         print("| --- | ---: | --- | ---: | ---: | ---: |")
         for label, med in medians.items():
             row = (f"| {label} | {med:.1f} | {', '.join(f'{s:.1f}' for s in speeds[label])} | "
                    f"{statistics.median(cpu_per_k[label]):.1f} |")
             if flops:
                 achieved = flops / args.batch_size * med
-                row += f" {achieved / 1e9:.1f} | {100 * achieved / peak:.0f}% |"
+                row += f" {achieved / 1e9:.1f} | {100 * achieved / row_peak(label, envs.get(label, {})):.0f}% |"
             else:
                 row += " | |"
             print(row)
@@ -736,10 +817,12 @@ def main() -> None:
             f"{k} {statistics.median(v):.0f}" for k, v in data_speeds.items()))
     if flops:
         print(f"\nmodel FLOPs of one training step (forward + backward, teacher + student, batch {args.batch_size}): "
-              f"{flops / 1e9:.2f} GFLOP = {flops / args.batch_size / 1e6:.0f} MFLOP per image; measured fp32 matmul "
-              "peak (2048^3 torch.mm, best of before/after the passes): "
-              + ", ".join(f"{v / 1e9:.1f} GFLOP/s with {k} thread(s)" for k, v in peaks.items())
-              + "; the % column uses the best of these")
+              f"{flops / 1e9:.2f} GFLOP = {flops / args.batch_size / 1e6:.0f} MFLOP per image; "
+              + ("measured GPU matmul peak (8192^3 torch.mm): " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in peaks.items())
+                 + "; the % column uses the peak of the row's precision" if on_cuda else
+                 "measured fp32 matmul peak (2048^3 torch.mm, best of before/after the passes): "
+                 + ", ".join(f"{v / 1e9:.1f} GFLOP/s with {k} thread(s)" for k, v in peaks.items())
+                 + "; the % column uses the best of these"))
     if rss:
         print(f"peak RSS of a cpu-profile run ({rss['epochs']} epochs, {rss['source']}, own subprocess): "
               f"{rss['vmhwm_kib'] / 1024:.0f} MiB (VmHWM; after imports {rss['rss_after_imports_kib'] / 1024:.0f} MiB, "
@@ -747,7 +830,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "model": args.model, "images": n_images, "speeds": speeds,
                                          "medians": medians, "cpu_s_per_1000": cpu_per_k, "data_only": data_speeds, "step_flops": flops, "matmul_peaks": peaks, "rss": rss,
-                                         "phases": phases, "source": source, "loads": loads}, indent=2))
+                                         "phases": phases, "source": source, "loads": loads,
+                                         "variants": {label: {"pipeline": pipe, "env": env} for label, pipe, env in variants},
+                                         "device": args.device}, indent=2))
     if "official" in medians:
         for label, med in medians.items():
             if label not in ("official", "bkd_core"):

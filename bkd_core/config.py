@@ -31,6 +31,7 @@ class BKDConfig:
     features: Literal["patches"] | None = None  # train on label-free feature vectors (bkd_core.features), with model "mlp"
     epochs: int = 300
     batch_size: int = 128
+    drop_last: bool = False  # drop each epoch's last partial training batch (static shapes for compile); official: keep it
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -61,8 +62,12 @@ class BKDConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True  # faster on CUDA and on this CPU (about 1.3x for the small CNN)
-    bf16: bool | None = None  # bf16 autocast; None: on CUDA only
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype (resolved_precision)
+    bf16: bool | None = None  # older switch, kept so stored configs load: with precision="auto", True means bf16, False fp32
     compile: bool = False
+    deterministic: bool = False  # CUDA: deterministic cuDNN and algorithms (exact resume), no cudnn.benchmark
+    checkpoint_every: int = 1  # write checkpoint.pt every k epochs (and at the end)
+    checkpoint_seconds: float | None = None  # ... and also whenever this many seconds passed since the last one
     profile: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +99,11 @@ class BKDConfig:
             (self.momentum >= 0 and self.weight_decay >= 0 and self.lr_gamma > 0,
              f"momentum and weight_decay must be >= 0 and lr_gamma > 0, got {self.momentum}, {self.weight_decay}, {self.lr_gamma}"),
             (self.tipping_fallback is None or self.tipping_fallback >= 0, f"tipping_fallback must be None or >= 0, got {self.tipping_fallback}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.checkpoint_seconds is None or self.checkpoint_seconds > 0,
+             f"checkpoint_seconds must be None or > 0, got {self.checkpoint_seconds}"),
+            (self.bf16 is None or self.precision == "auto" or (self.precision == "bf16") == self.bf16,
+             f"precision={self.precision!r} contradicts bf16={self.bf16}; set only precision (bf16=None)"),
             (_valid_device(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"),
         ]
         for ok, message in checks:
@@ -132,6 +142,24 @@ class BKDConfig:
             if key in data and data[key] == defaults[key]:
                 data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    def resolved_precision(self, device: torch.device | str | None = None) -> Literal["fp32", "bf16", "fp16"]:
+        """The autocast precision on ``device`` (default: :meth:`resolved_device`).
+
+        ``precision="auto"``: bf16 on a CUDA device with bf16 units (Ampere and later), fp16 with a
+        gradient scaler on a CUDA device without them (Turing, e.g. Colab's T4), fp32 on the CPU. The
+        older ``bf16`` switch still decides under ``"auto"`` when it is set (True: bf16, False: fp32).
+        Whatever the precision, the classifier head computes its logits in float32
+        (:func:`bkd_core.models.fp32_head`) and the losses are computed from them in float32.
+        """
+        if self.precision != "auto":
+            return self.precision
+        if self.bf16 is not None:
+            return "bf16" if self.bf16 else "fp32"
+        device = torch.device(device) if device is not None else self.resolved_device()
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
     def resolved_device(self) -> torch.device:
         """``device`` with ``"auto"`` resolved: CUDA when present, else the CPU.
@@ -218,16 +246,21 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
 _HINTS = typing.get_type_hints(BKDConfig)
 
 #: Execution and speed switches: they do not change what a run computes, so they are not in its fingerprint.
-NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "compile", "eval_batch_size", "profile")
+#: (``deterministic`` and the checkpoint frequency: a run resumed from any checkpoint ends as an uninterrupted one.)
+NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", "deterministic", "checkpoint_every",
+                     "checkpoint_seconds", "eval_batch_size", "profile")
 #: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
-LATER_FIELDS: tuple[str, ...] = ("features",)
+LATER_FIELDS: tuple[str, ...] = ("features", "drop_last")
 
 #: Fields only BKD uses: a cross-entropy or confident-learning run ignores them.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion", "noisy_groups",
                              "detach_teacher", "detach_robust_target", "loss_reduction", "score_views"})
 
 #: The official settings (method.md section 2): two PreResNet18, 300 epochs, full data. For a GPU.
-PAPER = BKDConfig(profile="paper")
+#: Its evaluation batch of 1,000 divides the 50,000 training images, the 5,000 validation and the 10,000
+#: test images, so a compiled network sees one evaluation shape (``drop_last=True`` does the same for
+#: training, at the price of a departure from the official code: appendix, chapter 8).
+PAPER = BKDConfig(profile="paper", eval_batch_size=1000)
 
 #: A CPU profile: one CIFAR-10N split in about 10 minutes on 2 cores (README explains the choices):
 #: a narrow small CNN (16/32/64) on a 5,000-image subset, no augmentation and a constant learning

@@ -10,6 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def fp32_head(linear: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    """The classifier head ``linear(features)`` in float32, also under autocast.
+
+    Under bf16 or fp16 autocast the last Linear layer would emit half-precision logits: at logits
+    near 10 the bf16 spacing is 0.0625, so a teacher-minus-student difference of 0.03 (what the blind
+    distillation loss is made of) would be rounded away. The head is cheap (one small matmul), so it
+    runs with autocast disabled on float32 features; without autocast this is the plain layer.
+    """
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return linear(features.float())
+
+
 class PreActBlock(nn.Module):
     """Pre-activation residual block: BN-ReLU-conv-BN-ReLU-conv, 1x1 conv shortcut (no BN) on shape change."""
 
@@ -36,7 +48,8 @@ class OfficialPreResNet18(nn.Module):
 
     A hybrid: a post-activation stem (conv3x3-BN-ReLU, 64 channels), then four stages of two
     pre-activation blocks (64, 128, 256, 512 channels; strides 1, 2, 2, 2), then 4x4 average
-    pooling and a linear layer, with *no* final BN-ReLU after the last block.
+    pooling and a linear layer, with *no* final BN-ReLU after the last block. The linear layer runs in
+    float32 also under autocast (:func:`fp32_head`).
 
     Input: float [B, 3, 32, 32] (normalized). Output: logits [B, num_classes].
     """
@@ -57,7 +70,7 @@ class OfficialPreResNet18(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.avg_pool2d(out, 4).flatten(1)
-        return self.linear(out)
+        return fp32_head(self.linear, out)
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -72,7 +85,7 @@ class SmallCNN(nn.Module):
     then global average pooling and a linear layer. With widths (32, 64, 128): 242,474 parameters.
     (Global *max* pooling made the blind distillation loss blow up in the first steps at lr 0.02.)
 
-    Input: float [B, 3, 32, 32]. Output: logits [B, num_classes].
+    Input: float [B, 3, 32, 32]. Output: float32 logits [B, num_classes] (head in float32: :func:`fp32_head`).
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128)) -> None:
@@ -90,7 +103,7 @@ class SmallCNN(nn.Module):
         self.linear = nn.Linear(w2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
+        return fp32_head(self.linear, self.features(x))
 
 
 class MLP(nn.Module):
@@ -137,7 +150,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"MLP expects float [B, {self.in_features}] feature vectors, got shape {tuple(x.shape)}")
-        return self.linear(self.hidden(x))
+        return fp32_head(self.linear, self.hidden(x))
 
 
 MODEL_NAMES = ("preresnet18", "small_cnn", "mlp")

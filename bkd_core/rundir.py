@@ -263,6 +263,19 @@ class RunDir:
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(f"epoch file {path} is damaged ({_first_line(exc)}); {fix}") from exc
 
+    def remove_epochs_from(self, epoch: int) -> list[Path]:
+        """Delete the epoch files of epochs ``epoch`` and later (written after the checkpoint a run
+        resumes from: the resumed run computes them again); return them."""
+        folder = self.path / "epochs"
+        removed = []
+        if folder.is_dir():
+            for path in sorted(folder.glob("epoch_*.npz")):
+                number = path.stem[len("epoch_"):]
+                if number.isdigit() and int(number) >= epoch:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
     def check_epochs(self, epochs: int) -> None:
         """Read epoch files ``0 .. epochs-1`` (at resume, so a damaged one is found before training on)."""
         for epoch in range(epochs):

@@ -1,8 +1,18 @@
 """Training: Blind Knowledge Distillation (``train_bkd``) and a plain cross-entropy baseline (``train_ce``).
 
-Both run on one device-resident pipeline (``bkd_core.augment``), checkpoint every epoch with atomic
-writes, and resume from ``run_dir``: a run interrupted and resumed ends with the same results as an
-uninterrupted one (same device, same seed).
+Both run on one device-resident pipeline (``bkd_core.augment``), checkpoint with atomic writes (every
+``checkpoint_every`` epochs, also every ``checkpoint_seconds``, and at the end), and resume from
+``run_dir``: the run re-trains from its last checkpoint, recomputing the epoch files written after it.
+
+Which guarantee holds where:
+- on the CPU, a run interrupted and resumed ends with the same results as an uninterrupted one, and
+  two runs with the same seed agree exactly (same machine and torch build);
+- on CUDA, the same holds only with ``deterministic=True`` (deterministic cuDNN and algorithms, no
+  ``cudnn.benchmark``); with the default ``deterministic=False`` cuDNN picks its fastest, not
+  bit-reproducible kernels, so a resumed or repeated run agrees in distribution, not bit for bit.
+- Precision (``precision``, :meth:`BKDConfig.resolved_precision`): fp32 on the CPU; bf16 autocast on
+  GPUs with bf16, fp16 autocast with a gradient scaler (its state checkpointed) on those without. The
+  classifier head and the losses stay float32.
 
 A run directory holds:
 - ``config.json``: the configuration and the data identity;
@@ -14,12 +24,14 @@ A run directory holds:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -181,9 +193,17 @@ class _Trainer:
         self.train_labels = self.prep.labels[self.train_rows]
         self.augment_spec = OFFICIAL_AUGMENT.get(data.dataset, OFFICIAL_AUGMENT["cifar10"])
         on_cuda = self.device.type == "cuda"
+        if on_cuda:  # process-wide switches, set by each CUDA run for itself
+            if config.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+            torch.backends.cudnn.deterministic = config.deterministic
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
         self.channels_last = config.channels_last and config.features is None
-        # bf16 autocast where the GPU has bf16 units (not on Turing GPUs such as Colab's T4)
-        self.bf16 = (on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)) if config.bf16 is None else config.bf16
+        # autocast: bf16 where the GPU has bf16 units, fp16 with a gradient scaler where not (Colab's T4), fp32 on the CPU
+        self.precision = config.resolved_precision(self.device)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         mean, std = NORMALIZATION[data.dataset]
         val_mean, val_std = NORMALIZATION["cifar10" if config.val_normalization == "cifar10" else data.dataset]
         if config.features:  # feature vectors are standardized already
@@ -201,12 +221,16 @@ class _Trainer:
             self.networks[name] = net
         self.forward = {name: (torch.compile(net) if config.compile else net) for name, net in self.networks.items()}
         params = [p for net in self.networks.values() for p in net.parameters()]
-        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
+        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                                         fused=True if on_cuda else None)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma if config.lr_step else 1.0)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.history: dict[str, list[float]] = {}
         self.epoch = 0  # number of finished epochs
+        self.checkpoint_epoch = 0  # number of finished epochs in the last checkpoint written or loaded
+        self.last_checkpoint_time = time.monotonic()
         self.elapsed = 0.0
 
     # -- hooks for subclasses -------------------------------------------------------------------
@@ -235,7 +259,44 @@ class _Trainer:
 
     # -- shared pieces ---------------------------------------------------------------------------
     def autocast(self) -> Any:
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                              enabled=self.autocast_dtype is not None)
+
+    def training_batches(self) -> Iterator[tuple[torch.Tensor, bool]]:
+        """One epoch's ``(positions, step)`` pairs: a random permutation cut into batches.
+
+        ``step`` is False only for the last, partial batch with ``drop_last=True``: that batch gets
+        no optimizer step, but its rows are still scored (:meth:`scoring_only`), so every row has its
+        per-sample scores every epoch.
+        """
+        size = self.config.batch_size
+        for pos in shuffled_batches(self.n_train, size, self.generator, self.device):
+            yield pos, not (self.config.drop_last and len(pos) < size)
+
+    @contextlib.contextmanager
+    def scoring_only(self) -> Iterator[dict[str, nn.Module]]:
+        """Networks for a forward pass that scores rows as a training step does (train mode, batch
+        statistics) but changes nothing: no gradient, BatchNorm running statistics restored. It yields
+        the networks not compiled, so the compiled ones keep one (static) batch shape."""
+        saved = [(buf, buf.clone()) for net in self.networks.values() for buf in net.buffers()]
+        try:
+            with torch.no_grad():
+                yield self.networks
+        finally:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward and SGD step, through the gradient scaler (a pass-through unless precision is fp16)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def step_networks(self, step: bool) -> Any:
+        """Context for one batch: the (compiled) networks of a training step, or :meth:`scoring_only`'s."""
+        return contextlib.nullcontext(self.forward) if step else self.scoring_only()
 
     def batch_inputs(self, rows: torch.Tensor, *, augment: bool, normalizer: Normalizer | None = None) -> torch.Tensor:
         """Network inputs of training rows: normalized (optionally augmented) images, or feature vectors."""
@@ -293,11 +354,22 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            "scaler": self.scaler.state_dict(),  # plain numbers ({} when disabled)
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "extra": self.extra_state(),
         }
         self.rundir.save_checkpoint(state)
+        self.checkpoint_epoch = self.epoch
+        self.last_checkpoint_time = time.monotonic()
+
+    def checkpoint_due(self) -> bool:
+        """After an epoch: is a checkpoint due (every ``checkpoint_every`` epochs, after
+        ``checkpoint_seconds``, and at the end)?"""
+        cfg = self.config
+        return (self.epoch >= cfg.epochs or self.epoch % cfg.checkpoint_every == 0
+                or (cfg.checkpoint_seconds is not None
+                    and time.monotonic() - self.last_checkpoint_time >= cfg.checkpoint_seconds))
 
     def try_resume(self) -> bool:
         """Load the run directory's checkpoint, if there is one (read with ``weights_only=True``, so a
@@ -312,10 +384,13 @@ class _Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"].cpu())
+            if self.scaler.is_enabled() and state.get("scaler"):  # {} from an fp32/bf16 run or an older checkpoint
+                self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"].cpu())
             self.history = state["history"]
             self.epoch = state["epoch"]
             self.elapsed = state["elapsed"]
+            self.checkpoint_epoch = self.epoch
             self.load_extra_state(state["extra"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             path = self.rundir.path / CHECKPOINT
@@ -339,6 +414,8 @@ class _Trainer:
             self.rundir.require_writable()
             if resumed:
                 self.rundir.check_epochs(self.epoch)  # a damaged epoch file is found now, not at the end
+                # epochs trained after the last checkpoint are trained again: their files must not stay
+                self.rundir.remove_epochs_from(self.epoch)
             self.rundir.write_config(identity, self.config.to_dict())
             return self._train_and_finish()
 
@@ -371,7 +448,8 @@ class _Trainer:
             self.elapsed += time.perf_counter() - start
             self.record("epoch_time", time.perf_counter() - start)
             self.epoch += 1
-            self.save_checkpoint()
+            if self.checkpoint_due():
+                self.save_checkpoint()
             bar.update(1)
             bar.set_postfix({k: f"{self.history[k][-1]:.3g}" for k in ("loss", "test_acc") if k in self.history})
         bar.close()
@@ -393,8 +471,8 @@ class _Trainer:
                 f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite{f' ({values})' if values else ''}. "
                 f"The likely cause is a learning rate too high for this model (lr={cfg.lr:g}, batch_size={cfg.batch_size}); "
                 f"train with a lower lr into another run directory. "
-                + (f"{self.rundir.path} keeps the checkpoint of epoch {self.epoch} (the last finite one)" if self.epoch
-                   else "Nothing of this run was saved"))
+                + (f"{self.rundir.path} keeps the checkpoint of epoch {self.checkpoint_epoch} (a finite one)"
+                   if self.checkpoint_epoch else "Nothing of this run was saved"))
 
     def stacked_history(self) -> dict[str, np.ndarray]:
         """Scalar history as float arrays [E] and per-sample history as float16 arrays [E, n]."""
@@ -481,24 +559,25 @@ class _BKDTrainer(_Trainer):
         p_student = torch.zeros(n, device=dev)
         sums = torch.zeros(3, device=dev)  # ce, compensation, max-prob sum (no host sync inside the epoch)
         alpha = group_alpha(self.train_groups, cfg.alphas).to(dev) if self.train_groups is not None else None
-        for pos in shuffled_batches(n, cfg.batch_size, self.generator, dev):
+        for pos, step in self.training_batches():
             x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
             y = self.train_labels[pos]
-            with self.autocast():
-                z_t = self.forward["teacher"](x)
-                z_s = self.forward["student"](x)
-            z_t, z_s = z_t.float(), z_s.float()
-            compensation = blind_distillation_loss(z_t, z_s, y, detach_teacher=cfg.detach_teacher, reduction=cfg.loss_reduction)
-            probs_s = z_s.softmax(1)
-            if alpha is None:
-                ce = F.cross_entropy(z_t, y)
-            else:
-                target = robust_targets(y, probs_s, alpha[pos], detach_student=cfg.detach_robust_target)
-                ce = soft_cross_entropy(z_t, target)
-            loss = ce + compensation
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            with self.step_networks(step) as nets:
+                with self.autocast():
+                    z_t = nets["teacher"](x)
+                    z_s = nets["student"](x)
+                z_t, z_s = z_t.float(), z_s.float()
+                compensation = blind_distillation_loss(z_t, z_s, y, detach_teacher=cfg.detach_teacher,
+                                                       reduction=cfg.loss_reduction)
+                probs_s = z_s.softmax(1)
+                if alpha is None:
+                    ce = F.cross_entropy(z_t, y)
+                else:
+                    target = robust_targets(y, probs_s, alpha[pos], detach_student=cfg.detach_robust_target)
+                    ce = soft_cross_entropy(z_t, target)
+                loss = ce + compensation
+            if step:
+                self.optimizer_step(loss)
             with torch.no_grad():
                 rows = torch.arange(len(y), device=dev)
                 agree[pos] = agreement_probability(z_t, z_s)[rows, y]
@@ -597,16 +676,16 @@ class _CETrainer(_Trainer):
         p_label = torch.zeros(n, device=dev)
         memorized = torch.zeros(n, device=dev)
         loss_sum = torch.zeros((), device=dev)
-        for pos in shuffled_batches(n, cfg.batch_size, self.generator, dev):
+        for pos, step in self.training_batches():
             x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
             y = self.train_labels[pos]
-            with self.autocast():
-                logits = self.forward["model"](x)
-            logits = logits.float()
-            loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            with self.step_networks(step) as nets:
+                with self.autocast():
+                    logits = nets["model"](x)
+                logits = logits.float()
+                loss = F.cross_entropy(logits, y)
+            if step:
+                self.optimizer_step(loss)
             with torch.no_grad():
                 rows = torch.arange(len(y), device=dev)
                 p_label[pos] = logits.softmax(1)[rows, y]

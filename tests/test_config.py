@@ -32,7 +32,9 @@ def test_defaults_are_the_official_settings():
 
 def test_paper_profile_is_the_defaults():
     assert PAPER.profile == "paper"
-    assert PAPER.replace(profile="custom") == BKDConfig()
+    # but for its evaluation batch, which divides the training, validation and test set sizes (one shape to compile)
+    assert PAPER.replace(profile="custom", eval_batch_size=BKDConfig().eval_batch_size) == BKDConfig()
+    assert all(size % PAPER.eval_batch_size == 0 for size in (50_000, 5_000, 10_000))
     assert PROFILES == {"paper": PAPER, "cpu": CPU}
     assert CPU.profile == "cpu" and CPU.model == "small_cnn"
 
@@ -163,7 +165,8 @@ def test_fingerprint_ignores_device_and_speed_switches():
     assert len(fp) == 12 and all(ch in "0123456789abcdef" for ch in fp)
     assert BKDConfig().fingerprint() == fp  # deterministic
     for change in ({"device": "cpu"}, {"device": "cuda:1"}, {"channels_last": False}, {"bf16": True},
-                   {"bf16": False}, {"compile": True}, {"eval_batch_size": 64}, {"profile": "paper"}):
+                   {"bf16": False}, {"compile": True}, {"precision": "fp16"}, {"precision": "bf16"},
+                   {"precision": "fp32"}, {"deterministic": True}, {"checkpoint_every": 5}, {"checkpoint_seconds": 600.0}, {"eval_batch_size": 64}, {"profile": "paper"}):
         assert base.replace(**change).fingerprint() == fp, change
 
 
@@ -172,10 +175,36 @@ def test_fingerprint_ignores_device_and_speed_switches():
     {"val_ratio": 0.0}, {"alphas": (0.3, 0.45, 0.55, 0.71)}, {"noisy_groups": (3, 4)}, {"otsu_criterion": "classic"},
     {"detach_teacher": True}, {"detach_robust_target": True}, {"loss_reduction": "mean"}, {"score_views": "clean"},
     {"augment": False}, {"model": "small_cnn"}, {"lr_step": None}, {"tipping_fallback": 10}, {"otsu_bins": 500},
-    {"momentum": 0.0}, {"weight_decay": 0.0},
+    {"momentum": 0.0}, {"weight_decay": 0.0}, {"drop_last": True},
 ], ids=lambda c: ",".join(c))
 def test_fingerprint_changes_with_result_changing_settings(change):
     assert BKDConfig().replace(**change).fingerprint() != BKDConfig().fingerprint()
+
+
+def test_fingerprints_of_recorded_profiles_are_unchanged():
+    # drop_last came later (LATER_FIELDS): at its default it leaves the recorded fingerprints as they were
+    assert BKDConfig().fingerprint() == PAPER.fingerprint() == "d5a23ef7e167"
+    assert CPU.fingerprint() == "68ee947f4026"
+
+
+def test_precision_resolution():
+    assert BKDConfig(device="cpu").resolved_precision() == "fp32"  # CPU runs compute as before
+    assert BKDConfig(precision="auto").resolved_precision("cpu") == "fp32"
+    for p in ("fp32", "bf16", "fp16"):
+        assert BKDConfig(precision=p).resolved_precision("cpu") == p
+    assert BKDConfig(bf16=True).resolved_precision("cpu") == "bf16"  # the older switch still decides under auto
+    assert BKDConfig(bf16=False).resolved_precision("cuda") == "fp32"
+    assert BKDConfig(precision="bf16", bf16=True).resolved_precision("cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16' contradicts bf16=True"):
+        BKDConfig(precision="fp16", bf16=True)
+    with pytest.raises(ValueError, match="precision must be"):
+        BKDConfig(precision="half")
+
+
+@pytest.mark.parametrize("bad", [{"checkpoint_every": 0}, {"checkpoint_seconds": 0.0}, {"checkpoint_seconds": -1}])
+def test_checkpoint_frequency_is_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        BKDConfig(**bad)
 
 
 def test_get_profile_and_overrides():

@@ -15,8 +15,10 @@ from bkd_core.method import find_tipping_point
 from bkd_core.synthetic import make_synthetic_cifar_n
 from bkd_core.train import train_bkd, train_ce
 
+# deterministic=True: on CUDA (gpu_check.sh runs this file there) the exactness tests check the
+# guarantee deterministic mode gives; on the CPU it changes nothing
 TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=64, lr=0.02, lr_step=None,
-                 augment=True, val_every=1, test_every=1, eval_batch_size=256, seed=0)
+                 augment=True, val_every=1, test_every=1, eval_batch_size=256, seed=0, deterministic=True)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,149 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path, m
     monkeypatch.setattr(train_module._Trainer, "save_checkpoint", base_save)
     trainer(tiny_data, cfg, tmp_path / "resumed", progress=False)
     _same_outputs(tmp_path / "straight", tmp_path / "resumed")
+
+
+def _interrupt_in_epoch(monkeypatch, cls, epoch):
+    """Make ``cls.train_epoch`` raise at the start of epoch index ``epoch``; return the undo function."""
+    base = cls.train_epoch
+
+    def train_or_crash(self):
+        if self.epoch == epoch:
+            raise _Interrupt
+        return base(self)
+    monkeypatch.setattr(cls, "train_epoch", train_or_crash)
+    return lambda: monkeypatch.setattr(cls, "train_epoch", base)
+
+
+@pytest.mark.parametrize("trainer", [train_bkd, train_ce])
+def test_checkpoint_every_k_epochs_resumes_exactly(tiny_data, tmp_path, monkeypatch, trainer):
+    """Checkpoints at epochs 3, 6 and 8; a crash in epoch index 5 leaves epoch files 3 and 4 written after the
+    last checkpoint. The resumed run trains epochs 3.. again and ends as the uninterrupted run, also when
+    those stale files were altered (they are recomputed, never mixed in)."""
+    from bkd_core import train as train_module
+    cfg = TINY.replace(epochs=8, tipping_fallback=3, checkpoint_every=3)
+    trainer(tiny_data, cfg.replace(checkpoint_every=1), tmp_path / "straight", progress=False)
+    cls = train_module._BKDTrainer if trainer is train_bkd else train_module._CETrainer
+    undo = _interrupt_in_epoch(monkeypatch, cls, 5)
+    with pytest.raises(_Interrupt):
+        trainer(tiny_data, cfg, tmp_path / "resumed", progress=False)
+    run = tmp_path / "resumed"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 3
+    stale = [run / "epochs" / f"epoch_{e:03d}.npz" for e in (3, 4)]
+    assert all(p.is_file() for p in stale)
+    for path in stale:  # alter what the interrupted run wrote after its checkpoint
+        with np.load(path) as f:
+            altered = {k: np.zeros_like(f[k]) for k in f.files}
+        np.savez(path, **altered)
+    undo()
+    trainer(tiny_data, cfg, run, progress=False)
+    _same_outputs(tmp_path / "straight", run)
+
+
+def test_checkpoint_seconds_and_the_final_checkpoint(tiny_data, tmp_path, monkeypatch):
+    from bkd_core import train as train_module
+    saved = []
+    base = train_module._Trainer.save_checkpoint
+    monkeypatch.setattr(train_module._Trainer, "save_checkpoint", lambda self: (saved.append(self.epoch), base(self)))
+    cfg = TINY.replace(epochs=3, checkpoint_every=100)
+    train_ce(tiny_data, cfg, tmp_path / "end-only", progress=False)
+    assert saved == [3]  # only at the end
+    saved.clear()
+    train_ce(tiny_data, cfg.replace(checkpoint_seconds=1e-9), tmp_path / "timed", progress=False)
+    assert saved == [1, 2, 3]  # the time limit passed after every epoch
+    _same_outputs(tmp_path / "end-only", tmp_path / "timed")  # how often it checkpoints changes nothing
+
+
+def test_checkpoint_is_loaded_on_the_cpu_whatever_the_device(tiny_data, tmp_path, monkeypatch):
+    """Defect 1 of issue 15: a checkpoint loaded with ``map_location=<cuda device>`` put the generator's
+    state on the GPU, and ``Generator.set_state`` takes only a CPU byte tensor. The load must ask for the
+    CPU, and every tensor it returns must be there; the generator state then round-trips."""
+    import bkd_core.rundir as rundir_module
+    from bkd_core.rundir import RunDir
+    train_bkd(tiny_data, TINY.replace(epochs=1), tmp_path / "run", progress=False)
+    asked = {}
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        asked.update(kwargs)
+        return real_load(*args, **kwargs)
+    monkeypatch.setattr(rundir_module.torch, "load", recording_load)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    state = RunDir(tmp_path / "run").load_checkpoint(stored["identity"])
+    assert asked.get("weights_only") is True and str(asked.get("map_location")) == "cpu", asked
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                yield from tensors(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                yield from tensors(value)
+    found = list(tensors(state))
+    assert len(found) > 10 and all(t.device.type == "cpu" for t in found)
+    generator_state = state["generator"]
+    assert generator_state.dtype == torch.uint8
+    g = torch.Generator().manual_seed(123)
+    g.set_state(generator_state)
+    expected = torch.randperm(50, generator=g)
+    g.set_state(generator_state.cpu())
+    assert torch.equal(torch.randperm(50, generator=g), expected)
+
+
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    """The T4 path (fp16 autocast, GradScaler) on the CPU: the scaler is on, its state is in the checkpoint
+    (plain numbers, loadable with weights_only=True), and an interrupted run resumes to the uninterrupted one."""
+    from bkd_core import train as train_module
+    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision="fp16", device="cpu")
+    straight = train_bkd(tiny_data, cfg, tmp_path / "straight", progress=False)
+    state = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    assert set(state["scaler"]) >= {"scale", "_growth_tracker"} and state["scaler"]["scale"] > 0
+    assert all(isinstance(v, (int, float)) for v in state["scaler"].values())
+    fp32 = train_bkd(tiny_data, cfg.replace(precision="fp32"), tmp_path / "fp32", progress=False)
+    assert not np.array_equal(straight.label_quality, fp32.label_quality)  # fp16 autocast was really on
+    assert torch.load(tmp_path / "fp32" / "checkpoint.pt", weights_only=True)["scaler"] == {}
+    undo = _interrupt_in_epoch(monkeypatch, train_module._BKDTrainer, 2)
+    with pytest.raises(_Interrupt):
+        train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
+    undo()
+    train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
+    _same_outputs(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_drop_last_steps_on_full_batches_only_and_scores_every_row(tiny_data, tmp_path, monkeypatch):
+    from bkd_core import train as train_module
+    steps = []
+    base = train_module._Trainer.optimizer_step
+    monkeypatch.setattr(train_module._Trainer, "optimizer_step", lambda self, loss: (steps.append(self.epoch), base(self, loss)))
+    cfg = TINY.replace(epochs=2, drop_last=True)
+    assert cfg.fingerprint() != TINY.replace(epochs=2).fingerprint()
+    dropped = train_bkd(tiny_data, cfg, tmp_path / "drop", progress=False)
+    n_train = len(dropped.arrays["train_rows"])
+    assert n_train % cfg.batch_size != 0
+    assert len(steps) == 2 * (n_train // cfg.batch_size)  # no step on the partial batch
+    agreement = dropped.history["train_agreement"]
+    assert agreement.shape == (2, n_train) and np.all(agreement > 0)  # every row scored every epoch
+    steps.clear()
+    kept = train_bkd(tiny_data, cfg.replace(drop_last=False), tmp_path / "keep", progress=False)
+    assert len(steps) == 2 * -(-n_train // cfg.batch_size)
+    assert not np.array_equal(dropped.label_quality, kept.label_quality)
+
+
+def test_scoring_only_changes_no_weight_and_no_running_statistic(tiny_data, tmp_path):
+    from bkd_core.train import _BKDTrainer
+    trainer = _BKDTrainer(tiny_data, TINY, tmp_path / "run", False)
+    before = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in trainer.networks.items()}
+    x = trainer.batch_inputs(trainer.train_rows[:24], augment=False)
+    for net in trainer.networks.values():
+        net.train()
+    with trainer.scoring_only() as nets:
+        out = nets["teacher"](x)
+    assert not out.requires_grad
+    for name, net in trainer.networks.items():
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, before[name][key]), (name, key)
 
 
 def test_finished_run_is_returned_not_retrained(tiny_data, tmp_path, monkeypatch):
