@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
