@@ -135,6 +135,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     sys.path.insert(0, str(ROOT))
+    import bkd_core  # noqa: F401  (first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
     import numpy as np
     import torch
 

@@ -21,8 +21,12 @@ Oyallon (ICLR 2021) study, computed from the training images alone: no labels an
 Every statistic (contrast normalisation constant aside: that one is a setting) is fitted on the
 training images only and then applied to train and test. The computation is seeded and
 deterministic for a given machine and thread count, float32 throughout, and chunked: the pooled
-values are held as float16 ([N, 2 * n_atoms * pool_grid**2], 2 GB for the defaults on 60,000
-images) and reduced chunk by chunk, so memory stays a few GB.
+values are held as float16 (``[N + T, pooled_dim]``: 0.5 GB for the defaults on 60,000 images) and
+reduced chunk by chunk; the whole extraction peaked at 2.1 GB RSS including ``import torch``.
+
+Measured on CIFAR-10 (``benchmarks/README.md``): with the defaults (D = 512) a linear classifier
+on the clean labels reaches 74.1% test accuracy and the MLP 512-512 78.4%; with ``out_dim=1024``
+76.2% and 79.6%. Extraction of the 60,000 images: 5 minutes on one (shared) core.
 
 The extractor is pluggable: :func:`extract_features` dispatches on the type of ``settings``
 through :data:`EXTRACTORS` (see :func:`register_extractor`). A second extractor,
@@ -42,7 +46,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -726,6 +730,9 @@ def _write_atomic(path: Path, **arrays: np.ndarray) -> None:
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -122,8 +122,9 @@ class MLP(nn.Module):
     widths : sequence of int
         Hidden layer widths (any number, each >= 1).
     batch_norm : bool
-        Put a ``BatchNorm1d`` after every hidden linear layer (default off; see
-        ``benchmarks/README.md`` for the measurement).
+        Put a ``BatchNorm1d`` after every hidden linear layer. Off by default: on the 512-dim
+        patch features it lowered clean-label test accuracy from 78.4% to 77.6%
+        (``benchmarks/README.md``).
 
     Input: float [B, D]. Output: logits [B, C].
     """

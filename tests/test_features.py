@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,7 +185,7 @@ def test_fingerprint_depends_on_what_changes_the_result():
     assert TINY.fingerprint() == dataclasses.replace(TINY).fingerprint()
     assert TINY.fingerprint() == dataclasses.replace(TINY, chunk_size=7).fingerprint()
     keys = {dataclasses.replace(TINY, **c).fingerprint() for c in
-            (dict(), dict(seed=1), dict(n_atoms=64), dict(pool_grid=3), dict(threshold=0.25),
+            (dict(), dict(seed=1), dict(n_atoms=64), dict(pool_grid=3), dict(threshold=0.5),
              dict(flip_invariant=False), dict(pca_whiten=False))}
     assert len(keys) == 7
     assert BackboneFeatureSettings(weights=None).fingerprint() != BackboneFeatureSettings().fingerprint()
