@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from bkd_core.config import CPU, PAPER, PROFILES, BKDConfig, get_profile
+from bkd_core.config import CPU, FEATURES, PAPER, PROFILES, BKDConfig, get_profile
 
 
 def test_defaults_are_the_official_settings():
@@ -35,7 +35,7 @@ def test_paper_profile_is_the_defaults():
     # but for its evaluation batch, which divides the training, validation and test set sizes (one shape to compile)
     assert PAPER.replace(profile="custom", eval_batch_size=BKDConfig().eval_batch_size) == BKDConfig()
     assert all(size % PAPER.eval_batch_size == 0 for size in (50_000, 5_000, 10_000))
-    assert PROFILES == {"paper": PAPER, "cpu": CPU}
+    assert PROFILES == {"paper": PAPER, "cpu": CPU, "features": FEATURES}
     assert CPU.profile == "cpu" and CPU.model == "small_cnn"
 
 
