@@ -28,7 +28,6 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any

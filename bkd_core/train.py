@@ -45,7 +45,6 @@ from .config import BKDConfig
 from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import (
-    OtsuSplit,
     agreement_probability,
     assign_groups,
     blind_distillation_loss,
