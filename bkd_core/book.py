@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from .config import PROFILES, BKDConfig, get_profile
-from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, LABEL_FILES, NoisyCIFAR, load_cifar_n, load_cifar_n_labels, resolve_data_dir
+from .data import (
+    CIFAR10_SPLITS,
+    CIFAR100_SPLITS,
+    LABEL_FILES,
+    NoisyCIFAR,
+    load_cifar_n,
+    load_cifar_n_labels,
+    resolve_data_dir,
+)
 from .method import assign_groups, find_tipping_point, otsu_split
 from .metrics import detection_scores, flag_all_f1
 
@@ -121,7 +129,8 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
 
 
 def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()) -> str:
-    """What :func:`setup_colab` tells the reader (Markdown): where the data and the runs are, and how to keep the runs."""
+    """What :func:`setup_colab` tells the reader (Markdown): where the data and the runs are, and how to keep
+    the runs."""
     names = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
     got = [f"{names.get(d, d)} with its CIFAR-N labels" for d in images]
     got += [f"the {names.get(d, d)}N labels" for d in labels if d not in images]
@@ -201,8 +210,8 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
         try:
             parsed = json.loads(overrides)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"overrides must be a dict or a JSON object such as '{{\"otsu_criterion\": \"classic\"}}', "
-                             f"got {overrides!r} ({exc})") from None
+            raise ValueError("overrides must be a dict or a JSON object such as "
+                             f"'{{\"otsu_criterion\": \"classic\"}}', got {overrides!r} ({exc})") from None
         if not isinstance(parsed, dict):
             raise ValueError(f"overrides must be a JSON object (field: value), got {overrides!r}")
         return parsed
@@ -393,7 +402,8 @@ def example_rows(data: NoisyCIFAR, n: int = 24, noisy_fraction: float = 0.5, see
     rng = np.random.default_rng(seed)
     noisy, clean = np.flatnonzero(data.is_noisy), np.flatnonzero(~data.is_noisy)
     k = min(len(noisy), int(round(n * noisy_fraction)))
-    rows = np.concatenate([rng.choice(noisy, k, replace=False), rng.choice(clean, min(len(clean), n - k), replace=False)])
+    rows = np.concatenate([rng.choice(noisy, k, replace=False),
+                           rng.choice(clean, min(len(clean), n - k), replace=False)])
     return rng.permutation(rows)
 
 

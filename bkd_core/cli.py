@@ -43,7 +43,8 @@ def build_config(args: argparse.Namespace, kind: str = "bkd") -> BKDConfig:
     overrides = parse_overrides(args.set)
     unused = sorted(set(overrides) & BKD_ONLY_FIELDS) if kind != "bkd" else []
     if unused:
-        raise SystemExit(f"error: --set {', '.join(unused)}: only BKD uses {'this field' if len(unused) == 1 else 'these fields'}, "
+        raise SystemExit(f"error: --set {', '.join(unused)}: only BKD uses "
+                         f"{'this field' if len(unused) == 1 else 'these fields'}, "
                          "so it has no effect on a cross-entropy run; drop it, or train BKD with 'train'")
     for name in ("seed", "epochs", "train_size", "device"):
         value = getattr(args, name)
@@ -61,7 +62,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="worst", help=f"CIFAR-N label set: {splits} (label-file keys work too)")
     p.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
                    help="cpu: small CNN on a 5,000-image subset, minutes on a CPU; features: all 50,000 images as "
-                        "label-free feature vectors with MLPs, minutes on a CPU; paper: the official settings, for a GPU")
+                        "label-free feature vectors with MLPs, minutes on a CPU; "
+                        "paper: the official settings, for a GPU")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     p.add_argument("--train-size", dest="train_size", type=int, default=None, help="random training subset size")
@@ -94,9 +96,12 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="all, cifar10, cifar100, or split names (worst aggre ... noisy100)")
     p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
                    help="detectors to run (default: every one the profile can run; knn needs the features profile)")
-    p.add_argument("--folds", type=int, default=3, help="cross-validation folds of confident learning (cleanlab's own default is 5)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a BKDConfig field (repeatable)")
-    p.add_argument("--out", required=True, help="batch folder; rerunning with the same one skips finished runs and resumes the rest")
+    p.add_argument("--folds", type=int, default=3,
+                   help="cross-validation folds of confident learning (cleanlab's own default is 5)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a BKDConfig field (repeatable)")
+    p.add_argument("--out", required=True,
+                   help="batch folder; rerunning with the same one skips finished runs and resumes the rest")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (local pool, or the Slurm array's parallelism)")
     p.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"],
                    help="local: a process pool on this machine; slurm: submitit's Slurm executor; "
@@ -120,7 +125,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         get_profile(args.profile, **overrides)  # fail now, not inside every run
         specs = plan(args.splits, args.seeds)
-        options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides, methods=tuple(args.methods) if args.methods else None,
+        options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides,
+                               methods=tuple(args.methods) if args.methods else None,
                                folds=args.folds, data_dir=args.data_dir, download=args.download, device=args.device,
                                threads=args.threads)
     except (ValueError, TypeError) as exc:
@@ -137,7 +143,8 @@ def _results(out: str) -> int:
 
     table = collect_results(out)
     if not len(table):
-        raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}; write one with: python -m bkd_core reproduce --out {out}")
+        raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}; "
+                                f"write one with: python -m bkd_core reproduce --out {out}")
     print(markdown_table(split_table(summarize(table)), "mean ± std over seeds"))
     return 0
 
@@ -163,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_train_args(p_bkd)
     p_ce = sub.add_parser("train-ce", help="train the cross-entropy baseline with the same budget")
     _add_train_args(p_ce)
-    p_rep = sub.add_parser("reproduce", help="every CIFAR-N split and seed: BKD, CE and cleanlab, one papermill run each")
+    p_rep = sub.add_parser("reproduce",
+                           help="every CIFAR-N split and seed: BKD, CE and cleanlab, one papermill run each")
     _add_reproduce_args(p_rep)
     p_res = sub.add_parser("results", help="the results table of a reproduction batch (Markdown, one column per split)")
     p_res.add_argument("out", help="batch folder written by reproduce --out")

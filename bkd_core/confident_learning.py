@@ -72,7 +72,8 @@ def predict_probabilities(network: nn.Module, inputs: np.ndarray, dataset: str, 
         normalize = Normalizer(mean, std, device, config.channels_last)
         x = to_device_images(inputs, device)
     network.eval()
-    out = [network(normalize(x[rows])).float().softmax(1) for rows in ordered_batches(len(x), config.eval_batch_size, device)]
+    out = [network(normalize(x[rows])).float().softmax(1)
+           for rows in ordered_batches(len(x), config.eval_batch_size, device)]
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
 
 
@@ -135,7 +136,8 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
         **{f"detection_{k}": v for k, v in detection_scores(label_issues, is_noisy).items()},
         "out_of_fold_acc_given": float((pred_probs.argmax(1) == labels).mean()),
         "out_of_fold_acc_clean": float((pred_probs.argmax(1) == subset.clean_labels).mean()),
-        "wall_time_s": round(wall, 2), "device": fold.metrics["device"], "cleanlab": cleanlab.__version__, "command": " ".join(sys.argv),
+        "wall_time_s": round(wall, 2), "device": fold.metrics["device"], "cleanlab": cleanlab.__version__,
+        "command": " ".join(sys.argv),
     }
     rundir.save_outputs(metrics, {
         "label_issues": label_issues, "label_quality": quality,

@@ -28,10 +28,12 @@ class BKDConfig:
     # model and optimisation
     model: Literal["preresnet18", "small_cnn", "mlp"] = "preresnet18"
     model_widths: tuple[int, ...] = (32, 64, 128)  # small_cnn: its 3 channel widths; mlp: its hidden widths
-    features: Literal["patches"] | None = None  # train on label-free feature vectors (bkd_core.features), with model "mlp"
+    # train on label-free feature vectors (bkd_core.features), with model "mlp"
+    features: Literal["patches"] | None = None
     epochs: int = 300
     batch_size: int = 128
-    drop_last: bool = False  # drop each epoch's last partial training batch (static shapes for compile); official: keep it
+    # drop each epoch's last partial training batch (static shapes for compile); official: keep it
+    drop_last: bool = False
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -63,7 +65,8 @@ class BKDConfig:
     device: str = "auto"
     channels_last: bool = True  # faster on CUDA and on this CPU (about 1.3x for the small CNN)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype (resolved_precision)
-    bf16: bool | None = None  # older switch, kept so stored configs load: with precision="auto", True means bf16, False fp32
+    # older switch, kept so stored configs load: with precision="auto", True means bf16, False fp32
+    bf16: bool | None = None
     compile: bool = False
     deterministic: bool = False  # CUDA: deterministic cuDNN and algorithms (exact resume), no cudnn.benchmark
     checkpoint_every: int = 1  # write checkpoint.pt every k epochs (and at the end)
@@ -77,12 +80,14 @@ class BKDConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f.name, getattr(self, f.name), _HINTS[f.name]))
         checks = [
-            (self.model != "small_cnn" or len(self.model_widths) == 3, f"model_widths of small_cnn must be three ints, got {self.model_widths}"),
+            (self.model != "small_cnn" or len(self.model_widths) == 3,
+             f"model_widths of small_cnn must be three ints, got {self.model_widths}"),
             (all(w >= 1 for w in self.model_widths), f"model_widths must be positive, got {self.model_widths}"),
             ((self.model == "mlp") == (self.features is not None),
              f"model 'mlp' trains on feature vectors and the CNNs on images: set features with model 'mlp' only "
              f"(got model={self.model!r}, features={self.features!r})"),
-            (self.features is None or not self.augment, "augment must be False with features (they are computed once, unaugmented)"),
+            (self.features is None or not self.augment,
+             "augment must be False with features (they are computed once, unaugmented)"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.otsu_bins >= 5, f"otsu_bins must be >= 5, got {self.otsu_bins}"),
             (self.lr_step is None or self.lr_step >= 1, f"lr_step must be None or >= 1, got {self.lr_step}"),
@@ -91,14 +96,19 @@ class BKDConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0.0 <= self.val_ratio < 1.0, f"val_ratio must be in [0, 1), got {self.val_ratio}"),
             (self.test_size is None or self.test_size >= 1, f"test_size must be >= 1 or None, got {self.test_size}"),
-            (self.train_size is None or self.train_size >= 2, f"train_size must be >= 2 or None, got {self.train_size}"),
-            (len(self.alphas) == 4 and all(0 <= a <= 1 for a in self.alphas), f"alphas must be four values in [0, 1], got {self.alphas}"),
-            (set(self.noisy_groups) <= {1, 2, 3, 4} and self.noisy_groups, f"noisy_groups must be a non-empty subset of 1..4, got {self.noisy_groups}"),
+            (self.train_size is None or self.train_size >= 2,
+             f"train_size must be >= 2 or None, got {self.train_size}"),
+            (len(self.alphas) == 4 and all(0 <= a <= 1 for a in self.alphas),
+             f"alphas must be four values in [0, 1], got {self.alphas}"),
+            (set(self.noisy_groups) <= {1, 2, 3, 4} and self.noisy_groups,
+             f"noisy_groups must be a non-empty subset of 1..4, got {self.noisy_groups}"),
             (self.tipping_window >= 1, f"tipping_window must be >= 1, got {self.tipping_window}"),
             (self.val_every >= 1 and self.test_every >= 1, "val_every and test_every must be >= 1"),
             (self.momentum >= 0 and self.weight_decay >= 0 and self.lr_gamma > 0,
-             f"momentum and weight_decay must be >= 0 and lr_gamma > 0, got {self.momentum}, {self.weight_decay}, {self.lr_gamma}"),
-            (self.tipping_fallback is None or self.tipping_fallback >= 0, f"tipping_fallback must be None or >= 0, got {self.tipping_fallback}"),
+             f"momentum and weight_decay must be >= 0 and lr_gamma > 0, "
+             f"got {self.momentum}, {self.weight_decay}, {self.lr_gamma}"),
+            (self.tipping_fallback is None or self.tipping_fallback >= 0,
+             f"tipping_fallback must be None or >= 0, got {self.tipping_fallback}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.checkpoint_seconds is None or self.checkpoint_seconds > 0,
              f"checkpoint_seconds must be None or > 0, got {self.checkpoint_seconds}"),
@@ -173,7 +183,8 @@ class BKDConfig:
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if count == 0:
-                raise ValueError(f"device={self.device!r} was asked for, but torch finds no CUDA device on this machine "
+                raise ValueError(f"device={self.device!r} was asked for, "
+                                 "but torch finds no CUDA device on this machine "
                                  "(torch.cuda.is_available() is False); use device 'auto' or 'cpu'")
             if device.index is not None and device.index >= count:
                 raise ValueError(f"device={self.device!r} was asked for, but this machine has {count} CUDA device(s) "
@@ -201,7 +212,8 @@ def _type_name(hint: Any) -> str:
         args = typing.get_args(hint)
         kind = {int: "integers", float: "numbers"}.get(args[0], "values")
         return f"a sequence of {kind}" if args[-1] is Ellipsis else f"a sequence of {len(args)} {kind}"
-    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string", dict: "a dict"}.get(hint, str(hint))
+    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string",
+            dict: "a dict"}.get(hint, str(hint))
 
 
 def _checked(name: str, value: Any, hint: Any) -> Any:
@@ -253,8 +265,9 @@ NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", 
 LATER_FIELDS: tuple[str, ...] = ("features", "drop_last")
 
 #: Fields only BKD uses: a cross-entropy or confident-learning run ignores them.
-BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion", "noisy_groups",
-                             "detach_teacher", "detach_robust_target", "loss_reduction", "score_views"})
+BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion",
+                             "noisy_groups", "detach_teacher", "detach_robust_target", "loss_reduction",
+                             "score_views"})
 
 #: The official settings (method.md section 2): two PreResNet18, 300 epochs, full data. For a GPU.
 #: Its evaluation batch of 1,000 divides the 50,000 training images, the 5,000 validation and the 10,000

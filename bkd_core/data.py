@@ -730,7 +730,8 @@ def missing_data(dataset: str, root: str | os.PathLike | None = None) -> str | N
     ) if not ok]
     if not missing:
         return None
-    return f"{ds} data not found: missing {' and '.join(missing)} (data folder from {source}); pass --download or see the README"
+    return (f"{ds} data not found: missing {' and '.join(missing)} (data folder from {source}); "
+            "pass --download or see the README")
 
 
 def load_cifar_n(

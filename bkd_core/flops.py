@@ -11,7 +11,8 @@ from .models import build_model
 __all__ = ["flops_per_image", "bkd_run_flops"]
 
 
-def flops_per_image(model: str, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128)) -> dict[str, float]:
+def flops_per_image(model: str, num_classes: int = 10,
+                    widths: tuple[int, int, int] = (32, 64, 128)) -> dict[str, float]:
     """FLOPs of one network on one 32x32 image: ``{"forward": ..., "train": forward + backward}``."""
     net = build_model(model, num_classes, widths)
     x = torch.randn(2, 3, 32, 32)
@@ -43,5 +44,6 @@ def bkd_run_flops(config: BKDConfig, num_samples: int = 50_000, num_test: int = 
     phase1 = epochs if phase1_epochs is None else min(phase1_epochs, epochs)
     train = epochs * n_train * per_image["train"]
     scoring = phase1 * n * per_image["forward"]
-    evaluation = (-(-epochs // config.val_every) * (n - n_train) + -(-epochs // config.test_every) * n_test) * per_image["forward"]
+    evaluation = ((-(-epochs // config.val_every) * (n - n_train) + -(-epochs // config.test_every) * n_test)
+                  * per_image["forward"])
     return 2.0 * (train + scoring + evaluation)

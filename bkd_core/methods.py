@@ -101,7 +101,8 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
         is_noisy = subset.is_noisy
         metrics = {"kind": "knn", "dataset": subset.dataset, "split": subset.split, "profile": config.profile,
                    "seed": config.seed, "k": k, "num_samples": len(subset), "true_noise_rate": float(subset.noise_rate),
-                   "estimated_noise_rate": float(out.label_issues.mean()), "flagged_fraction": float(out.label_issues.mean()),
+                   "estimated_noise_rate": float(out.label_issues.mean()),
+                   "flagged_fraction": float(out.label_issues.mean()),
                    "flag_all_f1": flag_all_f1(float(is_noisy.mean())),
                    **{f"detection_{key}": v for key, v in detection_scores(out.label_issues, is_noisy).items()},
                    "vote_acc_clean": float((out.vote == subset.clean_labels).mean()),

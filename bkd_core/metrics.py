@@ -91,7 +91,8 @@ def ranking_auc(quality, is_noisy) -> float:
         raise ValueError(f"quality has shape {score.shape} but is_noisy has {truth.shape}: give one score per sample")
     if not np.isfinite(score).all():
         rows = np.flatnonzero(~np.isfinite(score))
-        raise ValueError(f"quality contains {len(rows)} NaN or infinite score(s) (first at row {int(rows[0])}: {score[rows[0]]})")
+        raise ValueError(f"quality contains {len(rows)} NaN or infinite score(s) "
+                         f"(first at row {int(rows[0])}: {score[rows[0]]})")
     if truth.all() or not truth.any():
         return float("nan")
     return float(roc_auc_score(truth, -score))
