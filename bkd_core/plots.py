@@ -286,12 +286,15 @@ def draw_bkd_diagram() -> Figure:
     _arrow(ax, (0.31, 0.195), (0.355, 0.195))
     # the blind loss, between the two sets of logits
     _box(ax, (0.33, 0.38), 0.29, 0.20,
-         "compensation loss, blind to y\n$\\sum_{c \\neq y} (z_T[c] - z_S[c])^2 / (BC - 1)$\ntrains both networks", "#fff3d6", 10)
+         "compensation loss, blind to y\n$\\sum_{c \\neq y} (z_T[c] - z_S[c])^2 / (BC - 1)$\ntrains both networks",
+         "#fff3d6", 10)
     _arrow(ax, (0.475, 0.695), (0.475, 0.585))
     _arrow(ax, (0.475, 0.28), (0.475, 0.375))
     # teacher's cross-entropy and the agreement score
-    _box(ax, (0.70, 0.70), 0.29, 0.17, "cross-entropy with y\n$-\\log\\, \\mathrm{softmax}(z_T)_y$\ntrains the teacher", "#f4e1ee", 10)
-    _box(ax, (0.70, 0.14), 0.30, 0.25, "agreement score\n$\\propto (\\mathrm{softmax}(z_T)\\odot\\mathrm{softmax}(z_S))_y$"
+    _box(ax, (0.70, 0.70), 0.29, 0.17, "cross-entropy with y\n$-\\log\\, \\mathrm{softmax}(z_T)_y$\ntrains the teacher",
+         "#f4e1ee", 10)
+    _box(ax, (0.70, 0.14), 0.30, 0.25,
+         "agreement score\n$\\propto (\\mathrm{softmax}(z_T)\\odot\\mathrm{softmax}(z_S))_y$"
          "\nhigh: clean\nlow: mislabelled?", "#e3f1fb", 10)
     _arrow(ax, (end + 0.005, 0.78), (0.70, 0.785))
     _arrow(ax, (end + 0.005, 0.71), (0.70, 0.36), colour="0.3")

@@ -14,7 +14,8 @@ PROTOCOL = ("CIFAR-N benchmark (Wei et al., ICLR 2022) and the methods' papers: 
 
 #: Published test accuracy (%) per method and split; C100N is CIFAR-100N ``noisy100``.
 TEST_ACCURACY: dict[str, dict[str, float]] = {
-    "CE (reported)": {"aggre": 87.77, "rand1": 85.02, "rand2": 86.46, "rand3": 85.16, "worst": 77.69, "noisy100": 55.50},
+    "CE (reported)": {"aggre": 87.77, "rand1": 85.02, "rand2": 86.46, "rand3": 85.16, "worst": 77.69,
+                      "noisy100": 55.50},
     "Co-teaching": {"aggre": 91.20, "rand1": 90.33, "worst": 83.83, "noisy100": 60.37},
     "ELR+": {"aggre": 94.83, "rand1": 94.43, "rand2": 94.20, "rand3": 94.34, "worst": 91.09, "noisy100": 66.72},
     "DivideMix": {"aggre": 95.01, "rand1": 95.16, "rand2": 95.23, "rand3": 95.21, "worst": 92.56, "noisy100": 71.13},
@@ -23,4 +24,6 @@ TEST_ACCURACY: dict[str, dict[str, float]] = {
 }
 
 #: Published noise-detection F1 (%) of ProMix (challenge version), full training set.
-DETECTION_F1: dict[str, dict[str, float]] = {"ProMix": {"aggre": 89.86, "rand1": 93.88, "worst": 96.06, "noisy100": 79.87}}
+DETECTION_F1: dict[str, dict[str, float]] = {
+    "ProMix": {"aggre": 89.86, "rand1": 93.88, "worst": 96.06, "noisy100": 79.87},
+}

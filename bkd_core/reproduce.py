@@ -203,7 +203,8 @@ def run_work(run_dir: Path, epochs: int, methods: Sequence[str] = METHODS, folds
 
 class TimeLeft:
     """Time left of a batch, from the rate of work done since it started (:func:`run_work` over its
-    runs): ``str()`` is ``"~42 min left"`` (``"<1 min left"``), or ``""`` before any work is done or without an epoch count."""
+    runs): ``str()`` is ``"~42 min left"`` (``"<1 min left"``), or ``""`` before any work is done or without
+    an epoch count."""
 
     def __init__(self, run_dirs: Sequence[Path], epochs: int | None, methods: Sequence[str], folds: int) -> None:
         self.run_dirs, self.epochs, self.methods, self.folds = list(run_dirs), epochs, tuple(methods), folds
@@ -268,7 +269,8 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
         results[method] = METHOD_REGISTRY[method].train(data, config, out_dir / method, folds=folds, progress=progress)
     summary = {"dataset": data.dataset, "split": data.split, "seed": int(seed), "profile": profile,
-               "fingerprint": config.fingerprint(), "code_hash": code_hash(), "config": config.to_dict(), "folds": folds,
+               "fingerprint": config.fingerprint(), "code_hash": code_hash(), "config": config.to_dict(),
+               "folds": folds,
                "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),
                "methods": {m: r.metrics for m, r in results.items()}}
     _write_samples(out_dir / "samples.csv", data.subset(config.train_size, seed=config.seed), results)
@@ -482,7 +484,8 @@ def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, exe
                 try:
                     report(job.result())
                 except Exception as exc:  # the job itself failed (killed, out of time, ...)
-                    report(RunOutcome(spec.name, "failed", reason=f"submitit job {job.job_id}: {str(exc).strip()[-300:]}"))
+                    report(RunOutcome(spec.name, "failed",
+                                      reason=f"submitit job {job.job_id}: {str(exc).strip()[-300:]}"))
         bar.set_postfix_str(_postfix(Path(options.out), list(pending.values())[:jobs], epochs, time_left))
         if pending:
             time.sleep(5)

@@ -27,8 +27,9 @@ COLUMNS = (
 )
 #: Metrics averaged by :func:`summarize`.
 SUMMARY_METRICS = (
-    "true_noise_rate", "estimated_noise_rate", "tipping_epoch", "tipping_from_peak", "detection_precision", "detection_recall",
-    "detection_f1", "below_threshold_f1", "flag_all_f1", "ranking_auc", "test_acc", "best_test_acc", "wall_time_s",
+    "true_noise_rate", "estimated_noise_rate", "tipping_epoch", "tipping_from_peak", "detection_precision",
+    "detection_recall", "detection_f1", "below_threshold_f1", "flag_all_f1", "ranking_auc", "test_acc", "best_test_acc",
+    "wall_time_s",
 )
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
 METHOD_ORDER = tuple(METHODS)  # bkd_core.methods: the registry's order
@@ -67,7 +68,8 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
                 bad = np.flatnonzero(~np.isfinite(scores))
                 if len(bad):  # row numbers as a spreadsheet shows them: the header is line 1
                     raise ValueError(f"{samples_path}: column {method}_quality has {len(bad)} NaN or infinite score(s) "
-                                     f"(first on line {int(bad[0]) + 2}, sample index {int(samples['index'].iloc[bad[0]])}); "
+                                     f"(first on line {int(bad[0]) + 2}, "
+                                     f"sample index {int(samples['index'].iloc[bad[0]])}); "
                                      "the run wrote a broken file: delete its folder and rerun the batch")
                 row["ranking_auc"] = ranking_auc(scores, is_noisy)
             if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
@@ -88,7 +90,8 @@ _RUN_KEYS = ("dataset", "split", "seed", "methods")
 
 def _read_run(path: Path) -> dict:
     """A run's ``metrics.json`` (from ``reproduce``), checked, with errors that name the file."""
-    fix = "it is not a run written by 'python -m bkd_core reproduce': move it out of the batch folder, or delete its folder and rerun the batch"
+    fix = ("it is not a run written by 'python -m bkd_core reproduce': move it out of the batch folder, "
+           "or delete its folder and rerun the batch")
     run = read_json(path)
     if not isinstance(run, dict):
         raise ValueError(f"{path} holds a {type(run).__name__}, not a run's metrics; {fix}")
@@ -106,11 +109,13 @@ def _read_samples(path: Path) -> "pd.DataFrame":
     try:
         samples = pd.read_csv(path)
     except (ValueError, OSError) as exc:  # pandas' parser errors are ValueErrors
-        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        raise ValueError(f"{path} cannot be read "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                          "delete the run's folder and rerun the batch to rewrite it") from exc
     missing = [c for c in ("index", "given_label", "clean_label") if c not in samples]
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; delete the run's folder and rerun the batch to rewrite it")
+        raise ValueError(f"{path} lacks the column(s) {missing}; "
+                         "delete the run's folder and rerun the batch to rewrite it")
     return samples
 
 
@@ -279,8 +284,8 @@ def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame"
 
 
 def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> str:
-    """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by this code,
-    by other code, or by code whose version was not recorded."""
+    """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by
+    this code, by other code, or by code whose version was not recorded."""
     from .provenance import code_hash
 
     current = current or code_hash()

@@ -100,11 +100,13 @@ class RunDir:
                 another process is writing to it.
         """
         if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"run directory {self.path} is a file, not a folder; pass a folder path (new or of this run)")
+            raise RunDirError(f"run directory {self.path} is a file, not a folder; "
+                              "pass a folder path (new or of this run)")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunDirError(f"cannot create run directory {self.path} ({exc.strerror}); choose a writable folder") from exc
+            raise RunDirError(f"cannot create run directory {self.path} ({exc.strerror}); "
+                              "choose a writable folder") from exc
         with self._lock():
             if not self.read_only:
                 self.remove_stale_temp_files()
@@ -185,7 +187,8 @@ class RunDir:
             raise DamagedFileError(f"{path} is not a run's config.json (no 'identity' record); {fix}")
         return stored
 
-    def check_identity(self, identity: dict[str, Any], fingerprint: Callable[[dict[str, Any]], str] | None = None) -> None:
+    def check_identity(self, identity: dict[str, Any],
+                       fingerprint: Callable[[dict[str, Any]], str] | None = None) -> None:
         """Refuse a folder that belongs to another run, was edited, or holds run files without ``config.json``."""
         stored = self.stored_config()
         if stored is None:

@@ -40,7 +40,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import NORMALIZATION, OFFICIAL_AUGMENT, Normalizer, augment_batch, ordered_batches, shuffled_batches, to_device_images
+from .augment import (
+    NORMALIZATION,
+    OFFICIAL_AUGMENT,
+    Normalizer,
+    augment_batch,
+    ordered_batches,
+    shuffled_batches,
+    to_device_images,
+)
 from .config import BKDConfig
 from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
@@ -137,7 +145,8 @@ def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> P
         images = torch.from_numpy(np.ascontiguousarray(data.train_features, dtype=np.float32)).to(device)
         test_images = torch.from_numpy(np.ascontiguousarray(data.test_features[test_rows], dtype=np.float32)).to(device)
     else:
-        images, test_images = to_device_images(data.train_images, device), to_device_images(data.test_images[test_rows], device)
+        images, test_images = (to_device_images(data.train_images, device),
+                               to_device_images(data.test_images[test_rows], device))
     return PreparedData(
         data=data,
         train_idx=train_idx,
@@ -199,7 +208,8 @@ class _Trainer:
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
         self.channels_last = config.channels_last and config.features is None
-        # autocast: bf16 where the GPU has bf16 units, fp16 with a gradient scaler where not (Colab's T4), fp32 on the CPU
+        # autocast: bf16 where the GPU has bf16 units, fp16 with a gradient scaler where not (Colab's T4),
+        # fp32 on the CPU
         self.precision = config.resolved_precision(self.device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -214,15 +224,16 @@ class _Trainer:
         torch.manual_seed(config.seed)
         self.networks: dict[str, nn.Module] = {}
         for name in self.network_names:
-            net = build_model(config.model, self.num_classes, config.model_widths, in_features=in_features).to(self.device)
+            net = build_model(config.model, self.num_classes, config.model_widths,
+                              in_features=in_features).to(self.device)
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
             self.networks[name] = net
         self.forward = {name: (torch.compile(net) if config.compile else net) for name, net in self.networks.items()}
         params = [p for net in self.networks.values() for p in net.parameters()]
         # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
-        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                                         fused=True if on_cuda else None)
+        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay, fused=True if on_cuda else None)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma if config.lr_step else 1.0)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -467,15 +478,18 @@ class _Trainer:
             cfg = self.config
             values = ", ".join(f"{k}={self.history[k][self.epoch]:.3g}" for k in bad if k in self.history)
             raise DivergedError(
-                f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite{f' ({values})' if values else ''}. "
-                f"The likely cause is a learning rate too high for this model (lr={cfg.lr:g}, batch_size={cfg.batch_size}); "
+                f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite"
+                f"{f' ({values})' if values else ''}. "
+                f"The likely cause is a learning rate too high for this model "
+                f"(lr={cfg.lr:g}, batch_size={cfg.batch_size}); "
                 f"train with a lower lr into another run directory. "
                 + (f"{self.rundir.path} keeps the checkpoint of epoch {self.checkpoint_epoch} (a finite one)"
                    if self.checkpoint_epoch else "Nothing of this run was saved"))
 
     def stacked_history(self) -> dict[str, np.ndarray]:
         """Scalar history as float arrays [E] and per-sample history as float16 arrays [E, n]."""
-        arrays: dict[str, np.ndarray] = {f"history_{k}": np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
+        arrays: dict[str, np.ndarray] = {f"history_{k}": np.asarray(v, dtype=np.float64)
+                                         for k, v in self.history.items()}
         epochs = [self.load_epoch(e) for e in range(self.epoch)]
         keys = sorted({k for e in epochs for k in e})
         for key in keys:
@@ -549,7 +563,8 @@ class _BKDTrainer(_Trainer):
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         # log of the normalized agreement distribution: argmax = official prediction
-        return agreement_probability(self.forward["teacher"](images).float(), self.forward["student"](images).float()).log()
+        return agreement_probability(self.forward["teacher"](images).float(),
+                                     self.forward["student"](images).float()).log()
 
     def train_epoch(self) -> dict[str, torch.Tensor]:
         cfg, dev, n = self.config, self.device, self.n_train
@@ -607,7 +622,8 @@ class _BKDTrainer(_Trainer):
         if tip is None:
             return {"eval_agreement": self.eval_agreement()}
         self.tipping_epoch, self.tipping_found_at, self.tipping_rule = tip, self.epoch, rule
-        scores = self.load_epoch(tip)["train_agreement"].astype(np.float64) if tip < self.epoch else per_sample["train_agreement"]
+        scores = (self.load_epoch(tip)["train_agreement"].astype(np.float64) if tip < self.epoch
+                  else per_sample["train_agreement"])
         split = otsu_split(scores, bins=self.config.otsu_bins, criterion=self.config.otsu_criterion)
         self.train_groups = assign_groups(torch.from_numpy(scores), split).to(self.device)
         # the tipping epoch is this one (tipping_window=1 with the fallback): its eval-pass scores are
