@@ -666,7 +666,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed passes per pipeline, interleaved (default 3 for small_cnn, 2 for preresnet18)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers of the official pipeline")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="DataLoader workers of the official pipeline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variant", action="append", type=parse_variant, default=[],
                         help="extra pipeline LABEL=official|bkd_core[:KEY=VALUE,...] run with those env variables")
@@ -715,7 +716,8 @@ def main() -> None:
         gpu_precision = PAPER.resolved_precision(torch.device(args.device))
         same = {"BENCH_PRECISION": gpu_precision, "BENCH_CHANNELS_LAST": "1"}
         variants = [("official", "official", same), ("bkd_core", "bkd_core", same),
-                    ("bkd_core, fp32 (what precision adds)", "bkd_core", {"BENCH_PRECISION": "fp32", "BENCH_CHANNELS_LAST": "1"}),
+                    ("bkd_core, fp32 (what precision adds)", "bkd_core",
+                     {"BENCH_PRECISION": "fp32", "BENCH_CHANNELS_LAST": "1"}),
                     ("official as published (fp32, NCHW)", "official", {"BENCH_PRECISION": "fp32"})]
         precision_of = {"official": gpu_precision, "bkd_core": gpu_precision}
     if args.passive:
@@ -818,7 +820,8 @@ def main() -> None:
     if flops:
         print(f"\nmodel FLOPs of one training step (forward + backward, teacher + student, batch {args.batch_size}): "
               f"{flops / 1e9:.2f} GFLOP = {flops / args.batch_size / 1e6:.0f} MFLOP per image; "
-              + ("measured GPU matmul peak (8192^3 torch.mm): " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in peaks.items())
+              + ("measured GPU matmul peak (8192^3 torch.mm): "
+                 + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in peaks.items())
                  + "; the % column uses the peak of the row's precision" if on_cuda else
                  "measured fp32 matmul peak (2048^3 torch.mm, best of before/after the passes): "
                  + ", ".join(f"{v / 1e9:.1f} GFLOP/s with {k} thread(s)" for k, v in peaks.items())
@@ -829,9 +832,11 @@ def main() -> None:
               f"after loading the data {rss['rss_after_data_kib'] / 1024:.0f} MiB)")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "model": args.model, "images": n_images, "speeds": speeds,
-                                         "medians": medians, "cpu_s_per_1000": cpu_per_k, "data_only": data_speeds, "step_flops": flops, "matmul_peaks": peaks, "rss": rss,
+                                         "medians": medians, "cpu_s_per_1000": cpu_per_k, "data_only": data_speeds,
+                                         "step_flops": flops, "matmul_peaks": peaks, "rss": rss,
                                          "phases": phases, "source": source, "loads": loads,
-                                         "variants": {label: {"pipeline": pipe, "env": env} for label, pipe, env in variants},
+                                         "variants": {label: {"pipeline": pipe, "env": env}
+                                                      for label, pipe, env in variants},
                                          "device": args.device}, indent=2))
     if "official" in medians:
         for label, med in medians.items():

@@ -165,13 +165,15 @@ def main(argv=None) -> int:
     peak = _peak_rss_mib()
     load_after = os.getloadavg()[0]
 
-    rows = [("machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"),
+    rows = [("machine",
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"),
             ("threads", str(args.threads)),
             ("load average (1 min) before / after extraction", f"{load:.1f} / {load_after:.1f}"),
             ("images (train + test)", f"{ntr:,} + {nte:,}"),
             ("settings", ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(settings).items())),
             ("pooled values per image / output dim D", f"{settings.pooled_dim:,} / {train.shape[1]}"),
-            ("extraction wall / CPU time" + (" (read from the cache)" if from_cache else ""), f"{wall:.1f} s / {cpu:.1f} s"),
+            ("extraction wall / CPU time" + (" (read from the cache)" if from_cache else ""),
+             f"{wall:.1f} s / {cpu:.1f} s"),
             ("peak RSS before / after extraction", f"{rss_before:.0f} MiB / {peak:.0f} MiB")]
     if not args.skip_classifiers:
         for name, widths in (("linear", ()), ("MLP 512-512", (512, 512))):
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
                          f"{time.perf_counter() - start:.0f} s"))
     if not args.skip_epoch:
         train_s, score_s = pair_epoch_seconds(train.shape[1])
-        rows.append(("teacher+student MLP epoch over 45,000 vectors / scoring 50,000", f"{train_s:.2f} s / {score_s:.2f} s"))
+        rows.append(("teacher+student MLP epoch over 45,000 vectors / scoring 50,000",
+                     f"{train_s:.2f} s / {score_s:.2f} s"))
     width = max(len(k) for k, _ in rows)
     print(f"| {'quantity'.ljust(width)} | value |\n| {'-' * width} | --- |")
     for key, value in rows:

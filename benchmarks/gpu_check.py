@@ -99,7 +99,8 @@ def run_tests(device: torch.device, quick: bool) -> dict[str, Any]:
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target],
                               capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+                              env={**os.environ,
+                                   "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", summary)}
         run = {"args": target, "returncode": proc.returncode, "summary": summary, "counts": counts,
@@ -167,7 +168,8 @@ def sync_debug(device: torch.device, tiny: bool, data: Any) -> dict[str, Any]:
     for w in syncs:
         key = f"{Path(w.filename).name}:{w.lineno}"
         places[key] = places.get(key, 0) + 1
-    return {"status": "ok" if not syncs else "failed", "train_rows": trainer.n_train, "epoch_seconds": round(seconds, 2),
+    return {"status": "ok" if not syncs else "failed", "train_rows": trainer.n_train,
+            "epoch_seconds": round(seconds, 2),
             "precision": trainer.precision, "syncs_in_epoch": len(syncs), "sync_places": places,
             "first_messages": [str(w.message)[:200] for w in syncs[:3]]}
 
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are skipped past it")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes also on CUDA (the CPU always uses them)")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["tests", "sync_debug", "paper_runs", "benchmark", "profile"], help="leave a section out")
+                        choices=["tests", "sync_debug", "paper_runs", "benchmark", "profile"],
+                        help="leave a section out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1 if os.environ.get("BKD_CHECK_THREADS") is None else int(os.environ["BKD_CHECK_THREADS"]))
     device = torch.device("cuda:0" if args.device == "auto" and torch.cuda.is_available() else

@@ -29,7 +29,8 @@ CUDA = pytest.param(
     marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")],
 )
 DEVICES = ["cpu", CUDA]
-SPECS = [pytest.param(OFFICIAL_AUGMENT["cifar10"], id="cifar10"), pytest.param(OFFICIAL_AUGMENT["cifar100"], id="cifar100")]
+SPECS = [pytest.param(OFFICIAL_AUGMENT["cifar10"], id="cifar10"),
+         pytest.param(OFFICIAL_AUGMENT["cifar100"], id="cifar100")]
 
 
 def _images(b: int, h: int = 32, w: int = 32, seed: int = 0, device: str = "cpu") -> torch.Tensor:

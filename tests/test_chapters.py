@@ -70,7 +70,8 @@ def test_config():
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert config["html"]["use_repository_button"] and config["html"]["use_issues_button"]
     assert {"dollarmath", "amsmath"} <= set(config["parse"]["myst_enable_extensions"])
-    assert {".venv", "runs", "reproductions", ".data", "_build", "benchmarks", "tests"} <= set(config["exclude_patterns"])
+    assert {".venv", "runs", "reproductions", ".data", "_build", "benchmarks", "tests"} \
+        <= set(config["exclude_patterns"])
     # the Pages address of the configured repository
     owner, name = config["repository"]["url"].removeprefix("https://github.com/").split("/")[:2]
     assert config["html"]["baseurl"] == f"https://{owner}.github.io/{name}/"
@@ -158,7 +159,8 @@ def test_chapter_shape(name):
         defaults[stmt.target.id] = ast.literal_eval(stmt.value)
     import papermill
 
-    inferred = {k: v["inferred_type_name"] for k, v in papermill.inspect_notebook(str(CHAPTER_DIR / f"{name}.ipynb")).items()}
+    inferred = {k: v["inferred_type_name"]
+                for k, v in papermill.inspect_notebook(str(CHAPTER_DIR / f"{name}.ipynb")).items()}
     assert list(inferred) == names and "None" not in inferred.values(), inferred
     if name == RESULTS_CHAPTER:
         assert names == RESULTS_PARAMETERS
@@ -246,13 +248,14 @@ def _results_parameters(folder: Path) -> dict:
     reproduce.load_cifar_n = lambda *args, **kwargs: data
     try:
         for seed in (0, 1):
-            reproduce.run_one("cifar10", "synthetic", seed, folder / f"cifar10-synthetic-seed{seed}", overrides=overrides,
-                              folds=2, progress=False)
+            reproduce.run_one("cifar10", "synthetic", seed, folder / f"cifar10-synthetic-seed{seed}",
+                              overrides=overrides, folds=2, progress=False)
     finally:
         reproduce.load_cifar_n = real_load
     outcomes = [reproduce.RunOutcome(f"cifar10-synthetic-seed{seed}", "done", 1.0) for seed in (0, 1)]
     outcomes.append(reproduce.RunOutcome("cifar100-noisy100-seed0", "skipped", reason="cifar100 data not found"))
-    reproduce.write_batch_summary(folder, outcomes, reproduce.BatchOptions(out=str(folder), overrides=overrides, folds=2))
+    reproduce.write_batch_summary(folder, outcomes,
+                                  reproduce.BatchOptions(out=str(folder), overrides=overrides, folds=2))
     return {"results_dir": str(folder), "dataset": "synthetic", "gallery_split": "synthetic"}
 
 
@@ -294,8 +297,10 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
     "04_tipping_point": ({"tip_sentence", "prominence_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
-    "07_results": ({"code_text", "n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor", "auc_bkd", "n_auc"}, 6),
-    "08_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic", "groups_text"}, 0),
+    "07_results": ({"code_text", "n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor",
+                    "auc_bkd", "n_auc"}, 6),
+    "08_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic",
+                        "groups_text"}, 0),
 }
 
 

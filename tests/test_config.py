@@ -166,7 +166,8 @@ def test_fingerprint_ignores_device_and_speed_switches():
     assert BKDConfig().fingerprint() == fp  # deterministic
     for change in ({"device": "cpu"}, {"device": "cuda:1"}, {"channels_last": False}, {"bf16": True},
                    {"bf16": False}, {"compile": True}, {"precision": "fp16"}, {"precision": "bf16"},
-                   {"precision": "fp32"}, {"deterministic": True}, {"checkpoint_every": 5}, {"checkpoint_seconds": 600.0}, {"eval_batch_size": 64}, {"profile": "paper"}):
+                   {"precision": "fp32"}, {"deterministic": True}, {"checkpoint_every": 5},
+                   {"checkpoint_seconds": 600.0}, {"eval_batch_size": 64}, {"profile": "paper"}):
         assert base.replace(**change).fingerprint() == fp, change
 
 

@@ -810,14 +810,16 @@ def test_real_cifar100n_labels():
             D.load_cifar_n("cifar100", "noisy100")
 
 
-@pytest.mark.skipif(not os.environ.get("BKD_DATA_DIR"), reason="BKD_DATA_DIR is not set: real CIFAR-10N data unavailable")
+@pytest.mark.skipif(not os.environ.get("BKD_DATA_DIR"),
+                    reason="BKD_DATA_DIR is not set: real CIFAR-10N data unavailable")
 def test_shuffled_split_warns_that_its_noise_rate_is_far_from_the_published_one(tmp_path):
     real = Path(os.environ["BKD_DATA_DIR"])
     labels = D.load_cifar_n_labels(real / "CIFAR-10_human.pt", "cifar10")
     labels["worse_label"] = np.random.default_rng(0).permutation(labels["worse_label"])  # only this column
     torch.save(labels, tmp_path / "CIFAR-10_human.pt")
     (tmp_path / "cifar10.npz").symlink_to(real / "cifar10.npz")
-    with pytest.warns(D.NoiseRateWarning, match=r"on 8\d\.\d% .*publishes 40\.21%.*worse_label. column may be shuffled"):
+    with pytest.warns(D.NoiseRateWarning,
+                      match=r"on 8\d\.\d% .*publishes 40\.21%.*worse_label. column may be shuffled"):
         data = D.load_cifar_n("cifar10", "worst", tmp_path)
     assert data.noise_rate > 0.8
     import warnings

@@ -60,7 +60,8 @@ def test_a_run_of_other_features_is_refused(data, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("changes, fragment", [({"features": None}, "model 'mlp' trains on feature vectors"),
-                                               ({"model": "small_cnn", "model_widths": (4, 4, 4)}, "features with model 'mlp'"),
+                                               ({"model": "small_cnn", "model_widths": (4, 4, 4)},
+                                                "features with model 'mlp'"),
                                                ({"augment": True}, "augment must be False with features")])
 def test_features_config_checks(changes, fragment):
     with pytest.raises(ValueError, match=fragment):

@@ -324,7 +324,8 @@ def test_score_histogram_is_stacked_clean_below_noisy():
     counts = {matplotlib.colors.to_hex(p.get_facecolor()): 0 for p in bars}
     for p in bars:
         counts[matplotlib.colors.to_hex(p.get_facecolor())] += p.get_height()
-    assert counts[plots.CLEAN.lower()] == pytest.approx((~noisy).sum()) and counts[plots.NOISY.lower()] == pytest.approx(noisy.sum())
+    assert counts[plots.CLEAN.lower()] == pytest.approx((~noisy).sum()) \
+        and counts[plots.NOISY.lower()] == pytest.approx(noisy.sum())
     bottoms = [p.get_y() for p in bars if matplotlib.colors.to_hex(p.get_facecolor()) == plots.CLEAN.lower()]
     assert max(bottoms) == 0  # clean images at the bottom of each stack
     assert _has_legend(fig)

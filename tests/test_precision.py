@@ -29,7 +29,8 @@ def test_head_is_float32_under_autocast(name, dtype):
     assert logits.dtype == torch.float32
     assert seen["features"].dtype == torch.float32
     # the head's output is the float32 linear map of the (half-precision-computed) features
-    expected = torch.nn.functional.linear(seen["features"].double(), net.linear.weight.double(), net.linear.bias.double())
+    expected = torch.nn.functional.linear(seen["features"].double(), net.linear.weight.double(),
+                                          net.linear.bias.double())
     torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -65,7 +65,8 @@ def test_code_carrying_checkpoint_runs_no_code(data, tmp_path, trainer):
 
 def test_checkpoint_holds_only_tensors_and_plain_data(data, tmp_path):
     train_bkd(data, TINY.replace(epochs=1, tipping_fallback=0, tipping_window=1), tmp_path / "run", progress=False)
-    state = RunDir(tmp_path / "run").load_checkpoint(json.loads((tmp_path / "run" / "config.json").read_text())["identity"])
+    state = RunDir(tmp_path / "run").load_checkpoint(
+        json.loads((tmp_path / "run" / "config.json").read_text())["identity"])
     tensors = [state["generator"], state["torch_rng"], *state["networks"]["teacher"].values()]
     assert all(t.device.type == "cpu" for t in tensors)  # a CUDA run's state lands on the CPU, as set_state needs
     assert state["generator"].dtype == torch.uint8
@@ -209,6 +210,7 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(data, tmp_path):
 
 def test_tipping_window_one_with_fallback_detects(data, tmp_path):
     # the fallback fires at the epoch it names when the window is 1: its eval-pass scores must exist
-    result = train_bkd(data, TINY.replace(epochs=3, tipping_window=1, tipping_fallback=0), tmp_path / "run", progress=False)
+    result = train_bkd(data, TINY.replace(epochs=3, tipping_window=1, tipping_fallback=0), tmp_path / "run",
+                       progress=False)
     assert result.metrics["tipping_epoch"] == 0 and result.metrics["tipping_rule"] == "fallback"
     assert np.isfinite(result.label_quality).all() and result.arrays["groups"].shape == (len(data),)

@@ -364,7 +364,8 @@ def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
     this_batch = get_profile("cpu", seed=0, epochs=5).fingerprint()
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": this_batch})
     assert reproduce._settled(spec, options).status == "finished-before"
-    atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": get_profile("cpu", seed=0).fingerprint()})
+    atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}},
+                                "fingerprint": get_profile("cpu", seed=0).fingerprint()})
     outcome = reproduce._settled(spec, options)
     assert outcome.status == "failed"
     assert "another configuration" in outcome.reason and this_batch in outcome.reason and "--out" in outcome.reason

@@ -214,7 +214,8 @@ def test_drop_last_steps_on_full_batches_only_and_scores_every_row(tiny_data, tm
     from bkd_core import train as train_module
     steps = []
     base = train_module._Trainer.optimizer_step
-    monkeypatch.setattr(train_module._Trainer, "optimizer_step", lambda self, loss: (steps.append(self.epoch), base(self, loss)))
+    monkeypatch.setattr(train_module._Trainer, "optimizer_step",
+                        lambda self, loss: (steps.append(self.epoch), base(self, loss)))
     cfg = TINY.replace(epochs=2, drop_last=True)
     assert cfg.fingerprint() != TINY.replace(epochs=2).fingerprint()
     dropped = train_bkd(tiny_data, cfg, tmp_path / "drop", progress=False)
@@ -267,7 +268,8 @@ def test_tipping_fallback_starts_phase_two_and_groups_the_training_set(tiny_data
         pytest.fail("fallback did not fire")
     found = result.metrics["tipping_found_at_epoch"]
     assert found == result.tipping_epoch + cfg.tipping_window or result.tipping_epoch == 2
-    expected_rule = "fallback" if find_tipping_point(result.history["mean_max_student"][: found + 1]) is None else "peak"
+    expected_rule = ("fallback" if find_tipping_point(result.history["mean_max_student"][: found + 1]) is None
+                     else "peak")
     assert result.metrics["tipping_rule"] == expected_rule
     assert np.all(phase[: found + 1] == 1) and np.all(phase[found + 1:] == 2)
     groups = result.arrays["groups"]
@@ -311,7 +313,8 @@ def test_ce_baseline_records_memorization(tiny_data, tmp_path):
     assert "detection_f1" in result.metrics and "tipping_epoch" not in result.metrics
 
 
-@pytest.mark.skipif(not os.environ.get("BKD_DATA_DIR"), reason="BKD_DATA_DIR is not set: real CIFAR-10N data unavailable")
+@pytest.mark.skipif(not os.environ.get("BKD_DATA_DIR"),
+                    reason="BKD_DATA_DIR is not set: real CIFAR-10N data unavailable")
 def test_short_real_cifar10n_run(tmp_path):
     from bkd_core.data import load_cifar_n
 
