@@ -1,7 +1,7 @@
 """Kill and resume: a training process SIGKILLed at chosen points (mid-epoch, right after a checkpoint,
 in the middle of writing the checkpoint, the scores or the metrics) and then rerun with the same run
 directory ends with the same ``metrics.json`` and ``scores.npz`` as an uninterrupted run, and no file
-is ever left truncated. Each process is a real subprocess killed by SIGKILL (one torch thread)."""
+is ever left truncated. Each process is a real subprocess killed by SIGKILL (with the test's torch threads)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np, torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[3]))  # the test process's thread count: the same float reductions
     from bkd_core import io, train
     run_dir, point = sys.argv[1], sys.argv[2]
     kind, _, arg = point.partition(":")
@@ -84,7 +84,10 @@ def _case():
 
 def _killed_at(run_dir: Path, point: str) -> int:
     script = SCRIPT + CASE + "train.train_bkd(data, cfg, run_dir, progress=False)\n"
-    return subprocess.run([sys.executable, "-c", script, str(run_dir), point], capture_output=True, text=True,
+    import torch
+
+    threads = str(torch.get_num_threads())
+    return subprocess.run([sys.executable, "-c", script, str(run_dir), point, threads], capture_output=True, text=True,
                           timeout=300).returncode
 
 
@@ -117,7 +120,7 @@ def test_run_killed_again_and_again_resumes_to_the_uninterrupted_result(tmp_path
     from bkd_core.train import train_bkd
 
     data, cfg = _case()
-    train_bkd(data, cfg, tmp_path / "straight", progress=False)  # one thread here, as in the subprocesses
+    train_bkd(data, cfg, tmp_path / "straight", progress=False)  # as many threads here as in the subprocesses
     straight = _outputs(tmp_path / "straight")
     run_dir = tmp_path / "run"
     epochs_before = -1
