@@ -154,6 +154,7 @@ SPLIT_TABLE_ROWS = (
     ("true noise rate (%)", "bkd", "true_noise_rate", 100, 1),
     ("BKD estimated noise rate (%)", "bkd", "estimated_noise_rate", 100, 1),
     ("cleanlab estimated noise rate (%)", "cleanlab", "estimated_noise_rate", 100, 1),
+    ("kNN estimated noise rate (%)", "knn", "estimated_noise_rate", 100, 1),
     ("BKD tipping epoch (from 1)", "bkd", "tipping_epoch", 1, 1),
     ("BKD tipping point from the peak rule (runs)", "bkd", "tipping_from_peak", None, 0),
     ("BKD precision, G4 (%)", "bkd", "detection_precision", 100, 1),
@@ -161,11 +162,13 @@ SPLIT_TABLE_ROWS = (
     ("BKD F1, G4 (%)", "bkd", "detection_f1", 100, 1),
     ("BKD F1, below threshold (%)", "bkd", "below_threshold_f1", 100, 1),
     ("cleanlab F1 (%)", "cleanlab", "detection_f1", 100, 1),
+    ("kNN label voting F1 (%)", "knn", "detection_f1", 100, 1),
     ("CE F1, prediction differs (%)", "ce", "detection_f1", 100, 1),
     ("flag everything F1 (%)", "bkd", "flag_all_f1", 100, 1),
     ("BKD ranking ROC-AUC", "bkd", "ranking_auc", 1, 3),
     ("cleanlab ranking ROC-AUC", "cleanlab", "ranking_auc", 1, 3),
     ("CE ranking ROC-AUC", "ce", "ranking_auc", 1, 3),
+    ("kNN ranking ROC-AUC", "knn", "ranking_auc", 1, 3),
     ("BKD test accuracy, last epoch (%)", "bkd", "test_acc", 1, 1),
     ("CE test accuracy, last epoch (%)", "ce", "test_acc", 1, 1),
     ("BKD training time (min)", "bkd", "wall_time_s", 1 / 60, 1),
@@ -182,15 +185,17 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
     """The results chapter's table: one column per split, rows :data:`SPLIT_TABLE_ROWS` as
     ``"mean ± std"`` strings over seeds (tipping epochs counted from 1; how many runs' tipping point
     came from the official peak rule rather than the fallback, as ``"k of n"``). On a split without wrong
-    labels (``clean``) precision, recall and F1 are undefined: ``"n/a"``."""
+    labels (``clean``) precision, recall and F1 are undefined: ``"n/a"``. The rows of a feature-only
+    method (kNN) are left out of a batch that has none of its runs; another method's missing runs show "–"."""
     import pandas as pd
 
+    present = set(summary["method"]) | {name for name, m in METHODS.items() if not m.needs_features}
     columns = {}
     for split in ordered_splits(summary["split"]):
         rows = {}
         noise = summary.loc[summary["split"] == split, "true_noise_rate_mean"]
         no_wrong_labels = bool(len(noise)) and float(noise.max()) == 0.0
-        for label, method, metric, scale, digits in SPLIT_TABLE_ROWS:
+        for label, method, metric, scale, digits in (row for row in SPLIT_TABLE_ROWS if row[1] in present):
             match = summary[(summary["split"] == split) & (summary["method"] == method)]
             if match.empty:
                 rows[label] = "–"

@@ -369,3 +369,22 @@ def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
     outcome = reproduce._settled(spec, options)
     assert outcome.status == "failed"
     assert "another configuration" in outcome.reason and this_batch in outcome.reason and "--out" in outcome.reason
+
+
+def test_split_table_shows_knn_rows_only_for_a_batch_with_knn_runs(tmp_path):
+    from bkd_core.io import atomic_write_json
+    from bkd_core.results import split_table
+
+    bkd = {"true_noise_rate": 0.4, "detection_f1": 0.6, "flag_all_f1": 0.57}
+    atomic_write_json(tmp_path / "a" / "cifar10-worst-seed0" / "metrics.json",
+                      {"dataset": "cifar10", "split": "worst", "seed": 0, "methods": {"bkd": bkd}})
+    without = split_table(summarize(collect_results(tmp_path / "a")))
+    assert not any("kNN" in label for label in without.index)
+    assert without.loc["cleanlab F1 (%)"].tolist() == ["–"]  # a trained method's missing run still shows
+    atomic_write_json(tmp_path / "b" / "cifar10-worst-seed0" / "metrics.json",
+                      {"dataset": "cifar10", "split": "worst", "seed": 0,
+                       "methods": {"bkd": bkd, "knn": {"true_noise_rate": 0.4, "detection_f1": 0.72,
+                                                       "estimated_noise_rate": 0.52}}})
+    with_knn = split_table(summarize(collect_results(tmp_path / "b")))
+    assert with_knn.loc["kNN label voting F1 (%)"].tolist() == ["72.0"]
+    assert with_knn.loc["kNN estimated noise rate (%)"].tolist() == ["52.0"]
