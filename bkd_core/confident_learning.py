@@ -148,7 +148,4 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
 
 
 def _load(rundir: RunDir, config: BKDConfig) -> RunResult:
-    metrics, arrays = rundir.load_outputs()
-    return RunResult(run_dir=rundir.path, config=config, metrics=metrics, label_issues=arrays["label_issues"],
-                     label_quality=arrays["label_quality"], ranked_indices=arrays["ranked_indices"],
-                     indices=arrays["indices"], history={}, arrays=arrays)
+    return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())

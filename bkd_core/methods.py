@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -82,15 +82,10 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
     identity = {"kind": "knn", "dataset": data.dataset, "split": data.split, "k": k, "num_samples": len(subset),
                 "fingerprint": config.fingerprint(), "features": subset.feature_key}
 
-    def result(metrics: dict[str, Any], arrays: dict[str, np.ndarray]) -> RunResult:
-        return RunResult(run_dir=rundir.path, config=config, metrics=metrics, label_issues=arrays["label_issues"],
-                         label_quality=arrays["label_quality"], ranked_indices=arrays["ranked_indices"],
-                         indices=arrays["indices"], history={}, arrays=arrays)
-
     with rundir.writing(identity, config.to_dict(), fingerprint=_fingerprint_of):
         if rundir.finished():
             try:
-                return result(*rundir.load_outputs())
+                return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())
             except DamagedFileError:
                 pass  # recomputed below: it takes seconds
         rundir.require_writable()
@@ -111,7 +106,7 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
                   "ranked_indices": np.argsort(out.label_quality, kind="stable").astype(np.int64),
                   "indices": subset.indices.astype(np.int64), "predicted_labels": out.vote.astype(np.int64)}
         rundir.save_outputs(metrics, arrays)
-        return result(*rundir.load_outputs())
+        return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())
 
 
 def _knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: Path, *, folds: int, progress: bool) -> "RunResult":

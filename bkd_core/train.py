@@ -91,6 +91,17 @@ class RunResult:
     def tipping_epoch(self) -> int | None:
         return self.metrics.get("tipping_epoch")
 
+    @classmethod
+    def from_outputs(cls, run_dir: Path, config: BKDConfig, metrics: dict[str, Any], arrays: dict[str, np.ndarray],
+                     networks: dict[str, nn.Module] | None = None) -> "RunResult":
+        """The result of a finished run from its ``metrics.json`` and ``scores.npz`` (``RunDir.load_outputs``);
+        ``history`` from the arrays named ``history_*``."""
+        return cls(run_dir=Path(run_dir), config=config, metrics=metrics, label_issues=arrays["label_issues"],
+                   label_quality=arrays["label_quality"], ranked_indices=arrays["ranked_indices"],
+                   indices=arrays["indices"],
+                   history={k[len("history_"):]: v for k, v in arrays.items() if k.startswith("history_")},
+                   arrays=arrays, networks=networks or {})
+
 
 @dataclass
 class PreparedData:
@@ -538,12 +549,8 @@ class _Trainer:
         """The finished run's outputs; ``networks`` holds the trained networks when the checkpoint was
         loaded (it is empty for a finished run whose ``checkpoint.pt`` was deleted)."""
         metrics, arrays = self.rundir.load_outputs()
-        return RunResult(
-            run_dir=self.run_dir, config=self.config, metrics=metrics,
-            label_issues=arrays["label_issues"], label_quality=arrays["label_quality"],
-            ranked_indices=arrays["ranked_indices"], indices=arrays["indices"],
-            history={k[len("history_"):]: v for k, v in arrays.items() if k.startswith("history_")},
-            arrays=arrays, networks=self.networks if self.loaded_weights else {})
+        return RunResult.from_outputs(self.run_dir, self.config, metrics, arrays,
+                                      self.networks if self.loaded_weights else None)
 
 
 def _detection_metrics(prefix: str, mask: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
