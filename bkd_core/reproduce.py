@@ -31,6 +31,7 @@ from .errors import RunDirError
 from .io import atomic_write_json, read_json
 from .methods import METHODS as METHOD_REGISTRY
 from .methods import methods_for
+from .results import SAMPLES
 from .rundir import RunDir
 
 if TYPE_CHECKING:
@@ -244,8 +245,9 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     """Train ``methods`` on one split and seed into ``out_dir``; write and return its ``metrics.json``.
 
     ``out_dir/bkd``, ``out_dir/ce`` and ``out_dir/cleanlab`` are ordinary run directories (resumable).
-    ``out_dir/metrics.json`` holds each method's metrics under ``"methods"``; ``out_dir/samples.csv``
-    one row per training sample of the subset (index into the 50,000 images, given and clean label,
+    ``out_dir/metrics.json`` holds each method's metrics under ``"methods"``; ``out_dir/samples.csv.gz``
+    (gzip-compressed CSV: 50,000 rows are 2.7 MB as plain text) one row per training sample of the
+    subset (index into the 50,000 images, given and clean label,
     each method's label-quality score, flag and prediction). ``exit_with_parent``: end this process
     when the process that started it dies (the batch's run notebooks set it, see :func:`exit_when_parent_dies`).
     """
@@ -273,7 +275,7 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
                "folds": folds,
                "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),
                "methods": {m: r.metrics for m, r in results.items()}}
-    _write_samples(out_dir / "samples.csv", data.subset(config.train_size, seed=config.seed), results)
+    _write_samples(out_dir / SAMPLES, data.subset(config.train_size, seed=config.seed), results)
     atomic_write_json(out_dir / "metrics.json", summary)
     return summary
 
@@ -312,8 +314,8 @@ def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
         table[f"{method}_prediction"] = arrays["predicted_labels"]
         if method == "bkd" and "groups" in arrays:
             table["bkd_group"] = arrays["groups"]
-    with atomic_path(path) as tmp:
-        pd.DataFrame(table).to_csv(tmp, index=False)
+    with atomic_path(path) as tmp:  # mtime 0 in the gzip header: the same table gives the same bytes
+        pd.DataFrame(table).to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
 
 
 # -- executing runs ------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ SUMMARY_METRICS = (
 )
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
 METHOD_ORDER = tuple(METHODS)  # bkd_core.methods: the registry's order
+#: A batch run's per-sample table (``reproduce.run_one``), gzip-compressed CSV.
+SAMPLES = "samples.csv.gz"
 
 
 def ordered_splits(names) -> list[str]:
@@ -45,7 +47,7 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
     """One row per (dataset, split, seed, method) of every finished run under ``out``, sorted by
     split (CIFAR-N order), seed and method; columns :data:`COLUMNS` (missing values are NaN).
 
-    ``ranking_auc`` is computed here from the run's ``samples.csv`` (:func:`ranking_auc` of the
+    ``ranking_auc`` is computed here from the run's samples table (:func:`samples_file`) (:func:`ranking_auc` of the
     method's score against the clean labels); NaN without that file or on a split with no wrong label.
     """
     import pandas as pd
@@ -53,8 +55,8 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
         run = _read_run(path)
-        samples_path = path.parent / "samples.csv"
-        samples = _read_samples(samples_path) if samples_path.is_file() else None
+        samples_path = samples_file(path.parent)
+        samples = _read_samples(samples_path) if samples_path is not None else None
         is_noisy = None if samples is None else (samples["given_label"] != samples["clean_label"]).to_numpy()
         for method, metrics in run["methods"].items():
             if not isinstance(metrics, dict):
@@ -101,6 +103,30 @@ def _read_run(path: Path) -> dict:
     if not isinstance(run["methods"], dict):
         raise ValueError(f"{path}: 'methods' holds a {type(run['methods']).__name__}, not a dict of methods; {fix}")
     return run
+
+
+def samples_file(run_dir: str | Path) -> Path | None:
+    """A batch run's per-sample table: ``samples.csv.gz`` (what ``reproduce`` writes), or ``samples.csv``
+    (runs committed before it compressed them); None if there is neither."""
+    for name in (SAMPLES, "samples.csv"):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
+def read_samples(run_dir: str | Path) -> "pd.DataFrame":
+    """A batch run's per-sample table (:func:`samples_file`), checked: one row per training sample with
+    ``index``, ``given_label``, ``clean_label`` and each method's ``*_quality``, ``*_issue``, ``*_prediction``.
+
+    Raises:
+        FileNotFoundError: the run folder has no samples table (the run did not finish).
+        ValueError: the table cannot be read or lacks its key columns (names the file and the fix).
+    """
+    path = samples_file(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} holds no {SAMPLES} (nor samples.csv): the run has not finished; "
+                                "rerun the batch command to finish it")
+    return _read_samples(path)
 
 
 def _read_samples(path: Path) -> "pd.DataFrame":

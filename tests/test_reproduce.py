@@ -22,7 +22,7 @@ from bkd_core.config import BKDConfig
 from bkd_core.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.metrics import ranking_auc
 from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
-from bkd_core.results import collect_results, run_times, summarize
+from bkd_core.results import collect_results, read_samples, run_times, summarize
 from bkd_core.synthetic import make_synthetic_cifar_n
 
 TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=32, lr=0.02, lr_step=None,
@@ -130,7 +130,7 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
         summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False)
         assert set(summary["methods"]) == {"bkd", "ce", "cleanlab"}
         assert reproduce.is_finished(run_dir, ("bkd", "ce", "cleanlab"))
-        samples = pd.read_csv(run_dir / "samples.csv")
+        samples = read_samples(run_dir)
         assert len(samples) == len(synthetic)
         np.testing.assert_array_equal(samples["index"], synthetic.indices)
         np.testing.assert_array_equal(samples["given_label"] != samples["clean_label"], synthetic.is_noisy)
@@ -147,7 +147,7 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
     f1 = table[table["method"] == "bkd"]["detection_f1"].astype(float)
     assert bkd["detection_f1_mean"] == pytest.approx(f1.mean())
     assert bkd["detection_f1_std"] == pytest.approx(f1.std(ddof=1))
-    samples = pd.read_csv(tmp_path / "batch" / "cifar10-synthetic-seed1" / "samples.csv")
+    samples = read_samples(tmp_path / "batch" / "cifar10-synthetic-seed1")
     from bkd_core.metrics import ranking_auc
 
     cleanlab_auc = ranking_auc(samples["cleanlab_quality"], samples["given_label"] != samples["clean_label"])
@@ -321,7 +321,7 @@ def test_real_run_notebook_on_cifar10n(tmp_path):
     assert set(metrics["methods"]) == {"bkd", "ce", "cleanlab"}
     assert metrics["config"]["epochs"] == 3 and metrics["config"]["model_widths"] == [8, 16, 16]
     assert 0.3 < metrics["methods"]["bkd"]["true_noise_rate"] < 0.55  # worst: about 40% noisy
-    samples = pd.read_csv(run_dir / "samples.csv")
+    samples = read_samples(run_dir)
     assert len(samples) == 120 and samples["index"].between(0, 49_999).all()
     executed = nbformat.read(run_dir / "run.ipynb", as_version=4)
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
