@@ -539,13 +539,13 @@ def otsu_comparison(scores: np.ndarray, is_noisy: np.ndarray, bins: int = 1000):
 
     columns = {}
     for criterion in ("bkd", "classic"):
-        found = detect(scores, bins=bins, criterion=criterion)
-        split = found.split
+        detection = detect(scores, bins=bins, criterion=criterion)
+        split = detection.split
         columns[criterion] = {
             "threshold": split.threshold, "lower class mean": split.lower_mean, "upper class mean": split.upper_mean,
-            "estimated noise rate": found.estimated_noise_rate,
-            "F1 of flagging G4": detection_scores(found.label_issues, is_noisy)["f1"],
-            "F1 of flagging G3+G4 (below threshold)": detection_scores(found.below_threshold, is_noisy)["f1"],
+            "estimated noise rate": detection.estimated_noise_rate,
+            "F1 of flagging G4": detection_scores(detection.label_issues, is_noisy)["f1"],
+            "F1 of flagging G3+G4 (below threshold)": detection_scores(detection.below_threshold, is_noisy)["f1"],
         }
     return pd.DataFrame(columns)
 

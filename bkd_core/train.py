@@ -658,16 +658,16 @@ class _BKDTrainer(_Trainer):
         arrays: dict[str, np.ndarray] = {"predicted_labels": predicted.astype(np.int64)}
         if self.tipping_epoch is not None:
             scores = self.load_epoch(self.tipping_epoch)["eval_agreement"].astype(np.float64)
-            found = detect(scores, bins=cfg.otsu_bins, criterion=cfg.otsu_criterion, noisy_groups=cfg.noisy_groups)
-            split, groups, label_issues = found.split, found.groups, found.label_issues
+            detection = detect(scores, bins=cfg.otsu_bins, criterion=cfg.otsu_criterion, noisy_groups=cfg.noisy_groups)
+            split, groups, label_issues = detection.split, detection.groups, detection.label_issues
             metrics.update({
                 "threshold": split.threshold, "lower_mean": split.lower_mean, "upper_mean": split.upper_mean,
                 "lower_std": split.lower_std, "upper_std": split.upper_std,
-                "estimated_noise_rate": found.estimated_noise_rate,
+                "estimated_noise_rate": detection.estimated_noise_rate,
                 "flagged_fraction": float(label_issues.mean()),
                 "group_fractions": {f"G{g}": float((groups == g).mean()) for g in (1, 2, 3, 4)},
                 **_detection_metrics("detection", label_issues, is_noisy),
-                **_detection_metrics("below_threshold", found.below_threshold, is_noisy),
+                **_detection_metrics("below_threshold", detection.below_threshold, is_noisy),
             })
             arrays.update({"groups": groups.astype(np.int64), "train_groups": self.train_groups.cpu().numpy()})
         else:
