@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .method import agreement_probability, assign_groups, blind_distillation_loss, find_tipping_point, otsu_split
+from .method import agreement_probability, blind_distillation_loss, detect, tipping_point
 from .models import build_model
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
@@ -128,7 +128,7 @@ def find_label_issues(features, labels, *, num_classes: int | None = None, width
     generator = torch.Generator().manual_seed(seed)
     stats: list[float] = []
     scores: list[np.ndarray] = []
-    tip = None
+    point = None
     from tqdm.auto import tqdm
 
     for _ in tqdm(range(epochs), desc="BKD phase 1", unit="epoch", disable=not progress, leave=False):
@@ -147,20 +147,20 @@ def find_label_issues(features, labels, *, num_classes: int | None = None, width
             parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
                      for i in torch.arange(len(x), device=dev).split(4096)]
         scores.append(torch.cat(parts).float().cpu().numpy())
-        tip = find_tipping_point(stats, tipping_window)
-        if tip is not None:
+        point = tipping_point(stats, window=tipping_window)
+        if point is not None:
             break
-    found = tip is not None
-    if not found:
+    found = point is not None
+    if found:
+        tip = point.epoch
+    else:  # unlike train_bkd's fixed fallback epoch: the epoch of the highest statistic
         tip = int(np.argmax(stats))
         warnings.warn(f"the tipping rule did not fire within {epochs} epochs; using the epoch of the "
                       f"highest statistic ({tip})", RuntimeWarning, stacklevel=2)
     quality = scores[tip]
-    split = otsu_split(quality)
-    groups = assign_groups(quality, split).numpy()
-    below = quality < split.threshold
-    issues = groups == 4 if flag == "g4" else below
+    detection = detect(quality)
+    issues = detection.label_issues if flag == "g4" else detection.below_threshold
     return BKDLabelIssues(label_issues=issues, label_quality=quality.astype(np.float32),
-                          ranked=np.argsort(quality, kind="stable"), groups=groups,
-                          threshold=float(split.threshold), noise_rate=float(below.mean()),
+                          ranked=np.argsort(quality, kind="stable"), groups=detection.groups,
+                          threshold=float(detection.split.threshold), noise_rate=detection.estimated_noise_rate,
                           tipping_epoch=int(tip), tipping_found=found, epoch_statistic=stats)
