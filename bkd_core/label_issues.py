@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .method import agreement_probability, blind_distillation_loss, detect, tipping_point
+from .config import FEATURES
 from .models import build_model
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
@@ -67,9 +68,11 @@ class BKDLabelIssues:
     epoch_statistic: list[float] = field(default_factory=list)
 
 
-def find_label_issues(features, labels, *, num_classes: int | None = None, widths: Sequence[int] = (512, 512),
-                      epochs: int = 30, batch_size: int = 128, lr: float = 0.02, momentum: float = 0.9,
-                      weight_decay: float = 5e-4, tipping_window: int = 2,
+def find_label_issues(features, labels, *, num_classes: int | None = None,
+                      widths: Sequence[int] = FEATURES.model_widths, epochs: int = FEATURES.epochs,
+                      batch_size: int = FEATURES.batch_size, lr: float = FEATURES.lr,
+                      momentum: float = FEATURES.momentum, weight_decay: float = FEATURES.weight_decay,
+                      tipping_window: int = FEATURES.tipping_window,
                       flag: Literal["g4", "below_threshold"] = "g4", seed: int = 0,
                       device: str = "cpu", progress: bool = True) -> BKDLabelIssues:
     """Label issues of ``labels`` given ``features``, by BKD (phase 1) on two MLP heads.
@@ -83,11 +86,13 @@ def find_label_issues(features, labels, *, num_classes: int | None = None, width
     num_classes : int, optional
         C; default ``labels.max() + 1``.
     widths : sequence of int
-        Hidden widths of both MLPs.
+        Hidden widths of both MLPs; default the ``features`` profile's (``bkd_core.config.FEATURES``: one
+        hidden layer of 1,024 units).
     epochs : int
         Maximum phase-1 epochs; training stops as soon as the tipping rule fires.
     batch_size, lr, momentum, weight_decay : optional
-        One SGD optimiser over both networks (official values by default).
+        One SGD optimiser over both networks (the ``features`` profile's, i.e. the official values, by
+        default).
     tipping_window : int
         Neighbours on each side of the peak (official 2).
     flag : {"g4", "below_threshold"}
