@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ __all__ = [
     "repository_root",
     "find_results_dir",
     "config_table",
+    "setup_text",
+    "departures_text",
     "table",
     "glue",
     "render_glue",
@@ -92,10 +94,12 @@ def in_colab() -> bool:
 COLAB_DATA, COLAB_RUNS = "/content/data", "/content/runs"
 #: Where runs go when a Colab reader keeps them on Google Drive.
 COLAB_DRIVE, COLAB_DRIVE_RUNS = "/content/drive", "/content/drive/MyDrive/bkd-book/runs"
+#: Where Colab keeps the label-free feature vectors (the ``features`` profile), on the runtime or on Drive.
+COLAB_FEATURES, COLAB_DRIVE_FEATURES = "/content/features", "/content/drive/MyDrive/bkd-book/features"
 
 
 def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = (), *, trains: bool = True,
-                keep_runs_on_drive: bool = False) -> dict[str, str]:
+                keep_runs_on_drive: bool = False, features: bool = False) -> dict[str, str]:
     """The Colab set-up cell of a chapter: data folders, the run cache, downloads, and a note to the reader.
 
     Sets ``$BKD_DATA_DIR`` (default ``/content/data``) and, for a chapter that trains (``trains``),
@@ -106,11 +110,17 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     ``labels`` (validated, see :func:`bkd_core.data.download` and :func:`~bkd_core.data.download_labels`),
     then shows where everything is and how to keep the runs.
 
-    Returns the folders used: ``{"data": ..., "runs": ...}`` (``runs`` only when ``trains``).
+    With ``features`` (a chapter whose default profile is ``features``) it also sets ``$BKD_FEATURE_CACHE``,
+    where the first training run keeps the label-free feature vectors it computes once (a few minutes):
+    ``/content/features``, or ``MyDrive/bkd-book/features`` on Google Drive with ``keep_runs_on_drive``.
+
+    Returns the folders used: ``{"data": ..., "runs": ..., "features": ...}`` (``runs`` only when
+    ``trains``, ``features`` only with ``features``).
     """
     from .data import download, download_labels
 
-    if trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ:
+    on_drive = trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ
+    if on_drive:
         from google.colab import drive  # only inside Colab
 
         drive.mount(COLAB_DRIVE)
@@ -119,6 +129,9 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     if trains:
         folders["runs"] = os.environ.setdefault("BKD_RUN_CACHE", COLAB_RUNS)
         Path(folders["runs"]).mkdir(parents=True, exist_ok=True)
+    if trains and features:
+        folders["features"] = os.environ.setdefault("BKD_FEATURE_CACHE",
+                                                    COLAB_DRIVE_FEATURES if on_drive else COLAB_FEATURES)
     for dataset in images:
         download(dataset)
     for dataset in labels:
@@ -145,6 +158,10 @@ def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), la
         lines.append(f"Training runs go to `{runs}`, which Colab deletes when the runtime ends. To keep them, set "
                      "`KEEP_RUNS_ON_DRIVE = True` in the set-up cell (mounts Google Drive; runs go to "
                      f"`{COLAB_DRIVE_RUNS}`), or set `BKD_RUN_CACHE` to a folder of your own before it runs.")
+    if folders.get("features"):
+        lines.append("With the default profile, `features`, the first training run computes label-free feature vectors "
+                     "of the 60,000 images once (about 3-5 minutes on 2 cores) and caches them in "
+                     f"`{folders['features']}`; later runs and chapters reuse them.")
     return "\n\n".join(lines)
 
 
@@ -262,11 +279,15 @@ def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
     paper = PROFILES["paper"]
 
     def show(cfg: BKDConfig, f: str) -> str:
-        if f == "model_widths" and cfg.model != "small_cnn":
+        if f == "model_widths" and cfg.model not in ("small_cnn", "mlp"):
             return "(fixed)"
         return _show(f, getattr(cfg, f))
 
-    rows = {f: [show(config, f), show(paper, f)] for f in fields}
+    def inputs(cfg: BKDConfig) -> str:
+        return f"feature vectors ({cfg.features})" if cfg.features else "pixels"
+
+    rows = {"input": [inputs(config), inputs(paper)]}
+    rows.update({f: [show(config, f), show(paper, f)] for f in fields})
     rows["device"] = [str(config.resolved_device()), "a GPU"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=[f"this run ({config.profile})", "paper"])
 
@@ -280,6 +301,56 @@ def _show(field: str, value: Any) -> str:
     if isinstance(value, tuple):
         return "/".join(str(v) for v in value)
     return str(value)
+
+
+def _field(config: BKDConfig | Mapping[str, Any], name: str) -> Any:
+    return config[name] if isinstance(config, Mapping) else getattr(config, name)
+
+
+def setup_text(config: BKDConfig | Mapping[str, Any], n_images: int | None = None) -> str:
+    """What a run of ``config`` trains on what, as a phrase for the prose (plain text, for ``{glue:text}``).
+
+    ``config``: a :class:`~bkd_core.config.BKDConfig` or its dict (a run's ``metrics.json``);
+    ``n_images``: the size of the full training set, for "all 50,000 training images". For example
+    ``"MLPs with one hidden layer of 1,024 units on label-free feature vectors of all 50,000 training
+    images, 30 epochs, no augmentation, a constant learning rate"``.
+    """
+    model, widths = _field(config, "model"), tuple(_field(config, "model_widths"))
+    if model == "mlp":
+        layers = "one hidden layer" if len(widths) == 1 else f"{len(widths)} hidden layers"
+        net = f"MLPs with {layers} of {'/'.join(f'{w:,}' for w in widths)} units"
+    elif model == "small_cnn":
+        net = f"small CNNs ({'/'.join(str(w) for w in widths)} channels)"
+    elif model == "preresnet18":
+        net = "the official PreResNet18"
+    else:
+        net = f"{model} networks"
+    inputs = "label-free feature vectors" if _field(config, "features") else "the pixels"
+    size = _field(config, "train_size")
+    if size is None:
+        images = f"all {n_images:,} training images" if n_images else "all training images"
+    else:
+        images = f"a random {size:,}-image subset of the training images"
+    augment = "with augmentation" if _field(config, "augment") else "no augmentation"
+    lr = "a constant learning rate" if _field(config, "lr_step") is None else "a step learning rate"
+    return f"{net} on {inputs} of {images}, {_field(config, 'epochs')} epochs, {augment}, {lr}"
+
+
+def departures_text(config: BKDConfig | Mapping[str, Any]) -> str:
+    """Where ``config`` departs from the official code in its switchable behaviours (quirks 2 and 5 of the
+    appendix), as a sentence (plain text); a BKDConfig or its dict."""
+    departures = []
+    if _field(config, "detach_robust_target"):
+        departures.append("the robust target of phase 2 detached (quirk 2)")
+    fallback = _field(config, "tipping_fallback")
+    if fallback is not None:
+        departures.append(f"a fallback that takes epoch {int(fallback) + 1} as the tipping point when none was found "
+                          f"after {int(fallback) + int(_field(config, 'tipping_window'))} epochs (quirk 5)")
+    if not departures:
+        return ("It follows the official code in both switchable behaviours that the profiles change: the robust "
+                "target of phase 2 is not detached (quirk 2), and the tipping point comes from the peak rule alone, "
+                "without a fallback (quirk 5).")
+    return "Where it departs from the official code (see the appendix): " + "; ".join(departures) + "."
 
 
 def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = True):

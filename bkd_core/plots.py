@@ -584,7 +584,14 @@ DETECTORS = (
     ("BKD, below threshold", "bkd", "below_threshold_f1", "#56B4E9"),
     ("cleanlab (confident learning)", "cleanlab", "detection_f1", ACCENT),
     ("CE, prediction differs", "ce", "detection_f1", CE),
+    ("kNN label voting", "knn", "detection_f1", TEACHER),
 )
+
+
+def _detectors(table) -> tuple:
+    """:data:`DETECTORS` whose method has runs in ``table`` (a batch without kNN runs gets no kNN bar or row)."""
+    present = set(table["method"])
+    return tuple(d for d in DETECTORS if d[1] in present)
 
 
 def _per_run(table, columns: Sequence[tuple[str, str, str]], scale: float = 100.0):
@@ -621,7 +628,7 @@ def plot_detection_by_split(table) -> Figure:
     over seeds as error bars, the F1 of flagging everything marked as the floor.
     ``table``: one row per run and method, :func:`bkd_core.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    splits = _bars_over_seeds(table, DETECTORS, ax)
+    splits = _bars_over_seeds(table, _detectors(table), ax)
     bkd = table[table["method"] == "bkd"].assign(flag_all_f1=lambda t: t["flag_all_f1"].astype(float))
     floor = bkd.groupby("split")["flag_all_f1"].mean().reindex(splits).to_numpy()
     x = np.arange(len(splits))
@@ -649,10 +656,11 @@ def plot_f1_heatmap(table) -> Figure:
     from .results import ordered_splits
 
     floor = (("flag everything", "bkd", "flag_all_f1"),)
+    detectors = _detectors(table)
     table = table[table["true_noise_rate"].astype(float) > 0]
-    long = _per_run(table, [(label, method, column) for label, method, column, _ in DETECTORS] + list(floor))
+    long = _per_run(table, [(label, method, column) for label, method, column, _ in detectors] + list(floor))
     grid = long.pivot_table(index="series", columns="split", values="value", aggfunc="mean")
-    grid = grid.reindex(index=[d[0] for d in DETECTORS] + [floor[0][0]],
+    grid = grid.reindex(index=[d[0] for d in detectors] + [floor[0][0]],
                         columns=[s for s in ordered_splits(long["split"]) if s in grid.columns])
     grid = grid.dropna(axis=1, how="all")
     fig, ax = plt.subplots(figsize=(1.2 * max(len(grid.columns), 2) + 3.2, 3.4))
@@ -663,12 +671,16 @@ def plot_f1_heatmap(table) -> Figure:
 
 
 def plot_noise_estimates(table) -> Figure:
-    """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold) and
-    cleanlab (flagged share), with the diagonal. ``table``: :func:`bkd_core.results.collect_results`."""
+    """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold),
+    cleanlab (flagged share) and, when the batch has kNN runs, kNN label voting (flagged share), with the
+    diagonal. ``table``: :func:`bkd_core.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(5, 4.4))
     for label, method, colour, marker in (("BKD (below threshold)", "bkd", BKD, "o"),
-                                          ("cleanlab (flagged)", "cleanlab", ACCENT, "s")):
+                                          ("cleanlab (flagged)", "cleanlab", ACCENT, "s"),
+                                          ("kNN voting (flagged)", "knn", TEACHER, "^")):
         rows = table[table["method"] == method]
+        if rows.empty:
+            continue
         true = 100 * rows["true_noise_rate"].astype(float)
         est = 100 * rows["estimated_noise_rate"].astype(float)
         ax.scatter(true, est, color=colour, marker=marker, label=label, edgecolor="black", linewidth=0.5, zorder=3)
