@@ -45,6 +45,9 @@ __all__ = [
     "parse_overrides",
     "repository_root",
     "find_results_dir",
+    "batch_summary",
+    "profile_comparison",
+    "peak_rule_runs",
     "config_table",
     "setup_text",
     "departures_text",
@@ -272,6 +275,100 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
                             f"papermill -p results_dir /path/to/reproductions/cpu")
 
 
+def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
+    """:func:`bkd_core.results.summarize` of the reproduction batch ``results_dir`` (found as
+    :func:`find_results_dir` finds it), or None when there is no such batch, no finished run in it, or (with
+    ``split``) no run of that split: for a chapter that compares with a committed batch when it is there."""
+    from .results import collect_results, summarize
+
+    try:
+        folder = find_results_dir(results_dir)
+    except FileNotFoundError:
+        return None
+    summary = summarize(collect_results(folder))
+    if not len(summary) or (split is not None and split not in set(summary["split"])):
+        return None
+    return summary
+
+
+#: Rows of :func:`profile_comparison`: (label, method, metric, scale, digits).
+COMPARISON_ROWS = (
+    ("true noise rate (%)", "bkd", "true_noise_rate", 100, 1),
+    ("BKD estimated noise rate (%)", "bkd", "estimated_noise_rate", 100, 1),
+    ("BKD tipping point from the peak rule", "bkd", "tipping_from_peak", None, 0),
+    ("BKD tipping epoch (from 1)", "bkd", "tipping_epoch", 1, 1),
+    ("BKD F1, G4 (%)", "bkd", "detection_f1", 100, 1),
+    ("flag everything F1 (%)", "bkd", "flag_all_f1", 100, 1),
+    ("BKD test accuracy, last epoch (%)", "bkd", "test_acc", 1, 1),
+    ("CE test accuracy, last epoch (%)", "ce", "test_acc", 1, 1),
+    ("CE test accuracy, best epoch (%)", "ce", "best_test_acc", 1, 1),
+)
+
+
+def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Mapping[str, Any], split: str,
+                       run_label: str = "this run"):
+    """One run of a chapter beside reproduction batches on the same split, as a table of formatted cells.
+
+    Args:
+        run_metrics: ``{"bkd": metrics, "ce": metrics}`` of the chapter's runs (``RunResult.metrics``).
+        batches: column label -> :func:`batch_summary` of a batch (None: the batch is not there, its column
+            shows "–"), e.g. ``{"cpu batch": ..., "features batch": ...}``.
+        split: the split whose batch rows are shown.
+        run_label: the run's column label.
+
+    Rows :data:`COMPARISON_ROWS`; a batch cell is "mean ± std" over its seeds, the peak-rule row "k of n" runs
+    (for the run itself "yes", "no: fallback" or "no tipping point").
+    """
+    import pandas as pd
+
+    from .results import mean_std
+
+    def run_cell(method: str, metric: str, scale, digits: int) -> str:
+        metrics = run_metrics.get(method, {})
+        if metric == "tipping_from_peak":
+            rule = metrics.get("tipping_rule")
+            if metrics.get("tipping_epoch") is None:
+                return "no tipping point"
+            return "yes" if rule in ("peak", None) else f"no: {rule}"
+        value = metrics.get(metric)
+        if value is None:
+            return "–"
+        if metric == "tipping_epoch":
+            value = int(value) + 1
+        return mean_std(float(value), float("nan"), scale, digits)
+
+    def batch_cell(summary, method: str, metric: str, scale, digits: int) -> str:
+        if summary is None:
+            return "–"
+        row = summary[(summary["split"] == split) & (summary["method"] == method)]
+        if row.empty:
+            return "–"
+        if metric == "tipping_from_peak":
+            mean, seeds = row["tipping_from_peak_mean"].iloc[0], int(row["seeds"].iloc[0])
+            return "–" if pd.isna(mean) else f"{round(mean * seeds)} of {seeds} runs"
+        mean, std = float(row[f"{metric}_mean"].iloc[0]), float(row[f"{metric}_std"].iloc[0])
+        if metric == "tipping_epoch":
+            mean += 1
+        return mean_std(mean, std, scale, digits)
+
+    columns = {run_label: {label: run_cell(m, k, sc, d) for label, m, k, sc, d in COMPARISON_ROWS}}
+    for name, summary in batches.items():
+        columns[name] = {label: batch_cell(summary, m, k, sc, d) for label, m, k, sc, d in COMPARISON_ROWS}
+    return pd.DataFrame(columns)
+
+
+def peak_rule_runs(summary, split: str) -> tuple[int, int] | None:
+    """``(k, n)``: in ``k`` of the ``n`` BKD runs of ``split`` in a batch's :func:`batch_summary` the tipping point
+    came from the official peak rule (the others took the fallback or found none); None without such runs."""
+    if summary is None or not len(summary):
+        return None
+    row = summary[(summary["split"] == split) & (summary["method"] == "bkd")]
+    if row.empty or not np.isfinite(row["tipping_from_peak_mean"].iloc[0]):
+        return None
+    n = int(row["seeds"].iloc[0])
+    return round(float(row["tipping_from_peak_mean"].iloc[0]) * n), n
+
+
 def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
     """A pandas DataFrame of the settings that matter: this run's and the ``paper`` profile's."""
     import pandas as pd
@@ -304,7 +401,10 @@ def _show(field: str, value: Any) -> str:
 
 
 def _field(config: BKDConfig | Mapping[str, Any], name: str) -> Any:
-    return config[name] if isinstance(config, Mapping) else getattr(config, name)
+    """A field of a BKDConfig or of its dict; a dict written before the field existed gets its default."""
+    if isinstance(config, Mapping):
+        return config[name] if name in config else BKDConfig.__dataclass_fields__[name].default
+    return getattr(config, name)
 
 
 def setup_text(config: BKDConfig | Mapping[str, Any], n_images: int | None = None) -> str:

@@ -220,6 +220,8 @@ def test_setup_text_describes_each_profile():
     assert "a step learning rate" in paper
     # a run's metrics.json holds the configuration as a dict: the same words
     assert book.setup_text(get_profile("features").to_dict(), n_images=50_000) == features
+    older = {k: v for k, v in get_profile("cpu").to_dict().items() if k not in ("features", "drop_last")}
+    assert book.setup_text(older) == cpu  # runs recorded before a field existed: its default
     two = book.setup_text(get_profile("features", model_widths=(512, 512)))
     assert two.startswith("MLPs with 2 hidden layers of 512/512 units") and "all training images" in two
 
