@@ -334,7 +334,7 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
         if value is None:
             return "–"
         if metric == "tipping_epoch":
-            value = int(value) + 1
+            return str(int(value) + 1)  # one run: an epoch, counted from 1
         return mean_std(float(value), float("nan"), scale, digits)
 
     def batch_cell(summary, method: str, metric: str, scale, digits: int) -> str:

@@ -262,3 +262,57 @@ def test_mean_of_a_summary():
     assert math.isnan(results.mean_of(summary, "worst", "knn", "detection_f1"))  # a method the batch did not run
     assert math.isnan(results.mean_of(summary, "aggre", "bkd", "detection_f1"))  # a split it did not run
     assert math.isnan(results.mean_of(pd.DataFrame(), "worst", "bkd", "detection_f1"))  # an empty batch
+
+
+# -- a chapter's run beside the committed batches -------------------------------------------------
+
+def _batch_table():
+    import pandas as pd
+
+    from bkd_core import results
+
+    rows = []
+    for seed, rule in ((0, "peak"), (1, "fallback"), (2, "peak")):
+        rows.append({"dataset": "cifar10", "split": "worst", "seed": seed, "method": "bkd", "tipping_rule": rule,
+                     "tipping_epoch": 14 + seed, "true_noise_rate": 0.40, "estimated_noise_rate": 0.60,
+                     "detection_f1": 0.60 + seed / 100, "flag_all_f1": 0.57, "test_acc": 50.0})
+        rows.append({"dataset": "cifar10", "split": "worst", "seed": seed, "method": "ce", "true_noise_rate": 0.40,
+                     "test_acc": 30.0, "best_test_acc": 45.0})
+    return results.summarize(pd.DataFrame(rows, columns=list(results.COLUMNS)))
+
+
+def test_peak_rule_runs():
+    summary = _batch_table()
+    assert book.peak_rule_runs(summary, "worst") == (2, 3)
+    assert book.peak_rule_runs(summary, "aggre") is None and book.peak_rule_runs(None, "worst") is None
+
+
+def test_profile_comparison_puts_the_run_beside_each_batch():
+    run = {"bkd": {"true_noise_rate": 0.41, "estimated_noise_rate": 0.7, "tipping_epoch": 16,
+                   "tipping_rule": "fallback", "detection_f1": 0.55, "flag_all_f1": 0.58, "test_acc": 48.0},
+           "ce": {"test_acc": 20.0, "best_test_acc": 44.0}}
+    table = book.profile_comparison(run, {"cpu batch": _batch_table(), "features batch": None}, "worst")
+    assert list(table.columns) == ["this run", "cpu batch", "features batch"]
+    assert list(table.index) == [row[0] for row in book.COMPARISON_ROWS]
+    assert table.loc["BKD tipping point from the peak rule"].tolist() == ["no: fallback", "2 of 3 runs", "–"]
+    assert table.loc["BKD tipping epoch (from 1)", "this run"] == "17"  # counted from 1
+    assert table.loc["BKD tipping epoch (from 1)", "cpu batch"] == "16.0 ± 1.0"
+    assert table.loc["BKD estimated noise rate (%)"].tolist() == ["70.0", "60.0 ± 0.0", "–"]
+    assert table.loc["CE test accuracy, best epoch (%)", "this run"] == "44.0"
+    no_tip = {"bkd": {**run["bkd"], "tipping_epoch": None, "tipping_rule": None}, "ce": run["ce"]}
+    assert book.profile_comparison(no_tip, {}, "worst").loc["BKD tipping point from the peak rule",
+                                                            "this run"] == "no tipping point"
+    # another split than the batch's: its cells are empty, not another split's numbers
+    assert set(book.profile_comparison(run, {"cpu batch": _batch_table()}, "aggre")["cpu batch"]) == {"–"}
+
+
+def test_batch_summary_of_a_missing_folder_is_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert book.batch_summary(tmp_path / "nothing") is None
+
+
+@pytest.mark.skipif(not (COMMITTED_BATCH / "summary.json").is_file(), reason="no committed batch")
+def test_batch_summary_of_the_committed_cpu_batch():
+    summary = book.batch_summary("reproductions/cpu", "worst")
+    assert summary is not None and book.peak_rule_runs(summary, "worst")[1] == 3
+    assert book.batch_summary("reproductions/cpu", "no-such-split") is None
