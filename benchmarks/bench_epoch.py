@@ -5,16 +5,11 @@ One run, one machine, side by side (issue 4). Both pipelines train the same netw
 (teacher + student, ``bkd_core/models.py``) with batch 128 and one SGD optimizer over both
 networks (lr 0.02, momentum 0.9, weight decay 5e-4), on the same images:
 
-(a) ``official``: a reconstruction of the official code's pipeline, written from method.md (not
-    copied): a CIFAR-10 ``Dataset`` that turns each uint8 HWC array into a PIL image with
-    ``Image.fromarray`` (as ``torchvision.datasets.CIFAR10.__getitem__``) and applies
-    ``Compose([RandomHorizontalFlip(), RandomCrop(32, 4, padding_mode="reflect"), ToTensor(),
-    Normalize(mean, std)])``; ``DataLoader(batch_size=128, shuffle=True, num_workers=<cores>)``
-    (fresh worker processes every epoch, as there); fp32, NCHW; teacher and student forward
-    passes separately; per batch the compensation loss (masked squared difference / (B*C - 1)),
-    the agreement softmax, per-sample scores written into device containers by dataset index, the
-    sum of the student's max probability, cross-entropy on the teacher, and one host
-    synchronisation (``loss.item()``, like the official code's python-side loss accumulator).
+(a) ``official``: the reconstruction of the official code's pipeline in ``official_pipeline.py``
+    (written from method.md, not copied): a PIL-based CIFAR-10 ``Dataset`` with torchvision's
+    flip/reflect-crop/normalize transforms, ``DataLoader(batch_size=128, shuffle=True,
+    num_workers=<cores>)`` with fresh workers every epoch, fp32 NCHW, the official per-batch work
+    and one host synchronisation (``loss.item()``) per batch; see that module's docstring.
 (b) ``bkd_core``: ``bkd_core.train._BKDTrainer.train_epoch()`` itself (device-resident uint8
     images, batched flip/crop by index arithmetic, on-device normalization, channels_last, scores
     accumulated on the device, no host synchronisation inside the epoch), augmentation on.
@@ -38,7 +33,8 @@ Also reported: model FLOPs of one training step (``torch.utils.flop_counter.Flop
 turned into achieved FLOP/s, against the measured matmul peak of the device the passes ran on (on
 CUDA in the pass's precision, an 8192^3 product); the peak RSS of a
 ``cpu``-profile run (own subprocess); with ``--profile`` a torch.profiler table and a per-phase
-wall-time breakdown of one bkd_core epoch.
+wall-time breakdown of one bkd_core epoch (``train_epoch`` itself, its calls wrapped with timers).
+``tests/test_bench_epoch.py`` runs one tiny repeat of all of it except the matmul peak and the RSS run.
 
 Usage (from the repository root)::
 
@@ -54,7 +50,6 @@ on the pixel values.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -68,22 +63,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+# this script's folder is on sys.path when it runs as a script (and in its workers)
+from official_pipeline import OfficialPipeline, sync
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = "@@RESULT "
 #: the caller's own OMP_WAIT_POLICY, read before anything imports ``bkd_core`` (which sets a default
 #: in this process's environment): workers start from it, so the official pipeline runs as it would
 #: outside this benchmark, and a variant's ``env`` is what changes it
 _CALLER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
-#: the official code's CIFAR-10 normalization (method.md section 2)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
-def _models_module() -> Any:
-    """``bkd_core/models.py`` loaded by path, without importing the ``bkd_core`` package."""
-    spec = importlib.util.spec_from_file_location("_bench_models", ROOT / "bkd_core" / "models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _status_kib(field: str) -> int:
@@ -101,13 +89,6 @@ def _children_cpu() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,142 +116,6 @@ def load_subset(n_images: int, seed: int = 0) -> tuple[dict[str, np.ndarray], st
     if len(arrays["labels"]) < n_images:
         raise SystemExit(f"asked for {n_images} images, the data has only {len(arrays['labels'])}")
     return arrays, source
-
-
-# ------------------------------------------------------------------------------------------------
-# (a) the official pipeline, reconstructed
-# ------------------------------------------------------------------------------------------------
-class OfficialCIFAR10Train:
-    """CIFAR-10 training set as torchvision's ``CIFAR10``: uint8 HWC arrays -> PIL -> transform.
-
-    Returns ``(image, target, index)``: the official loop needs each sample's dataset index to
-    write its score into the per-sample containers.
-    """
-
-    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        self.data = images_hwc  # uint8 [N, 32, 32, 3]
-        self.targets = [int(t) for t in labels]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        from PIL import Image
-
-        img, target = self.data[index], self.targets[index]
-        img = Image.fromarray(img)  # as torchvision.datasets.CIFAR10.__getitem__
-        img = self.transform(img)
-        return img, target, index
-
-
-def official_transform() -> Callable:
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-    ])
-
-
-class OfficialPipeline:
-    """Teacher + student trained as in the official loop, fed by a PIL DataLoader."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, model: str, widths: tuple[int, int, int],
-                 batch_size: int, workers: int, device: str = "cpu", num_classes: int = 10, seed: int = 0) -> None:
-        import torch
-
-        self.device = torch.device(device)
-        self.dataset = OfficialCIFAR10Train(images, labels, official_transform())
-        # attribution knobs (not part of the official pipeline; used only through --variant):
-        # BENCH_CHANNELS_LAST=1 runs the networks channels_last, BENCH_WORKERS=k overrides the worker count
-        self.channels_last = os.environ.get("BENCH_CHANNELS_LAST") == "1"
-        # BENCH_PRECISION=bf16|fp16 autocasts the networks (fp16 with a GradScaler), for a like-for-like GPU comparison
-        self.precision = os.environ.get("BENCH_PRECISION", "fp32")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        workers = int(os.environ.get("BENCH_WORKERS", workers))
-        self.batch_size, self.workers, self.num_classes = batch_size, workers, num_classes
-        build_model = _models_module().build_model
-        torch.manual_seed(seed)
-        self.teacher = build_model(model, num_classes, widths).to(self.device)
-        self.student = build_model(model, num_classes, widths).to(self.device)
-        if self.channels_last:
-            self.teacher = self.teacher.to(memory_format=torch.channels_last)
-            self.student = self.student.to(memory_format=torch.channels_last)
-        params = list(self.teacher.parameters()) + list(self.student.parameters())
-        self.optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
-        n = len(self.dataset)
-        # per-sample containers on the device, indexed by dataset index
-        self.agreement = torch.zeros(n, device=self.device)
-        self.teacher_p = torch.zeros(n, device=self.device)
-        self.student_p = torch.zeros(n, device=self.device)
-
-    def step(self, x: Any, y: Any, idx: Any) -> tuple[Any, Any]:
-        """One official training step; returns (loss, sum of the student's max probability) on the device."""
-        import torch
-        import torch.nn.functional as F
-
-        b, c = x.shape[0], self.num_classes
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            z_t = self.teacher(x)
-            z_s = self.student(x)
-        z_t, z_s = z_t.float(), z_s.float()
-        mask = 1.0 - F.one_hot(y, c).float()  # every class except the given label
-        compensation = (((z_t - z_s) ** 2) * mask).sum() / (b * c - 1)  # not detached (quirk 1)
-        p_t = F.softmax(z_t, dim=1)
-        p_s = F.softmax(z_s, dim=1)
-        agree = p_t * p_s
-        agree = agree / agree.sum(dim=1, keepdim=True)
-        rows = torch.arange(b, device=x.device)
-        self.agreement[idx] = agree[rows, y].detach()
-        self.teacher_p[idx] = p_t[rows, y].detach()
-        self.student_p[idx] = p_s[rows, y].detach()
-        max_student = p_s.max(dim=1)[0].sum().detach()
-        ce = F.cross_entropy(z_t, y)
-        loss = ce + compensation
-        self.optimizer.zero_grad()
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss, max_student
-
-    def data_only(self) -> int:
-        """One pass of the input pipeline alone (PIL DataLoader, no networks); returns the images seen."""
-        from torch.utils.data import DataLoader
-
-        seen = 0
-        for x, y, idx in DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.workers,
-                                    pin_memory=self.device.type == "cuda"):
-            x, y, idx = (t.to(self.device, non_blocking=True) for t in (x, y, idx))
-            seen += x.shape[0]
-        _sync(self.device)
-        return seen
-
-    def run(self, n_images: int | None = None) -> int:
-        """One epoch over the first ``n_images`` samples (all by default); returns the images seen."""
-        import torch
-        from torch.utils.data import DataLoader, Subset
-
-        dataset = self.dataset if n_images is None else Subset(self.dataset, range(n_images))
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda")
-        self.teacher.train()
-        self.student.train()
-        loss_sum, max_sum, seen = 0.0, torch.zeros((), device=self.device), 0
-        for x, y, idx in loader:
-            x, y, idx = (t.to(self.device, non_blocking=True) for t in (x, y, idx))
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss, max_student = self.step(x, y, idx)
-            loss_sum += loss.item() * x.shape[0]  # per-batch host synchronisation, as the official code
-            max_sum += max_student
-            seen += x.shape[0]
-        _ = float(max_sum) / max(seen, 1)  # the epoch statistic (mean max student probability)
-        _sync(self.device)
-        return seen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,20 +155,18 @@ class BKDCorePipeline:
                 net.train()
             out = t.train_epoch()
             _ = {k: v.float().cpu() for k, v in out.items()}  # what run() does at the epoch end
-            _sync(self.device)
+            sync(self.device)
             return t.n_train
         finally:
             t.train_rows, t.train_labels, t.n_train = full
 
     def data_only(self) -> int:
         """One pass of the input pipeline alone (gather, flip/crop, normalize; no networks)."""
-        from bkd_core.augment import shuffled_batches
-
         t = self.trainer
-        for pos in shuffled_batches(t.n_train, t.config.batch_size, t.generator, t.device):
+        for pos, _ in t.training_batches():
             t.batch_inputs(t.train_rows[pos], augment=True)
             _ = t.train_labels[pos]
-        _sync(self.device)
+        sync(self.device)
         return t.n_train
 
     def profile(self, rows: int) -> dict[str, float]:
@@ -347,66 +190,69 @@ class BKDCorePipeline:
             print(f"| {g} | {v / 1e3:.1f} | {100 * v / total:.1f}% |")
         phases = self.phase_times()
         wall = sum(phases.values())
-        print(f"\nwall time of one bkd_core epoch by phase ({self.trainer.n_train} images, {wall:.2f} s; the calls "
-              "of train_epoch, timed one by one):")
+        print(f"\nwall time of one bkd_core epoch by phase ({self.trainer.n_train} images, {wall:.2f} s; "
+              "train_epoch with its calls timed):")
         print("| phase | s | share |\n| --- | ---: | ---: |")
         for k, v in phases.items():
             print(f"| {k} | {v:.3f} | {100 * v / wall:.1f}% |")
         return phases
 
     def phase_times(self) -> dict[str, float]:
-        """Wall time per phase of one epoch: the same calls as ``train_epoch`` (phase 1), timed one by one."""
-        import torch
-        import torch.nn.functional as F
-        from bkd_core.augment import shuffled_batches
-        from bkd_core.method import agreement_probability, blind_distillation_loss
+        """Wall time per phase of one ``train_epoch()`` (phase 1), the trainer's own epoch loop.
 
+        The trainer's calls are wrapped for the epoch, each timed between two device synchronisations:
+        its input step (``batch_inputs``), the networks' forward passes, ``optimizer_step`` without the
+        SGD step (zero_grad and backward) and the SGD step itself. The rest of the epoch, i.e. the losses,
+        agreement scores and sums, is the epoch's wall time minus those.
+        """
         t = self.trainer
-        cfg, dev = t.config, t.device
-        keys = ("augment + normalize", "forward (2 nets)", "losses", "backward", "optimizer step",
-                "score bookkeeping")
-        times = dict.fromkeys(keys, 0.0)
-        for net in t.networks.values():
-            net.train()
-        agree = torch.zeros(t.n_train, device=dev)
-        sums = torch.zeros(4, device=dev)
-        clock = time.perf_counter
-        for pos in shuffled_batches(t.n_train, cfg.batch_size, t.generator, dev):
-            s0 = clock()
-            x = t.batch_inputs(t.train_rows[pos], augment=True)
-            y = t.train_labels[pos]
-            _sync(dev)
-            s1 = clock()
-            with t.autocast():
-                z_t = t.forward["teacher"](x)
-                z_s = t.forward["student"](x)
-            z_t, z_s = z_t.float(), z_s.float()
-            _sync(dev)
-            s2 = clock()
-            comp = blind_distillation_loss(z_t, z_s, y)
-            probs_s = z_s.softmax(1)
-            ce = F.cross_entropy(z_t, y)
-            loss = ce + comp
-            _sync(dev)
-            s3 = clock()
-            t.optimizer.zero_grad(set_to_none=True)
-            t.scaler.scale(loss).backward()
-            _sync(dev)
-            s4 = clock()
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
-            _sync(dev)
-            s5 = clock()
-            with torch.no_grad():
-                rows = torch.arange(len(y), device=dev)
-                agree[pos] = agreement_probability(z_t, z_s)[rows, y]
-                sums += torch.stack([ce.detach() * len(y), comp.detach() * len(y),
-                                     probs_s.detach().max(1).values.sum(), torch.tensor(float(len(y)), device=dev)])
-            _sync(dev)
-            s6 = clock()
-            for key, a, b in zip(keys, (s0, s1, s2, s3, s4, s5), (s1, s2, s3, s4, s5, s6)):
-                times[key] += b - a
+        times = dict.fromkeys(PHASES, 0.0)
+        open_children: list[float] = []  # per open timed call: the time spent in timed calls inside it
+
+        def timed(phase: str, fn: Callable) -> Callable:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                sync(t.device)
+                start = time.perf_counter()
+                open_children.append(0.0)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    sync(t.device)
+                    elapsed = time.perf_counter() - start
+                    times[phase] += elapsed - open_children.pop()
+                    if open_children:
+                        open_children[-1] += elapsed
+            return call
+
+        patches = [(t, "batch_inputs", timed(PHASES[0], t.batch_inputs)),
+                   (t, "forward", {name: timed(PHASES[1], net) for name, net in t.forward.items()}),
+                   (t, "optimizer_step", timed(PHASES[2], t.optimizer_step)),
+                   (t.optimizer, "step", timed(PHASES[3], t.optimizer.step))]
+        saved = [(obj, name, vars(obj).get(name, _MISSING)) for obj, name, _ in patches]
+        for obj, name, value in patches:
+            setattr(obj, name, value)
+        try:
+            for net in t.networks.values():
+                net.train()
+            sync(t.device)
+            start = time.perf_counter()
+            t.train_epoch()
+            sync(t.device)
+            wall = time.perf_counter() - start
+        finally:
+            for obj, name, value in saved:
+                if value is _MISSING:
+                    delattr(obj, name)
+                else:
+                    setattr(obj, name, value)
+        times[PHASES[4]] = wall - sum(times.values())
         return times
+
+
+#: the phases of :meth:`BKDCorePipeline.phase_times`, the last one what is left of the epoch
+PHASES = ("augment + normalize", "forward (2 nets)", "backward (zero_grad + backward)", "optimizer step",
+          "losses + score bookkeeping (the rest)")
+_MISSING = object()
 
 
 def _op_category(name: str) -> str:

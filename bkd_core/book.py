@@ -33,7 +33,7 @@ from .data import (
     load_cifar_n_labels,
     resolve_data_dir,
 )
-from .method import assign_groups, find_tipping_point, otsu_split
+from .method import detect, find_tipping_point
 from .metrics import detection_scores, flag_all_f1
 
 __all__ = [
@@ -674,17 +674,22 @@ def window_sensitivity(curve: Sequence[float], windows: Sequence[int] = (1, 2, 3
 
 
 def scores_at_tipping(result) -> tuple[np.ndarray, int, bool]:
-    """The agreement scores the detector splits: ``history["eval_agreement"]`` of the tipping epoch.
+    """The agreement scores the run's detector split, as the run saved them.
 
-    Returns (scores float64 [N] over all rows of the subset, epoch index, found). Without a tipping
-    point the last epoch that has scores is used and ``found`` is False.
+    A finished BKD run (:class:`bkd_core.train.RunResult`) saves the eval-pass scores of its tipping
+    epoch as ``label_quality`` (float32 [N], in ``scores.npz``) and that epoch as
+    ``metrics["tipping_epoch"]``. Without a tipping point ``label_quality`` holds the scores of the last
+    epoch that has them; the run does not save that epoch's index, so it is read from
+    ``history["eval_agreement"]`` (the last row without a missing value).
+
+    Returns (scores float64 [N] over all rows of the subset, epoch index, found).
     """
-    scores = np.asarray(result.history["eval_agreement"], dtype=np.float64)
+    scores = np.asarray(result.label_quality, dtype=np.float64)
     tip = result.metrics.get("tipping_epoch")
     if tip is not None:
-        return scores[int(tip)], int(tip), True
-    have = np.flatnonzero(np.isfinite(scores).all(1))
-    return scores[int(have[-1])], int(have[-1]), False
+        return scores, int(tip), True
+    have = np.flatnonzero(np.isfinite(np.asarray(result.history["eval_agreement"], dtype=np.float64)).all(1))
+    return scores, int(have[-1]), False
 
 
 def _row(name: str, mask: np.ndarray, is_noisy: np.ndarray) -> dict[str, Any]:
@@ -705,13 +710,13 @@ def otsu_comparison(scores: np.ndarray, is_noisy: np.ndarray, bins: int = 1000):
 
     columns = {}
     for criterion in ("bkd", "classic"):
-        split = otsu_split(scores, bins=bins, criterion=criterion)
-        groups = assign_groups(scores, split).numpy()
+        detection = detect(scores, bins=bins, criterion=criterion)
+        split = detection.split
         columns[criterion] = {
             "threshold": split.threshold, "lower class mean": split.lower_mean, "upper class mean": split.upper_mean,
-            "estimated noise rate": float(np.mean(scores < split.threshold)),
-            "F1 of flagging G4": detection_scores(groups == 4, is_noisy)["f1"],
-            "F1 of flagging G3+G4 (below threshold)": detection_scores(groups >= 3, is_noisy)["f1"],
+            "estimated noise rate": detection.estimated_noise_rate,
+            "F1 of flagging G4": detection_scores(detection.label_issues, is_noisy)["f1"],
+            "F1 of flagging G3+G4 (below threshold)": detection_scores(detection.below_threshold, is_noisy)["f1"],
         }
     return pd.DataFrame(columns)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from .config import BKDConfig
 from .data import NoisyCIFAR
+from .methods import METHODS
 from .provenance import code_hash
-from .train import RunResult, train_bkd, train_ce
+from .train import RunResult
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -37,10 +37,31 @@ def run_key(kind: str, data: NoisyCIFAR, config: BKDConfig) -> str:
     return f"{kind}-{data.dataset}-{data.split}-{config.fingerprint()}-code{code_hash()}"
 
 
-def cached_run(kind: Literal["bkd", "ce"], data: NoisyCIFAR, config: BKDConfig,
+def cached_methods() -> tuple[str, ...]:
+    """The methods :func:`cached_run` can train: those of :data:`bkd_core.methods.METHODS` whose run is a
+    single run of the training loop, fixed by its configuration (``Method.single_run``)."""
+    return tuple(name for name, method in METHODS.items() if method.single_run)
+
+
+def cached_run(kind: str, data: NoisyCIFAR, config: BKDConfig,
                root: str | os.PathLike | None = None, *, progress: bool = True) -> RunResult:
-    """Train (or resume, or just load) the ``kind`` run of ``config`` on ``data`` in the cache."""
-    if kind not in ("bkd", "ce"):
-        raise ValueError(f"kind must be 'bkd' or 'ce', got {kind!r}")
-    trainer = train_bkd if kind == "bkd" else train_ce
-    return trainer(data, config, cache_dir(root) / run_key(kind, data, config), progress=progress)
+    """Train (or resume, or just load) the ``kind`` run of ``config`` on ``data`` in the cache.
+
+    Args:
+        kind: a method of :func:`cached_methods` (``"bkd"`` or ``"ce"``).
+
+    Raises:
+        ValueError: ``kind`` is not such a method (unknown, or one whose result depends on more than the
+            configuration, such as the folds of ``"cleanlab"``).
+    """
+    supported = cached_methods()
+    if kind not in supported:
+        choices = " or ".join(repr(name) for name in supported)
+        if kind not in METHODS:
+            raise ValueError(f"unknown method {kind!r}: cached_run trains {choices} runs")
+        raise ValueError(f"cached_run trains {choices} runs, not {kind!r}: its result is not one training run "
+                         f"keyed by the configuration alone; train it into a run folder of your own with "
+                         f"bkd_core.methods.METHODS[{kind!r}].train(data, config, run_dir, folds=..., progress=...)")
+    # a single run has no folds: the registry's train ignores them
+    return METHODS[kind].train(data, config, cache_dir(root) / run_key(kind, data, config), folds=1,
+                               progress=progress)

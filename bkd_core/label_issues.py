@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .method import agreement_probability, assign_groups, blind_distillation_loss, find_tipping_point, otsu_split
+from .method import agreement_probability, blind_distillation_loss, detect, tipping_point
+from .config import FEATURES
 from .models import build_model
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
@@ -67,9 +68,11 @@ class BKDLabelIssues:
     epoch_statistic: list[float] = field(default_factory=list)
 
 
-def find_label_issues(features, labels, *, num_classes: int | None = None, widths: Sequence[int] = (512, 512),
-                      epochs: int = 30, batch_size: int = 128, lr: float = 0.02, momentum: float = 0.9,
-                      weight_decay: float = 5e-4, tipping_window: int = 2,
+def find_label_issues(features, labels, *, num_classes: int | None = None,
+                      widths: Sequence[int] = FEATURES.model_widths, epochs: int = FEATURES.epochs,
+                      batch_size: int = FEATURES.batch_size, lr: float = FEATURES.lr,
+                      momentum: float = FEATURES.momentum, weight_decay: float = FEATURES.weight_decay,
+                      tipping_window: int = FEATURES.tipping_window,
                       flag: Literal["g4", "below_threshold"] = "g4", seed: int = 0,
                       device: str = "cpu", progress: bool = True) -> BKDLabelIssues:
     """Label issues of ``labels`` given ``features``, by BKD (phase 1) on two MLP heads.
@@ -83,11 +86,13 @@ def find_label_issues(features, labels, *, num_classes: int | None = None, width
     num_classes : int, optional
         C; default ``labels.max() + 1``.
     widths : sequence of int
-        Hidden widths of both MLPs.
+        Hidden widths of both MLPs; default the ``features`` profile's (``bkd_core.config.FEATURES``: one
+        hidden layer of 1,024 units).
     epochs : int
         Maximum phase-1 epochs; training stops as soon as the tipping rule fires.
     batch_size, lr, momentum, weight_decay : optional
-        One SGD optimiser over both networks (official values by default).
+        One SGD optimiser over both networks (the ``features`` profile's, i.e. the official values, by
+        default).
     tipping_window : int
         Neighbours on each side of the peak (official 2).
     flag : {"g4", "below_threshold"}
@@ -128,7 +133,7 @@ def find_label_issues(features, labels, *, num_classes: int | None = None, width
     generator = torch.Generator().manual_seed(seed)
     stats: list[float] = []
     scores: list[np.ndarray] = []
-    tip = None
+    point = None
     from tqdm.auto import tqdm
 
     for _ in tqdm(range(epochs), desc="BKD phase 1", unit="epoch", disable=not progress, leave=False):
@@ -147,20 +152,20 @@ def find_label_issues(features, labels, *, num_classes: int | None = None, width
             parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
                      for i in torch.arange(len(x), device=dev).split(4096)]
         scores.append(torch.cat(parts).float().cpu().numpy())
-        tip = find_tipping_point(stats, tipping_window)
-        if tip is not None:
+        point = tipping_point(stats, window=tipping_window)
+        if point is not None:
             break
-    found = tip is not None
-    if not found:
+    found = point is not None
+    if found:
+        tip = point.epoch
+    else:  # unlike train_bkd's fixed fallback epoch: the epoch of the highest statistic
         tip = int(np.argmax(stats))
         warnings.warn(f"the tipping rule did not fire within {epochs} epochs; using the epoch of the "
                       f"highest statistic ({tip})", RuntimeWarning, stacklevel=2)
     quality = scores[tip]
-    split = otsu_split(quality)
-    groups = assign_groups(quality, split).numpy()
-    below = quality < split.threshold
-    issues = groups == 4 if flag == "g4" else below
+    detection = detect(quality)
+    issues = detection.label_issues if flag == "g4" else detection.below_threshold
     return BKDLabelIssues(label_issues=issues, label_quality=quality.astype(np.float32),
-                          ranked=np.argsort(quality, kind="stable"), groups=groups,
-                          threshold=float(split.threshold), noise_rate=float(below.mean()),
+                          ranked=np.argsort(quality, kind="stable"), groups=detection.groups,
+                          threshold=float(detection.split.threshold), noise_rate=detection.estimated_noise_rate,
                           tipping_epoch=int(tip), tipping_found=found, epoch_statistic=stats)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,15 +25,19 @@ from torch import Tensor
 __all__ = [
     "GROUP_ALPHAS",
     "OTSU_VARIANCE_FLOOR",
+    "Detection",
     "OtsuSplit",
+    "TippingPoint",
     "agreement_probability",
     "assign_groups",
     "blind_distillation_loss",
+    "detect",
     "find_tipping_point",
     "group_alpha",
     "otsu_split",
     "robust_targets",
     "soft_cross_entropy",
+    "tipping_point",
 ]
 
 #: alpha (weight of the student's prediction in the robust target) of groups G1..G4 (official defaults).
@@ -266,6 +271,58 @@ def find_tipping_point(
     return None
 
 
+@dataclass(frozen=True)
+class TippingPoint:
+    """Result of :func:`tipping_point`.
+
+    ``epoch``: 0-based index into the curve of the epoch whose scores fix the groups;
+    ``rule``: ``"peak"`` when the official strict-local-maximum rule fired, ``"fallback"`` when
+    the configured fallback epoch was taken because no peak had appeared in time.
+    """
+
+    epoch: int
+    rule: Literal["peak", "fallback"]
+
+
+def tipping_point(
+    curve: Sequence[float], *, window: int = 2, fallback: int | None = None
+) -> TippingPoint | None:
+    """The tipping epoch the training loop acts on after the epochs in ``curve``, and its rule.
+
+    Meant to be called once per epoch with the growing curve (the epoch statistics so far), until
+    it returns a point:
+
+    1. ``"peak"``: :func:`find_tipping_point` ``(curve, window)``, the official rule (first
+       strict local maximum, seen ``window`` epochs late, at least ``2*window + 2`` values);
+    2. ``"fallback"`` (not in the official code, method.md quirk 5): if no peak is found and
+       ``len(curve) == fallback + window``, epoch ``fallback`` is taken, i.e. at the moment a
+       peak at ``fallback`` would have been seen. The test is for equality: called with a longer
+       curve without a peak it returns None, as the training loop never asks again after it fired.
+
+    Args:
+        curve: the per-epoch statistic so far (the student's mean max probability), ``[E]``: a
+            sequence of floats, 1-D tensor or array.
+        window: neighbours on each side that must be smaller (official 2), ``>= 1``.
+        fallback: 0-based epoch to use when no peak has appeared by ``fallback + window``
+            epochs; None (official) means phase 2 may never start.
+
+    Returns:
+        :class:`TippingPoint`, or None while neither rule fires.
+
+    Raises:
+        ValueError: ``window < 1`` (from :func:`find_tipping_point`) or ``fallback`` not None and
+            not an integer ``>= 0``.
+    """
+    if fallback is not None and (isinstance(fallback, bool) or int(fallback) != fallback or fallback < 0):
+        raise ValueError(f"fallback must be None or an integer >= 0 (a 0-based epoch), got {fallback!r}")
+    peak = find_tipping_point(curve, window)
+    if peak is not None:
+        return TippingPoint(epoch=peak, rule="peak")
+    if fallback is not None and len(curve) == fallback + window:
+        return TippingPoint(epoch=int(fallback), rule="fallback")
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Otsu split and groups
 # --------------------------------------------------------------------------------------------
@@ -453,3 +510,68 @@ def group_alpha(groups: Tensor, alphas: Sequence[float] = GROUP_ALPHAS) -> Tenso
     table = torch.tensor(alphas, dtype=torch.float32, device=groups.device)
     return table[groups.long() - 1]
 
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Result of :func:`detect` on ``N`` scores.
+
+    Attributes:
+        split: the :class:`OtsuSplit` of the scores.
+        groups: int64 ``[N]`` numpy array in ``{1, 2, 3, 4}`` (:func:`assign_groups`).
+        label_issues: bool ``[N]``, True for samples whose group is in ``noisy_groups`` (official:
+            G4 only, method.md quirk 10).
+        below_threshold: bool ``[N]``, ``scores < split.threshold`` (G3 and G4).
+    """
+
+    split: OtsuSplit
+    groups: np.ndarray
+    label_issues: np.ndarray
+    below_threshold: np.ndarray
+
+    @property
+    def estimated_noise_rate(self) -> float:
+        """The share of scores below the Otsu threshold: BKD's estimate of the noise rate."""
+        return float(self.below_threshold.mean())
+
+
+def detect(
+    scores,
+    *,
+    bins: int = 1000,
+    criterion: str = "bkd",
+    noisy_groups: int | Sequence[int] = (4,),
+) -> Detection:
+    """BKD's noise detection from the scores of the tipping epoch (method.md section 2).
+
+    ``split = otsu_split(scores, bins=bins, criterion=criterion)``, ``groups =
+    assign_groups(scores, split)``, ``label_issues = groups in noisy_groups``, ``below_threshold =
+    scores < split.threshold``. The comparisons are made in the scores' own dtype (as in
+    :func:`assign_groups`): pass float64 scores for float64 comparisons.
+
+    Args:
+        scores: float ``[N]`` in ``[0, 1]``, the agreement probabilities of the given labels (1-D
+            tensor on any device, array or sequence; bfloat16 tensors are compared in float32).
+        bins: Otsu histogram bins (official 1000), ``>= 5``.
+        criterion: ``"bkd"`` (official) or ``"classic"``, see :func:`otsu_split`.
+        noisy_groups: the groups reported as label issues, a non-empty subset of ``1..4`` (or one
+            group); official ``(4,)``.
+
+    Returns:
+        :class:`Detection` with numpy arrays on the host.
+
+    Raises:
+        ValueError: bad ``noisy_groups``, or anything :func:`otsu_split` rejects (empty, NaN or
+            out-of-range scores, bad ``bins`` or ``criterion``, no valid split).
+    """
+    groups_wanted = (noisy_groups,) if isinstance(noisy_groups, int) else tuple(noisy_groups)
+    if not groups_wanted or any(isinstance(g, bool) or g not in (1, 2, 3, 4) for g in groups_wanted):
+        raise ValueError(f"noisy_groups must be a non-empty subset of 1..4 (official: (4,)), got {noisy_groups!r}")
+    if isinstance(scores, Tensor):  # numpy has no bfloat16: such scores are compared in float32
+        scores = scores.detach().cpu()
+        scores = (scores.float() if scores.dtype == torch.bfloat16 else scores).numpy()
+    values = np.asarray(scores)
+    split = otsu_split(values, bins=bins, criterion=criterion)
+    groups = assign_groups(values, split).numpy()
+    return Detection(split=split, groups=groups, label_issues=np.isin(groups, groups_wanted),
+                     below_threshold=values < split.threshold)

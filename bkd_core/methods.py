@@ -26,13 +26,17 @@ if TYPE_CHECKING:
 class Method:
     """One detector. ``train(data, config, run_dir, folds=..., progress=...)`` trains (or resumes, or
     loads) it; ``networks`` is the training work per epoch in network-epochs over the subset (for the
-    batch's time-left estimate; 0 for a method that trains nothing)."""
+    batch's time-left estimate; 0 for a method that trains nothing). ``single_run``: ``train`` is one
+    run of the training loop (``bkd_core.train``) in ``run_dir``, fixed by the data and the configuration
+    alone (it ignores ``folds`` and has no sub-runs), so the run cache (``bkd_core.cache``) can key it by
+    the configuration."""
 
     name: str
     title: str
     train: Callable[..., "RunResult"]
     needs_features: bool = False
     networks: Callable[[int], float] = lambda folds: 1.0
+    single_run: bool = False
 
 
 def _bkd(data: "NoisyCIFAR", config: "BKDConfig", run_dir: Path, *, folds: int, progress: bool) -> "RunResult":
@@ -115,8 +119,8 @@ def _knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: Path, *, folds: int, 
 
 #: Every detector, in the order tables show them.
 METHODS: dict[str, Method] = {
-    "bkd": Method("bkd", "BKD (teacher + blind student)", _bkd, networks=lambda folds: 2.0),
-    "ce": Method("ce", "cross-entropy baseline (prediction differs from the label)", _ce),
+    "bkd": Method("bkd", "BKD (teacher + blind student)", _bkd, networks=lambda folds: 2.0, single_run=True),
+    "ce": Method("ce", "cross-entropy baseline (prediction differs from the label)", _ce, single_run=True),
     "cleanlab": Method("cleanlab", "confident learning (cleanlab, out-of-fold)", _cleanlab,
                        networks=lambda folds: (folds - 1) / folds),
     "knn": Method("knn", "k-nearest-neighbour label voting on the features", _knn, needs_features=True,

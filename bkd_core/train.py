@@ -54,13 +54,12 @@ from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import (
     agreement_probability,
-    assign_groups,
     blind_distillation_loss,
-    find_tipping_point,
+    detect,
     group_alpha,
-    otsu_split,
     robust_targets,
     soft_cross_entropy,
+    tipping_point,
 )
 from .metrics import detection_scores, flag_all_f1
 from .models import build_model
@@ -620,19 +619,18 @@ class _BKDTrainer(_Trainer):
     def after_epoch(self, per_sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.tipping_epoch is not None:
             return {}
-        curve = self.history["mean_max_student"]
-        tip = find_tipping_point(curve, self.config.tipping_window)
-        rule = "peak"
-        fallback = self.config.tipping_fallback
-        if tip is None and fallback is not None and len(curve) == fallback + self.config.tipping_window:
-            tip, rule = fallback, "fallback"
-        if tip is None:
+        cfg = self.config
+        point = tipping_point(self.history["mean_max_student"], window=cfg.tipping_window,
+                              fallback=cfg.tipping_fallback)
+        if point is None:
             return {"eval_agreement": self.eval_agreement()}
-        self.tipping_epoch, self.tipping_found_at, self.tipping_rule = tip, self.epoch, rule
+        tip = point.epoch
+        self.tipping_epoch, self.tipping_found_at, self.tipping_rule = tip, self.epoch, point.rule
         scores = (self.load_epoch(tip)["train_agreement"].astype(np.float64) if tip < self.epoch
                   else per_sample["train_agreement"])
-        split = otsu_split(scores, bins=self.config.otsu_bins, criterion=self.config.otsu_criterion)
-        self.train_groups = assign_groups(torch.from_numpy(scores), split).to(self.device)
+        # phase 2's groups: the same split and groups as the detection, on the training pass's scores
+        groups = detect(scores, bins=cfg.otsu_bins, criterion=cfg.otsu_criterion).groups
+        self.train_groups = torch.from_numpy(groups).to(self.device)
         # the tipping epoch is this one (tipping_window=1 with the fallback): its eval-pass scores are
         # needed for the detection and were not computed yet
         return {"eval_agreement": self.eval_agreement()} if tip == self.epoch else {}
@@ -660,18 +658,16 @@ class _BKDTrainer(_Trainer):
         arrays: dict[str, np.ndarray] = {"predicted_labels": predicted.astype(np.int64)}
         if self.tipping_epoch is not None:
             scores = self.load_epoch(self.tipping_epoch)["eval_agreement"].astype(np.float64)
-            split = otsu_split(scores, bins=cfg.otsu_bins, criterion=cfg.otsu_criterion)
-            groups = assign_groups(torch.from_numpy(scores), split).numpy()
-            label_issues = np.isin(groups, cfg.noisy_groups)
-            below = scores < split.threshold
+            detection = detect(scores, bins=cfg.otsu_bins, criterion=cfg.otsu_criterion, noisy_groups=cfg.noisy_groups)
+            split, groups, label_issues = detection.split, detection.groups, detection.label_issues
             metrics.update({
                 "threshold": split.threshold, "lower_mean": split.lower_mean, "upper_mean": split.upper_mean,
                 "lower_std": split.lower_std, "upper_std": split.upper_std,
-                "estimated_noise_rate": float(below.mean()),
+                "estimated_noise_rate": detection.estimated_noise_rate,
                 "flagged_fraction": float(label_issues.mean()),
                 "group_fractions": {f"G{g}": float((groups == g).mean()) for g in (1, 2, 3, 4)},
                 **_detection_metrics("detection", label_issues, is_noisy),
-                **_detection_metrics("below_threshold", below, is_noisy),
+                **_detection_metrics("below_threshold", detection.below_threshold, is_noisy),
             })
             arrays.update({"groups": groups.astype(np.int64), "train_groups": self.train_groups.cpu().numpy()})
         else:

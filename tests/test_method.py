@@ -13,15 +13,19 @@ import torch.nn.functional as F
 from bkd_core.method import (
     GROUP_ALPHAS,
     OTSU_VARIANCE_FLOOR,
+    Detection,
     OtsuSplit,
+    TippingPoint,
     agreement_probability,
     assign_groups,
     blind_distillation_loss,
+    detect,
     find_tipping_point,
     group_alpha,
     otsu_split,
     robust_targets,
     soft_cross_entropy,
+    tipping_point,
 )
 
 CUDA = pytest.param(
@@ -335,6 +339,54 @@ def test_tipping_point_matches_official_rule_on_random_curves():
             assert find_tipping_point(curve[:end]) == _official_rule(curve[:end])
 
 
+def test_tipping_point_peak_rule_is_find_tipping_point():
+    assert tipping_point(RISE_FALL) == TippingPoint(epoch=4, rule="peak")
+    assert tipping_point(RISE_FALL[:6]) is None
+    # the peak rule wins over a fallback that would also fire at this length
+    assert tipping_point(RISE_FALL[:7], fallback=5) == TippingPoint(epoch=4, rule="peak")
+    curve = [0.1, 0.2, 0.5, 0.3, 0.2, 0.6, 0.4, 0.3, 0.2, 0.1]
+    assert tipping_point(curve, window=3) == TippingPoint(5, "peak")
+    assert tipping_point(torch.tensor(RISE_FALL)).epoch == 4
+
+
+def test_tipping_point_fallback_fires_only_at_fallback_plus_window_epochs():
+    rising = [0.1 * i for i in range(12)]
+    # fallback=3, window=2: taken when the 5th value arrives, where a peak at 3 would have been seen
+    got = [tipping_point(rising[:end], fallback=3) for end in range(12)]
+    assert got[5] == TippingPoint(epoch=3, rule="fallback")
+    assert all(g is None for i, g in enumerate(got) if i != 5)  # asked only once, so only then
+    assert tipping_point(rising[:4], window=1, fallback=3) == TippingPoint(3, "fallback")  # tip = last epoch
+    assert tipping_point(rising[:2], fallback=0) == TippingPoint(0, "fallback")
+    assert tipping_point(rising[:5]) is None  # no fallback: the official rule alone
+
+
+def test_tipping_point_sequence_matches_the_training_loop_rule_on_random_curves():
+    """Called epoch by epoch as the trainer does, the first point is the peak rule's or else the fallback."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        curve = np.round(rng.random(rng.integers(0, 14)), 1).tolist()
+        window, fallback = int(rng.integers(1, 3)), [None, 0, 3, 6][int(rng.integers(0, 4))]
+        first = next((tp for end in range(1, len(curve) + 1)
+                      if (tp := tipping_point(curve[:end], window=window, fallback=fallback)) is not None), None)
+        peak_at = next((end for end in range(1, len(curve) + 1)
+                        if find_tipping_point(curve[:end], window) is not None), None)
+        fallback_at = None if fallback is None or fallback + window > len(curve) else fallback + window
+        if peak_at is not None and (fallback_at is None or peak_at <= fallback_at):
+            assert first == TippingPoint(find_tipping_point(curve[:peak_at], window), "peak")
+        elif fallback_at is not None:
+            assert first == TippingPoint(fallback, "fallback")
+        else:
+            assert first is None
+
+
+def test_tipping_point_rejects_bad_arguments():
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="fallback"):
+            tipping_point(RISE_FALL, fallback=bad)
+    with pytest.raises(ValueError, match="window"):
+        tipping_point(RISE_FALL, window=0)
+
+
 # --------------------------------------------------------------------------------------------
 # Otsu split
 # --------------------------------------------------------------------------------------------
@@ -555,3 +607,60 @@ def test_groups_and_alpha_on_device(device):
     assert alpha.device.type == device
     expected = torch.tensor(GROUP_ALPHAS)[groups.cpu() - 1]
     torch.testing.assert_close(alpha.cpu(), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# detection
+# --------------------------------------------------------------------------------------------
+def test_detect_is_split_groups_and_masks():
+    scores = _bimodal(4000, 12)
+    det = detect(scores)
+    assert isinstance(det, Detection)
+    split = otsu_split(scores)
+    assert det.split == split
+    assert det.groups.dtype == np.int64 and det.groups.shape == scores.shape
+    # independent of assign_groups: the group rule written out
+    expected = np.select([scores >= split.upper_mean, scores >= split.threshold, scores >= split.lower_mean],
+                         [1, 2, 3], 4)
+    np.testing.assert_array_equal(det.groups, expected)
+    np.testing.assert_array_equal(det.label_issues, expected == 4)
+    np.testing.assert_array_equal(det.below_threshold, expected >= 3)  # G3 + G4 lie below the threshold
+    assert det.label_issues.dtype == bool and det.below_threshold.dtype == bool
+    assert det.estimated_noise_rate == pytest.approx(float(np.mean(scores < split.threshold)))
+    assert 0.0 < det.label_issues.mean() < det.estimated_noise_rate < 1.0
+
+
+def test_detect_options_are_passed_on():
+    scores = _bimodal(3000, 13)
+    classic = detect(scores, bins=100, criterion="classic", noisy_groups=(3, 4))
+    assert classic.split == otsu_split(scores, bins=100, criterion="classic")
+    np.testing.assert_array_equal(classic.label_issues, classic.below_threshold)
+    np.testing.assert_array_equal(detect(scores, noisy_groups=3).label_issues, detect(scores).groups == 3)
+
+
+def test_detect_compares_in_the_scores_dtype_and_accepts_tensors():
+    scores = _bimodal(2000, 15).astype(np.float32)
+    t = detect(scores).split.threshold
+    edge = np.float32(t)
+    assert float(edge) < t  # seed chosen so: in float64 the edge score lies below the threshold
+    scores = np.append(scores, edge)
+    det = detect(scores)
+    assert det.split.threshold == t
+    # compared in float32, as assign_groups does: the edge score is at the threshold (G2), not below it
+    assert det.groups[-1] == 2 and not det.below_threshold[-1]
+    np.testing.assert_array_equal(det.below_threshold, det.groups >= 3)
+    on_tensor = detect(torch.from_numpy(scores))
+    assert on_tensor.split == det.split
+    for name in ("groups", "label_issues", "below_threshold"):
+        np.testing.assert_array_equal(getattr(on_tensor, name), getattr(det, name))
+
+
+def test_detect_rejects_bad_input():
+    scores = _bimodal(500, 15)
+    for bad in ((), (0,), (5,), (True,), (4, 7)):
+        with pytest.raises(ValueError, match="noisy_groups"):
+            detect(scores, noisy_groups=bad)
+    with pytest.raises(ValueError, match="NaN"):
+        detect(np.array([0.1, np.nan, 0.9]))
+    with pytest.raises(ValueError, match="criterion"):
+        detect(scores, criterion="fisher")

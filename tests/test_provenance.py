@@ -96,6 +96,29 @@ def test_a_code_change_retrains_a_cached_run(tmp_path, monkeypatch):
     assert again.run_dir == first.run_dir and again.metrics == first.metrics
 
 
+def test_cached_run_trains_the_registry_methods_of_a_single_run(tmp_path, monkeypatch):
+    from bkd_core.methods import METHODS, Method
+
+    assert cache.cached_methods() == ("bkd", "ce")  # the registry's single runs: folds and knn are not
+    data = make_synthetic_cifar_n(n_train=40, n_test=10, noise_rate=0.3, seed=0)
+    for kind in ("cleanlab", "knn"):
+        with pytest.raises(ValueError, match=rf"not '{kind}'.*METHODS\['{kind}'\]\.train"):
+            cache.cached_run(kind, data, TINY, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        cache.cached_run("nope", data, TINY, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # nothing was trained or written
+
+    # a new single-run entry in the registry is cached with no change to the cache
+    calls = []
+    fake = Method("fake", "a fake detector", lambda *args, **kwargs: calls.append((args, kwargs)) or "result",
+                  single_run=True)
+    monkeypatch.setitem(METHODS, "fake", fake)
+    assert cache.cached_methods() == ("bkd", "ce", "fake")
+    assert cache.cached_run("fake", data, TINY, tmp_path, progress=False) == "result"
+    (args, kwargs), = calls
+    assert args == (data, TINY, tmp_path / cache.run_key("fake", data, TINY)) and kwargs["progress"] is False
+
+
 def test_an_edited_source_file_changes_the_cache_key(package_copy, monkeypatch):
     """Not only a patched function: editing a module's file gives the run another folder."""
     data = make_synthetic_cifar_n(n_train=60, n_test=20, noise_rate=0.3, seed=0)
