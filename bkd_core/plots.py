@@ -342,25 +342,34 @@ def plot_teacher_student(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy:
 
 
 def plot_teacher_student_scatter(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy: np.ndarray,
-                                 epoch: int) -> Figure:
+                                 epoch: int, max_points: int = 4000, seed: int = 0) -> Figure:
     """Per image, the teacher's against the student's probability of the given label in one epoch.
 
     Args:
         teacher_p, student_p: float [n] (one epoch of the training-pass history); is_noisy: bool [n].
         epoch: the 0-based epoch, for the title.
+        max_points: at most this many images per panel, drawn at random (seeded) when there are more (a
+            cloud of 45,000 points is a solid blot); the title says how many of how many are shown.
     """
     noisy = np.asarray(is_noisy, dtype=bool)
     tp = np.asarray(teacher_p, np.float64)
     sp = np.asarray(student_p, np.float64)
+    rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharex=True, sharey=True)
+    sampled = False
     for ax, mask, colour, name in ((axes[0], ~noisy, CLEAN, "truly clean images"),
                                    (axes[1], noisy, NOISY, "mislabelled images")):
-        ax.scatter(tp[mask], sp[mask], s=4, alpha=0.3, color=colour, rasterized=True)
+        rows = np.flatnonzero(mask)
+        if len(rows) > max_points:
+            rows = np.sort(rng.choice(rows, max_points, replace=False))
+            sampled = True
+            name = f"{name}\n(a random {max_points:,} of {int(mask.sum()):,})"
+        ax.scatter(tp[rows], sp[rows], s=4, alpha=0.3, color=colour, rasterized=True)
         ax.plot([0, 1], [0, 1], color="0.4", linewidth=0.8)
         ax.set(title=name, xlabel="teacher p(given label)", xlim=(0, 1), ylim=(0, 1), aspect="equal")
     axes[0].set_ylabel("student p(given label)")
-    fig.suptitle(f"Per image, epoch {epoch + 1} (below the diagonal: the student doubts the label more)",
-                 fontsize=10)
+    fig.suptitle(f"Per image, epoch {epoch + 1} (below the diagonal: the student doubts the label more)"
+                 + (", a sample" if sampled else ""), fontsize=10)
     return fig
 
 
@@ -685,7 +694,7 @@ def plot_noise_estimates(table) -> Figure:
         est = 100 * rows["estimated_noise_rate"].astype(float)
         ax.scatter(true, est, color=colour, marker=marker, label=label, edgecolor="black", linewidth=0.5, zorder=3)
         for t, e, split in zip(true, est, rows["split"]):
-            if np.isfinite(e):
+            if np.isfinite(e) and method == "bkd":  # one label per run, beside BKD's point
                 ax.annotate(split, (t, e), textcoords="offset points", xytext=(4, 3), fontsize=7.5, color="0.3")
     top = max(5.0, float(np.nanmax(100 * table["estimated_noise_rate"].astype(float).to_numpy(), initial=0)),
               float(np.nanmax(100 * table["true_noise_rate"].astype(float).to_numpy(), initial=0))) * 1.08

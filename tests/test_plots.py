@@ -250,6 +250,21 @@ def test_otsu_figures():
     assert _has_legend(fig)
 
 
+def test_teacher_student_scatter_samples_a_large_set():
+    rng = np.random.default_rng(1)
+    n = 10_000
+    noisy = rng.random(n) < 0.4
+    fig = plots.plot_teacher_student_scatter(rng.random(n), rng.random(n), noisy, 3, max_points=1000)
+    counts = [len(c.get_offsets()) for ax in fig.axes for c in ax.collections]
+    assert counts == [1000, 1000]
+    assert f"of {int((~noisy).sum()):,}" in fig.axes[0].get_title() and "a sample" in fig._suptitle.get_text()
+    plt.close(fig)
+    fig = plots.plot_teacher_student_scatter(rng.random(50), rng.random(50), noisy[:50], 3, max_points=1000)
+    assert sum(len(c.get_offsets()) for ax in fig.axes for c in ax.collections) == 50  # small sets: every point
+    assert "sample" not in fig._suptitle.get_text()
+    plt.close(fig)
+
+
 def test_training_figures():
     student = torch.full((10,), 0.05)
     student[3], student[5] = 0.4, 0.2
@@ -341,6 +356,7 @@ def test_noise_estimates_one_point_per_run_and_detector(methods):
     assert all(len(c.get_offsets()) == 9 for c in points)  # 3 splits x 3 seeds
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("kNN" in x for x in legend) == ("knn" in methods)
+    assert len(ax.texts) == 9  # one split label per run, beside BKD's point
     plt.close(fig)
 
 
