@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,12 @@ __all__ = [
     "parse_overrides",
     "repository_root",
     "find_results_dir",
+    "batch_summary",
+    "profile_comparison",
+    "peak_rule_runs",
     "config_table",
+    "setup_text",
+    "departures_text",
     "table",
     "glue",
     "render_glue",
@@ -92,10 +97,12 @@ def in_colab() -> bool:
 COLAB_DATA, COLAB_RUNS = "/content/data", "/content/runs"
 #: Where runs go when a Colab reader keeps them on Google Drive.
 COLAB_DRIVE, COLAB_DRIVE_RUNS = "/content/drive", "/content/drive/MyDrive/bkd-book/runs"
+#: Where Colab keeps the label-free feature vectors (the ``features`` profile), on the runtime or on Drive.
+COLAB_FEATURES, COLAB_DRIVE_FEATURES = "/content/features", "/content/drive/MyDrive/bkd-book/features"
 
 
 def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = (), *, trains: bool = True,
-                keep_runs_on_drive: bool = False) -> dict[str, str]:
+                keep_runs_on_drive: bool = False, features: bool = False) -> dict[str, str]:
     """The Colab set-up cell of a chapter: data folders, the run cache, downloads, and a note to the reader.
 
     Sets ``$BKD_DATA_DIR`` (default ``/content/data``) and, for a chapter that trains (``trains``),
@@ -106,11 +113,17 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     ``labels`` (validated, see :func:`bkd_core.data.download` and :func:`~bkd_core.data.download_labels`),
     then shows where everything is and how to keep the runs.
 
-    Returns the folders used: ``{"data": ..., "runs": ...}`` (``runs`` only when ``trains``).
+    With ``features`` (a chapter whose default profile is ``features``) it also sets ``$BKD_FEATURE_CACHE``,
+    where the first training run keeps the label-free feature vectors it computes once (a few minutes):
+    ``/content/features``, or ``MyDrive/bkd-book/features`` on Google Drive with ``keep_runs_on_drive``.
+
+    Returns the folders used: ``{"data": ..., "runs": ..., "features": ...}`` (``runs`` only when
+    ``trains``, ``features`` only with ``features``).
     """
     from .data import download, download_labels
 
-    if trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ:
+    on_drive = trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ
+    if on_drive:
         from google.colab import drive  # only inside Colab
 
         drive.mount(COLAB_DRIVE)
@@ -119,6 +132,9 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     if trains:
         folders["runs"] = os.environ.setdefault("BKD_RUN_CACHE", COLAB_RUNS)
         Path(folders["runs"]).mkdir(parents=True, exist_ok=True)
+    if trains and features:
+        folders["features"] = os.environ.setdefault("BKD_FEATURE_CACHE",
+                                                    COLAB_DRIVE_FEATURES if on_drive else COLAB_FEATURES)
     for dataset in images:
         download(dataset)
     for dataset in labels:
@@ -145,6 +161,10 @@ def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), la
         lines.append(f"Training runs go to `{runs}`, which Colab deletes when the runtime ends. To keep them, set "
                      "`KEEP_RUNS_ON_DRIVE = True` in the set-up cell (mounts Google Drive; runs go to "
                      f"`{COLAB_DRIVE_RUNS}`), or set `BKD_RUN_CACHE` to a folder of your own before it runs.")
+    if folders.get("features"):
+        lines.append("With the default profile, `features`, the first training run computes label-free feature vectors "
+                     "of the 60,000 images once (about 3-5 minutes on 2 cores) and caches them in "
+                     f"`{folders['features']}`; later runs and chapters reuse them.")
     return "\n\n".join(lines)
 
 
@@ -255,6 +275,100 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
                             f"papermill -p results_dir /path/to/reproductions/cpu")
 
 
+def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
+    """:func:`bkd_core.results.summarize` of the reproduction batch ``results_dir`` (found as
+    :func:`find_results_dir` finds it), or None when there is no such batch, no finished run in it, or (with
+    ``split``) no run of that split: for a chapter that compares with a committed batch when it is there."""
+    from .results import collect_results, summarize
+
+    try:
+        folder = find_results_dir(results_dir)
+    except FileNotFoundError:
+        return None
+    summary = summarize(collect_results(folder))
+    if not len(summary) or (split is not None and split not in set(summary["split"])):
+        return None
+    return summary
+
+
+#: Rows of :func:`profile_comparison`: (label, method, metric, scale, digits).
+COMPARISON_ROWS = (
+    ("true noise rate (%)", "bkd", "true_noise_rate", 100, 1),
+    ("BKD estimated noise rate (%)", "bkd", "estimated_noise_rate", 100, 1),
+    ("BKD tipping point from the peak rule", "bkd", "tipping_from_peak", None, 0),
+    ("BKD tipping epoch (from 1)", "bkd", "tipping_epoch", 1, 1),
+    ("BKD F1, G4 (%)", "bkd", "detection_f1", 100, 1),
+    ("flag everything F1 (%)", "bkd", "flag_all_f1", 100, 1),
+    ("BKD test accuracy, last epoch (%)", "bkd", "test_acc", 1, 1),
+    ("CE test accuracy, last epoch (%)", "ce", "test_acc", 1, 1),
+    ("CE test accuracy, best epoch (%)", "ce", "best_test_acc", 1, 1),
+)
+
+
+def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Mapping[str, Any], split: str,
+                       run_label: str = "this run"):
+    """One run of a chapter beside reproduction batches on the same split, as a table of formatted cells.
+
+    Args:
+        run_metrics: ``{"bkd": metrics, "ce": metrics}`` of the chapter's runs (``RunResult.metrics``).
+        batches: column label -> :func:`batch_summary` of a batch (None: the batch is not there, its column
+            shows "–"), e.g. ``{"cpu batch": ..., "features batch": ...}``.
+        split: the split whose batch rows are shown.
+        run_label: the run's column label.
+
+    Rows :data:`COMPARISON_ROWS`; a batch cell is "mean ± std" over its seeds, the peak-rule row "k of n" runs
+    (for the run itself "yes", "no: fallback" or "no tipping point").
+    """
+    import pandas as pd
+
+    from .results import mean_std
+
+    def run_cell(method: str, metric: str, scale, digits: int) -> str:
+        metrics = run_metrics.get(method, {})
+        if metric == "tipping_from_peak":
+            rule = metrics.get("tipping_rule")
+            if metrics.get("tipping_epoch") is None:
+                return "no tipping point"
+            return "yes" if rule in ("peak", None) else f"no: {rule}"
+        value = metrics.get(metric)
+        if value is None:
+            return "–"
+        if metric == "tipping_epoch":
+            return str(int(value) + 1)  # one run: an epoch, counted from 1
+        return mean_std(float(value), float("nan"), scale, digits)
+
+    def batch_cell(summary, method: str, metric: str, scale, digits: int) -> str:
+        if summary is None:
+            return "–"
+        row = summary[(summary["split"] == split) & (summary["method"] == method)]
+        if row.empty:
+            return "–"
+        if metric == "tipping_from_peak":
+            mean, seeds = row["tipping_from_peak_mean"].iloc[0], int(row["seeds"].iloc[0])
+            return "–" if pd.isna(mean) else f"{round(mean * seeds)} of {seeds} runs"
+        mean, std = float(row[f"{metric}_mean"].iloc[0]), float(row[f"{metric}_std"].iloc[0])
+        if metric == "tipping_epoch":
+            mean += 1
+        return mean_std(mean, std, scale, digits)
+
+    columns = {run_label: {label: run_cell(m, k, sc, d) for label, m, k, sc, d in COMPARISON_ROWS}}
+    for name, summary in batches.items():
+        columns[name] = {label: batch_cell(summary, m, k, sc, d) for label, m, k, sc, d in COMPARISON_ROWS}
+    return pd.DataFrame(columns)
+
+
+def peak_rule_runs(summary, split: str) -> tuple[int, int] | None:
+    """``(k, n)``: in ``k`` of the ``n`` BKD runs of ``split`` in a batch's :func:`batch_summary` the tipping point
+    came from the official peak rule (the others took the fallback or found none); None without such runs."""
+    if summary is None or not len(summary):
+        return None
+    row = summary[(summary["split"] == split) & (summary["method"] == "bkd")]
+    if row.empty or not np.isfinite(row["tipping_from_peak_mean"].iloc[0]):
+        return None
+    n = int(row["seeds"].iloc[0])
+    return round(float(row["tipping_from_peak_mean"].iloc[0]) * n), n
+
+
 def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
     """A pandas DataFrame of the settings that matter: this run's and the ``paper`` profile's."""
     import pandas as pd
@@ -262,11 +376,15 @@ def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
     paper = PROFILES["paper"]
 
     def show(cfg: BKDConfig, f: str) -> str:
-        if f == "model_widths" and cfg.model != "small_cnn":
+        if f == "model_widths" and cfg.model not in ("small_cnn", "mlp"):
             return "(fixed)"
         return _show(f, getattr(cfg, f))
 
-    rows = {f: [show(config, f), show(paper, f)] for f in fields}
+    def inputs(cfg: BKDConfig) -> str:
+        return f"feature vectors ({cfg.features})" if cfg.features else "pixels"
+
+    rows = {"input": [inputs(config), inputs(paper)]}
+    rows.update({f: [show(config, f), show(paper, f)] for f in fields})
     rows["device"] = [str(config.resolved_device()), "a GPU"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=[f"this run ({config.profile})", "paper"])
 
@@ -280,6 +398,59 @@ def _show(field: str, value: Any) -> str:
     if isinstance(value, tuple):
         return "/".join(str(v) for v in value)
     return str(value)
+
+
+def _field(config: BKDConfig | Mapping[str, Any], name: str) -> Any:
+    """A field of a BKDConfig or of its dict; a dict written before the field existed gets its default."""
+    if isinstance(config, Mapping):
+        return config[name] if name in config else BKDConfig.__dataclass_fields__[name].default
+    return getattr(config, name)
+
+
+def setup_text(config: BKDConfig | Mapping[str, Any], n_images: int | None = None) -> str:
+    """What a run of ``config`` trains on what, as a phrase for the prose (plain text, for ``{glue:text}``).
+
+    ``config``: a :class:`~bkd_core.config.BKDConfig` or its dict (a run's ``metrics.json``);
+    ``n_images``: the size of the full training set, for "all 50,000 training images". For example
+    ``"MLPs with one hidden layer of 1,024 units on label-free feature vectors of all 50,000 training
+    images, 30 epochs, no augmentation, a constant learning rate"``.
+    """
+    model, widths = _field(config, "model"), tuple(_field(config, "model_widths"))
+    if model == "mlp":
+        layers = "one hidden layer" if len(widths) == 1 else f"{len(widths)} hidden layers"
+        net = f"MLPs with {layers} of {'/'.join(f'{w:,}' for w in widths)} units"
+    elif model == "small_cnn":
+        net = f"small CNNs ({'/'.join(str(w) for w in widths)} channels)"
+    elif model == "preresnet18":
+        net = "the official PreResNet18"
+    else:
+        net = f"{model} networks"
+    inputs = "label-free feature vectors" if _field(config, "features") else "the pixels"
+    size = _field(config, "train_size")
+    if size is None:
+        images = f"all {n_images:,} training images" if n_images else "all training images"
+    else:
+        images = f"a random {size:,}-image subset of the training images"
+    augment = "with augmentation" if _field(config, "augment") else "no augmentation"
+    lr = "a constant learning rate" if _field(config, "lr_step") is None else "a step learning rate"
+    return f"{net} on {inputs} of {images}, {_field(config, 'epochs')} epochs, {augment}, {lr}"
+
+
+def departures_text(config: BKDConfig | Mapping[str, Any]) -> str:
+    """Where ``config`` departs from the official code in its switchable behaviours (quirks 2 and 5 of the
+    appendix), as a sentence (plain text); a BKDConfig or its dict."""
+    departures = []
+    if _field(config, "detach_robust_target"):
+        departures.append("the robust target of phase 2 detached (quirk 2)")
+    fallback = _field(config, "tipping_fallback")
+    if fallback is not None:
+        departures.append(f"a fallback that takes epoch {int(fallback) + 1} as the tipping point when none was found "
+                          f"after {int(fallback) + int(_field(config, 'tipping_window'))} epochs (quirk 5)")
+    if not departures:
+        return ("It follows the official code in both switchable behaviours that the profiles change: the robust "
+                "target of phase 2 is not detached (quirk 2), and the tipping point comes from the peak rule alone, "
+                "without a fallback (quirk 5).")
+    return "Where it departs from the official code (see the appendix): " + "; ".join(departures) + "."
 
 
 def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = True):

@@ -342,25 +342,34 @@ def plot_teacher_student(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy:
 
 
 def plot_teacher_student_scatter(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy: np.ndarray,
-                                 epoch: int) -> Figure:
+                                 epoch: int, max_points: int = 4000, seed: int = 0) -> Figure:
     """Per image, the teacher's against the student's probability of the given label in one epoch.
 
     Args:
         teacher_p, student_p: float [n] (one epoch of the training-pass history); is_noisy: bool [n].
         epoch: the 0-based epoch, for the title.
+        max_points: at most this many images per panel, drawn at random (seeded) when there are more (a
+            cloud of 45,000 points is a solid blot); the title says how many of how many are shown.
     """
     noisy = np.asarray(is_noisy, dtype=bool)
     tp = np.asarray(teacher_p, np.float64)
     sp = np.asarray(student_p, np.float64)
+    rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharex=True, sharey=True)
+    sampled = False
     for ax, mask, colour, name in ((axes[0], ~noisy, CLEAN, "truly clean images"),
                                    (axes[1], noisy, NOISY, "mislabelled images")):
-        ax.scatter(tp[mask], sp[mask], s=4, alpha=0.3, color=colour, rasterized=True)
+        rows = np.flatnonzero(mask)
+        if len(rows) > max_points:
+            rows = np.sort(rng.choice(rows, max_points, replace=False))
+            sampled = True
+            name = f"{name}\n(a random {max_points:,} of {int(mask.sum()):,})"
+        ax.scatter(tp[rows], sp[rows], s=4, alpha=0.3, color=colour, rasterized=True)
         ax.plot([0, 1], [0, 1], color="0.4", linewidth=0.8)
         ax.set(title=name, xlabel="teacher p(given label)", xlim=(0, 1), ylim=(0, 1), aspect="equal")
     axes[0].set_ylabel("student p(given label)")
-    fig.suptitle(f"Per image, epoch {epoch + 1} (below the diagonal: the student doubts the label more)",
-                 fontsize=10)
+    fig.suptitle(f"Per image, epoch {epoch + 1} (below the diagonal: the student doubts the label more)"
+                 + (", a sample" if sampled else ""), fontsize=10)
     return fig
 
 
@@ -584,7 +593,14 @@ DETECTORS = (
     ("BKD, below threshold", "bkd", "below_threshold_f1", "#56B4E9"),
     ("cleanlab (confident learning)", "cleanlab", "detection_f1", ACCENT),
     ("CE, prediction differs", "ce", "detection_f1", CE),
+    ("kNN label voting", "knn", "detection_f1", TEACHER),
 )
+
+
+def _detectors(table) -> tuple:
+    """:data:`DETECTORS` whose method has runs in ``table`` (a batch without kNN runs gets no kNN bar or row)."""
+    present = set(table["method"])
+    return tuple(d for d in DETECTORS if d[1] in present)
 
 
 def _per_run(table, columns: Sequence[tuple[str, str, str]], scale: float = 100.0):
@@ -621,7 +637,7 @@ def plot_detection_by_split(table) -> Figure:
     over seeds as error bars, the F1 of flagging everything marked as the floor.
     ``table``: one row per run and method, :func:`bkd_core.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    splits = _bars_over_seeds(table, DETECTORS, ax)
+    splits = _bars_over_seeds(table, _detectors(table), ax)
     bkd = table[table["method"] == "bkd"].assign(flag_all_f1=lambda t: t["flag_all_f1"].astype(float))
     floor = bkd.groupby("split")["flag_all_f1"].mean().reindex(splits).to_numpy()
     x = np.arange(len(splits))
@@ -649,10 +665,11 @@ def plot_f1_heatmap(table) -> Figure:
     from .results import ordered_splits
 
     floor = (("flag everything", "bkd", "flag_all_f1"),)
+    detectors = _detectors(table)
     table = table[table["true_noise_rate"].astype(float) > 0]
-    long = _per_run(table, [(label, method, column) for label, method, column, _ in DETECTORS] + list(floor))
+    long = _per_run(table, [(label, method, column) for label, method, column, _ in detectors] + list(floor))
     grid = long.pivot_table(index="series", columns="split", values="value", aggfunc="mean")
-    grid = grid.reindex(index=[d[0] for d in DETECTORS] + [floor[0][0]],
+    grid = grid.reindex(index=[d[0] for d in detectors] + [floor[0][0]],
                         columns=[s for s in ordered_splits(long["split"]) if s in grid.columns])
     grid = grid.dropna(axis=1, how="all")
     fig, ax = plt.subplots(figsize=(1.2 * max(len(grid.columns), 2) + 3.2, 3.4))
@@ -663,17 +680,21 @@ def plot_f1_heatmap(table) -> Figure:
 
 
 def plot_noise_estimates(table) -> Figure:
-    """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold) and
-    cleanlab (flagged share), with the diagonal. ``table``: :func:`bkd_core.results.collect_results`."""
+    """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold),
+    cleanlab (flagged share) and, when the batch has kNN runs, kNN label voting (flagged share), with the
+    diagonal. ``table``: :func:`bkd_core.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(5, 4.4))
     for label, method, colour, marker in (("BKD (below threshold)", "bkd", BKD, "o"),
-                                          ("cleanlab (flagged)", "cleanlab", ACCENT, "s")):
+                                          ("cleanlab (flagged)", "cleanlab", ACCENT, "s"),
+                                          ("kNN voting (flagged)", "knn", TEACHER, "^")):
         rows = table[table["method"] == method]
+        if rows.empty:
+            continue
         true = 100 * rows["true_noise_rate"].astype(float)
         est = 100 * rows["estimated_noise_rate"].astype(float)
         ax.scatter(true, est, color=colour, marker=marker, label=label, edgecolor="black", linewidth=0.5, zorder=3)
         for t, e, split in zip(true, est, rows["split"]):
-            if np.isfinite(e):
+            if np.isfinite(e) and method == "bkd":  # one label per run, beside BKD's point
                 ax.annotate(split, (t, e), textcoords="offset points", xytext=(4, 3), fontsize=7.5, color="0.3")
     top = max(5.0, float(np.nanmax(100 * table["estimated_noise_rate"].astype(float).to_numpy(), initial=0)),
               float(np.nanmax(100 * table["true_noise_rate"].astype(float).to_numpy(), initial=0))) * 1.08

@@ -164,6 +164,15 @@ def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
     return out[["dataset", "split", "method", "seeds", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]]]
 
 
+def mean_of(summary: "pd.DataFrame", split: str, method: str, metric: str) -> float:
+    """The mean over seeds of ``metric`` for ``method`` on ``split`` in :func:`summarize`'s table; NaN when the
+    batch has no such run (a method it did not train, a split it did not run)."""
+    if not len(summary):
+        return float("nan")
+    row = summary[(summary["split"] == split) & (summary["method"] == method)]
+    return float(row[f"{metric}_mean"].iloc[0]) if len(row) else float("nan")
+
+
 def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
     """``"41.0 ± 1.2"`` (``"41.0"`` when ``std`` is NaN, i.e. one seed; ``"–"`` when ``mean`` is NaN)."""
     import math

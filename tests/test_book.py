@@ -176,6 +176,143 @@ def test_setup_colab_keeps_a_run_cache_the_reader_set(colab, monkeypatch):
     assert not colab.drive.mounted
 
 
+def test_setup_colab_says_where_the_features_are_cached(colab, monkeypatch):
+    monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
+    monkeypatch.setattr(book, "COLAB_FEATURES", str(colab.tmp / "content" / "features"))
+    folders = book.setup_colab(features=True)
+    assert folders["features"] == book.COLAB_FEATURES == os.environ["BKD_FEATURE_CACHE"]
+    assert "computes label-free feature vectors" in colab.shown[-1] and book.COLAB_FEATURES in colab.shown[-1]
+    assert "3-5 minutes" in colab.shown[-1]
+
+
+def test_setup_colab_keeps_the_features_on_drive_with_the_runs(colab, monkeypatch):
+    monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
+    monkeypatch.setattr(book, "COLAB_DRIVE_FEATURES", str(colab.tmp / "drive" / "MyDrive" / "bkd-book" / "features"))
+    folders = book.setup_colab(keep_runs_on_drive=True, features=True)
+    assert folders["features"] == book.COLAB_DRIVE_FEATURES == os.environ["BKD_FEATURE_CACHE"]
+
+
+def test_setup_colab_without_features_says_nothing_of_them(colab, monkeypatch):
+    monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
+    folders = book.setup_colab()
+    assert "features" not in folders and "BKD_FEATURE_CACHE" not in os.environ
+    assert "feature vectors" not in colab.shown[-1]
+
+
 def test_setup_colab_for_a_chapter_that_trains_nothing(colab):
     folders = book.setup_colab(images=["cifar10"], trains=False)
     assert "runs" not in folders and "trains nothing" in colab.shown[-1]
+
+
+# -- the run's setting, in words -----------------------------------------------------------------
+
+def test_setup_text_describes_each_profile():
+    from bkd_core.config import get_profile
+
+    features = book.setup_text(get_profile("features"), n_images=50_000)
+    assert features == ("MLPs with one hidden layer of 1,024 units on label-free feature vectors of all 50,000 "
+                        "training images, 30 epochs, no augmentation, a constant learning rate")
+    cpu = book.setup_text(get_profile("cpu"))
+    assert cpu.startswith("small CNNs (16/32/64 channels) on the pixels of a random 5,000-image subset")
+    assert "24 epochs" in cpu
+    paper = book.setup_text(get_profile("paper"), n_images=50_000)
+    assert paper.startswith("the official PreResNet18 on the pixels of all 50,000") and "with augmentation" in paper
+    assert "a step learning rate" in paper
+    # a run's metrics.json holds the configuration as a dict: the same words
+    assert book.setup_text(get_profile("features").to_dict(), n_images=50_000) == features
+    older = {k: v for k, v in get_profile("cpu").to_dict().items() if k not in ("features", "drop_last")}
+    assert book.setup_text(older) == cpu  # runs recorded before a field existed: its default
+    two = book.setup_text(get_profile("features", model_widths=(512, 512)))
+    assert two.startswith("MLPs with 2 hidden layers of 512/512 units") and "all training images" in two
+
+
+def test_departures_text_names_the_switched_quirks():
+    from bkd_core.config import get_profile
+
+    cpu = book.departures_text(get_profile("cpu"))
+    assert "quirk 2" in cpu and "epoch 17 as the tipping point when none was found after 18 epochs" in cpu
+    official = book.departures_text(get_profile("features"))
+    assert official.startswith("It follows the official code") and "without a fallback" in official
+    assert book.departures_text(get_profile("paper").to_dict()) == official
+    only_fallback = book.departures_text(get_profile("features", tipping_fallback=7))
+    assert "quirk 2" not in only_fallback and "epoch 8" in only_fallback
+
+
+def test_config_table_shows_the_input_and_the_mlp_widths():
+    from bkd_core.config import get_profile
+
+    table = book.config_table(get_profile("features"))
+    assert list(table.columns) == ["this run (features)", "paper"]
+    assert table.loc["input"].tolist() == ["feature vectors (patches)", "pixels"]
+    assert table.loc["model_widths"].tolist() == ["1024", "(fixed)"]
+    assert table.loc["train_size", "this run (features)"] == "all 50,000"
+
+
+def test_mean_of_a_summary():
+    import math
+
+    import pandas as pd
+
+    from bkd_core import results
+
+    rows = [{"dataset": "cifar10", "split": "worst", "seed": s, "method": "bkd", "tipping_rule": "peak",
+             "true_noise_rate": 0.4, "detection_f1": f1} for s, f1 in ((0, 0.6), (1, 0.7))]
+    summary = results.summarize(pd.DataFrame(rows, columns=list(results.COLUMNS)))
+    assert results.mean_of(summary, "worst", "bkd", "detection_f1") == pytest.approx(0.65)
+    assert math.isnan(results.mean_of(summary, "worst", "knn", "detection_f1"))  # a method the batch did not run
+    assert math.isnan(results.mean_of(summary, "aggre", "bkd", "detection_f1"))  # a split it did not run
+    assert math.isnan(results.mean_of(pd.DataFrame(), "worst", "bkd", "detection_f1"))  # an empty batch
+
+
+# -- a chapter's run beside the committed batches -------------------------------------------------
+
+def _batch_table():
+    import pandas as pd
+
+    from bkd_core import results
+
+    rows = []
+    for seed, rule in ((0, "peak"), (1, "fallback"), (2, "peak")):
+        rows.append({"dataset": "cifar10", "split": "worst", "seed": seed, "method": "bkd", "tipping_rule": rule,
+                     "tipping_epoch": 14 + seed, "true_noise_rate": 0.40, "estimated_noise_rate": 0.60,
+                     "detection_f1": 0.60 + seed / 100, "flag_all_f1": 0.57, "test_acc": 50.0})
+        rows.append({"dataset": "cifar10", "split": "worst", "seed": seed, "method": "ce", "true_noise_rate": 0.40,
+                     "test_acc": 30.0, "best_test_acc": 45.0})
+    return results.summarize(pd.DataFrame(rows, columns=list(results.COLUMNS)))
+
+
+def test_peak_rule_runs():
+    summary = _batch_table()
+    assert book.peak_rule_runs(summary, "worst") == (2, 3)
+    assert book.peak_rule_runs(summary, "aggre") is None and book.peak_rule_runs(None, "worst") is None
+
+
+def test_profile_comparison_puts_the_run_beside_each_batch():
+    run = {"bkd": {"true_noise_rate": 0.41, "estimated_noise_rate": 0.7, "tipping_epoch": 16,
+                   "tipping_rule": "fallback", "detection_f1": 0.55, "flag_all_f1": 0.58, "test_acc": 48.0},
+           "ce": {"test_acc": 20.0, "best_test_acc": 44.0}}
+    table = book.profile_comparison(run, {"cpu batch": _batch_table(), "features batch": None}, "worst")
+    assert list(table.columns) == ["this run", "cpu batch", "features batch"]
+    assert list(table.index) == [row[0] for row in book.COMPARISON_ROWS]
+    assert table.loc["BKD tipping point from the peak rule"].tolist() == ["no: fallback", "2 of 3 runs", "–"]
+    assert table.loc["BKD tipping epoch (from 1)", "this run"] == "17"  # counted from 1
+    assert table.loc["BKD tipping epoch (from 1)", "cpu batch"] == "16.0 ± 1.0"
+    assert table.loc["BKD estimated noise rate (%)"].tolist() == ["70.0", "60.0 ± 0.0", "–"]
+    assert table.loc["CE test accuracy, best epoch (%)", "this run"] == "44.0"
+    no_tip = {"bkd": {**run["bkd"], "tipping_epoch": None, "tipping_rule": None}, "ce": run["ce"]}
+    assert book.profile_comparison(no_tip, {}, "worst").loc["BKD tipping point from the peak rule",
+                                                            "this run"] == "no tipping point"
+    # another split than the batch's: its cells are empty, not another split's numbers
+    assert set(book.profile_comparison(run, {"cpu batch": _batch_table()}, "aggre")["cpu batch"]) == {"–"}
+
+
+def test_batch_summary_of_a_missing_folder_is_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert book.batch_summary(tmp_path / "nothing") is None
+
+
+@pytest.mark.skipif(not (COMMITTED_BATCH / "summary.json").is_file(), reason="no committed batch")
+def test_batch_summary_of_the_committed_cpu_batch():
+    summary = book.batch_summary("reproductions/cpu", "worst")
+    assert summary is not None and book.peak_rule_runs(summary, "worst")[1] == 3
+    assert book.batch_summary("reproductions/cpu", "no-such-split") is None

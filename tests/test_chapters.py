@@ -33,15 +33,20 @@ CHAPTERS = sorted(p.stem for p in CHAPTER_DIR.glob("*.ipynb"))
 PARAMETERS = ["dataset", "split", "profile", "seed", "train_size", "epochs", "device", "data_dir", "run_cache",
               "overrides"]
 RESULTS_CHAPTER = "07_results"  # reads a reproduction batch; its parameters say which one
-RESULTS_PARAMETERS = ["results_dir", "dataset", "gallery_split", "gallery_seed", "data_dir"]
+RESULTS_PARAMETERS = ["results_dir", "cpu_results_dir", "dataset", "gallery_split", "gallery_seed", "data_dir"]
 REAL_DATA = bool(os.environ.get("BKD_DATA_DIR"))
-COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
+COMMITTED_BATCH = ROOT / "reproductions" / "features"  # the results chapter's default batch
+COMMITTED_CPU_BATCH = ROOT / "reproductions" / "cpu"  # ... and the one it shows after it
 NEEDS_LABEL_FILES = {"01_intro"}
+PIXELS_CHAPTER = "09_pixels"  # the end-to-end check on pixels: its default profile is "cpu"
+DEFAULT_PROFILE = {name: "cpu" if name == PIXELS_CHAPTER else "features" for name in CHAPTERS}
 
-# Tiny runs: 300 images, 6 epochs, a narrow CNN; the fallback forces the tipping point to epoch 3 (found
-# after epoch 4), so phase 2 (epoch 5) and every detection path run.
+# Tiny runs: 300 images, 6 epochs, a narrow CNN (profile "cpu" whatever the chapter's default: the features
+# profile would first extract the features of all 60,000 real images, minutes); the fallback forces the
+# tipping point to epoch 3 (found after epoch 4), so phase 2 (epoch 5) and every detection path run.
 TINY = {
     "dataset": "cifar10" if REAL_DATA else "synthetic",
+    "profile": "cpu",
     "train_size": 300,
     "epochs": 6,
     "overrides": {"test_size": 200, "model_widths": [8, 16, 16], "tipping_fallback": 3},
@@ -99,7 +104,8 @@ def test_toc_lists_every_chapter_in_four_parts():
     files = [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
     assert files[-1] == "chapters/bibliography" and (ROOT / "chapters" / "bibliography.md").is_file()
     assert sorted(files[:-1]) == [f"chapters/{name}" for name in CHAPTERS]
-    assert len(CHAPTERS) == 8
+    assert len(CHAPTERS) == 9
+    assert files[-3:] == ["chapters/08_differences", f"chapters/{PIXELS_CHAPTER}", "chapters/bibliography"]
 
 
 def test_pages_workflow():
@@ -146,6 +152,11 @@ def test_chapter_shape(name):
         assert "trains=False" in colab.source
     else:
         assert "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source and "BKD_RUN_CACHE" in colab.source
+    # a chapter that trains with the features profile says that the first run computes them, and where they go
+    trains_features = DEFAULT_PROFILE[name] == "features" and name not in NEEDS_LABEL_FILES | {RESULTS_CHAPTER}
+    assert ("features=True" in colab.source) == trains_features
+    if trains_features:
+        assert "3-5 minutes" in colab.source and "/content/features" in colab.source
     # second code cell: papermill parameters, plain literals only, each with a type annotation that
     # papermill --help-notebook shows (its pattern takes names, brackets and commas: no "int | None")
     params = code[1]
@@ -164,11 +175,16 @@ def test_chapter_shape(name):
     assert list(inferred) == names and "None" not in inferred.values(), inferred
     if name == RESULTS_CHAPTER:
         assert names == RESULTS_PARAMETERS
-        assert defaults["results_dir"] == "reproductions/cpu"  # the committed batch, found from any directory
+        # the committed batches, found from any directory
+        assert defaults["results_dir"] == "reproductions/features"
+        assert defaults["cpu_results_dir"] == "reproductions/cpu"
     else:
         assert names == PARAMETERS
-        assert defaults["profile"] == "cpu" and defaults["device"] == "auto"
-        assert defaults["epochs"] is None and defaults["train_size"] is None  # the cpu profile's values
+        assert defaults["profile"] == DEFAULT_PROFILE[name] and defaults["device"] == "auto"
+        assert defaults["epochs"] is None and defaults["train_size"] is None  # the profile's values
+        # every chapter's parameter help names the three profiles
+        help_text = papermill.inspect_notebook(str(CHAPTER_DIR / f"{name}.ipynb"))["profile"]["help"]
+        assert all(f'"{p}"' in help_text for p in ("features", "cpu", "paper")), help_text
     # conclusions for readers outside the book build: verbatim copies of the prose, in removed cells
     prose = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
     shown = [c for c in code if "book.conclusion(" in c.source]
@@ -236,10 +252,12 @@ def executed(tmp_path_factory):
 
 
 def _results_parameters(folder: Path) -> dict:
-    """The results chapter reads the committed batch when it and the real data are here; otherwise a
-    two-seed batch of tiny runs on the synthetic stand-in, made here in process."""
-    if REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file():
-        return {"results_dir": str(COMMITTED_BATCH)}
+    """The results chapter reads the committed batches when they and the real data are here (the cpu batch
+    twice when the features batch is not committed); otherwise a two-seed batch of tiny runs on the synthetic
+    stand-in, made here in process, as both batches."""
+    if REAL_DATA and (COMMITTED_CPU_BATCH / "summary.json").is_file():
+        first = COMMITTED_BATCH if (COMMITTED_BATCH / "summary.json").is_file() else COMMITTED_CPU_BATCH
+        return {"results_dir": str(first), "cpu_results_dir": str(COMMITTED_CPU_BATCH)}
     from bkd_core import book, reproduce
 
     data = book.load_data("synthetic")
@@ -256,7 +274,8 @@ def _results_parameters(folder: Path) -> dict:
     outcomes.append(reproduce.RunOutcome("cifar100-noisy100-seed0", "skipped", reason="cifar100 data not found"))
     reproduce.write_batch_summary(folder, outcomes,
                                   reproduce.BatchOptions(out=str(folder), overrides=overrides, folds=2))
-    return {"results_dir": str(folder), "dataset": "synthetic", "gallery_split": "synthetic"}
+    return {"results_dir": str(folder), "cpu_results_dir": str(folder), "dataset": "synthetic",
+            "gallery_split": "synthetic"}
 
 
 def _glued(nb) -> dict:
@@ -291,16 +310,18 @@ def _check_outputs(nb) -> int:
 
 
 EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
-    "01_intro": ({"worst_rate", "aggre_rate", "top_pct", "worst_class"}, 3),
+    "01_intro": ({"worst_rate", "aggre_rate", "top_pct", "worst_class", "profile_name", "setup_text"}, 3),
     "02_memorization": ({"n_train", "noise_pct", "p_noisy_last", "mem_noisy_last", "peak_acc", "verdict"}, 1),
     "03_blind_teacher": ({"t_mem", "s_mem", "t_noisy", "s_noisy", "verdict"}, 3),
     "04_tipping_point": ({"tip_sentence", "prominence_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
     "07_results": ({"code_text", "n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor",
-                    "auc_bkd", "n_auc"}, 6),
+                    "auc_bkd", "n_auc", "lose_text", "cfg_setup", "cpu_batch_text", "cpu_compare_text"}, 6),
     "08_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic",
                         "groups_text"}, 0),
+    "09_pixels": ({"setup_text", "tip_sentence", "batch_tip_text", "est_rate", "true_rate", "g4_f1", "all_f1",
+                   "bkd_last", "ce_last", "verdict", "features_text"}, 4),
 }
 
 
@@ -332,6 +353,13 @@ def test_chapter_runs(name, executed):
     if name == "05_otsu":
         assert 0 < glued["t_bkd"] < 1 and 0 <= glued["g4_f1"] <= 1
         assert abs(glued["all_f1"] - 2 * glued["true_rate"] / 100 / (1 + glued["true_rate"] / 100)) < 1e-9
+    if name == "09_pixels":
+        assert abs(glued["all_f1"] - 2 * glued["true_rate"] / 100 / (1 + glued["true_rate"] / 100)) < 1e-9
+        assert glued["verdict"].startswith(("On pixels, in this run:", "Not in this run:"))
+        assert "small CNNs (8/16/16 channels) on the pixels of a random 300-image subset" in glued["setup_text"]
+    if name == RESULTS_CHAPTER:
+        # the second table: the cpu batch, or a clear note where there is none
+        assert glued["cpu_batch_text"] and "runs that train" in glued["cpu_batch_text"]
     if name == "08_differences":
         b, c = glued["q3_B"], glued["q3_C"]
         assert abs(glued["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12
@@ -385,8 +413,9 @@ def test_book_builds_from_executed_chapters(executed):
     assert "index.html" in index
 
 
-@pytest.mark.skipif(not (REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file()),
-                    reason="reads the committed batch and its images: set BKD_DATA_DIR")
+@pytest.mark.skipif(not (REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file()
+                         and (COMMITTED_CPU_BATCH / "summary.json").is_file()),
+                    reason="reads the committed batches and their images: set BKD_DATA_DIR")
 def test_results_chapter_runs_from_any_directory(tmp_path):
     """papermill from another working directory, default parameters: the committed batch is found
     (relative to the repository), and the conclusions are shown with their numbers."""
@@ -404,8 +433,10 @@ def test_results_chapter_runs_from_any_directory(tmp_path):
         else:
             os.environ["OMP_NUM_THREADS"] = saved
     nb = nbformat.read(out, as_version=4)
-    assert _glued(nb)["n_runs"] == 18
+    glued = _glued(nb)
+    assert glued["n_runs"] == 18 and glued["profile"] == "features"
+    assert glued["cpu_batch_text"].startswith("18 runs that train small CNNs")  # the cpu batch, after it
     shown = " ".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
                      for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
-    assert "Code version: 18 of 18 were made before runs recorded their code version" in shown
+    assert re.search(r"Code version: 18 of 18 ", shown), shown[:500]
     assert re.search(r"In short: of the \d noisy splits, BKD's G4 mask beats flagging everything", shown), shown[:500]

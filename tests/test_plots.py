@@ -250,6 +250,21 @@ def test_otsu_figures():
     assert _has_legend(fig)
 
 
+def test_teacher_student_scatter_samples_a_large_set():
+    rng = np.random.default_rng(1)
+    n = 10_000
+    noisy = rng.random(n) < 0.4
+    fig = plots.plot_teacher_student_scatter(rng.random(n), rng.random(n), noisy, 3, max_points=1000)
+    counts = [len(c.get_offsets()) for ax in fig.axes for c in ax.collections]
+    assert counts == [1000, 1000]
+    assert f"of {int((~noisy).sum()):,}" in fig.axes[0].get_title() and "a sample" in fig._suptitle.get_text()
+    plt.close(fig)
+    fig = plots.plot_teacher_student_scatter(rng.random(50), rng.random(50), noisy[:50], 3, max_points=1000)
+    assert sum(len(c.get_offsets()) for ax in fig.axes for c in ax.collections) == 50  # small sets: every point
+    assert "sample" not in fig._suptitle.get_text()
+    plt.close(fig)
+
+
 def test_training_figures():
     student = torch.full((10,), 0.05)
     student[3], student[5] = 0.4, 0.2
@@ -261,27 +276,36 @@ def test_training_figures():
     assert _has_legend(fig)
 
 
-def _results_table(seeds=(0, 1, 2)):
-    """A results.collect_results-like table: two noisy splits and the clean control, three methods."""
+F1_OF = {"bkd": 0.6, "ce": 0.4, "cleanlab": 0.5, "knn": 0.55}
+
+
+def _results_table(seeds=(0, 1, 2), methods=("bkd", "ce", "cleanlab")):
+    """A results.collect_results-like table: two noisy splits and the clean control, three methods (the
+    cpu batch) or four (``methods`` with kNN: the features batch)."""
     import pandas as pd
 
     rng = np.random.default_rng(0)
     rows = []
     for split, rate in (("clean", 0.0), ("aggre", 0.09), ("worst", 0.40)):
         for seed in seeds:
-            for method, f1 in (("bkd", 0.6), ("ce", 0.4), ("cleanlab", 0.5)):
+            for method in methods:
+                f1 = F1_OF[method]
                 rows.append({"dataset": "cifar10", "split": split, "seed": seed, "method": method,
                              "true_noise_rate": rate, "detection_f1": np.nan if rate == 0 else f1 + rng.normal(0, 0.02),
                              "below_threshold_f1": np.nan if rate == 0 else f1 - 0.05 if method == "bkd" else np.nan,
                              "flag_all_f1": 2 * rate / (1 + rate) if rate else np.nan,
+                             "estimated_noise_rate": np.nan if method == "ce" else rate + 0.1 + rng.normal(0, 0.02),
                              "test_acc": 50 + 5 * (method == "bkd") + rng.normal(0, 1)})
     return pd.DataFrame(rows)
 
 
+@pytest.mark.parametrize("methods", [("bkd", "ce", "cleanlab"), ("bkd", "ce", "cleanlab", "knn")])
 @pytest.mark.parametrize("seeds", [(0, 1, 2), (0,)])
-def test_results_bars_over_seeds(seeds):
-    table = _results_table(seeds)
-    for draw, n_series in ((plots.plot_detection_by_split, len(plots.DETECTORS)), (plots.plot_accuracy_by_split, 2)):
+def test_results_bars_over_seeds(seeds, methods):
+    table = _results_table(seeds, methods)
+    detectors = [d for d in plots.DETECTORS if d[1] in methods]  # no kNN bar for a batch without kNN runs
+    assert len(detectors) == len(plots.DETECTORS) - ("knn" not in methods)
+    for draw, n_series in ((plots.plot_detection_by_split, len(detectors)), (plots.plot_accuracy_by_split, 2)):
         fig = draw(table)
         _labelled(fig)
         assert _has_legend(fig)
@@ -305,16 +329,34 @@ def test_results_bars_over_seeds(seeds):
     plt.close(fig)
 
 
-def test_f1_heatmap():
-    table = _results_table()
+@pytest.mark.parametrize("methods", [("bkd", "ce", "cleanlab"), ("bkd", "ce", "cleanlab", "knn")])
+def test_f1_heatmap(methods):
+    table = _results_table(methods=methods)
     fig = plots.plot_f1_heatmap(table)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["aggre", "worst"]  # the clean control has no F1
-    assert [t.get_text() for t in ax.get_yticklabels()] == [d[0] for d in plots.DETECTORS] + ["flag everything"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [d[0] for d in plots.DETECTORS
+                                                            if d[1] in methods] + ["flag everything"]
     annotations = [t.get_text() for t in ax.texts]
     mean_bkd_worst = 100 * table[(table.split == "worst") & (table.method == "bkd")]["detection_f1"].mean()
     assert f"{mean_bkd_worst:.1f}" in annotations
     assert ax.get_xlabel() and ax.get_title() and len(fig.axes) == 2  # with a colour bar
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("methods", [("bkd", "ce", "cleanlab"), ("bkd", "ce", "cleanlab", "knn")])
+def test_noise_estimates_one_point_per_run_and_detector(methods):
+    table = _results_table(methods=methods)
+    fig = plots.plot_noise_estimates(table)
+    _labelled(fig)
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    estimators = [m for m in methods if m != "ce"]  # CE estimates no noise rate
+    assert len(points) == len(estimators)
+    assert all(len(c.get_offsets()) == 9 for c in points)  # 3 splits x 3 seeds
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("kNN" in x for x in legend) == ("knn" in methods)
+    assert len(ax.texts) == 9  # one split label per run, beside BKD's point
     plt.close(fig)
 
 
