@@ -31,10 +31,12 @@ from .errors import RunDirError
 from .io import atomic_write_json, read_json
 from .methods import METHODS as METHOD_REGISTRY
 from .methods import methods_for
-from .results import SAMPLES
+from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
 from .rundir import RunDir
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .config import BKDConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
@@ -245,10 +247,10 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     """Train ``methods`` on one split and seed into ``out_dir``; write and return its ``metrics.json``.
 
     ``out_dir/bkd``, ``out_dir/ce`` and ``out_dir/cleanlab`` are ordinary run directories (resumable).
-    ``out_dir/metrics.json`` holds each method's metrics under ``"methods"``; ``out_dir/samples.csv.gz``
-    (gzip-compressed CSV: 50,000 rows are 2.7 MB as plain text) one row per training sample of the
-    subset (index into the 50,000 images, given and clean label,
-    each method's label-quality score, flag and prediction). ``exit_with_parent``: end this process
+    ``out_dir/metrics.json`` holds each method's metrics under ``"methods"`` (with its ``ranking_auc``);
+    ``out_dir/samples.csv.gz`` one row per training sample of the subset (:func:`samples_table`; not
+    committed: 50,000 rows are about 0.8 MB) and ``out_dir/highlights.csv`` the few rows of it the
+    results chapter shows (:func:`write_tables`). ``exit_with_parent``: end this process
     when the process that started it dies (the batch's run notebooks set it, see :func:`exit_when_parent_dies`).
     """
     import torch
@@ -270,12 +272,14 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
         if method not in METHOD_REGISTRY:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
         results[method] = METHOD_REGISTRY[method].train(data, config, out_dir / method, folds=folds, progress=progress)
+    samples = samples_table(data.subset(config.train_size, seed=config.seed), results)
+    aucs = ranking_aucs(samples)
     summary = {"dataset": data.dataset, "split": data.split, "seed": int(seed), "profile": profile,
                "fingerprint": config.fingerprint(), "code_hash": code_hash(), "config": config.to_dict(),
                "folds": folds,
                "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),
-               "methods": {m: r.metrics for m, r in results.items()}}
-    _write_samples(out_dir / SAMPLES, data.subset(config.train_size, seed=config.seed), results)
+               "methods": {m: {**r.metrics, "ranking_auc": aucs[m]} for m, r in results.items()}}
+    write_tables(out_dir, samples)
     atomic_write_json(out_dir / "metrics.json", summary)
     return summary
 
@@ -298,10 +302,11 @@ def exit_when_parent_dies(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="bkd-exit-with-parent", daemon=True).start()
 
 
-def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
+def samples_table(subset: Any, results: dict[str, Any]) -> "pd.DataFrame":
+    """One row per training sample of ``subset``: ``index`` (into the 50,000 images), ``given_label``,
+    ``clean_label``, and each method's ``{method}_quality`` (rounded to 5 decimals), ``{method}_issue``
+    (0/1), ``{method}_prediction`` (and ``bkd_group``), from the method ``results`` of :func:`run_one`."""
     import pandas as pd
-
-    from .io import atomic_path
 
     table: dict[str, np.ndarray] = {"index": subset.indices, "given_label": subset.train_labels,
                                     "clean_label": subset.clean_labels}
@@ -314,8 +319,18 @@ def _write_samples(path: Path, subset: Any, results: dict[str, Any]) -> None:
         table[f"{method}_prediction"] = arrays["predicted_labels"]
         if method == "bkd" and "groups" in arrays:
             table["bkd_group"] = arrays["groups"]
-    with atomic_path(path) as tmp:  # mtime 0 in the gzip header: the same table gives the same bytes
-        pd.DataFrame(table).to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+    return pd.DataFrame(table)
+
+
+def write_tables(out_dir: Path, samples: "pd.DataFrame") -> None:
+    """A run's per-sample tables: the full one as ``samples.csv.gz`` (not committed) and its
+    :func:`~bkd_core.results.highlights` as ``highlights.csv`` (committed), both atomically."""
+    from .io import atomic_path
+
+    with atomic_path(out_dir / SAMPLES) as tmp:  # mtime 0 in the gzip header: the same table gives the same bytes
+        samples.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+    with atomic_path(out_dir / HIGHLIGHTS) as tmp:
+        highlights(samples).to_csv(tmp, index=False)
 
 
 # -- executing runs ------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Tables of a reproduction batch's outputs (``python -m bkd_core reproduce``), for the results chapter.
 
 :func:`collect_results` reads every ``OUT/*/metrics.json`` into one row per (run, method);
-:func:`summarize` gives mean and standard deviation over seeds per split and method.
+:func:`summarize` gives mean and standard deviation over seeds per split and method. Each run also has a
+per-sample table (:func:`read_samples`, one row per training image, not committed) and the few rows of it
+the results chapter shows (:func:`read_highlights`, committed).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100",
 METHOD_ORDER = tuple(METHODS)  # bkd_core.methods: the registry's order
 #: A batch run's per-sample table (``reproduce.run_one``), gzip-compressed CSV.
 SAMPLES = "samples.csv.gz"
+#: The rows of it the results chapter shows (:func:`highlights`): committed, unlike the full table.
+HIGHLIGHTS = "highlights.csv"
+#: How many rows :func:`highlights` keeps per list.
+HIGHLIGHT_ROWS = 24
 
 
 def ordered_splits(names) -> list[str]:
@@ -47,17 +53,14 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
     """One row per (dataset, split, seed, method) of every finished run under ``out``, sorted by
     split (CIFAR-N order), seed and method; columns :data:`COLUMNS` (missing values are NaN).
 
-    ``ranking_auc`` is computed here from the run's samples table (:func:`samples_file`) (:func:`ranking_auc` of the
-    method's score against the clean labels); NaN without that file or on a split with no wrong label.
+    Every value comes from the runs' ``metrics.json``; ``ranking_auc`` is what ``reproduce`` computed
+    from the run's full samples table (:func:`ranking_aucs`), NaN on a split with no wrong label.
     """
     import pandas as pd
 
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
         run = _read_run(path)
-        samples_path = samples_file(path.parent)
-        samples = _read_samples(samples_path) if samples_path is not None else None
-        is_noisy = None if samples is None else (samples["given_label"] != samples["clean_label"]).to_numpy()
         for method, metrics in run["methods"].items():
             if not isinstance(metrics, dict):
                 raise ValueError(f"{path}: methods.{method} holds a {type(metrics).__name__}, not a method's metrics; "
@@ -65,15 +68,6 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                        profile=run.get("profile"))
-            if samples is not None and f"{method}_quality" in samples:
-                scores = samples[f"{method}_quality"].to_numpy(dtype=float)
-                bad = np.flatnonzero(~np.isfinite(scores))
-                if len(bad):  # row numbers as a spreadsheet shows them: the header is line 1
-                    raise ValueError(f"{samples_path}: column {method}_quality has {len(bad)} NaN or infinite score(s) "
-                                     f"(first on line {int(bad[0]) + 2}, "
-                                     f"sample index {int(samples['index'].iloc[bad[0]])}); "
-                                     "the run wrote a broken file: delete its folder and rerun the batch")
-                row["ranking_auc"] = ranking_auc(scores, is_noisy)
             if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
                 row["tipping_rule"] = "peak"  # runs from before the fallback was recorded: the rule fired
             rows.append(row)
@@ -143,6 +137,73 @@ def _read_samples(path: Path) -> "pd.DataFrame":
         raise ValueError(f"{path} lacks the column(s) {missing}; "
                          "delete the run's folder and rerun the batch to rewrite it")
     return samples
+
+
+def quality_methods(samples: "pd.DataFrame") -> list[str]:
+    """The methods with a score column (``{method}_quality``) in a samples table, in its column order."""
+    return [c[: -len("_quality")] for c in samples.columns if c.endswith("_quality")]
+
+
+def ranking_aucs(samples: "pd.DataFrame") -> dict[str, float | None]:
+    """Each method's :func:`~bkd_core.metrics.ranking_auc` over a run's full samples table (its
+    ``{method}_quality`` against ``given_label != clean_label``); None where it is undefined (no wrong label).
+
+    Raises:
+        ValueError: a NaN or infinite score (names the column, the line and the sample index).
+    """
+    is_noisy = (samples["given_label"] != samples["clean_label"]).to_numpy()
+    aucs = {}
+    for method in quality_methods(samples):
+        scores = samples[f"{method}_quality"].to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if len(bad):  # row numbers as a spreadsheet shows them: the header is line 1
+            raise ValueError(f"column {method}_quality has {len(bad)} NaN or infinite score(s) "
+                             f"(first on line {int(bad[0]) + 2}, sample index {int(samples['index'].iloc[bad[0]])})")
+        auc = ranking_auc(scores, is_noisy)
+        aucs[method] = None if np.isnan(auc) else float(auc)
+    return aucs
+
+
+def with_percentiles(samples: "pd.DataFrame") -> "pd.DataFrame":
+    """``samples`` with a ``{method}_percentile`` column per score: its rank percentile among all of the
+    run's samples (ties averaged; near 0 = the most suspicious)."""
+    return samples.assign(**{f"{m}_percentile": samples[f"{m}_quality"].rank(pct=True, method="average")
+                             for m in quality_methods(samples)})
+
+
+def highlights(samples: "pd.DataFrame", n: int = HIGHLIGHT_ROWS) -> "pd.DataFrame":
+    """The few rows of a run's full samples table that the results chapter shows, with their percentiles.
+
+    The union, in sample order, of the ``n`` rows BKD ranks most suspicious (:func:`most_suspicious`) and,
+    when the table has cleanlab's scores, the ``n`` largest BKD/cleanlab disagreements each way
+    (:func:`disagreements`), with :func:`with_percentiles`' columns computed over *all* rows first. On it,
+    those two functions give the same rows as on the full table for any ``n`` up to this one.
+    ``reproduce`` writes it as ``highlights.csv`` beside ``metrics.json``; the full table is not committed.
+    """
+    table = with_percentiles(samples)
+    picked = [most_suspicious(table, n)]
+    if "cleanlab_quality" in table:
+        picked += list(disagreements(table, n))
+    keep = sorted(set().union(*(rows.index for rows in picked)))
+    result = table.loc[keep].reset_index(drop=True)
+    result.attrs["highlight_rows"] = n
+    return result
+
+
+def read_highlights(run_dir: str | Path) -> "pd.DataFrame":
+    """A batch run's ``highlights.csv`` (:func:`highlights`), checked like :func:`read_samples`.
+
+    Raises:
+        FileNotFoundError: the run folder has none (the run did not finish).
+        ValueError: the table cannot be read or lacks its key columns.
+    """
+    path = Path(run_dir) / HIGHLIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {HIGHLIGHTS}: the run has not finished (or was written by an "
+                                "older bkd_core); rerun the batch command to finish or rewrite it")
+    table = _read_samples(path)
+    table.attrs["highlight_rows"] = HIGHLIGHT_ROWS
+    return table
 
 
 def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
@@ -264,22 +325,31 @@ def markdown_table(frame: "pd.DataFrame", index_label: str = "") -> str:
 
 
 def most_suspicious(samples: "pd.DataFrame", n: int = 12, method: str = "bkd") -> "pd.DataFrame":
-    """The ``n`` rows of a run's ``samples.csv`` that ``method`` ranks most likely mislabelled."""
+    """The ``n`` rows of a run's samples table (full, or :func:`highlights`) that ``method`` ranks most
+    likely mislabelled."""
+    _check_rows(samples, n)
     return samples.sort_values(f"{method}_quality", kind="stable").head(n)
 
 
 def disagreements(samples: "pd.DataFrame", n: int = 6) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """Where BKD and cleanlab disagree most: ``(BKD suspects, cleanlab trusts)`` and the reverse.
 
-    Each score is turned into its rank percentile (0 = most suspicious); the rows with the largest
-    gap between the two percentiles, ``n`` in each direction, with a ``rank_gap`` column.
+    Each score is turned into its rank percentile (0 = most suspicious; a :func:`highlights` table
+    carries them, computed over all samples); the rows with the largest gap between the two percentiles,
+    ``n`` in each direction, with a ``rank_gap`` column.
     """
-    bkd = samples["bkd_quality"].rank(pct=True, method="average")
-    cleanlab = samples["cleanlab_quality"].rank(pct=True, method="average")
-    gap = (cleanlab - bkd).rename("rank_gap")
-    table = samples.assign(rank_gap=gap)
+    _check_rows(samples, n)
+    table = samples if "bkd_percentile" in samples else with_percentiles(samples)
+    table = table.assign(rank_gap=table["cleanlab_percentile"] - table["bkd_percentile"])
     return (table.sort_values("rank_gap", ascending=False, kind="stable").head(n),
             table.sort_values("rank_gap", ascending=True, kind="stable").head(n))
+
+
+def _check_rows(samples: "pd.DataFrame", n: int) -> None:
+    kept = samples.attrs.get("highlight_rows")
+    if kept is not None and n > kept:
+        raise ValueError(f"a highlights table keeps the top {kept} rows of each list, not {n}: ask for n <= {kept}, "
+                         "or read the run's full samples table (read_samples)")
 
 
 def run_times(out: str | Path) -> "pd.DataFrame":

@@ -39,7 +39,7 @@ LOCK = ".lock"
 METRICS = "metrics.json"
 SCORES = "scores.npz"
 #: Files that mark a folder as a run's (``config.json`` aside).
-RUN_FILES = (METRICS, SCORES, CHECKPOINT, "samples.csv", "samples.csv.gz")
+RUN_FILES = (METRICS, SCORES, CHECKPOINT, "samples.csv", "samples.csv.gz", "highlights.csv")
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # bkd_core.io's temporary names
 
 

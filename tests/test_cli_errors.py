@@ -232,10 +232,10 @@ def test_results_over_a_broken_metrics_json(tmp_path, capsys, metrics, fragment)
     _fails(["results", str(tmp_path / "batch")], capsys, str(run / "metrics.json"), fragment)
 
 
-def test_results_over_a_nan_score_names_file_and_line(tmp_path, capsys):
-    run = _batch_run(tmp_path, {"dataset": "cifar10", "split": "worst", "seed": 0, "profile": "cpu",
-                                "methods": {"bkd": {"detection_f1": 0.5}}})
-    pd.DataFrame({"index": [0, 1, 2], "given_label": [1, 2, 3], "clean_label": [1, 0, 3],
-                  "bkd_quality": [0.5, float("nan"), 0.7]}).to_csv(run / "samples.csv", index=False)
-    _fails(["results", str(tmp_path / "batch")], capsys, str(run / "samples.csv"), "bkd_quality",
-           "first on line 3", "sample index 1")
+def test_a_nan_score_names_column_line_and_sample():
+    from bkd_core.results import ranking_aucs
+
+    samples = pd.DataFrame({"index": [0, 1, 2], "given_label": [1, 2, 3], "clean_label": [1, 0, 3],
+                            "bkd_quality": [0.5, float("nan"), 0.7]})
+    with pytest.raises(ValueError, match="column bkd_quality has 1 NaN .*first on line 3, sample index 1"):
+        ranking_aucs(samples)

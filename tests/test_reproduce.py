@@ -22,7 +22,8 @@ from bkd_core.config import BKDConfig
 from bkd_core.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.metrics import ranking_auc
 from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
-from bkd_core.results import collect_results, read_samples, run_times, summarize
+from bkd_core.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,
+                              read_highlights, read_samples, run_times, summarize)
 from bkd_core.synthetic import make_synthetic_cifar_n
 
 TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=32, lr=0.02, lr_step=None,
@@ -152,6 +153,19 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
 
     cleanlab_auc = ranking_auc(samples["cleanlab_quality"], samples["given_label"] != samples["clean_label"])
     assert table.iloc[5]["method"] == "cleanlab" and table.iloc[5]["ranking_auc"] == pytest.approx(cleanlab_auc)
+    # the committed part of a run is metrics.json and highlights.csv: the full table can go
+    highlights = read_highlights(tmp_path / "batch" / "cifar10-synthetic-seed1")
+    assert len(highlights) < len(samples)
+    for n in (1, 7, HIGHLIGHT_ROWS):
+        assert most_suspicious(highlights, n)["index"].tolist() == most_suspicious(samples, n)["index"].tolist()
+        for kept, full in zip(disagreements(highlights, n), disagreements(samples, n)):
+            assert kept["index"].tolist() == full["index"].tolist()
+            np.testing.assert_allclose(kept["rank_gap"], full["rank_gap"])
+    with pytest.raises(ValueError, match=f"keeps the top {HIGHLIGHT_ROWS} rows"):
+        most_suspicious(highlights, HIGHLIGHT_ROWS + 1)
+    for run_dir in (tmp_path / "batch").iterdir():
+        (run_dir / SAMPLES).unlink()
+    pd.testing.assert_frame_equal(collect_results(tmp_path / "batch"), table)
     # the same table as Markdown, from the command line
     from bkd_core.cli import main
 
