@@ -35,6 +35,7 @@ from .data import (
 )
 from .method import detect, find_tipping_point
 from .metrics import detection_scores, flag_all_f1
+from .results import summary_cell, table_rows
 
 __all__ = [
     "in_colab",
@@ -291,18 +292,11 @@ def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
     return summary
 
 
-#: Rows of :func:`profile_comparison`: (label, method, metric, scale, digits).
-COMPARISON_ROWS = (
-    ("true noise rate (%)", "bkd", "true_noise_rate", 100, 1),
-    ("BKD estimated noise rate (%)", "bkd", "estimated_noise_rate", 100, 1),
-    ("BKD tipping point from the peak rule", "bkd", "tipping_from_peak", None, 0),
-    ("BKD tipping epoch (from 1)", "bkd", "tipping_epoch", 1, 1),
-    ("BKD F1, G4 (%)", "bkd", "detection_f1", 100, 1),
-    ("flag everything F1 (%)", "bkd", "flag_all_f1", 100, 1),
-    ("BKD test accuracy, last epoch (%)", "bkd", "test_acc", 1, 1),
-    ("CE test accuracy, last epoch (%)", "ce", "test_acc", 1, 1),
-    ("CE test accuracy, best epoch (%)", "ce", "best_test_acc", 1, 1),
-)
+#: Rows of :func:`profile_comparison`: those of :data:`bkd_core.results.SPLIT_TABLE_ROWS` with these labels.
+COMPARISON_ROWS = table_rows((
+    "true noise rate (%)", "BKD estimated noise rate (%)", "BKD tipping point from the peak rule (runs)",
+    "BKD tipping epoch (from 1)", "BKD F1, G4 (%)", "flag everything F1 (%)", "BKD test accuracy, last epoch (%)",
+    "CE test accuracy, last epoch (%)", "CE test accuracy, best epoch (%, optimistic)"))
 
 
 def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Mapping[str, Any], split: str,
@@ -316,8 +310,9 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
         split: the split whose batch rows are shown.
         run_label: the run's column label.
 
-    Rows :data:`COMPARISON_ROWS`; a batch cell is "mean ± std" over its seeds, the peak-rule row "k of n" runs
-    (for the run itself "yes", "no: fallback" or "no tipping point").
+    Rows :data:`COMPARISON_ROWS`; a batch cell is :func:`~bkd_core.results.summary_cell` ("mean ± std" over
+    its seeds, the peak-rule row "k of n"), the run's own cell its value (the peak-rule row "yes",
+    "no: fallback" or "no tipping point").
     """
     import pandas as pd
 
@@ -338,18 +333,7 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
         return mean_std(float(value), float("nan"), scale, digits)
 
     def batch_cell(summary, method: str, metric: str, scale, digits: int) -> str:
-        if summary is None:
-            return "–"
-        row = summary[(summary["split"] == split) & (summary["method"] == method)]
-        if row.empty:
-            return "–"
-        if metric == "tipping_from_peak":
-            mean, seeds = row["tipping_from_peak_mean"].iloc[0], int(row["seeds"].iloc[0])
-            return "–" if pd.isna(mean) else f"{round(mean * seeds)} of {seeds} runs"
-        mean, std = float(row[f"{metric}_mean"].iloc[0]), float(row[f"{metric}_std"].iloc[0])
-        if metric == "tipping_epoch":
-            mean += 1
-        return mean_std(mean, std, scale, digits)
+        return "–" if summary is None else summary_cell(summary, split, method, metric, scale, digits)
 
     columns = {run_label: {label: run_cell(m, k, sc, d) for label, m, k, sc, d in COMPARISON_ROWS}}
     for name, summary in batches.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .io import read_json
 from .methods import METHODS
@@ -280,6 +280,36 @@ SPLIT_TABLE_ROWS = (
 DETECTION_PREFIXES = ("detection_", "below_threshold_", "flag_all_", "ranking_")
 
 
+def table_rows(labels: Sequence[str]) -> tuple[tuple, ...]:
+    """The rows of :data:`SPLIT_TABLE_ROWS` with these labels, in this order (another table's rows)."""
+    by_label = {row[0]: row for row in SPLIT_TABLE_ROWS}
+    unknown = [label for label in labels if label not in by_label]
+    if unknown:
+        raise ValueError(f"no row labelled {unknown[0]!r} in SPLIT_TABLE_ROWS")
+    return tuple(by_label[label] for label in labels)
+
+
+def summary_cell(summary: "pd.DataFrame", split: str, method: str, metric: str, scale: float | None,
+                 digits: int) -> str:
+    """One cell of a :func:`summarize` table as text: ``"mean ± std"`` of ``metric`` (times ``scale``) for
+    ``method`` on ``split``; tipping epochs counted from 1; ``tipping_from_peak`` as ``"k of n"`` runs;
+    ``seeds`` as a count; "–" when the batch has no such run."""
+    import pandas as pd
+
+    match = summary[(summary["split"] == split) & (summary["method"] == method)]
+    if match.empty:
+        return "–"
+    if metric == "seeds":
+        return str(int(match["seeds"].iloc[0]))
+    if metric == "tipping_from_peak":  # "2 of 3": the other runs fell back to config.tipping_fallback
+        mean, seeds = match["tipping_from_peak_mean"].iloc[0], int(match["seeds"].iloc[0])
+        return "–" if pd.isna(mean) else f"{round(mean * seeds)} of {seeds}"
+    mean, std = match[f"{metric}_mean"].iloc[0], match[f"{metric}_std"].iloc[0]
+    if metric == "tipping_epoch":
+        mean = mean + 1  # the book counts epochs from 1
+    return mean_std(mean, std, scale, digits)
+
+
 def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
     """The results chapter's table: one column per split, rows :data:`SPLIT_TABLE_ROWS` as
     ``"mean ± std"`` strings over seeds (tipping epochs counted from 1; how many runs' tipping point
@@ -295,21 +325,9 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
         noise = summary.loc[summary["split"] == split, "true_noise_rate_mean"]
         no_wrong_labels = bool(len(noise)) and float(noise.max()) == 0.0
         for label, method, metric, scale, digits in (row for row in SPLIT_TABLE_ROWS if row[1] in present):
-            match = summary[(summary["split"] == split) & (summary["method"] == method)]
-            if match.empty:
-                rows[label] = "–"
-            elif no_wrong_labels and metric.startswith(DETECTION_PREFIXES):
-                rows[label] = "n/a"
-            elif metric == "seeds":
-                rows[label] = str(int(match["seeds"].iloc[0]))
-            elif metric == "tipping_from_peak":  # "2 of 3": the other runs fell back to config.tipping_fallback
-                mean, seeds = match["tipping_from_peak_mean"].iloc[0], int(match["seeds"].iloc[0])
-                rows[label] = "–" if pd.isna(mean) else f"{round(mean * seeds)} of {seeds}"
-            else:
-                mean, std = match[f"{metric}_mean"].iloc[0], match[f"{metric}_std"].iloc[0]
-                if metric == "tipping_epoch":
-                    mean = mean + 1  # the book counts epochs from 1
-                rows[label] = mean_std(mean, std, scale, digits)
+            has_run = ((summary["split"] == split) & (summary["method"] == method)).any()
+            undefined = has_run and no_wrong_labels and metric.startswith(DETECTION_PREFIXES)
+            rows[label] = "n/a" if undefined else summary_cell(summary, split, method, metric, scale, digits)
         columns[split] = rows
     return pd.DataFrame(columns)
 

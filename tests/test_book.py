@@ -294,13 +294,13 @@ def test_profile_comparison_puts_the_run_beside_each_batch():
     table = book.profile_comparison(run, {"cpu batch": _batch_table(), "features batch": None}, "worst")
     assert list(table.columns) == ["this run", "cpu batch", "features batch"]
     assert list(table.index) == [row[0] for row in book.COMPARISON_ROWS]
-    assert table.loc["BKD tipping point from the peak rule"].tolist() == ["no: fallback", "2 of 3 runs", "–"]
+    assert table.loc["BKD tipping point from the peak rule (runs)"].tolist() == ["no: fallback", "2 of 3", "–"]
     assert table.loc["BKD tipping epoch (from 1)", "this run"] == "17"  # counted from 1
     assert table.loc["BKD tipping epoch (from 1)", "cpu batch"] == "16.0 ± 1.0"
     assert table.loc["BKD estimated noise rate (%)"].tolist() == ["70.0", "60.0 ± 0.0", "–"]
-    assert table.loc["CE test accuracy, best epoch (%)", "this run"] == "44.0"
+    assert table.loc["CE test accuracy, best epoch (%, optimistic)", "this run"] == "44.0"
     no_tip = {"bkd": {**run["bkd"], "tipping_epoch": None, "tipping_rule": None}, "ce": run["ce"]}
-    assert book.profile_comparison(no_tip, {}, "worst").loc["BKD tipping point from the peak rule",
+    assert book.profile_comparison(no_tip, {}, "worst").loc["BKD tipping point from the peak rule (runs)",
                                                             "this run"] == "no tipping point"
     # another split than the batch's: its cells are empty, not another split's numbers
     assert set(book.profile_comparison(run, {"cpu batch": _batch_table()}, "aggre")["cpu batch"]) == {"–"}
