@@ -324,7 +324,7 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
             rule = metrics.get("tipping_rule")
             if metrics.get("tipping_epoch") is None:
                 return "no tipping point"
-            return "yes" if rule in ("peak", None) else f"no: {rule}"
+            return "yes" if rule == "peak" else f"no: {rule}"
         value = metrics.get(metric)
         if value is None:
             return "–"

@@ -34,7 +34,7 @@ def run_key(kind: str, data: NoisyCIFAR, config: BKDConfig) -> str:
     code (not with comments or docstrings), so a fix in ``method.py`` or ``train.py`` that leaves the
     configuration unchanged trains a new run instead of reusing one made by the old code.
     """
-    return f"{kind}-{data.dataset}-{data.split}-{config.fingerprint()}-code{code_hash()}"
+    return f"{kind}-{data.dataset}-{data.split}-{config.fingerprint(kind)}-code{code_hash()}"
 
 
 def cached_methods() -> tuple[str, ...]:

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from .augment import NORMALIZATION, Normalizer, ordered_batches, to_device_images
-from .config import BKDConfig
+from .config import BKDConfig, stored_fingerprint
 from .data import NoisyCIFAR
 from .errors import DamagedFileError
 from .metrics import detection_scores, flag_all_f1
 from .rundir import RunDir
-from .train import RunResult, _fingerprint_of, train_ce, training_subset, with_config_features
+from .train import RunResult, train_ce, training_subset, with_config_features
 
 __all__ = ["stratified_folds", "predict_probabilities", "train_confident_learning"]
 
@@ -83,13 +83,14 @@ def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str |
 
     The subset is the one ``train_bkd`` uses (``config.train_size`` and ``config.seed``); every sample
     of it (training and validation rows alike, as BKD's scores) gets an out-of-fold prediction.
-    Each fold network is ``train_ce`` with ``config`` on the other folds (no validation hold-out).
+    Each fold network is ``train_ce`` with ``config`` on the other folds (no validation hold-out, and
+    accuracies measured at the last epoch only: the out-of-fold probabilities do not depend on them).
     Rerunning with the same ``run_dir`` resumes the unfinished folds and returns a finished run.
     """
     rundir = RunDir(run_dir)
     identity = {"kind": "cleanlab", "dataset": data.dataset, "split": data.split, "folds": folds,
-                "fingerprint": config.fingerprint()}
-    with rundir.writing(identity, config.to_dict(), fingerprint=_fingerprint_of):
+                "fingerprint": config.fingerprint("cleanlab")}
+    with rundir.writing(identity, config.to_dict(), fingerprint=stored_fingerprint("cleanlab")):
         if rundir.finished():
             try:
                 return _load(rundir, config)
@@ -108,7 +109,9 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
     subset = training_subset(with_config_features(data, config, progress=progress), config)
     labels = subset.train_labels
     fold_of = stratified_folds(labels, folds, config.seed)
-    fold_config = config.replace(train_size=None, val_ratio=0.0)
+    # a fold network is only asked for its held-out probabilities: it has no validation rows, and its
+    # accuracy curves are not needed, so it is evaluated (training rows, test set) at its last epoch only
+    fold_config = config.replace(train_size=None, val_ratio=0.0, val_every=config.epochs, test_every=config.epochs)
     pred_probs = np.zeros((len(labels), subset.num_classes), dtype=np.float32)
     wall = 0.0
     for k in range(folds):

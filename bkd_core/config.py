@@ -8,8 +8,8 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -72,7 +72,6 @@ class BKDConfig:
     checkpoint_every: int = 1  # write checkpoint.pt every k epochs (and at the end)
     checkpoint_seconds: float | None = None  # ... and also whenever this many seconds passed since the last one
     profile: str = "custom"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.noisy_groups, int) and not isinstance(self.noisy_groups, bool):
@@ -126,6 +125,7 @@ class BKDConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BKDConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown BKDConfig field(s) {unknown}; valid fields: {sorted(names)}")
@@ -138,19 +138,23 @@ class BKDConfig:
             raise ValueError(f"unknown BKDConfig field(s) {unknown}; valid fields: {sorted(names)}")
         return dataclasses.replace(self, **changes)
 
-    def fingerprint(self) -> str:
-        """Short hash of every setting that changes results (not device or speed switches: :data:`NOT_FINGERPRINTED`).
+    def fingerprint(self, method: str = "bkd") -> str:
+        """Short hash of every setting that changes what ``method`` computes: not device or speed switches
+        (:data:`NOT_FINGERPRINTED`), and for a method other than ``"bkd"`` not :data:`BKD_ONLY_FIELDS` either
+        (so ``--set otsu_criterion=classic`` does not retrain the cross-entropy baseline).
 
         A field added after runs were recorded (:data:`LATER_FIELDS`) enters the hash only when it differs
-        from its default, so those runs keep their fingerprints.
+        from its default, and a removed one (:data:`RETIRED_FIELDS`) with the one value it ever had, so those
+        runs keep their fingerprints.
         """
         data = self.to_dict()
-        for key in NOT_FINGERPRINTED:
+        for key in (*NOT_FINGERPRINTED, *(BKD_ONLY_FIELDS if method != "bkd" else ())):
             data.pop(key, None)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key in LATER_FIELDS:
             if key in data and data[key] == defaults[key]:
                 data.pop(key)
+        data.update(RETIRED_FIELDS)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def resolved_precision(self, device: torch.device | str | None = None) -> Literal["fp32", "bf16", "fp16"]:
@@ -212,8 +216,7 @@ def _type_name(hint: Any) -> str:
         args = typing.get_args(hint)
         kind = {int: "integers", float: "numbers"}.get(args[0], "values")
         return f"a sequence of {kind}" if args[-1] is Ellipsis else f"a sequence of {len(args)} {kind}"
-    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string",
-            dict: "a dict"}.get(hint, str(hint))
+    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string"}.get(hint, str(hint))
 
 
 def _checked(name: str, value: Any, hint: Any) -> Any:
@@ -247,8 +250,8 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-    elif hint in (str, dict):
-        if isinstance(value, hint):
+    elif hint is str:
+        if isinstance(value, str):
             return value
     else:
         return value
@@ -264,10 +267,21 @@ NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", 
 #: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
 LATER_FIELDS: tuple[str, ...] = ("features", "drop_last")
 
-#: Fields only BKD uses: a cross-entropy or confident-learning run ignores them.
+#: Fields removed after runs were recorded, with the value every recorded run has: a stored configuration
+#: may still hold them (:meth:`BKDConfig.from_dict` drops them), and fingerprints hash them as they were.
+#: ``extra`` was a free-form dict that no code read.
+RETIRED_FIELDS: dict[str, Any] = {"extra": {}}
+
+#: Fields only BKD uses: the other methods ignore them, and they stay out of those methods' fingerprints.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion",
                              "noisy_groups", "detach_teacher", "detach_robust_target", "loss_reduction",
                              "score_views"})
+
+def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
+    """The fingerprint ``method`` gives a configuration stored as a dict (a run's ``config.json``): the
+    check :meth:`bkd_core.rundir.RunDir.writing` makes that the file was not edited."""
+    return lambda config: BKDConfig.from_dict(config).fingerprint(method)
+
 
 #: The official settings (method.md section 2): two PreResNet18, 300 epochs, full data. For a GPU.
 #: Its evaluation batch of 1,000 divides the 50,000 training images, the 5,000 validation and the 10,000

@@ -76,7 +76,8 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
     from .knn import knn_label_issues
     from .metrics import detection_scores, flag_all_f1
     from .rundir import RunDir
-    from .train import RunResult, _fingerprint_of, training_subset, with_config_features
+    from .config import stored_fingerprint
+    from .train import RunResult, training_subset, with_config_features
 
     if not config.features:
         raise ValueError("the knn detector votes over feature vectors: use a configuration with features "
@@ -84,9 +85,9 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
     rundir = RunDir(run_dir)
     subset = training_subset(with_config_features(data, config, progress=progress), config)
     identity = {"kind": "knn", "dataset": data.dataset, "split": data.split, "k": k, "num_samples": len(subset),
-                "fingerprint": config.fingerprint(), "features": subset.feature_key}
+                "fingerprint": config.fingerprint("knn"), "features": subset.feature_key}
 
-    with rundir.writing(identity, config.to_dict(), fingerprint=_fingerprint_of):
+    with rundir.writing(identity, config.to_dict(), fingerprint=stored_fingerprint("knn")):
         if rundir.finished():
             try:
                 return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())

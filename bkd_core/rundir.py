@@ -200,7 +200,9 @@ class RunDir:
                     f"{self.path} holds {', '.join(present)} but no config.json, so it is not known which run they "
                     "belong to; refusing to overwrite them. Use another run directory, or delete that one")
             return
-        if fingerprint is not None and isinstance(stored.get("config"), dict):
+        # a fingerprint is a method's (only the fields it uses): another method's run is a different run
+        same_kind = stored["identity"].get("kind") == identity.get("kind")
+        if fingerprint is not None and same_kind and isinstance(stored.get("config"), dict):
             try:
                 recorded = fingerprint(stored["config"])
             except (ValueError, TypeError) as exc:

@@ -49,7 +49,7 @@ from .augment import (
     shuffled_batches,
     to_device_images,
 )
-from .config import BKDConfig
+from .config import BKDConfig, stored_fingerprint
 from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import (
@@ -170,11 +170,6 @@ def prepare_data(data: NoisyCIFAR, config: BKDConfig, device: torch.device) -> P
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def _fingerprint_of(config: dict[str, Any]) -> str:
-    """Fingerprint of a configuration stored as a dict (``config.json``)."""
-    return BKDConfig.from_dict(config).fingerprint()
 
 
 def _versions() -> dict[str, str]:
@@ -362,7 +357,7 @@ class _Trainer:
         data = self.prep.data
         return {"kind": self.kind, "dataset": data.dataset, "split": data.split, "num_samples": len(data.train_labels),
                 "num_train": self.n_train, "num_val": len(self.prep.val_idx), "num_test": len(self.prep.test_labels),
-                "fingerprint": self.config.fingerprint(),
+                "fingerprint": self.config.fingerprint(self.kind),
                 **({"features": data.feature_key} if self.config.features else {})}
 
     def save_checkpoint(self) -> None:
@@ -422,7 +417,7 @@ class _Trainer:
 
     def run(self) -> RunResult:
         identity = self.run_identity()
-        with self.rundir.writing(identity, self.config.to_dict(), fingerprint=_fingerprint_of):
+        with self.rundir.writing(identity, self.config.to_dict(), fingerprint=stored_fingerprint(self.kind)):
             resumed = self.try_resume()
             if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs):
                 try:
@@ -643,7 +638,7 @@ class _BKDTrainer(_Trainer):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.tipping_epoch = state["tipping_epoch"]
         self.tipping_found_at = state["tipping_found_at"]
-        self.tipping_rule = state.get("tipping_rule", None if self.tipping_epoch is None else "peak")
+        self.tipping_rule = state["tipping_rule"]
         groups = state["train_groups"]
         self.train_groups = None if groups is None else groups.to(self.device)
 

@@ -33,8 +33,7 @@ def test_parse_overrides_literals_and_bare_strings():
         "augment=False",
         "otsu_criterion=classic",  # bare string
         "device=cuda:1",  # not a Python literal either
-        "profile='quoted'",
-        "extra={'a': '1=2'}",  # only the first '=' separates
+        "profile='quoted=1'",  # only the first '=' separates
     ])
     assert out == {
         "epochs": 5,
@@ -46,8 +45,7 @@ def test_parse_overrides_literals_and_bare_strings():
         "augment": False,
         "otsu_criterion": "classic",
         "device": "cuda:1",
-        "profile": "quoted",
-        "extra": {"a": "1=2"},
+        "profile": "quoted=1",
     }
     assert type(out["epochs"]) is int and type(out["lr"]) is float
     assert parse_overrides([]) == {}

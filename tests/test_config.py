@@ -121,7 +121,7 @@ def test_scalar_noisy_groups_is_accepted_or_named():
     CPU,
     PAPER,
     BKDConfig(model="small_cnn", model_widths=(4, 8, 16), tipping_fallback=7, noisy_groups=(3, 4),
-              lr_step=None, train_size=100, test_size=50, seed=3, bf16=False, extra={"note": "x", "k": [1, 2]}),
+              lr_step=None, train_size=100, test_size=50, seed=3, bf16=False),
 ], ids=["default", "cpu", "paper", "custom"])
 def test_to_dict_from_dict_round_trip(config):
     d = config.to_dict()
@@ -135,11 +135,11 @@ def test_to_dict_from_dict_round_trip(config):
 
 
 def test_to_dict_is_a_copy():
-    c = BKDConfig(extra={"a": [1]})
+    c = BKDConfig(alphas=(0.1, 0.2, 0.3, 0.4))
     d = c.to_dict()
-    d["extra"]["a"].append(2)
     d["epochs"] = 1
-    assert c.extra == {"a": [1]} and c.epochs == 300
+    d["alphas"] = (0.5,) * 4
+    assert c.alphas == (0.1, 0.2, 0.3, 0.4) and c.epochs == 300
 
 
 def test_from_dict_rejects_unknown_fields_listing_valid_ones():
@@ -233,3 +233,27 @@ def test_resolved_device():
     assert BKDConfig(device="cpu").resolved_device() == torch.device("cpu")
     expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert BKDConfig(device="auto").resolved_device() == expected
+
+
+def test_only_the_fields_a_method_uses_enter_its_fingerprint():
+    from bkd_core.config import BKD_ONLY_FIELDS
+
+    base = FEATURES
+    for change in ({"otsu_criterion": "classic"}, {"alphas": (0.1, 0.2, 0.3, 0.4)}, {"tipping_fallback": 3},
+                   {"detach_robust_target": True}, {"noisy_groups": (3, 4)}):
+        assert set(change) <= BKD_ONLY_FIELDS
+        assert base.replace(**change).fingerprint() != base.fingerprint(), change  # BKD: another run
+        for method in ("ce", "cleanlab", "knn"):  # the baselines: the same run, not retrained
+            assert base.replace(**change).fingerprint(method) == base.fingerprint(method), (method, change)
+    assert base.replace(lr=0.01).fingerprint("ce") != base.fingerprint("ce")
+    assert base.fingerprint("ce") != base.fingerprint()
+
+
+def test_a_retired_field_at_its_old_value_loads_and_keeps_the_fingerprint():
+    from bkd_core.config import stored_fingerprint
+
+    stored = {**CPU.to_dict(), "extra": {}}  # a config.json written while BKDConfig had ``extra``
+    assert BKDConfig.from_dict(stored) == CPU
+    assert stored_fingerprint("bkd")(stored) == CPU.fingerprint() == "68ee947f4026"
+    with pytest.raises(ValueError, match=r"unknown BKDConfig field\(s\) \['extra'\]"):
+        BKDConfig.from_dict({**stored, "extra": {"note": 1}})
