@@ -149,6 +149,21 @@ def _results(out: str) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .reproduce import check_run
+
+    check = check_run(args.out, args.run, data_dir=args.data_dir, threads=args.threads,
+                      progress=not args.no_progress)
+    if check["identical"]:
+        print(f"{args.run}: identical to the recorded run (code {check['recorded_code_hash']} -> "
+              f"{check['code_hash']})")
+    else:
+        print(f"{args.run}: differs from the recorded run (code {check['recorded_code_hash']} -> "
+              f"{check['code_hash']}):\n  " + "\n  ".join(check["differences"]))
+    print(f"recorded in {args.out}/code_checks.json")
+    return 0 if check["identical"] else 1
+
+
 def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
     """``["slurm_partition=gpu", "timeout_min=600"]`` -> ``{"slurm_partition": "gpu", "timeout_min": 600}``."""
     out: dict[str, Any] = {}
@@ -175,6 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_reproduce_args(p_rep)
     p_res = sub.add_parser("results", help="the results table of a reproduction batch (Markdown, one column per split)")
     p_res.add_argument("out", help="batch folder written by reproduce --out")
+    p_chk = sub.add_parser("check", help="rerun one finished run of a batch with the current code and record "
+                                         "whether it came out identical (code_checks.json)")
+    p_chk.add_argument("out", help="batch folder written by reproduce --out")
+    p_chk.add_argument("run", help="a run folder in it, e.g. cifar10-worst-seed0")
+    p_chk.add_argument("--threads", type=int, default=None,
+                       help="torch threads (default: the batch's threads per run; float sums depend on it)")
+    p_chk.add_argument("--data-dir", default=None,
+                       help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
+    p_chk.add_argument("--no-progress", action="store_true")
     p_dl = sub.add_parser("download", help="download CIFAR images and the CIFAR-N label file")
     p_dl.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
@@ -187,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reproduce(args)
         if args.command == "results":
             return _results(args.out)
+        if args.command == "check":
+            return _check(args)
         return _train(args, "bkd" if args.command == "train" else "ce")
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)

@@ -284,6 +284,109 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     return summary
 
 
+#: What a rerun may change without changing what the run computed: times, the machine, the command line, the code.
+VOLATILE_KEYS = frozenset({"wall_time_s", "elapsed", "epoch_time", "device", "command", "versions", "cleanlab",
+                           "code_hash"})
+
+
+def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Where two runs of one (split, seed) differ: every value of the batch run's ``metrics.json`` (each
+    method's metrics, ranking AUC included), of each method's own ``metrics.json`` (per-epoch histories
+    included), ``highlights.csv`` cell for cell, and, where the recorded run still has them (they are
+    not committed), each method's ``scores.npz`` array for array (per-image scores, per-epoch curves);
+    floats compared exactly. :data:`VOLATILE_KEYS` and per-epoch times are left out, and so are cleanlab's
+    fold runs (their outputs are compared through cleanlab's).
+
+    Returns:
+        ``(compared, differences)``: the files compared, and one line per difference
+        (``"bkd/metrics.json: test_acc: 61.2 != 61.3"``), ``[]`` when the runs are identical.
+    """
+    recorded, rerun = Path(recorded), Path(rerun)
+
+    def diff(where: str, a: Any, b: Any) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [line for key in sorted(set(a) | set(b), key=str) if key not in VOLATILE_KEYS
+                    for line in diff(f"{where}.{key}" if where else str(key), a.get(key), b.get(key))]
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff(f"{where}[{i}]", x, y)]
+        same = a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+        return [] if same else [f"{where or 'the file'}: {a!r} != {b!r}"]
+
+    def read(folder: Path, name: str) -> Any:
+        return read_json(folder / name) if (folder / name).is_file() else None
+
+    methods = list(read_json(recorded / "metrics.json")["methods"])
+    names = ["metrics.json", *(f"{m}/metrics.json" for m in methods if (recorded / m / "metrics.json").is_file())]
+    found = [f"{name}: {line}" for name in names for line in diff("", read(recorded, name), read(rerun, name))]
+    if (recorded / HIGHLIGHTS).is_file():
+        names.append(HIGHLIGHTS)
+        rerun_rows = (rerun / HIGHLIGHTS).read_text() if (rerun / HIGHLIGHTS).is_file() else ""
+        if (recorded / HIGHLIGHTS).read_text() != rerun_rows:
+            found.append(f"{HIGHLIGHTS}: the rows or their values differ")
+    for name in (f"{m}/scores.npz" for m in methods):  # not committed: compared where the recorded run has it
+        if (recorded / name).is_file():
+            names.append(name)
+            with np.load(recorded / name) as a, np.load(rerun / name) as b:
+                for key in sorted((set(a.files) | set(b.files)) - {"history_epoch_time"}):
+                    if key not in a.files or key not in b.files or not np.array_equal(a[key], b[key], equal_nan=True):
+                        found.append(f"{name}: {key} differs")
+    return names, found
+
+
+def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,
+              data_dir: str | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rerun one finished run of a batch with the current code and record whether it came out identical.
+
+    The run (``out/run``) is trained again from scratch with its batch's settings (profile, overrides,
+    methods, folds, and the batch's threads per run, since the number of threads changes float sums)
+    into ``work_dir/run`` (default: a temporary folder, deleted afterwards), then :func:`compare_runs`.
+    The outcome is appended to ``out/code_checks.json`` (:data:`bkd_core.results.CODE_CHECKS`), which the
+    results chapter reads: a run made by older code that the current code reproduces exactly is reported
+    as such (:func:`bkd_core.results.code_versions`).
+
+    Returns:
+        The recorded check: ``run``, ``recorded_code_hash``, ``code_hash``, ``identical``, ``compared`` (the
+        files), ``differences`` (at most 20 lines), ``threads``, ``device``, ``machine``, ``checked_at``.
+
+    Raises:
+        FileNotFoundError: ``out/run`` holds no finished run.
+    """
+    import platform
+    import shutil
+    import tempfile
+    from datetime import datetime, timezone
+
+    from .provenance import code_hash
+    from .results import CODE_CHECKS, read_code_checks
+
+    out = Path(out)
+    recorded = out / run
+    if not (recorded / "metrics.json").is_file():
+        raise FileNotFoundError(f"{recorded} holds no metrics.json: not a finished run of the batch in {out}; "
+                                "name a run folder the batch finished (e.g. cifar10-worst-seed0)")
+    metrics = read_json(recorded / "metrics.json")
+    options = read_json(out / "summary.json").get("options", {}) if (out / "summary.json").is_file() else {}
+    threads = threads or options.get("threads") or 1
+    scratch = Path(tempfile.mkdtemp(prefix="bkd-check-")) if work_dir is None else Path(work_dir)
+    try:
+        summary = run_one(metrics["dataset"], metrics["split"], metrics["seed"], scratch / run,
+                          profile=metrics["profile"], overrides=options.get("overrides") or {},
+                          methods=list(metrics["methods"]), folds=int(metrics.get("folds", 3)),
+                          data_dir=data_dir, threads=threads, progress=progress)
+        compared, differences = compare_runs(recorded, scratch / run)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    check = {"run": run, "recorded_code_hash": metrics.get("code_hash"), "code_hash": code_hash(),
+             "identical": not differences, "compared": compared, "differences": differences[:20], "threads": threads,
+             "device": next(iter(summary["methods"].values())).get("device", ""),
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+             "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    checks = [c for c in read_code_checks(out) if (c["run"], c["code_hash"]) != (run, check["code_hash"])]
+    atomic_write_json(out / CODE_CHECKS, {"checks": [*checks, check]})
+    return check
+
+
 def exit_when_parent_dies(interval: float = 0.5) -> None:
     """End this process (``os._exit``) as soon as its parent process dies, checked every ``interval`` s.
 

@@ -68,8 +68,6 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                        profile=run.get("profile"))
-            if method == "bkd" and row["tipping_rule"] is None and row["tipping_epoch"] is not None:
-                row["tipping_rule"] = "peak"  # runs from before the fallback was recorded: the rule fired
             rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(table):  # CIFAR-N order of splits, then seeds, then methods; unknown splits last
@@ -174,15 +172,18 @@ def with_percentiles(samples: "pd.DataFrame") -> "pd.DataFrame":
 def highlights(samples: "pd.DataFrame", n: int = HIGHLIGHT_ROWS) -> "pd.DataFrame":
     """The few rows of a run's full samples table that the results chapter shows, with their percentiles.
 
-    The union, in sample order, of the ``n`` rows BKD ranks most suspicious (:func:`most_suspicious`) and,
-    when the table has cleanlab's scores, the ``n`` largest BKD/cleanlab disagreements each way
-    (:func:`disagreements`), with :func:`with_percentiles`' columns computed over *all* rows first. On it,
-    those two functions give the same rows as on the full table for any ``n`` up to this one.
+    The union, in sample order, of the ``n`` rows BKD ranks most suspicious (:func:`most_suspicious`; each
+    method's when the run has no BKD) and, when the table has BKD's and cleanlab's scores, the ``n`` largest
+    BKD/cleanlab disagreements each way (:func:`disagreements`), with :func:`with_percentiles`' columns
+    computed over *all* rows first. On it, those two functions give the same rows as on the full table for
+    any ``n`` up to this one.
     ``reproduce`` writes it as ``highlights.csv`` beside ``metrics.json``; the full table is not committed.
     """
     table = with_percentiles(samples)
-    picked = [most_suspicious(table, n)]
-    if "cleanlab_quality" in table:
+    methods = quality_methods(table)
+    ranked = ["bkd"] if "bkd" in methods else methods  # a batch run without BKD: each method's own top rows
+    picked = [most_suspicious(table, n, method=m) for m in ranked]
+    if {"bkd", "cleanlab"} <= set(methods):
         picked += list(disagreements(table, n))
     keep = sorted(set().union(*(rows.index for rows in picked)))
     result = table.loc[keep].reset_index(drop=True)
@@ -392,45 +393,73 @@ def run_times(out: str | Path) -> "pd.DataFrame":
 
 #: What :func:`code_versions` says of a run, by how its recorded code hash compares with this code's.
 CODE_CURRENT, CODE_OTHER, CODE_UNKNOWN = "current code", "other code", "code version not recorded"
+#: ... and of a run made by other code that the current code, rerun, reproduced exactly (:data:`CODE_CHECKS`).
+CODE_REPRODUCED = "other code, reproduced exactly by the current code"
+#: A batch's record of reruns of its runs by later code (``python -m bkd_core check``,
+#: :func:`bkd_core.reproduce.check_run`).
+CODE_CHECKS = "code_checks.json"
+
+
+def read_code_checks(out: str | Path) -> list[dict]:
+    """The reruns recorded in ``out/code_checks.json`` (:func:`bkd_core.reproduce.check_run`), oldest first;
+    ``[]`` without the file."""
+    path = Path(out) / CODE_CHECKS
+    return list(read_json(path)["checks"]) if path.is_file() else []
 
 
 def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame":
     """Which code produced each finished run under ``out``: one row per run with its recorded
     ``code_hash`` (:func:`bkd_core.provenance.code_hash`, written by ``reproduce`` into the run's
     ``metrics.json``) and ``code``: :data:`CODE_CURRENT` (same hash as ``current``, by default this
-    package's), :data:`CODE_OTHER` (the training code changed since: the run's numbers may be stale)
-    or :data:`CODE_UNKNOWN` (runs made before the hash was recorded; whether their code matches
-    this one cannot be told)."""
+    package's), :data:`CODE_REPRODUCED` (other code, but rerunning it with the current code gave identical
+    results: :data:`CODE_CHECKS`), :data:`CODE_OTHER` (the training code changed since: the run's numbers
+    may be stale) or :data:`CODE_UNKNOWN` (runs made before the hash was recorded; whether their code
+    matches this one cannot be told)."""
     import pandas as pd
 
     from .provenance import code_hash
 
     current = current or code_hash()
+    reproduced = {c["run"] for c in read_code_checks(out) if c["code_hash"] == current and c["identical"]}
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
         recorded = read_json(path).get("code_hash")
-        status = CODE_UNKNOWN if not recorded else CODE_CURRENT if recorded == current else CODE_OTHER
-        rows.append({"run": path.parent.name, "code_hash": recorded, "code": status})
+        name = path.parent.name
+        status = (CODE_UNKNOWN if not recorded else CODE_CURRENT if recorded == current
+                  else CODE_REPRODUCED if name in reproduced else CODE_OTHER)
+        rows.append({"run": name, "code_hash": recorded, "code": status})
     return pd.DataFrame(rows, columns=["run", "code_hash", "code"])
 
 
 def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> str:
     """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by
-    this code, by other code, or by code whose version was not recorded."""
+    this code, by other code (and which of those the current code reproduced exactly), or by code whose
+    version was not recorded."""
     from .provenance import code_hash
 
     current = current or code_hash()
     n = len(versions)
-    counts = {s: int((versions["code"] == s).sum()) for s in (CODE_CURRENT, CODE_OTHER, CODE_UNKNOWN)}
+    counts = {s: int((versions["code"] == s).sum()) for s in (CODE_CURRENT, CODE_REPRODUCED, CODE_OTHER, CODE_UNKNOWN)}
     if not n:
         return "No finished run to check."
     parts = []
     if counts[CODE_CURRENT]:
         parts.append(f"{counts[CODE_CURRENT]} of {n} runs were produced by the current training code ({current})")
-    if counts[CODE_OTHER]:
-        names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
-        parts.append(f"{counts[CODE_OTHER]} of {n} by other code (the training code changed since; their numbers may "
-                     f"be stale: {names})")
+    older = versions[versions["code"].isin([CODE_OTHER, CODE_REPRODUCED])]
+    if len(older):
+        hashes = ", ".join(sorted(set(older["code_hash"])))
+        text = f"{len(older)} of {n} by other code ({hashes}; the training code changed since, now {current})"
+        if counts[CODE_REPRODUCED]:
+            names = ", ".join(versions.loc[versions["code"] == CODE_REPRODUCED, "run"])
+            text += (f", and rerun with the current code, {counts[CODE_REPRODUCED]} of them ({names}) came out "
+                     "identical, bit for bit: every metric, the ranking AUCs and the highlighted images' scores")
+        if counts[CODE_OTHER]:
+            if counts[CODE_REPRODUCED]:
+                text += f"; the other {counts[CODE_OTHER]} were not rerun"
+            else:
+                names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
+                text += f"; their numbers may be stale: {names}"
+        parts.append(text)
     if counts[CODE_UNKNOWN]:
         parts.append(f"{counts[CODE_UNKNOWN]} of {n} were made before runs recorded their code version "
                      f"(code version not recorded: they may or may not match the current code, {current})")

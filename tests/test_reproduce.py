@@ -178,6 +178,21 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
     assert "no finished run" in capsys.readouterr().err
 
 
+def test_highlights_of_a_run_without_bkd_keep_each_methods_top_rows():
+    """A batch of CE (or cleanlab) runs alone still writes its highlights: each method's own top rows."""
+    from bkd_core.results import highlights
+
+    rng = np.random.default_rng(0)
+    samples = pd.DataFrame({"index": np.arange(100), "given_label": rng.integers(0, 10, 100),
+                            "clean_label": rng.integers(0, 10, 100), "ce_quality": rng.random(100),
+                            "cleanlab_quality": rng.random(100)})
+    kept = highlights(samples, n=5)
+    for method in ("ce", "cleanlab"):
+        assert most_suspicious(kept, 5, method=method)["index"].tolist() == \
+            most_suspicious(samples, 5, method=method)["index"].tolist()
+    assert len(kept) <= 10 and "rank_gap" not in kept
+
+
 def test_collect_results_of_empty_folder(tmp_path):
     assert len(collect_results(tmp_path)) == 0 and len(summarize(collect_results(tmp_path))) == 0
 
@@ -351,9 +366,8 @@ def test_split_table_formats_mean_std_and_undefined_detection(tmp_path):
     for split, noise, f1s in (("clean", 0.0, (0.0, 0.0)), ("worst", 0.4, (0.5, 0.7))):
         for seed, f1 in enumerate(f1s):
             metrics = {"true_noise_rate": noise, "detection_f1": f1, "flag_all_f1": 2 * noise / (1 + noise),
-                       "tipping_epoch": 9 + seed, "test_acc": 40.0 + seed}
-            if split == "worst" and seed == 1:
-                metrics["tipping_rule"] = "fallback"  # clean: no rule recorded (an older run), counted as the peak
+                       "tipping_epoch": 9 + seed, "test_acc": 40.0 + seed,
+                       "tipping_rule": "fallback" if (split, seed) == ("worst", 1) else "peak"}
             atomic_write_json(tmp_path / f"cifar10-{split}-seed{seed}" / "metrics.json",
                               {"dataset": "cifar10", "split": split, "seed": seed, "methods": {"bkd": metrics}})
     table = split_table(summarize(collect_results(tmp_path)))
@@ -402,3 +416,44 @@ def test_split_table_shows_knn_rows_only_for_a_batch_with_knn_runs(tmp_path):
     with_knn = split_table(summarize(collect_results(tmp_path / "b")))
     assert with_knn.loc["kNN label voting F1 (%)"].tolist() == ["72.0"]
     assert with_knn.loc["kNN estimated noise rate (%)"].tolist() == ["52.0"]
+
+
+def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, tmp_path, monkeypatch):
+    from bkd_core import results
+    from bkd_core.provenance import code_hash
+
+    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    out = tmp_path / "batch"
+    overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}
+    run_one("cifar10", "synthetic", 0, out / "cifar10-synthetic-seed0", overrides=overrides, methods=("bkd", "ce"),
+            threads=1, progress=False)
+    (out / "summary.json").write_text(json.dumps({"options": {"overrides": overrides, "threads": 1}, "runs": []}))
+    # as if an older training code had made the run: the rerun with this code tells whether it still holds
+    path = out / "cifar10-synthetic-seed0" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "code_hash": "0123456789ab"}))
+    assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
+
+    check = reproduce.check_run(out, "cifar10-synthetic-seed0", progress=False)
+    assert check["differences"] == [] and check["identical"] and check["code_hash"] == code_hash()
+    assert check["recorded_code_hash"] == "0123456789ab"
+    versions = results.code_versions(out)
+    assert versions["code"].tolist() == [results.CODE_REPRODUCED]
+    assert "came out identical" in results.code_version_text(versions)
+
+    # a recorded number that the code no longer gives is found, named, and the run is not claimed
+    run = json.loads(path.read_text())
+    run["methods"]["bkd"]["detection_f1"] += 0.01
+    path.write_text(json.dumps(run))
+    bkd_metrics = out / "cifar10-synthetic-seed0" / "bkd" / "metrics.json"
+    stored = json.loads(bkd_metrics.read_text())
+    stored["test_acc"] += 1.0
+    bkd_metrics.write_text(json.dumps(stored))
+    check = reproduce.check_run(out, "cifar10-synthetic-seed0", progress=False)
+    assert not check["identical"]
+    assert any(line.startswith("metrics.json: methods.bkd.detection_f1:") for line in check["differences"])
+    assert any(line.startswith("bkd/metrics.json: test_acc:") for line in check["differences"])
+    assert "bkd/scores.npz" in check["compared"] and "highlights.csv" in check["compared"]
+    assert len(results.read_code_checks(out)) == 1  # the same run and code: the newer check replaces the older
+    assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
+        reproduce.check_run(out, "cifar10-synthetic-seed9", progress=False)
