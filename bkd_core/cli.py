@@ -1,4 +1,4 @@
-"""Command line: ``python -m bkd_core {train,train-ce,reproduce,results,download} ...``."""
+"""Command line: ``python -m bkd_core {train,train-ce,reproduce,results,check,download} ...``."""
 
 from __future__ import annotations
 
