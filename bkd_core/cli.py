@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, get_profile
@@ -150,18 +151,29 @@ def _results(out: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .reproduce import check_run
+    from .reproduce import check_run, record_check
 
-    check = check_run(args.out, args.run, data_dir=args.data_dir, threads=args.threads,
-                      progress=not args.no_progress)
-    if check["identical"]:
-        print(f"{args.run}: identical to the recorded run (code {check['recorded_code_hash']} -> "
-              f"{check['code_hash']})")
+    if args.rerun is None and not args.runs:
+        raise ValueError("name the run to rerun (e.g. cifar10-worst-seed0), or pass --rerun OTHER_OUT to compare "
+                         "the runs of a batch already rerun into OTHER_OUT")
+    if args.rerun is not None:
+        runs = args.runs or sorted(p.parent.name for p in Path(args.rerun).glob("*/metrics.json")
+                                   if (Path(args.out) / p.parent.name / "metrics.json").is_file())
+        if not runs:
+            raise FileNotFoundError(f"no finished run of {args.out} is in {args.rerun}: rerun the batch there first "
+                                    f"(reproduce with the same options and --out {args.rerun})")
+        checks = [record_check(args.out, run, Path(args.rerun) / run, threads=args.threads) for run in runs]
     else:
-        print(f"{args.run}: differs from the recorded run (code {check['recorded_code_hash']} -> "
-              f"{check['code_hash']}):\n  " + "\n  ".join(check["differences"]))
-    print(f"recorded in {args.out}/code_checks.json")
-    return 0 if check["identical"] else 1
+        checks = [check_run(args.out, run, data_dir=args.data_dir, threads=args.threads, progress=not args.no_progress)
+                  for run in args.runs]
+    for check in checks:
+        change = f"code {check['recorded_code_hash']} -> {check['code_hash']}"
+        if check["identical"]:
+            print(f"{check['run']}: identical to the recorded run ({change})")
+        else:
+            print(f"{check['run']}: differs from the recorded run ({change}):\n  " + "\n  ".join(check["differences"]))
+    print(f"{sum(c['identical'] for c in checks)} of {len(checks)} identical; recorded in {args.out}/code_checks.json")
+    return 0 if all(c["identical"] for c in checks) else 1
 
 
 def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
@@ -193,7 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_chk = sub.add_parser("check", help="rerun one finished run of a batch with the current code and record "
                                          "whether it came out identical (code_checks.json)")
     p_chk.add_argument("out", help="batch folder written by reproduce --out")
-    p_chk.add_argument("run", help="a run folder in it, e.g. cifar10-worst-seed0")
+    p_chk.add_argument("runs", nargs="*", metavar="RUN",
+                       help="run folders in it, e.g. cifar10-worst-seed0 (with --rerun: default all in both)")
+    p_chk.add_argument("--rerun", default=None, metavar="OTHER_OUT",
+                       help="compare with the runs of the batch rerun into OTHER_OUT (reproduce with the same "
+                            "options) instead of training them again here")
     p_chk.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: the batch's threads per run; float sums depend on it)")
     p_chk.add_argument("--data-dir", default=None,

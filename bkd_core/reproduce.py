@@ -294,8 +294,9 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
     method's metrics, ranking AUC included), of each method's own ``metrics.json`` (per-epoch histories
     included), ``highlights.csv`` cell for cell, and, where the recorded run still has them (they are
     not committed), each method's ``scores.npz`` array for array (per-image scores, per-epoch curves);
-    floats compared exactly. :data:`VOLATILE_KEYS` and per-epoch times are left out, and so are cleanlab's
-    fold runs (their outputs are compared through cleanlab's).
+    floats compared exactly. :data:`VOLATILE_KEYS` and per-epoch times are left out, a configuration
+    field removed since (:data:`bkd_core.config.RETIRED_FIELDS`) at its one value is ignored, and so are
+    cleanlab's fold runs (their outputs are compared through cleanlab's).
 
     Returns:
         ``(compared, differences)``: the files compared, and one line per difference
@@ -304,6 +305,8 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
     recorded, rerun = Path(recorded), Path(rerun)
 
     def diff(where: str, a: Any, b: Any) -> list[str]:
+        if where.split(".")[-1] == "config" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = _without_retired(a), _without_retired(b)  # a field that was removed since, at its one value
         if isinstance(a, dict) and isinstance(b, dict):
             return [line for key in sorted(set(a) | set(b), key=str) if key not in VOLATILE_KEYS
                     for line in diff(f"{where}.{key}" if where else str(key), a.get(key), b.get(key))]
@@ -333,58 +336,92 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
     return names, found
 
 
+def _without_retired(config: dict[str, Any]) -> dict[str, Any]:
+    from .config import RETIRED_FIELDS
+
+    return {k: v for k, v in config.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
+
+
 def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,
               data_dir: str | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Rerun one finished run of a batch with the current code and record whether it came out identical.
 
     The run (``out/run``) is trained again from scratch with its batch's settings (profile, overrides,
     methods, folds, and the batch's threads per run, since the number of threads changes float sums)
-    into ``work_dir/run`` (default: a temporary folder, deleted afterwards), then :func:`compare_runs`.
-    The outcome is appended to ``out/code_checks.json`` (:data:`bkd_core.results.CODE_CHECKS`), which the
-    results chapter reads: a run made by older code that the current code reproduces exactly is reported
-    as such (:func:`bkd_core.results.code_versions`).
+    into ``work_dir/run`` (default: a temporary folder, deleted afterwards), then :func:`record_check`.
 
     Returns:
-        The recorded check: ``run``, ``recorded_code_hash``, ``code_hash``, ``identical``, ``compared`` (the
-        files), ``differences`` (at most 20 lines), ``threads``, ``device``, ``machine``, ``checked_at``.
+        The recorded check (:func:`record_check`).
 
     Raises:
         FileNotFoundError: ``out/run`` holds no finished run.
     """
-    import platform
     import shutil
     import tempfile
-    from datetime import datetime, timezone
-
-    from .provenance import code_hash
-    from .results import CODE_CHECKS, read_code_checks
 
     out = Path(out)
-    recorded = out / run
-    if not (recorded / "metrics.json").is_file():
-        raise FileNotFoundError(f"{recorded} holds no metrics.json: not a finished run of the batch in {out}; "
-                                "name a run folder the batch finished (e.g. cifar10-worst-seed0)")
-    metrics = read_json(recorded / "metrics.json")
-    options = read_json(out / "summary.json").get("options", {}) if (out / "summary.json").is_file() else {}
+    metrics = _finished_metrics(out, run)
+    options = _batch_options(out)
     threads = threads or options.get("threads") or 1
     scratch = Path(tempfile.mkdtemp(prefix="bkd-check-")) if work_dir is None else Path(work_dir)
     try:
-        summary = run_one(metrics["dataset"], metrics["split"], metrics["seed"], scratch / run,
-                          profile=metrics["profile"], overrides=options.get("overrides") or {},
-                          methods=list(metrics["methods"]), folds=int(metrics.get("folds", 3)),
-                          data_dir=data_dir, threads=threads, progress=progress)
-        compared, differences = compare_runs(recorded, scratch / run)
+        run_one(metrics["dataset"], metrics["split"], metrics["seed"], scratch / run, profile=metrics["profile"],
+                overrides=options.get("overrides") or {}, methods=list(metrics["methods"]),
+                folds=int(metrics.get("folds", 3)), data_dir=data_dir, threads=threads, progress=progress)
+        return record_check(out, run, scratch / run, threads=threads)
     finally:
         if work_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    check = {"run": run, "recorded_code_hash": metrics.get("code_hash"), "code_hash": code_hash(),
-             "identical": not differences, "compared": compared, "differences": differences[:20], "threads": threads,
-             "device": next(iter(summary["methods"].values())).get("device", ""),
+
+
+def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
+                 threads: int | None = None) -> dict[str, Any]:
+    """Compare a batch run (``out/run``) with a rerun of it (:func:`compare_runs`) and append the outcome to
+    ``out/code_checks.json`` (:data:`bkd_core.results.CODE_CHECKS`), which the results chapter reads: a run
+    made by older code that newer code reproduced exactly is reported as such
+    (:func:`bkd_core.results.code_versions`). The rerun is :func:`check_run`'s, or a run of a whole batch
+    rerun into another folder (``reproduce --out OTHER`` with the same options, then ``check OUT --rerun
+    OTHER``); the check is credited to the code that made the rerun (its ``metrics.json``'s ``code_hash``).
+
+    Returns:
+        The recorded check: ``run``, ``recorded_code_hash``, ``code_hash`` (the rerun's), ``identical``,
+        ``compared`` (the files), ``differences`` (at most 20 lines), ``threads``, ``device``, ``machine``,
+        ``checked_at``.
+
+    Raises:
+        FileNotFoundError: ``out/run`` or the rerun is not a finished run.
+    """
+    import platform
+    from datetime import datetime, timezone
+
+    from .results import CODE_CHECKS, read_code_checks
+
+    out, rerun = Path(out), Path(rerun)
+    recorded = _finished_metrics(out, run)
+    again = _finished_metrics(rerun.parent, rerun.name)
+    compared, differences = compare_runs(out / run, rerun)
+    check = {"run": run, "recorded_code_hash": recorded.get("code_hash"), "code_hash": again.get("code_hash"),
+             "identical": not differences, "compared": compared, "differences": differences[:20],
+             "threads": threads or _batch_options(rerun.parent).get("threads"),
+             "device": next(iter(again["methods"].values()), {}).get("device", ""),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
              "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     checks = [c for c in read_code_checks(out) if (c["run"], c["code_hash"]) != (run, check["code_hash"])]
     atomic_write_json(out / CODE_CHECKS, {"checks": [*checks, check]})
     return check
+
+
+def _finished_metrics(out: Path, run: str) -> dict[str, Any]:
+    path = Path(out) / run / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} holds no metrics.json: not a finished run of the batch in {out}; "
+                                "name a run folder the batch finished (e.g. cifar10-worst-seed0)")
+    return read_json(path)
+
+
+def _batch_options(out: Path) -> dict[str, Any]:
+    path = Path(out) / "summary.json"
+    return read_json(path).get("options", {}) if path.is_file() else {}
 
 
 def exit_when_parent_dies(interval: float = 0.5) -> None:
