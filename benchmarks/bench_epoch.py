@@ -10,7 +10,8 @@ networks (lr 0.02, momentum 0.9, weight decay 5e-4), on the same images:
     flip/reflect-crop/normalize transforms, ``DataLoader(batch_size=128, shuffle=True,
     num_workers=<cores>)`` with fresh workers every epoch, fp32 NCHW, the official per-batch work
     and one host synchronisation (``loss.item()``) per batch; see that module's docstring.
-(b) ``bkd_core``: ``bkd_core.train._BKDTrainer.train_epoch()`` itself (device-resident uint8
+(b) ``bkd_core``: ``bkd_core.train.BKDTrainer.train_epoch()`` itself, the loop of public
+    ``train_step`` calls every run uses (device-resident uint8
     images, batched flip/crop by index arithmetic, on-device normalization, channels_last, scores
     accumulated on the device, no host synchronisation inside the epoch), augmentation on.
 
@@ -122,7 +123,7 @@ def load_subset(n_images: int, seed: int = 0) -> tuple[dict[str, np.ndarray], st
 # (b) bkd_core's pipeline
 # ------------------------------------------------------------------------------------------------
 class BKDCorePipeline:
-    """``_BKDTrainer.train_epoch()`` on all given images (val_ratio 0), augmentation on."""
+    """``BKDTrainer.train_epoch()`` on all given images (val_ratio 0), augmentation on."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, clean: np.ndarray, model: str,
                  widths: tuple[int, int, int], batch_size: int, run_dir: Path, device: str = "cpu",
@@ -130,7 +131,7 @@ class BKDCorePipeline:
         sys.path.insert(0, str(ROOT))
         from bkd_core.config import get_profile
         from bkd_core.data import NoisyCIFAR
-        from bkd_core.train import _BKDTrainer
+        from bkd_core.train import BKDTrainer
 
         data = NoisyCIFAR(train_images=images, train_labels=labels, clean_labels=clean,
                           test_images=images[:64], test_labels=labels[:64], num_classes=10, dataset="cifar10",
@@ -141,24 +142,19 @@ class BKDCorePipeline:
             cfg = cfg.replace(precision=os.environ["BENCH_PRECISION"])
         if os.environ.get("BENCH_CHANNELS_LAST") in ("0", "1"):
             cfg = cfg.replace(channels_last=os.environ["BENCH_CHANNELS_LAST"] == "1")
-        self.trainer = _BKDTrainer(data, cfg, run_dir, progress=False)
+        self.trainer = BKDTrainer(data, cfg, run_dir, progress=False)
         self.device = self.trainer.device
 
     def run(self, n_images: int | None = None) -> int:
         """One ``train_epoch()`` over the first ``n_images`` training rows (all by default)."""
         t = self.trainer
-        full = (t.train_rows, t.train_labels, t.n_train)
-        if n_images is not None:  # warm-up on a prefix of the rows
-            t.train_rows, t.train_labels, t.n_train = full[0][:n_images], full[1][:n_images], n_images
-        try:
-            for net in t.networks.values():  # as _Trainer.run() before each epoch
-                net.train()
-            out = t.train_epoch()
-            _ = {k: v.float().cpu() for k, v in out.items()}  # what run() does at the epoch end
-            sync(self.device)
-            return t.n_train
-        finally:
-            t.train_rows, t.train_labels, t.n_train = full
+        for net in t.networks.values():  # as Trainer.run() before each epoch
+            net.train()
+        out = t.train_epoch(n_images)  # a warm-up trains on the first n_images rows
+        _ = {k: v.float().cpu() for k, v in out.per_sample.items()}  # what run() does at the epoch end
+        _ = {k: float(v) for k, v in out.scalars.items()}
+        sync(self.device)
+        return t.n_train if n_images is None else n_images
 
     def data_only(self) -> int:
         """One pass of the input pipeline alone (gather, flip/crop, normalize; no networks)."""

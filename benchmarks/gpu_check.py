@@ -143,11 +143,11 @@ def sync_debug(device: torch.device, tiny: bool, data: Any) -> dict[str, Any]:
     """Count the host synchronisations of one training epoch (after a warm-up epoch)."""
     if device.type != "cuda":
         raise Skip("no CUDA device: torch.cuda.set_sync_debug_mode has nothing to watch on the CPU")
-    from bkd_core.train import _BKDTrainer
+    from bkd_core.train import BKDTrainer
 
     cfg = _configs(device, tiny)["paper (resolved precision, channels_last)"].replace(train_size=min(10_000, len(data)))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _BKDTrainer(data, cfg, Path(tmp) / "run", False)
+        trainer = BKDTrainer(data, cfg, Path(tmp) / "run", False)
         for net in trainer.networks.values():
             net.train()
         trainer.train_epoch()  # warm-up: cuDNN autotuning, allocator
@@ -162,7 +162,7 @@ def sync_debug(device: torch.device, tiny: bool, data: Any) -> dict[str, Any]:
                 torch.cuda.set_sync_debug_mode("default")
             _sync(device)
             seconds = time.perf_counter() - start
-            _ = {k: v.cpu() for k, v in out.items()}  # the epoch end syncs, outside the watched epoch
+            _ = {k: v.cpu() for k, v in {**out.per_sample, **out.scalars}.items()}  # the epoch end syncs, outside
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     places: dict[str, int] = {}
     for w in syncs:
@@ -233,14 +233,14 @@ def profile_epoch(device: torch.device, tiny: bool, data: Any) -> dict[str, Any]
     """torch.profiler over one epoch: GPU kernel time vs wall time (CPU: operator self time vs wall)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bkd_core.train import _BKDTrainer
+    from bkd_core.train import BKDTrainer
 
     cfg = _configs(device, tiny)["paper (resolved precision, channels_last)"]
     if not tiny:
         cfg = cfg.replace(train_size=min(10_000, len(data)))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _BKDTrainer(data, cfg, Path(tmp) / "run", False)
+        trainer = BKDTrainer(data, cfg, Path(tmp) / "run", False)
         for net in trainer.networks.values():
             net.train()
         trainer.train_epoch()  # warm-up

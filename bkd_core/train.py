@@ -14,6 +14,12 @@ Which guarantee holds where:
   GPUs with bf16, fp16 autocast with a gradient scaler (its state checkpointed) on those without. The
   classifier head and the losses stay float32.
 
+One loop for every method: :meth:`Trainer.train_epoch` cuts the shuffled training rows into batches and
+calls the method's :meth:`~Trainer.train_step` on each (``BKDTrainer``: teacher, blind student, the two
+losses; ``CETrainer``: one network, cross-entropy); :meth:`Trainer.run` wraps the epochs with evaluation,
+the epoch files, checkpoints and the outputs. ``benchmarks/bench_epoch.py`` times that same
+``train_epoch``.
+
 A run directory holds:
 - ``config.json``: the configuration and the data identity;
 - ``checkpoint.pt``: the latest epoch's state (weights, optimizer, RNG, history); model weights,
@@ -185,7 +191,16 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-class _Trainer:
+@dataclass
+class EpochOutput:
+    """What :meth:`Trainer.train_epoch` returns: per-sample values of the training pass ({key: float
+    [n_train]}, on the device) and the epoch's scalars ({key: 0-d tensor}, on the device)."""
+
+    per_sample: dict[str, torch.Tensor]
+    scalars: dict[str, torch.Tensor]
+
+
+class Trainer:
     """Shared machinery: set-up, the epoch loop with checkpoint/resume, evaluation, outputs."""
 
     kind = "base"
@@ -248,11 +263,45 @@ class _Trainer:
         self.last_checkpoint_time = time.monotonic()
         self.elapsed = 0.0
 
+    # -- the epoch loop -------------------------------------------------------------------------
+    def train_epoch(self, rows: int | None = None) -> EpochOutput:
+        """Train one epoch: the training rows in a random order, cut into batches, one
+        :meth:`train_step` each. Per-sample values and sums stay on the device (no host sync).
+
+        Args:
+            rows: train on the first ``rows`` training rows only (a benchmark's warm-up); default all.
+
+        Returns:
+            The epoch's per-sample values (each float [rows], in training-row order) and its scalars.
+        """
+        n = self.n_train if rows is None else rows
+        per_sample = {key: torch.zeros(n, device=self.device) for key in self.per_sample_keys}
+        sums = torch.zeros(len(self.sum_keys), device=self.device)
+        self.begin_epoch()
+        for pos, step in self.training_batches(n):
+            values, batch_sums = self.train_step(pos, step=step)
+            for key, value in values.items():
+                per_sample[key][pos] = value
+            sums += batch_sums
+        return EpochOutput(per_sample, self.epoch_scalars(dict(zip(self.sum_keys, (sums / n).unbind()))))
+
     # -- hooks for subclasses -------------------------------------------------------------------
-    def train_epoch(self) -> dict[str, torch.Tensor]:
-        """Train one epoch; return per-sample arrays of the training pass ([n_train] tensors) and
-        epoch scalars (0-d tensors, still on the device)."""
+    #: names of the per-sample values :meth:`train_step` returns, and of the sums it adds up
+    per_sample_keys: tuple[str, ...] = ()
+    sum_keys: tuple[str, ...] = ()
+
+    def begin_epoch(self) -> None:
+        """Per-epoch set-up before the first batch (BKD: the phase-2 weights of the groups)."""
+
+    def train_step(self, pos: torch.Tensor, *, step: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One batch: the training rows at positions ``pos`` (int64 [B]) through the networks, the loss, and
+        (``step``) the SGD step. Returns the per-sample values ({key: float [B]}, :attr:`per_sample_keys`) and
+        the batch's sums (float [len(sum_keys)]: per-sample quantities summed over the batch)."""
         raise NotImplementedError
+
+    def epoch_scalars(self, means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The epoch's scalars (0-d tensors) from the means over the epoch of the :attr:`sum_keys`."""
+        return means
 
     def after_epoch(self, per_sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Epoch-end work (tipping point, eval pass); returns extra per-sample arrays to store."""
@@ -277,15 +326,16 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                               enabled=self.autocast_dtype is not None)
 
-    def training_batches(self) -> Iterator[tuple[torch.Tensor, bool]]:
-        """One epoch's ``(positions, step)`` pairs: a random permutation cut into batches.
+    def training_batches(self, rows: int | None = None) -> Iterator[tuple[torch.Tensor, bool]]:
+        """One epoch's ``(positions, step)`` pairs: a random permutation of the training rows (the first
+        ``rows`` of them; default all) cut into batches.
 
         ``step`` is False only for the last, partial batch with ``drop_last=True``: that batch gets
         no optimizer step, but its rows are still scored (:meth:`scoring_only`), so every row has its
         per-sample scores every epoch.
         """
         size = self.config.batch_size
-        for pos in shuffled_batches(self.n_train, size, self.generator, self.device):
+        for pos in shuffled_batches(self.n_train if rows is None else rows, size, self.generator, self.device):
             yield pos, not (self.config.drop_last and len(pos) < size)
 
     @contextlib.contextmanager
@@ -445,10 +495,9 @@ class _Trainer:
             self.record("lr", self.optimizer.param_groups[0]["lr"])
             out = self.train_epoch()
             self.scheduler.step()
-            per_sample = {k: v.float().cpu().numpy() for k, v in out.items() if v.ndim == 1}
-            for key, value in out.items():
-                if value.ndim == 0:
-                    self.record(key, float(value))
+            per_sample = {k: v.float().cpu().numpy() for k, v in out.per_sample.items()}
+            for key, value in out.scalars.items():
+                self.record(key, float(value))
             self.check_finite(per_sample)
             per_sample.update(self.after_epoch(per_sample))
             last = self.epoch == self.config.epochs - 1
@@ -551,7 +600,7 @@ def _detection_metrics(prefix: str, mask: np.ndarray, is_noisy: np.ndarray) -> d
     return {f"{prefix}_{k}": v for k, v in detection_scores(mask, is_noisy).items()}
 
 
-class _BKDTrainer(_Trainer):
+class BKDTrainer(Trainer):
     kind = "bkd"
     network_names = ("teacher", "student")
 
@@ -561,49 +610,55 @@ class _BKDTrainer(_Trainer):
         self.tipping_found_at: int | None = None
         self.tipping_rule: str | None = None  # "peak": the official rule fired; "fallback": config.tipping_fallback
         self.train_groups: torch.Tensor | None = None  # int64 [n_train] in 1..4 once phase 2 starts
+        self.alpha: torch.Tensor | None = None  # float [n_train]: each row's robust-target weight in phase 2
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         # log of the normalized agreement distribution: argmax = official prediction
         return agreement_probability(self.forward["teacher"](images).float(),
                                      self.forward["student"](images).float()).log()
 
-    def train_epoch(self) -> dict[str, torch.Tensor]:
-        cfg, dev, n = self.config, self.device, self.n_train
-        agree = torch.zeros(n, device=dev)
-        p_teacher = torch.zeros(n, device=dev)
-        p_student = torch.zeros(n, device=dev)
-        sums = torch.zeros(3, device=dev)  # ce, compensation, max-prob sum (no host sync inside the epoch)
-        alpha = group_alpha(self.train_groups, cfg.alphas).to(dev) if self.train_groups is not None else None
-        for pos, step in self.training_batches():
-            x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
-            y = self.train_labels[pos]
-            with self.step_networks(step) as nets:
-                with self.autocast():
-                    z_t = nets["teacher"](x)
-                    z_s = nets["student"](x)
-                z_t, z_s = z_t.float(), z_s.float()
-                compensation = blind_distillation_loss(z_t, z_s, y, detach_teacher=cfg.detach_teacher,
-                                                       reduction=cfg.loss_reduction)
-                probs_s = z_s.softmax(1)
-                if alpha is None:
-                    ce = F.cross_entropy(z_t, y)
-                else:
-                    target = robust_targets(y, probs_s, alpha[pos], detach_student=cfg.detach_robust_target)
-                    ce = soft_cross_entropy(z_t, target)
-                loss = ce + compensation
-            if step:
-                self.optimizer_step(loss)
-            with torch.no_grad():
-                rows = torch.arange(len(y), device=dev)
-                agree[pos] = agreement_probability(z_t, z_s)[rows, y]
-                p_teacher[pos] = z_t.softmax(1)[rows, y]
-                p_student[pos] = probs_s[rows, y]
-                sums += torch.stack([ce.detach() * len(y), compensation.detach() * len(y),
-                                     probs_s.detach().max(1).values.sum()])
-        ce_mean, comp_mean, max_mean = (sums / n).unbind()
-        return {"train_agreement": agree, "train_teacher_p": p_teacher, "train_student_p": p_student,
-                "loss_ce": ce_mean, "loss_compensation": comp_mean, "loss": ce_mean + comp_mean,
-                "mean_max_student": max_mean, "phase": torch.tensor(1.0 if alpha is None else 2.0)}
+    per_sample_keys = ("train_agreement", "train_teacher_p", "train_student_p")
+    sum_keys = ("loss_ce", "loss_compensation", "mean_max_student")
+
+    def begin_epoch(self) -> None:
+        groups = self.train_groups
+        self.alpha = None if groups is None else group_alpha(groups, self.config.alphas).to(self.device)
+
+    def train_step(self, pos: torch.Tensor, *, step: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One BKD batch: teacher and blind student forward, cross-entropy on the given labels (phase 1) or on
+        the robust targets of the rows' groups (phase 2) plus the blind distillation loss, one SGD step
+        over both networks. Per sample: the agreement probability of the given label and each network's
+        probability of it; sums: cross-entropy, compensation loss, the student's top probability."""
+        cfg = self.config
+        x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
+        y = self.train_labels[pos]
+        with self.step_networks(step) as nets:
+            with self.autocast():
+                z_t = nets["teacher"](x)
+                z_s = nets["student"](x)
+            z_t, z_s = z_t.float(), z_s.float()
+            compensation = blind_distillation_loss(z_t, z_s, y, detach_teacher=cfg.detach_teacher,
+                                                   reduction=cfg.loss_reduction)
+            probs_s = z_s.softmax(1)
+            if self.alpha is None:
+                ce = F.cross_entropy(z_t, y)
+            else:
+                target = robust_targets(y, probs_s, self.alpha[pos], detach_student=cfg.detach_robust_target)
+                ce = soft_cross_entropy(z_t, target)
+            loss = ce + compensation
+        if step:
+            self.optimizer_step(loss)
+        with torch.no_grad():
+            rows = torch.arange(len(y), device=self.device)
+            values = {"train_agreement": agreement_probability(z_t, z_s)[rows, y],
+                      "train_teacher_p": z_t.softmax(1)[rows, y], "train_student_p": probs_s[rows, y]}
+            sums = torch.stack([ce.detach() * len(y), compensation.detach() * len(y),
+                                probs_s.detach().max(1).values.sum()])
+        return values, sums
+
+    def epoch_scalars(self, means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**means, "loss": means["loss_ce"] + means["loss_compensation"],
+                "phase": torch.tensor(1.0 if self.alpha is None else 2.0)}
 
     def eval_agreement(self) -> np.ndarray:
         """Agreement score of the given label for every row of the subset (eval mode) -> float [N]."""
@@ -677,34 +732,33 @@ class _BKDTrainer(_Trainer):
         return metrics, arrays
 
 
-class _CETrainer(_Trainer):
+class CETrainer(Trainer):
     kind = "ce"
     network_names = ("model",)
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward["model"](images).float()
 
-    def train_epoch(self) -> dict[str, torch.Tensor]:
-        cfg, dev, n = self.config, self.device, self.n_train
-        p_label = torch.zeros(n, device=dev)
-        memorized = torch.zeros(n, device=dev)
-        loss_sum = torch.zeros((), device=dev)
-        for pos, step in self.training_batches():
-            x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
-            y = self.train_labels[pos]
-            with self.step_networks(step) as nets:
-                with self.autocast():
-                    logits = nets["model"](x)
-                logits = logits.float()
-                loss = F.cross_entropy(logits, y)
-            if step:
-                self.optimizer_step(loss)
-            with torch.no_grad():
-                rows = torch.arange(len(y), device=dev)
-                p_label[pos] = logits.softmax(1)[rows, y]
-                memorized[pos] = (logits.argmax(1) == y).float()
-                loss_sum += loss.detach() * len(y)
-        return {"train_p_label": p_label, "train_predicts_label": memorized, "loss": loss_sum / n}
+    per_sample_keys = ("train_p_label", "train_predicts_label")
+    sum_keys = ("loss",)
+
+    def train_step(self, pos: torch.Tensor, *, step: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One cross-entropy batch on the given labels. Per sample: the probability of the given label and
+        whether it is the prediction; sum: the loss."""
+        x = self.batch_inputs(self.train_rows[pos], augment=self.config.augment)
+        y = self.train_labels[pos]
+        with self.step_networks(step) as nets:
+            with self.autocast():
+                logits = nets["model"](x)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y)
+        if step:
+            self.optimizer_step(loss)
+        with torch.no_grad():
+            rows = torch.arange(len(y), device=self.device)
+            values = {"train_p_label": logits.softmax(1)[rows, y],
+                      "train_predicts_label": (logits.argmax(1) == y).float()}
+            return values, (loss.detach() * len(y)).reshape(1)
 
     def final_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         is_noisy = self.prep.data.is_noisy
@@ -724,7 +778,7 @@ def train_bkd(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, progr
 
     Rerunning with the same ``run_dir`` resumes from its checkpoint (or returns the finished run).
     """
-    return _BKDTrainer(data, config, run_dir, progress).run()
+    return BKDTrainer(data, config, run_dir, progress).run()
 
 
 def train_ce(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, progress: bool = True) -> RunResult:
@@ -732,4 +786,4 @@ def train_ce(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, progre
 
     Its detector flags samples whose final prediction differs from the given label.
     """
-    return _CETrainer(data, config, run_dir, progress).run()
+    return CETrainer(data, config, run_dir, progress).run()

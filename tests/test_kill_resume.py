@@ -34,12 +34,12 @@ SCRIPT = textwrap.dedent("""
             return loss(*a, **k)
         train.blind_distillation_loss = counted
     elif kind == "after-checkpoint":  # right after the checkpoint of epoch n was written
-        save = train._Trainer.save_checkpoint
+        save = train.Trainer.save_checkpoint
         def save_then_die(self):
             save(self)
             if self.epoch == int(arg):
                 die()
-        train._Trainer.save_checkpoint = save_then_die
+        train.Trainer.save_checkpoint = save_then_die
     elif kind == "mid-write":  # half of the temporary file of NAME written, then killed
         npz, tsave = np.savez_compressed, torch.save
         def is_target(f):

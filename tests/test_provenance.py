@@ -91,7 +91,7 @@ def test_a_code_change_retrains_a_cached_run(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.run_dir.name, second.run_dir.name])
 
     monkeypatch.undo()
-    monkeypatch.setattr(train_module._CETrainer, "train_epoch", lambda self: pytest.fail("retrained"))
+    monkeypatch.setattr(train_module.CETrainer, "train_epoch", lambda self: pytest.fail("retrained"))
     again = cache.cached_run("ce", data, TINY, tmp_path, progress=False)
     assert again.run_dir == first.run_dir and again.metrics == first.metrics
 

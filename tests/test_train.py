@@ -87,17 +87,17 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path, m
     trainer(tiny_data, cfg, tmp_path / "straight", progress=False)
 
     from bkd_core import train as train_module
-    base_save = train_module._Trainer.save_checkpoint
+    base_save = train_module.Trainer.save_checkpoint
 
     def save_then_maybe_crash(self):
         base_save(self)
         if self.epoch == 5:
             raise _Interrupt
-    monkeypatch.setattr(train_module._Trainer, "save_checkpoint", save_then_maybe_crash)
+    monkeypatch.setattr(train_module.Trainer, "save_checkpoint", save_then_maybe_crash)
     with pytest.raises(_Interrupt):
         trainer(tiny_data, cfg, tmp_path / "resumed", progress=False)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(train_module._Trainer, "save_checkpoint", base_save)
+    monkeypatch.setattr(train_module.Trainer, "save_checkpoint", base_save)
     trainer(tiny_data, cfg, tmp_path / "resumed", progress=False)
     _same_outputs(tmp_path / "straight", tmp_path / "resumed")
 
@@ -122,7 +122,7 @@ def test_checkpoint_every_k_epochs_resumes_exactly(tiny_data, tmp_path, monkeypa
     from bkd_core import train as train_module
     cfg = TINY.replace(epochs=8, tipping_fallback=3, checkpoint_every=3)
     trainer(tiny_data, cfg.replace(checkpoint_every=1), tmp_path / "straight", progress=False)
-    cls = train_module._BKDTrainer if trainer is train_bkd else train_module._CETrainer
+    cls = train_module.BKDTrainer if trainer is train_bkd else train_module.CETrainer
     undo = _interrupt_in_epoch(monkeypatch, cls, 5)
     with pytest.raises(_Interrupt):
         trainer(tiny_data, cfg, tmp_path / "resumed", progress=False)
@@ -142,8 +142,8 @@ def test_checkpoint_every_k_epochs_resumes_exactly(tiny_data, tmp_path, monkeypa
 def test_checkpoint_seconds_and_the_final_checkpoint(tiny_data, tmp_path, monkeypatch):
     from bkd_core import train as train_module
     saved = []
-    base = train_module._Trainer.save_checkpoint
-    monkeypatch.setattr(train_module._Trainer, "save_checkpoint", lambda self: (saved.append(self.epoch), base(self)))
+    base = train_module.Trainer.save_checkpoint
+    monkeypatch.setattr(train_module.Trainer, "save_checkpoint", lambda self: (saved.append(self.epoch), base(self)))
     cfg = TINY.replace(epochs=3, checkpoint_every=100)
     train_ce(tiny_data, cfg, tmp_path / "end-only", progress=False)
     assert saved == [3]  # only at the end
@@ -203,7 +203,7 @@ def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_data, tmp_path, m
     fp32 = train_bkd(tiny_data, cfg.replace(precision="fp32"), tmp_path / "fp32", progress=False)
     assert not np.array_equal(straight.label_quality, fp32.label_quality)  # fp16 autocast was really on
     assert torch.load(tmp_path / "fp32" / "checkpoint.pt", weights_only=True)["scaler"] == {}
-    undo = _interrupt_in_epoch(monkeypatch, train_module._BKDTrainer, 2)
+    undo = _interrupt_in_epoch(monkeypatch, train_module.BKDTrainer, 2)
     with pytest.raises(_Interrupt):
         train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
     undo()
@@ -214,8 +214,8 @@ def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_data, tmp_path, m
 def test_drop_last_steps_on_full_batches_only_and_scores_every_row(tiny_data, tmp_path, monkeypatch):
     from bkd_core import train as train_module
     steps = []
-    base = train_module._Trainer.optimizer_step
-    monkeypatch.setattr(train_module._Trainer, "optimizer_step",
+    base = train_module.Trainer.optimizer_step
+    monkeypatch.setattr(train_module.Trainer, "optimizer_step",
                         lambda self, loss: (steps.append(self.epoch), base(self, loss)))
     cfg = TINY.replace(epochs=2, drop_last=True)
     assert cfg.fingerprint() != TINY.replace(epochs=2).fingerprint()
@@ -232,8 +232,8 @@ def test_drop_last_steps_on_full_batches_only_and_scores_every_row(tiny_data, tm
 
 
 def test_scoring_only_changes_no_weight_and_no_running_statistic(tiny_data, tmp_path):
-    from bkd_core.train import _BKDTrainer
-    trainer = _BKDTrainer(tiny_data, TINY, tmp_path / "run", False)
+    from bkd_core.train import BKDTrainer
+    trainer = BKDTrainer(tiny_data, TINY, tmp_path / "run", False)
     before = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in trainer.networks.items()}
     x = trainer.batch_inputs(trainer.train_rows[:24], augment=False)
     for net in trainer.networks.values():
@@ -250,7 +250,7 @@ def test_finished_run_is_returned_not_retrained(tiny_data, tmp_path, monkeypatch
     cfg = TINY.replace(epochs=1)
     first = train_bkd(tiny_data, cfg, tmp_path / "run", progress=False)
     from bkd_core import train as train_module
-    monkeypatch.setattr(train_module._BKDTrainer, "train_epoch", lambda self: pytest.fail("retrained"))
+    monkeypatch.setattr(train_module.BKDTrainer, "train_epoch", lambda self: pytest.fail("retrained"))
     again = train_bkd(tiny_data, cfg, tmp_path / "run", progress=False)
     assert again.metrics == first.metrics
 
