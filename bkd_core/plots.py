@@ -1,7 +1,7 @@
 """The book's figures. Each function takes plain arrays (numpy) and returns a matplotlib Figure.
 
 Conventions: epochs on the x axis are counted from 1 (``history[...][e]`` is drawn at ``e + 1``,
-see :func:`bkd_core.book.epoch_number`); truly clean samples are blue, truly mislabelled ones
+see :func:`bkd_core.analysis.epoch_number`); truly clean samples are blue, truly mislabelled ones
 vermillion (Okabe-Ito colours, readable with colour-blindness); missing values (NaN, e.g. test
 accuracy of the ``paper`` profile, measured every 10 epochs) are skipped, not drawn as gaps.
 """
@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from .book import clean_noisy_means
+from .analysis import clean_noisy_means
 
 __all__ = [
     "CLEAN", "NOISY", "TEACHER", "STUDENT", "BKD", "CE",
@@ -152,7 +152,7 @@ def _image_grid(images: np.ndarray, titles: Sequence[str], wrong: np.ndarray, nc
 
 
 def plot_noise_rates(table) -> Figure:
-    """Horizontal bars of the noise rate of every CIFAR-N split (``book.noise_rate_table``)."""
+    """Horizontal bars of the noise rate of every CIFAR-N split (``analysis.noise_rate_table``)."""
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(table) + 1.0))
     labels = [f"{d} {s}" for d, s in zip(table["dataset"], table["split"])]
     rates = 100 * table["noise rate"].to_numpy()

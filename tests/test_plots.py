@@ -1,4 +1,5 @@
-"""The book's helpers (bkd_core.book) and figures (bkd_core.plots) on small made-up arrays.
+"""The chapters' analysis (bkd_core.analysis), helpers (bkd_core.book) and figures (bkd_core.plots) on
+small made-up arrays.
 
 Every figure function must return a Figure with labelled axes, a legend where there is more than
 one series, and cope with the cases a run can produce (no tipping point, NaN epochs).
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bkd_core import book, plots  # noqa: E402
+from bkd_core import analysis, book, plots  # noqa: E402
 from bkd_core import data as D  # noqa: E402
 from bkd_core.config import CPU  # noqa: E402
 from bkd_core.method import otsu_split  # noqa: E402
@@ -78,33 +79,33 @@ def test_load_data_synthetic():
 
 
 def test_memorization_onset_and_peak():
-    assert book.memorization_onset([0.2, 0.15, 0.2, 0.24, 0.26, 0.5]) == 4
-    assert book.memorization_onset([0.2, 0.21, 0.22]) is None
+    assert analysis.memorization_onset([0.2, 0.15, 0.2, 0.24, 0.26, 0.5]) == 4
+    assert analysis.memorization_onset([0.2, 0.21, 0.22]) is None
     # a clear peak stands out by more than the curve's wobble; a blip on a rising curve does not
-    margin, step = book.peak_prominence([0.1, 0.2, 0.3, 0.6, 0.3, 0.2, 0.1], 3, window=2)
+    margin, step = analysis.peak_prominence([0.1, 0.2, 0.3, 0.6, 0.3, 0.2, 0.1], 3, window=2)
     assert margin == pytest.approx(0.3) and step == pytest.approx(0.1)
-    margin, step = book.peak_prominence([0.30, 0.32, 0.34, 0.36, 0.365, 0.362, 0.364, 0.37], 4, window=2)
+    margin, step = analysis.peak_prominence([0.30, 0.32, 0.34, 0.36, 0.365, 0.362, 0.364, 0.37], 4, window=2)
     assert margin == pytest.approx(0.001) and step == pytest.approx(0.0125)
     with pytest.raises(ValueError, match="index"):
-        book.peak_prominence([0.1, 0.2], 5)
-    assert book.memorization_onset([np.nan, 0.1, 0.3]) == 2
-    assert book.peak_epoch([1.0, np.nan, 3.0, 2.0]) == 2
-    assert book.peak_epoch([np.nan, np.nan]) is None
-    assert book.epoch_number(0) == 1 and book.epoch_number(None) is None
+        analysis.peak_prominence([0.1, 0.2], 5)
+    assert analysis.memorization_onset([np.nan, 0.1, 0.3]) == 2
+    assert analysis.peak_epoch([1.0, np.nan, 3.0, 2.0]) == 2
+    assert analysis.peak_epoch([np.nan, np.nan]) is None
+    assert analysis.epoch_number(0) == 1 and analysis.epoch_number(None) is None
 
 
 def test_clean_noisy_means():
     values = np.array([[1.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
-    clean, noisy = book.clean_noisy_means(values, np.array([False, True, False]))
+    clean, noisy = analysis.clean_noisy_means(values, np.array([False, True, False]))
     np.testing.assert_allclose(clean, [1.0, 0.25])
     np.testing.assert_allclose(noisy, [0.0, 0.5])
 
 
 def test_window_sensitivity():
     curve = [0.1, 0.2, 0.3, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
-    tips = book.tipping_by_window(curve, (1, 2, 3, 4))
+    tips = analysis.tipping_by_window(curve, (1, 2, 3, 4))
     assert tips == {1: 3, 2: 3, 3: 3, 4: None}
-    table = book.window_sensitivity(curve, (1, 2, 3, 4))
+    table = analysis.window_sensitivity(curve, (1, 2, 3, 4))
     assert list(table["tipping epoch"].astype(object).fillna(0)) == [4, 4, 4, 0]
     assert table["detected at epoch"].iloc[1] == 6  # found window epochs after the peak, counted from 1
 
@@ -120,22 +121,22 @@ def test_scores_at_tipping_and_tables():
     # they differ, so re-deriving them from the history would fail)
     Run.label_quality = (scores * 0.8).astype(np.float32)
     Run.history = {"eval_agreement": history}
-    got, epoch, found = book.scores_at_tipping(Run)
+    got, epoch, found = analysis.scores_at_tipping(Run)
     assert epoch == 1 and found and got.dtype == np.float64
     np.testing.assert_array_equal(got, Run.label_quality)
     Run.metrics = {"tipping_epoch": None, "tipping_found_at_epoch": None, "epochs": 3}
-    got, epoch, found = book.scores_at_tipping(Run)
+    got, epoch, found = analysis.scores_at_tipping(Run)
     assert epoch == 1 and not found  # the last epoch that has scores
     np.testing.assert_array_equal(got, Run.label_quality)
-    assert book.phase1_epochs(Run) == 3
+    assert analysis.phase1_epochs(Run) == 3
 
-    comparison = book.otsu_comparison(scores, IS_NOISY, bins=100)
+    comparison = analysis.otsu_comparison(scores, IS_NOISY, bins=100)
     assert list(comparison.columns) == ["bkd", "classic"]
     assert comparison.loc["F1 of flagging G3+G4 (below threshold)", "bkd"] > 0.8
     groups = np.array([1, 2, 3, 4] * (N // 4))
-    table = book.group_table(groups, IS_NOISY)
+    table = analysis.group_table(groups, IS_NOISY)
     assert list(table.index) == ["G1", "G2", "G3", "G4"] and table["samples"].sum() == N
-    detection = book.detection_table({"G4": groups == 4}, IS_NOISY)
+    detection = analysis.detection_table({"G4": groups == 4}, IS_NOISY)
     assert detection.loc["everything (baseline)", "recall"] == 1.0
     html = book.table(detection, "{:.3f}").to_html()
     assert 'class="dataframe"' in html
@@ -152,20 +153,20 @@ def test_noise_rate_table_from_label_files(tmp_path, monkeypatch):
         noisy[: int(rate * 100)] = (noisy[: int(rate * 100)] + 1) % 10
         labels[key] = noisy
     torch.save(labels, tmp_path / "CIFAR-10_human.pt")
-    table = book.noise_rate_table(tmp_path)
+    table = analysis.noise_rate_table(tmp_path)
     rates = dict(zip(table["split"], table["noise rate"]))
     assert rates == {"clean": 0.0, "aggre": 0.1, "rand1": 0.2, "rand2": 0.2, "rand3": 0.2, "worst": 0.4}
     assert set(table["dataset"]) == {"CIFAR-10N"}  # no CIFAR-100 file: its rows are left out
     with pytest.raises(FileNotFoundError):
-        book.noise_rate_table(tmp_path / "empty")
+        analysis.noise_rate_table(tmp_path / "empty")
 
 
 def test_transition_matrix_and_examples():
     data = book.load_data("synthetic")
-    matrix = book.transition_matrix(data.clean_labels, data.train_labels, 10)
+    matrix = analysis.transition_matrix(data.clean_labels, data.train_labels, 10)
     np.testing.assert_allclose(matrix.sum(1), 1.0)
     assert abs((1 - np.diag(matrix)).mean() - data.noise_rate) < 0.05
-    rows = book.example_rows(data, n=12, noisy_fraction=0.5)
+    rows = analysis.example_rows(data, n=12, noisy_fraction=0.5)
     assert len(set(rows)) == 12 and data.is_noisy[rows].sum() == 6
 
 
@@ -176,7 +177,7 @@ def test_transition_matrix_and_examples():
 
 def test_data_figures():
     data = book.load_data("synthetic")
-    rows = book.example_rows(data, n=8)
+    rows = analysis.example_rows(data, n=8)
     fig = plots.show_examples(data.train_images[rows], data.clean_labels[rows], data.train_labels[rows],
                               [f"c{i}" for i in range(10)], ncols=4)
     assert len([ax for ax in fig.axes if ax.images]) == 8
@@ -224,7 +225,7 @@ def test_tipping_figures(tipping, found_at):
     _labelled(fig)
     assert _has_legend(fig)
     _labelled(plots.plot_tipping(curve, tipping, found_at))
-    fig = plots.plot_window_sensitivity(curve, book.tipping_by_window(curve))
+    fig = plots.plot_window_sensitivity(curve, analysis.tipping_by_window(curve))
     _labelled(fig)
     assert _has_legend(fig)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bkd_core import book
+from bkd_core import analysis
 from bkd_core.config import BKDConfig
 from bkd_core.method import find_tipping_point
 from bkd_core.synthetic import make_synthetic_cifar_n
@@ -280,7 +280,7 @@ def test_tipping_fallback_starts_phase_two_and_groups_the_training_set(tiny_data
     eval_hist = result.history["eval_agreement"].astype(np.float64)
     assert not np.isnan(eval_hist[: found]).any() and np.isnan(eval_hist[found + 1:]).all()
     # what the book reads from the run's saved outputs is the tipping epoch's row of that history
-    scores, epoch, tipped = book.scores_at_tipping(result)
+    scores, epoch, tipped = analysis.scores_at_tipping(result)
     assert tipped and epoch == result.tipping_epoch
     np.testing.assert_array_equal(scores, eval_hist[epoch])
 
