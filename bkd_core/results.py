@@ -450,9 +450,13 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
         hashes = ", ".join(sorted(set(older["code_hash"])))
         text = f"{len(older)} of {n} by other code ({hashes}; the training code changed since, now {current})"
         if counts[CODE_REPRODUCED]:
-            names = ", ".join(versions.loc[versions["code"] == CODE_REPRODUCED, "run"])
-            text += (f", and rerun with the current code, {counts[CODE_REPRODUCED]} of them ({names}) came out "
-                     "identical, bit for bit: every metric, the ranking AUCs and the highlighted images' scores")
+            if counts[CODE_REPRODUCED] == len(older):
+                which = f"all {len(older)} of them"
+            else:
+                names = ", ".join(versions.loc[versions["code"] == CODE_REPRODUCED, "run"])
+                which = f"{counts[CODE_REPRODUCED]} of them ({names})"
+            text += (f", and rerun with the current code, {which} came out identical, bit for bit: every "
+                     "metric, the ranking AUCs and the highlighted images' scores")
         if counts[CODE_OTHER]:
             if counts[CODE_REPRODUCED]:
                 text += f"; the other {counts[CODE_OTHER]} were not rerun"

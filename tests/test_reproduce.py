@@ -467,3 +467,14 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
     with pytest.raises(FileNotFoundError, match="not a finished run"):
         reproduce.check_run(out, "cifar10-synthetic-seed9", progress=False)
+
+
+def test_code_version_text_names_the_reproduced_runs_unless_all_were():
+    from bkd_core import results
+
+    rows = [{"run": f"r{i}", "code_hash": "0123456789ab", "code": results.CODE_REPRODUCED} for i in range(3)]
+    every = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
+    assert "all 3 of them came out identical" in every and "r1" not in every
+    rows[2]["code"] = results.CODE_OTHER
+    some = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
+    assert "2 of them (r0, r1) came out identical" in some and "the other 1 were not rerun" in some
