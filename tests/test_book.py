@@ -139,8 +139,11 @@ def colab(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(data, "download", lambda d, root=None: calls.append(("images", d)))
     monkeypatch.setattr(data, "download_labels", lambda d, root=None: calls.append(("labels", d)))
-    monkeypatch.delenv("BKD_DATA_DIR", raising=False)
-    monkeypatch.delenv("BKD_RUN_CACHE", raising=False)
+    # setup_colab writes these into os.environ itself: set them first so that the fixture's undo removes
+    # them again (a delenv of an unset variable records nothing, and the value would leak into later tests)
+    for name in ("BKD_DATA_DIR", "BKD_RUN_CACHE", "BKD_FEATURE_CACHE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setattr(book, "COLAB_DATA", str(tmp_path / "content" / "data"))
     monkeypatch.setattr(book, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
     monkeypatch.setattr(book, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
