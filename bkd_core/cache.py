@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import BKDConfig
 from .data import NoisyCIFAR
+from .io import user_cache_dir
 from .methods import METHODS
 from .provenance import code_hash
 from .train import RunResult
@@ -18,8 +19,7 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 def _default_cache() -> Path:
     if (_CHECKOUT / "_toc.yml").is_file():  # running from a checkout of the book
         return _CHECKOUT / "runs" / "cache"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bkd_core" / "runs"
+    return user_cache_dir("runs")
 
 
 def cache_dir(root: str | os.PathLike | None = None) -> Path:

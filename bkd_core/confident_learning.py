@@ -26,7 +26,7 @@ from .augment import NORMALIZATION, Normalizer, ordered_batches, to_device_image
 from .config import BKDConfig, stored_fingerprint
 from .data import NoisyCIFAR
 from .errors import DamagedFileError
-from .metrics import detection_scores, flag_all_f1
+from .metrics import detector_summary, run_header
 from .rundir import RunDir
 from .train import RunResult, train_ce, training_subset, with_config_features
 
@@ -90,18 +90,12 @@ def train_confident_learning(data: NoisyCIFAR, config: BKDConfig, run_dir: str |
     rundir = RunDir(run_dir)
     identity = {"kind": "cleanlab", "dataset": data.dataset, "split": data.split, "folds": folds,
                 "fingerprint": config.fingerprint("cleanlab")}
-    with rundir.writing(identity, config.to_dict(), fingerprint=stored_fingerprint("cleanlab")):
-        if rundir.finished():
-            try:
-                return _load(rundir, config)
-            except DamagedFileError:
-                pass  # recomputed from the folds below (finished folds are loaded, not retrained)
-        rundir.require_writable()
-        rundir.write_config(identity, config.to_dict())
-        return _train_folds(rundir, data, config, folds, progress)
+    return rundir.load_or_compute(identity, config.to_dict(), fingerprint=stored_fingerprint("cleanlab"),
+                                  load=lambda: RunResult.load(rundir, config),
+                                  compute=lambda: _train_folds(rundir, data, config, folds, progress))
 
 
-def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int, progress: bool) -> RunResult:
+def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int, progress: bool) -> None:
     import cleanlab
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -129,14 +123,9 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
 
     label_issues = find_label_issues(labels, pred_probs)
     quality = get_label_quality_scores(labels, pred_probs).astype(np.float32)
-    is_noisy = subset.is_noisy
     metrics: dict[str, Any] = {
-        "kind": "cleanlab", "dataset": subset.dataset, "split": subset.split, "profile": config.profile,
-        "seed": config.seed, "folds": folds, "num_samples": len(labels), "epochs": config.epochs,
-        "true_noise_rate": float(subset.noise_rate),
-        "estimated_noise_rate": float(label_issues.mean()), "flagged_fraction": float(label_issues.mean()),
-        "flag_all_f1": flag_all_f1(float(is_noisy.mean())),
-        **{f"detection_{k}": v for k, v in detection_scores(label_issues, is_noisy).items()},
+        **run_header("cleanlab", subset, config), "folds": folds, "epochs": config.epochs,
+        "estimated_noise_rate": float(label_issues.mean()), **detector_summary(label_issues, subset.is_noisy),
         "out_of_fold_acc_given": float((pred_probs.argmax(1) == labels).mean()),
         "out_of_fold_acc_clean": float((pred_probs.argmax(1) == subset.clean_labels).mean()),
         "wall_time_s": round(wall, 2), "device": fold.metrics["device"], "cleanlab": cleanlab.__version__,
@@ -147,8 +136,3 @@ def _train_folds(rundir: RunDir, data: NoisyCIFAR, config: BKDConfig, folds: int
         "ranked_indices": np.argsort(quality, kind="stable").astype(np.int64),
         "indices": subset.indices.astype(np.int64), "pred_probs": pred_probs,
         "predicted_labels": pred_probs.argmax(1).astype(np.int64), "folds": fold_of})
-    return _load(rundir, config)
-
-
-def _load(rundir: RunDir, config: BKDConfig) -> RunResult:
-    return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())

@@ -125,7 +125,7 @@ class BKDConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BKDConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
+        data = without_retired(data)
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown BKDConfig field(s) {unknown}; valid fields: {sorted(names)}")
@@ -271,6 +271,11 @@ LATER_FIELDS: tuple[str, ...] = ("features", "drop_last")
 #: may still hold them (:meth:`BKDConfig.from_dict` drops them), and fingerprints hash them as they were.
 #: ``extra`` was a free-form dict that no code read.
 RETIRED_FIELDS: dict[str, Any] = {"extra": {}}
+
+
+def without_retired(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored configuration dict without the :data:`RETIRED_FIELDS` it holds at the one value they had."""
+    return {k: v for k, v in config.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
 
 #: Fields only BKD uses: the other methods ignore them, and they stay out of those methods' fingerprints.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion",

@@ -25,7 +25,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .io import atomic_path, user_cache_dir
 
 __all__ = [
     "CIFAR10_SPLITS",
@@ -190,18 +191,13 @@ def class_names(dataset: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bkd_core" / "data"
-
-
 def _resolve_with_source(root: str | os.PathLike | None) -> tuple[Path, str]:
     if root is not None and str(root) != "":
         return Path(root).expanduser(), "the root argument"
     env = os.environ.get("BKD_DATA_DIR")
     if env:
         return Path(env).expanduser(), "$BKD_DATA_DIR"
-    return _default_cache_dir(), "the default cache folder (neither root nor $BKD_DATA_DIR was given)"
+    return user_cache_dir("data"), "the default cache folder (neither root nor $BKD_DATA_DIR was given)"
 
 
 def resolve_data_dir(root: str | os.PathLike | None = None) -> Path:
@@ -611,12 +607,10 @@ class NoisyCIFAR:
 
 
 def _fetch_label_file(dataset: str, dest: Path) -> None:
-    """Download the CIFAR-N label file to ``dest`` atomically (tmp file, validate, os.replace)."""
+    """Download the CIFAR-N label file to ``dest`` atomically (temporary file, validate, replace)."""
     url = LABEL_URLS[dataset]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
             try:
                 with urllib.request.urlopen(url, timeout=60) as response:
                     shutil.copyfileobj(response, f)
@@ -634,10 +628,6 @@ def _fetch_label_file(dataset: str, dest: Path) -> None:
                 f"the file downloaded from {url} is not a valid CIFAR-N label file, so {dest} was "
                 f"not written: {e}"
             ) from e
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _download_into(ds: str, data_dir: Path) -> Path:

@@ -666,8 +666,9 @@ def feature_cache_dir(root: str | os.PathLike | None = None) -> Path:
         return Path(root)
     if os.environ.get("BKD_FEATURE_CACHE"):
         return Path(os.environ["BKD_FEATURE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bkd_core" / "features"
+    from .io import user_cache_dir
+
+    return user_cache_dir("features")
 
 
 def data_fingerprint(train_images: np.ndarray, test_images: np.ndarray) -> str:

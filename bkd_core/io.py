@@ -1,4 +1,5 @@
-"""Atomic writes: a file is either its old version or its complete new version, never half of one."""
+"""Atomic writes: a file is either its old version or its complete new version, never half of one.
+Also where bkd_core keeps its caches (:func:`user_cache_dir`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+
+def user_cache_dir(name: str) -> Path:
+    """The user cache folder bkd_core keeps ``name`` in (``"data"``, ``"features"``, ``"runs"``):
+    ``$XDG_CACHE_HOME/bkd_core/<name>``, by default ``~/.cache/bkd_core/<name>``. Not created here."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bkd_core" / name
 
 
 @contextmanager

@@ -7,16 +7,23 @@ feature space (cosine similarity) mostly carry another label is probably mislabe
   its given label, in ``[0, 1]``; lower = worse;
 - label issue: the majority label of the neighbours differs from the given label (a tie that
   includes the given label counts as agreement).
+
+The neighbour graph depends on the feature vectors alone, not on the labels: every CIFAR-10N split
+and seed of a batch shares it, so :func:`cached_nearest_neighbours` computes it once and keeps it
+beside the cached features.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours"]
+__all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours", "cached_nearest_neighbours"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class KNNLabelIssues:
 
 
 def _as_tensor(features) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))  # also a reversed view
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"features must be a float array [N, D] with N >= 2, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
@@ -87,8 +94,49 @@ def nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048) -> np.n
     return out.numpy()
 
 
+def _check_graph(graph: np.ndarray, n: int, k: int) -> None:
+    if (graph.dtype != np.int64 or graph.shape != (n, k) or (n and (graph.min() < 0 or graph.max() >= n))
+            or (graph == np.arange(n)[:, None]).any()):
+        raise ValueError(f"a neighbour graph must be int64 [{n}, {k}] of other rows' indices, got "
+                         f"{graph.dtype} {graph.shape}")
+
+
+def cached_nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048,
+                              root: str | os.PathLike | None = None) -> np.ndarray:
+    """:func:`nearest_neighbours`, computed once per feature matrix and kept as ``.npy``.
+
+    The file, ``knn-<sha256 of the features>-k<k>-b<batch_size>.npy`` in the feature cache folder
+    (``root``, else :func:`bkd_core.features.feature_cache_dir`), is written atomically and read
+    with ``allow_pickle=False``; a damaged or mismatched file is recomputed (with a warning).
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[N, k]``, as :func:`nearest_neighbours` returns it.
+    """
+    from .features import feature_cache_dir
+    from .io import atomic_path
+
+    x = np.ascontiguousarray(_as_tensor(features).numpy())
+    digest = hashlib.sha256(f"{x.shape}|{x.dtype.str}|".encode())
+    digest.update(memoryview(x).cast("B"))
+    path = feature_cache_dir(root) / f"knn-{digest.hexdigest()[:16]}-k{k}-b{batch_size}.npy"
+    if path.is_file():
+        try:
+            graph = np.load(path, allow_pickle=False)
+            _check_graph(graph, len(x), k)
+            return graph
+        except (OSError, ValueError, EOFError) as exc:
+            warnings.warn(f"cached neighbour graph {path} is damaged ({exc}); recomputing it", RuntimeWarning,
+                          stacklevel=2)
+    graph = nearest_neighbours(x, k=k, batch_size=batch_size)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, graph)
+    return graph
+
+
 def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None = None,
-                     batch_size: int = 2048) -> KNNLabelIssues:
+                     batch_size: int = 2048, neighbours: np.ndarray | None = None) -> KNNLabelIssues:
     """Label issues, quality scores and a ranking from k-nearest-neighbour label voting.
 
     Parameters
@@ -103,6 +151,9 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
         C; default ``labels.max() + 1``.
     batch_size : int
         Rows per block of the similarity matrix.
+    neighbours : np.ndarray, optional
+        int64 ``[N, k]``, the neighbour graph of ``features`` if it is known already
+        (:func:`cached_nearest_neighbours`); computed here otherwise.
 
     Returns
     -------
@@ -118,7 +169,12 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     c = int(num_classes) if num_classes is not None else int(y.max()) + 1
     if len(y) and (y.min() < 0 or y.max() >= c):
         raise ValueError(f"labels must lie in [0, {c}), found [{y.min()}, {y.max()}]")
-    neighbours = nearest_neighbours(features, k=k, batch_size=batch_size)
+    if neighbours is None:
+        neighbours = nearest_neighbours(features, k=k, batch_size=batch_size)
+    else:
+        neighbours = np.asarray(neighbours)
+        if neighbours.ndim != 2 or neighbours.shape[1] != k:
+            raise ValueError(f"neighbours must be int64 [N, k={k}], got shape {neighbours.shape}")
     if len(neighbours) != len(y):
         raise ValueError(f"features have {len(neighbours)} rows but labels {len(y)}")
     neighbour_labels = y[neighbours]  # [N, k]

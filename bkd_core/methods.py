@@ -72,11 +72,10 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
     Raises:
         ValueError: ``config.features`` is not set (the detector needs feature vectors).
     """
-    from .errors import DamagedFileError
-    from .knn import knn_label_issues
-    from .metrics import detection_scores, flag_all_f1
-    from .rundir import RunDir
     from .config import stored_fingerprint
+    from .knn import cached_nearest_neighbours, knn_label_issues
+    from .metrics import detector_summary, run_header
+    from .rundir import RunDir
     from .train import RunResult, training_subset, with_config_features
 
     if not config.features:
@@ -87,31 +86,25 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
     identity = {"kind": "knn", "dataset": data.dataset, "split": data.split, "k": k, "num_samples": len(subset),
                 "fingerprint": config.fingerprint("knn"), "features": subset.feature_key}
 
-    with rundir.writing(identity, config.to_dict(), fingerprint=stored_fingerprint("knn")):
-        if rundir.finished():
-            try:
-                return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())
-            except DamagedFileError:
-                pass  # recomputed below: it takes seconds
-        rundir.require_writable()
-        rundir.write_config(identity, config.to_dict())
+    def compute() -> None:
         start = time.perf_counter()
-        out = knn_label_issues(subset.train_features, subset.train_labels, k=k, num_classes=subset.num_classes)
+        # the neighbour graph depends on the features alone: one per batch, shared by its splits and seeds
+        graph = cached_nearest_neighbours(subset.train_features, k=k)
+        out = knn_label_issues(subset.train_features, subset.train_labels, k=k, num_classes=subset.num_classes,
+                               neighbours=graph)
         wall = time.perf_counter() - start
-        is_noisy = subset.is_noisy
-        metrics = {"kind": "knn", "dataset": subset.dataset, "split": subset.split, "profile": config.profile,
-                   "seed": config.seed, "k": k, "num_samples": len(subset), "true_noise_rate": float(subset.noise_rate),
-                   "estimated_noise_rate": float(out.label_issues.mean()),
-                   "flagged_fraction": float(out.label_issues.mean()),
-                   "flag_all_f1": flag_all_f1(float(is_noisy.mean())),
-                   **{f"detection_{key}": v for key, v in detection_scores(out.label_issues, is_noisy).items()},
+        estimate = float(out.label_issues.mean())
+        metrics = {**run_header("knn", subset, config), "k": k, "estimated_noise_rate": estimate,
+                   **detector_summary(out.label_issues, subset.is_noisy),
                    "vote_acc_clean": float((out.vote == subset.clean_labels).mean()),
                    "wall_time_s": round(wall, 2), "device": "cpu", "command": " ".join(sys.argv)}
         arrays = {"label_issues": out.label_issues, "label_quality": out.label_quality.astype(np.float32),
                   "ranked_indices": np.argsort(out.label_quality, kind="stable").astype(np.int64),
                   "indices": subset.indices.astype(np.int64), "predicted_labels": out.vote.astype(np.int64)}
         rundir.save_outputs(metrics, arrays)
-        return RunResult.from_outputs(rundir.path, config, *rundir.load_outputs())
+
+    return rundir.load_or_compute(identity, config.to_dict(), fingerprint=stored_fingerprint("knn"),
+                                  load=lambda: RunResult.load(rundir, config), compute=compute)
 
 
 def _knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: Path, *, folds: int, progress: bool) -> "RunResult":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["detection_scores", "flag_all_f1", "ranking_auc"]
+__all__ = ["detection_scores", "detection_metrics", "detector_summary", "flag_all_f1", "ranking_auc", "run_header"]
 
 
 def _as_bool_array(mask, name: str) -> np.ndarray:
@@ -48,6 +48,28 @@ def detection_scores(predicted_noisy, is_noisy) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def detection_metrics(predicted_noisy, is_noisy, *, prefix: str = "detection") -> dict[str, float]:
+    """:func:`detection_scores` under the keys of a run's ``metrics.json``: ``{prefix}_precision``,
+    ``{prefix}_recall``, ``{prefix}_f1``."""
+    return {f"{prefix}_{key}": value for key, value in detection_scores(predicted_noisy, is_noisy).items()}
+
+
+def detector_summary(label_issues, is_noisy) -> dict[str, float]:
+    """What every detector's ``metrics.json`` reports of its label-issue mask (bool ``[N]``) against the
+    truth (bool ``[N]``): ``flagged_fraction``, ``flag_all_f1`` (:func:`flag_all_f1` at this noise rate)
+    and :func:`detection_metrics`."""
+    truth = _as_bool_array(is_noisy, "is_noisy")
+    return {"flagged_fraction": float(_as_bool_array(label_issues, "label_issues").mean()),
+            "flag_all_f1": flag_all_f1(float(truth.mean())), **detection_metrics(label_issues, truth)}
+
+
+def run_header(kind: str, data, config) -> dict:
+    """The fields every run's ``metrics.json`` starts with: the method (``kind``), the data (a
+    :class:`~bkd_core.data.NoisyCIFAR`: the subset the run scored) and the configuration's profile and seed."""
+    return {"kind": kind, "dataset": data.dataset, "split": data.split, "profile": config.profile,
+            "seed": config.seed, "num_samples": len(data.train_labels), "true_noise_rate": float(data.noise_rate)}
 
 
 def flag_all_f1(noise_rate: float) -> float:

@@ -7,7 +7,8 @@ produced by older code, and the results chapter can say which committed runs cam
 
 The hash covers :data:`TRAINING_MODULES` (those of them that exist): the method, the training
 loops, the networks, augmentation, data loading and subsets, the configuration and its profiles,
-confident learning and feature extraction. It does not cover the book's helpers, plots, tables, the
+confident learning, feature extraction, the kNN detector and its registry entry, and the metrics each
+run records. It does not cover the book's helpers, plots, tables, the
 command line or the batch runner, which change what is shown, not what is trained.
 
 Each module is normalised before hashing: parsed with :mod:`ast`, its docstrings removed, and
@@ -28,7 +29,7 @@ __all__ = ["TRAINING_MODULES", "PACKAGE_DIR", "code_hash", "normalized_source"]
 
 #: ``bkd_core`` modules whose code decides what a training run computes (missing ones are skipped).
 TRAINING_MODULES: tuple[str, ...] = ("method", "train", "models", "augment", "data", "config", "confident_learning",
-                                     "features")
+                                     "features", "knn", "methods", "metrics")
 #: The folder of the ``bkd_core`` package this module belongs to.
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Length of the hexadecimal hash (48 bits: collisions between code versions are not a concern).

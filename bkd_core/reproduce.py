@@ -302,11 +302,13 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
         ``(compared, differences)``: the files compared, and one line per difference
         (``"bkd/metrics.json: test_acc: 61.2 != 61.3"``), ``[]`` when the runs are identical.
     """
+    from .config import without_retired
+
     recorded, rerun = Path(recorded), Path(rerun)
 
     def diff(where: str, a: Any, b: Any) -> list[str]:
         if where.split(".")[-1] == "config" and isinstance(a, dict) and isinstance(b, dict):
-            a, b = _without_retired(a), _without_retired(b)  # a field that was removed since, at its one value
+            a, b = without_retired(a), without_retired(b)  # a field that was removed since, at its one value
         if isinstance(a, dict) and isinstance(b, dict):
             return [line for key in sorted(set(a) | set(b), key=str) if key not in VOLATILE_KEYS
                     for line in diff(f"{where}.{key}" if where else str(key), a.get(key), b.get(key))]
@@ -334,12 +336,6 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
                     if key not in a.files or key not in b.files or not np.array_equal(a[key], b[key], equal_nan=True):
                         found.append(f"{name}: {key} differs")
     return names, found
-
-
-def _without_retired(config: dict[str, Any]) -> dict[str, Any]:
-    from .config import RETIRED_FIELDS
-
-    return {k: v for k, v in config.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
 
 
 def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,

@@ -25,7 +25,7 @@ import re
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ METRICS = "metrics.json"
 SCORES = "scores.npz"
 #: Files that mark a folder as a run's (``config.json`` aside).
 RUN_FILES = (METRICS, SCORES, CHECKPOINT, "samples.csv", "samples.csv.gz", "highlights.csv")
+T = TypeVar("T")
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # bkd_core.io's temporary names
 
 
@@ -287,6 +288,27 @@ class RunDir:
             self.load_epoch(epoch)
 
     # -- finished outputs -----------------------------------------------------------------------
+    def load_or_compute(self, identity: dict[str, Any], config: dict[str, Any], *,
+                        fingerprint: Callable[[dict[str, Any]], str] | None, load: Callable[[], T],
+                        compute: Callable[[], None]) -> T:
+        """A run with no checkpoint to resume from (confident learning, kNN): open the folder for writing
+        (:meth:`writing`), and return ``load()`` of the finished run, or else write ``config.json``, call
+        ``compute()`` (which writes the outputs, :meth:`save_outputs`) and return ``load()``.
+
+        A finished run whose outputs are damaged is computed again (what ``compute`` reuses, such as
+        finished fold runs, is kept).
+        """
+        with self.writing(identity, config, fingerprint=fingerprint):
+            if self.finished():
+                try:
+                    return load()
+                except DamagedFileError:
+                    pass  # computed again below
+            self.require_writable()
+            self.write_config(identity, config)
+            compute()
+            return load()
+
     def finished(self) -> bool:
         return all((self.path / name).is_file() for name in (METRICS, SCORES))
 

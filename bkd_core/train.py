@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ from .method import (
     soft_cross_entropy,
     tipping_point,
 )
-from .metrics import detection_scores, flag_all_f1
+from .metrics import detection_metrics, detector_summary, run_header
 from .models import build_model
 from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
 
@@ -97,11 +97,15 @@ class RunResult:
         return self.metrics.get("tipping_epoch")
 
     @classmethod
-    def from_outputs(cls, run_dir: Path, config: BKDConfig, metrics: dict[str, Any], arrays: dict[str, np.ndarray],
-                     networks: dict[str, nn.Module] | None = None) -> "RunResult":
-        """The result of a finished run from its ``metrics.json`` and ``scores.npz`` (``RunDir.load_outputs``);
-        ``history`` from the arrays named ``history_*``."""
-        return cls(run_dir=Path(run_dir), config=config, metrics=metrics, label_issues=arrays["label_issues"],
+    def load(cls, rundir: RunDir, config: BKDConfig, networks: dict[str, nn.Module] | None = None) -> "RunResult":
+        """The result of the finished run in ``rundir`` from its ``metrics.json`` and ``scores.npz``
+        (``history`` from the arrays named ``history_*``).
+
+        Raises:
+            DamagedFileError: an output file is damaged (:meth:`RunDir.load_outputs`).
+        """
+        metrics, arrays = rundir.load_outputs()
+        return cls(run_dir=rundir.path, config=config, metrics=metrics, label_issues=arrays["label_issues"],
                    label_quality=arrays["label_quality"], ranked_indices=arrays["ranked_indices"],
                    indices=arrays["indices"],
                    history={k[len("history_"):]: v for k, v in arrays.items() if k.startswith("history_")},
@@ -191,6 +195,46 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def set_determinism(config: BKDConfig, device: torch.device) -> None:
+    """On CUDA, the process-wide switches of ``config.deterministic``: deterministic cuBLAS, cuDNN and
+    algorithms, or cuDNN's fastest kernels (``cudnn.benchmark``). Nothing to set on the CPU."""
+    if device.type != "cuda":
+        return
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.backends.cudnn.deterministic = config.deterministic
+    torch.backends.cudnn.benchmark = not config.deterministic
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+
+
+def build_networks(config: BKDConfig, names: tuple[str, ...], num_classes: int, device: torch.device, *,
+                   in_features: int | None = None) -> dict[str, nn.Module]:
+    """The run's networks, one ``config.model`` per name, initialised in order after seeding torch with
+    ``config.seed`` (so a run's initial weights depend on its seed alone); ``in_features``: the feature
+    dimension of an MLP."""
+    torch.manual_seed(config.seed)
+    networks: dict[str, nn.Module] = {}
+    for name in names:
+        net = build_model(config.model, num_classes, config.model_widths, in_features=in_features).to(device)
+        if config.channels_last and config.features is None:
+            net = net.to(memory_format=torch.channels_last)
+        networks[name] = net
+    return networks
+
+
+def build_optimizer(config: BKDConfig, networks: Iterable[nn.Module],
+                    device: torch.device) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR]:
+    """One SGD over all ``networks`` (as the official code: teacher and student share it) and its step
+    schedule (a constant rate when ``config.lr_step`` is None)."""
+    params = [p for net in networks for p in net.parameters()]
+    # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                                fused=True if device.type == "cuda" else None)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9,
+                                                gamma=config.lr_gamma if config.lr_step else 1.0)
+    return optimizer, scheduler
+
+
 @dataclass
 class EpochOutput:
     """What :meth:`Trainer.train_epoch` returns: per-sample values of the training pass ({key: float
@@ -208,7 +252,6 @@ class Trainer:
 
     def __init__(self, data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, progress: bool) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
         self.rundir = RunDir(run_dir)
         self.loaded_weights = False  # networks hold trained (or resumed) weights
         self.progress = progress
@@ -220,42 +263,25 @@ class Trainer:
         self.val_rows = torch.from_numpy(self.prep.val_idx).to(self.device)
         self.train_labels = self.prep.labels[self.train_rows]
         self.augment_spec = OFFICIAL_AUGMENT.get(data.dataset, OFFICIAL_AUGMENT["cifar10"])
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:  # process-wide switches, set by each CUDA run for itself
-            if config.deterministic:
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-            torch.backends.cudnn.deterministic = config.deterministic
-            torch.backends.cudnn.benchmark = not config.deterministic
-            torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+        set_determinism(config, self.device)
         self.channels_last = config.channels_last and config.features is None
         # autocast: bf16 where the GPU has bf16 units, fp16 with a gradient scaler where not (Colab's T4),
         # fp32 on the CPU
         self.precision = config.resolved_precision(self.device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        mean, std = NORMALIZATION[data.dataset]
-        val_mean, val_std = NORMALIZATION["cifar10" if config.val_normalization == "cifar10" else data.dataset]
         if config.features:  # feature vectors are standardized already
             self.normalize = self.normalize_val = _identity
         else:
+            mean, std = NORMALIZATION[data.dataset]
+            val_mean, val_std = NORMALIZATION["cifar10" if config.val_normalization == "cifar10" else data.dataset]
             self.normalize = Normalizer(mean, std, self.device, self.channels_last)
             self.normalize_val = Normalizer(val_mean, val_std, self.device, self.channels_last)
         in_features = self.prep.images.shape[1] if config.features else None
-        torch.manual_seed(config.seed)
-        self.networks: dict[str, nn.Module] = {}
-        for name in self.network_names:
-            net = build_model(config.model, self.num_classes, config.model_widths,
-                              in_features=in_features).to(self.device)
-            if self.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            self.networks[name] = net
+        self.networks = build_networks(config, self.network_names, self.num_classes, self.device,
+                                       in_features=in_features)
         self.forward = {name: (torch.compile(net) if config.compile else net) for name, net in self.networks.items()}
-        params = [p for net in self.networks.values() for p in net.parameters()]
-        # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
-        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, fused=True if on_cuda else None)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=config.lr_step or 10**9, gamma=config.lr_gamma if config.lr_step else 1.0)
+        self.optimizer, self.scheduler = build_optimizer(config, self.networks.values(), self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.history: dict[str, list[float]] = {}
         self.epoch = 0  # number of finished epochs
@@ -552,20 +578,14 @@ class Trainer:
         return arrays
 
     def finish(self) -> RunResult:
-        metrics, arrays = self.final_outputs()
+        outputs, arrays = self.final_outputs()
         data = self.prep.data
+        metrics = {**run_header(self.kind, data, self.config), **outputs}
         metrics.update({
-            "kind": self.kind,
-            "dataset": data.dataset,
-            "split": data.split,
-            "profile": self.config.profile,
-            "seed": self.config.seed,
-            "num_samples": len(data.train_labels),
             "num_train": self.n_train,
             "num_val": len(self.prep.val_idx),
             "num_test": len(self.prep.test_labels),
             "epochs": self.epoch,
-            "true_noise_rate": float(data.noise_rate),
             "test_acc": self.history["test_acc"][-1],
             "best_test_acc": float(np.nanmax(self.history["test_acc"])),
             "val_acc": self.history["val_acc"][-1],
@@ -591,13 +611,7 @@ class Trainer:
     def load_result(self) -> RunResult:
         """The finished run's outputs; ``networks`` holds the trained networks when the checkpoint was
         loaded (it is empty for a finished run whose ``checkpoint.pt`` was deleted)."""
-        metrics, arrays = self.rundir.load_outputs()
-        return RunResult.from_outputs(self.run_dir, self.config, metrics, arrays,
-                                      self.networks if self.loaded_weights else None)
-
-
-def _detection_metrics(prefix: str, mask: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
-    return {f"{prefix}_{k}": v for k, v in detection_scores(mask, is_noisy).items()}
+        return RunResult.load(self.rundir, self.config, self.networks if self.loaded_weights else None)
 
 
 class BKDTrainer(Trainer):
@@ -714,20 +728,17 @@ class BKDTrainer(Trainer):
                 "threshold": split.threshold, "lower_mean": split.lower_mean, "upper_mean": split.upper_mean,
                 "lower_std": split.lower_std, "upper_std": split.upper_std,
                 "estimated_noise_rate": detection.estimated_noise_rate,
-                "flagged_fraction": float(label_issues.mean()),
                 "group_fractions": {f"G{g}": float((groups == g).mean()) for g in (1, 2, 3, 4)},
-                **_detection_metrics("detection", label_issues, is_noisy),
-                **_detection_metrics("below_threshold", detection.below_threshold, is_noisy),
+                **detection_metrics(detection.below_threshold, is_noisy, prefix="below_threshold"),
             })
             arrays.update({"groups": groups.astype(np.int64), "train_groups": self.train_groups.cpu().numpy()})
         else:
             last = max(e for e in range(self.epoch) if "eval_agreement" in self.load_epoch(e))
             scores = self.load_epoch(last)["eval_agreement"].astype(np.float64)
             label_issues = np.zeros(n, dtype=bool)
-            metrics.update({"threshold": None, "estimated_noise_rate": None, "flagged_fraction": 0.0,
-                            "note": "no tipping point was found: phase 2 never started and nothing is flagged",
-                            **_detection_metrics("detection", label_issues, is_noisy)})
-        metrics["flag_all_f1"] = flag_all_f1(float(is_noisy.mean()))
+            metrics.update({"threshold": None, "estimated_noise_rate": None,
+                            "note": "no tipping point was found: phase 2 never started and nothing is flagged"})
+        metrics.update(detector_summary(label_issues, is_noisy))
         arrays.update({"label_issues": label_issues, "label_quality": scores.astype(np.float32)})
         return metrics, arrays
 
@@ -767,10 +778,9 @@ class CETrainer(Trainer):
         predicted = probs.argmax(1).cpu().numpy()
         quality = probs[rows, self.prep.labels].cpu().numpy()
         label_issues = predicted != self.prep.data.train_labels
-        metrics = {"flagged_fraction": float(label_issues.mean()), "flag_all_f1": flag_all_f1(float(is_noisy.mean())),
-                   **_detection_metrics("detection", label_issues, is_noisy)}
-        return metrics, {"label_issues": label_issues, "label_quality": quality.astype(np.float32),
-                         "predicted_labels": predicted.astype(np.int64)}
+        return detector_summary(label_issues, is_noisy), {"label_issues": label_issues,
+                                                          "label_quality": quality.astype(np.float32),
+                                                          "predicted_labels": predicted.astype(np.int64)}
 
 
 def train_bkd(data: NoisyCIFAR, config: BKDConfig, run_dir: str | Path, *, progress: bool = True) -> RunResult:

@@ -3,6 +3,7 @@ feature vectors with the MLP (``BKDConfig.features``), on tiny synthetic images 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -66,3 +67,21 @@ def test_a_run_of_other_features_is_refused(data, tmp_path, monkeypatch):
 def test_features_config_checks(changes, fragment):
     with pytest.raises(ValueError, match=fragment):
         MLP.replace(**changes)
+
+
+def test_knn_on_features_writes_a_run_and_shares_one_neighbour_graph(data, tmp_path):
+    from bkd_core.methods import train_knn
+
+    first = train_knn(data, MLP, tmp_path / "knn", progress=False)
+    assert first.label_issues.shape == (len(data),) and first.metrics["kind"] == "knn"
+    assert first.metrics["num_samples"] == len(data) and 0 < first.metrics["detection_f1"] <= 1
+    [graph] = (tmp_path / "feature-cache").glob("knn-*.npy")
+    other = dataclasses.replace(data, split="clean", train_labels=data.clean_labels.copy())  # same images
+    second = train_knn(other, MLP, tmp_path / "knn-other", progress=False)
+    assert list((tmp_path / "feature-cache").glob("knn-*.npy")) == [graph]  # the same graph, reused
+    assert second.metrics["true_noise_rate"] == 0 < first.metrics["true_noise_rate"]
+    again = train_knn(data, MLP, tmp_path / "knn", progress=False)  # finished: loaded
+    assert again.metrics == first.metrics
+    (tmp_path / "knn" / "scores.npz").write_bytes(b"damaged")  # recomputed
+    np.testing.assert_array_equal(train_knn(data, MLP, tmp_path / "knn", progress=False).label_quality,
+                                  first.label_quality)

@@ -230,3 +230,18 @@ def test_atomic_torch_save_first_write_failure_leaves_nothing(tmp_path, monkeypa
         atomic_torch_save(tmp_path / "new.pt", {"epoch": 1})
     monkeypatch.undo()
     assert _listing(tmp_path) == []
+
+
+def test_every_user_cache_folder_follows_xdg_cache_home(tmp_path, monkeypatch):
+    from bkd_core.data import resolve_data_dir
+    from bkd_core.features import feature_cache_dir
+    from bkd_core.io import user_cache_dir
+
+    for var in ("BKD_DATA_DIR", "BKD_FEATURE_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert resolve_data_dir() == tmp_path / "bkd_core" / "data" == user_cache_dir("data")
+    assert feature_cache_dir() == tmp_path / "bkd_core" / "features"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_cache_dir("runs") == tmp_path / "home" / ".cache" / "bkd_core" / "runs"

@@ -75,3 +75,34 @@ def test_arguments_are_checked(kwargs, match):
         knn_label_issues(x, np.array([0.0, 1, 0, 1]))
     with pytest.raises(ValueError, match="rows"):
         knn_label_issues(x, np.array([0, 1, 0]), k=1)
+
+
+def test_the_neighbour_graph_is_cached_once_per_feature_matrix(tmp_path, monkeypatch):
+    import bkd_core.knn as knn
+
+    x, labels = _clusters(20, 3, seed=4)
+    graph = knn.cached_nearest_neighbours(x, k=5, root=tmp_path)
+    np.testing.assert_array_equal(graph, nearest_neighbours(x, k=5))
+    [path] = tmp_path.glob("knn-*-k5-b2048.npy")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(knn, "nearest_neighbours", fail)
+    np.testing.assert_array_equal(knn.cached_nearest_neighbours(x, k=5, root=tmp_path), graph)  # read, not computed
+    with pytest.raises(AssertionError, match="recomputed"):  # other features or another k: another file
+        knn.cached_nearest_neighbours(x[::-1], k=5, root=tmp_path)
+    with pytest.raises(AssertionError, match="recomputed"):
+        knn.cached_nearest_neighbours(x, k=4, root=tmp_path)
+    monkeypatch.undo()
+
+    path.write_bytes(path.read_bytes()[:40])  # truncated: recomputed with a warning, and rewritten
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        np.testing.assert_array_equal(knn.cached_nearest_neighbours(x, k=5, root=tmp_path), graph)
+    np.testing.assert_array_equal(np.load(path), graph)
+    res = knn.knn_label_issues(x, labels, k=5, neighbours=graph)
+    direct = knn.knn_label_issues(x, labels, k=5)
+    np.testing.assert_array_equal(res.label_quality, direct.label_quality)
+    np.testing.assert_array_equal(res.label_issues, direct.label_issues)
+    with pytest.raises(ValueError, match="neighbours must be"):
+        knn.knn_label_issues(x, labels, k=4, neighbours=graph)

@@ -98,3 +98,19 @@ def test_ranking_auc_edge_cases_and_bad_input():
         ranking_auc(np.zeros(3), np.zeros(4, bool))
     with pytest.raises(ValueError, match="NaN or infinite"):
         ranking_auc(np.array([0.1, np.nan]), np.array([True, False]))
+
+
+def test_detector_summary_and_run_header_give_the_metrics_json_fields():
+    from types import SimpleNamespace
+
+    from bkd_core.metrics import detector_summary, run_header
+
+    truth = np.array([True, True, False, False, False])
+    summary = detector_summary(np.array([True, False, True, False, False]), truth)
+    assert summary == {"flagged_fraction": 0.4, "flag_all_f1": flag_all_f1(0.4), "detection_precision": 0.5,
+                       "detection_recall": 0.5, "detection_f1": 0.5}
+    data = SimpleNamespace(dataset="cifar10", split="worst", train_labels=np.zeros(5), noise_rate=0.4)
+    config = SimpleNamespace(profile="features", seed=2)
+    assert run_header("knn", data, config) == {"kind": "knn", "dataset": "cifar10", "split": "worst",
+                                               "profile": "features", "seed": 2, "num_samples": 5,
+                                               "true_noise_rate": 0.4}
