@@ -705,6 +705,16 @@ def download_labels(dataset: str, root: str | os.PathLike | None = None) -> Path
 # --------------------------------------------------------------------------------------------
 
 
+def _missing_files(ds: str, data_dir: Path) -> list[str]:
+    """What of ``ds``'s files is not in ``data_dir`` (the images as ``cifar10.npz`` or torchvision's
+    folder, the CIFAR-N label file), as phrases for an error message; [] when both are there."""
+    npz_path, tv_folder = data_dir / IMAGE_FILES[ds], data_dir / TORCHVISION_FOLDERS[ds]
+    label_path = data_dir / LABEL_FILES[ds]
+    has_images = npz_path.is_file() or tv_folder.is_dir()
+    return ([] if has_images else [f"the {ds} images ({npz_path} or {tv_folder}/)"]) + (
+        [] if label_path.is_file() else [f"the CIFAR-N label file {label_path}"])
+
+
 def missing_data(dataset: str, root: str | os.PathLike | None = None) -> str | None:
     """Why ``dataset`` cannot be loaded from ``root`` without downloading, or None if its files exist.
 
@@ -713,11 +723,7 @@ def missing_data(dataset: str, root: str | os.PathLike | None = None) -> str | N
     """
     ds = canonical_dataset(dataset)
     data_dir, source = _resolve_with_source(root)
-    missing = [str(p) for p, ok in (
-        (f"{data_dir / IMAGE_FILES[ds]} or {data_dir / TORCHVISION_FOLDERS[ds]}/",
-         (data_dir / IMAGE_FILES[ds]).is_file() or (data_dir / TORCHVISION_FOLDERS[ds]).is_dir()),
-        (data_dir / LABEL_FILES[ds], (data_dir / LABEL_FILES[ds]).is_file()),
-    ) if not ok]
+    missing = _missing_files(ds, data_dir)
     if not missing:
         return None
     return (f"{ds} data not found: missing {' and '.join(missing)} (data folder from {source}); "
@@ -754,13 +760,8 @@ def load_cifar_n(
         _download_into(ds, data_dir)
 
     label_path = data_dir / LABEL_FILES[ds]
-    npz_path = data_dir / IMAGE_FILES[ds]
-    tv_folder = data_dir / TORCHVISION_FOLDERS[ds]
-    has_images = npz_path.is_file() or tv_folder.is_dir()
-    if not label_path.is_file() or not has_images:
-        missing = ([] if has_images else [f"the {ds} images ({npz_path} or {tv_folder}/)"]) + (
-            [] if label_path.is_file() else [f"the CIFAR-N label file {label_path}"]
-        )
+    missing = _missing_files(ds, data_dir)
+    if missing:
         raise DataNotFoundError(
             f"missing {' and '.join(missing)}; looked in {data_dir} (data folder from {source}"
             f"{'' if data_dir.is_dir() else '; the folder does not exist'}).\n" + _how_to_get(ds, data_dir)

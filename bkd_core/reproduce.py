@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -44,7 +44,8 @@ METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.methods)
 ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
                                            *(("cifar100", s) for s in CIFAR100_SPLITS))
 Executor = Literal["local", "slurm", "submitit-local"]
-STATUSES = ("done", "finished-before", "skipped", "failed", "pending")  # what summary.json counts
+Status = Literal["done", "finished-before", "skipped", "failed", "pending"]
+STATUSES: tuple[str, ...] = get_args(Status)  # what summary.json counts
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class RunOutcome:
     pending while the batch that runs it is still going (or was interrupted before it finished)."""
 
     name: str
-    status: Literal["done", "finished-before", "skipped", "failed", "pending"]
+    status: Status
     seconds: float = 0.0
     reason: str = ""
 
