@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .method import agreement_probability, blind_distillation_loss, detect, tipping_point
 from .config import FEATURES
+from .errors import DivergedError
 from .models import build_model
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
@@ -109,11 +110,23 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     BKDLabelIssues
         ``label_issues`` bool ``[N]``, ``label_quality`` float32 ``[N]``, ``ranked`` int64 ``[N]``
         (worst first), ``groups`` int64 ``[N]``, and the threshold, noise estimate and tipping epoch.
+
+    Raises
+    ------
+    ValueError
+        Features not ``[N, D]`` or not finite, labels not integers in ``[0, C)``, ``epochs`` too few for
+        the tipping rule, or an unknown ``flag``.
+    bkd_core.errors.DivergedError
+        The training turned non-finite (usually a learning rate too high for the feature scale).
     """
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     y_np = np.asarray(labels)
     if x.ndim != 2 or y_np.shape != (len(x),):
         raise ValueError(f"features must be [N, D] and labels [N], got {tuple(x.shape)} and {y_np.shape}")
+    bad_rows = int((~torch.isfinite(x)).any(1).sum())
+    if bad_rows:
+        raise ValueError(f"features contain NaN or infinite values in {bad_rows} of {len(x)} rows; "
+                         "remove or impute those rows first")
     if not np.issubdtype(y_np.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {y_np.dtype}")
     if flag not in ("g4", "below_threshold"):
@@ -152,6 +165,11 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
             parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
                      for i in torch.arange(len(x), device=dev).split(4096)]
         scores.append(torch.cat(parts).float().cpu().numpy())
+        if not (np.isfinite(stats[-1]) and np.isfinite(scores[-1]).all()):
+            raise DivergedError(
+                f"training diverged in epoch {len(stats)}: the student's confidence or the agreement scores are "
+                f"not finite. The likely cause is a learning rate too high for these features (lr={lr:g}, "
+                f"batch_size={batch_size}); standardise the feature columns, or pass a lower lr")
         point = tipping_point(stats, window=tipping_window)
         if point is not None:
             break

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from bkd_core.errors import DivergedError
 from bkd_core.label_issues import find_label_issues
 
 
@@ -70,3 +71,16 @@ def test_arguments_are_checked(kwargs, match):
         find_label_issues(x, given, progress=False, **kwargs)
     with pytest.raises(ValueError, match="features must be"):
         find_label_issues(x, given[:-1], progress=False)
+
+
+def test_non_finite_features_are_refused_with_the_row_count():
+    x, given, _ = _noisy_clusters(n_per=5)
+    x[3, 2], x[7, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match="NaN or infinite values in 2 of 20 rows"):
+        find_label_issues(x, given, progress=False)
+
+
+def test_a_diverging_training_stops_with_the_learning_rate_named():
+    x, given, _ = _noisy_clusters(n_per=20)
+    with pytest.raises(DivergedError, match=r"diverged in epoch \d+.*lr=1e\+06"):
+        find_label_issues(1e3 * x, given, widths=(16,), epochs=8, batch_size=16, lr=1e6, progress=False)
