@@ -15,7 +15,6 @@ beside the cached features.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -61,7 +60,6 @@ def _as_tensor(features) -> torch.Tensor:
     return x
 
 
-@torch.no_grad()
 def nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048) -> np.ndarray:
     """Indices of each sample's ``k`` nearest neighbours by cosine similarity, itself excluded.
 
@@ -79,7 +77,12 @@ def nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048) -> np.n
     np.ndarray
         int64 ``[N, k]``, most similar first (exact ties in the order ``torch.topk`` gives).
     """
-    x = _as_tensor(features)
+    return _nearest(_as_tensor(features), k, batch_size)
+
+
+@torch.no_grad()
+def _nearest(x: torch.Tensor, k: int, batch_size: int) -> np.ndarray:
+    """:func:`nearest_neighbours` of a tensor that :func:`_as_tensor` has checked."""
     n = len(x)
     if not 1 <= k < n:
         raise ValueError(f"k must lie in [1, N-1] = [1, {n - 1}], got {k}")
@@ -114,13 +117,11 @@ def cached_nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048,
     np.ndarray
         int64 ``[N, k]``, as :func:`nearest_neighbours` returns it.
     """
-    from .features import feature_cache_dir
+    from .features import data_fingerprint, feature_cache_dir
     from .io import atomic_path
 
-    x = np.ascontiguousarray(_as_tensor(features).numpy())
-    digest = hashlib.sha256(f"{x.shape}|{x.dtype.str}|".encode())
-    digest.update(memoryview(x).cast("B"))
-    path = feature_cache_dir(root) / f"knn-{digest.hexdigest()[:16]}-k{k}-b{batch_size}.npy"
+    x = _as_tensor(features)
+    path = feature_cache_dir(root) / f"knn-{data_fingerprint(x.numpy())}-k{k}-b{batch_size}.npy"
     if path.is_file():
         try:
             graph = np.load(path, allow_pickle=False)
@@ -129,7 +130,7 @@ def cached_nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048,
         except (OSError, ValueError, EOFError) as exc:
             warnings.warn(f"cached neighbour graph {path} is damaged ({exc}); recomputing it", RuntimeWarning,
                           stacklevel=2)
-    graph = nearest_neighbours(x, k=k, batch_size=batch_size)
+    graph = _nearest(x, k, batch_size)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, graph)
     return graph

@@ -88,7 +88,7 @@ def test_the_neighbour_graph_is_cached_once_per_feature_matrix(tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("recomputed although cached")
 
-    monkeypatch.setattr(knn, "nearest_neighbours", fail)
+    monkeypatch.setattr(knn, "_nearest", fail)  # the computation behind nearest_neighbours
     np.testing.assert_array_equal(knn.cached_nearest_neighbours(x, k=5, root=tmp_path), graph)  # read, not computed
     with pytest.raises(AssertionError, match="recomputed"):  # other features or another k: another file
         knn.cached_nearest_neighbours(x[::-1], k=5, root=tmp_path)
