@@ -20,11 +20,13 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .method import agreement_probability, blind_distillation_loss, detect, tipping_point
+from .augment import ordered_batches, shuffled_batches
 from .config import FEATURES
 from .errors import DivergedError
-from .models import build_model
+from .method import agreement_probability, blind_distillation_loss, detect, tipping_point
+from .train import BKDTrainer, build_networks, build_optimizer
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
 
@@ -75,7 +77,7 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
                       momentum: float = FEATURES.momentum, weight_decay: float = FEATURES.weight_decay,
                       tipping_window: int = FEATURES.tipping_window,
                       flag: Literal["g4", "below_threshold"] = "g4", seed: int = 0,
-                      device: str = "cpu", progress: bool = True) -> BKDLabelIssues:
+                      device: str = "auto", progress: bool = True) -> BKDLabelIssues:
     """Label issues of ``labels`` given ``features``, by BKD (phase 1) on two MLP heads.
 
     Parameters
@@ -101,7 +103,7 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     seed : int
         Seed of the initialisation and the batch order.
     device : str
-        Torch device.
+        Torch device; ``"auto"``: CUDA when present, else the CPU.
     progress : bool
         tqdm bar over the epochs.
 
@@ -136,25 +138,25 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     c = int(num_classes) if num_classes is not None else int(y_np.max()) + 1
     if y_np.min() < 0 or y_np.max() >= c or c < 2:
         raise ValueError(f"labels must lie in [0, {c}) with at least 2 classes")
-    dev = torch.device(device)
+    # the networks, the optimiser and the batch order come from the trainer's own helpers
+    config = FEATURES.replace(model_widths=tuple(widths), epochs=epochs, batch_size=batch_size, lr=lr,
+                              momentum=momentum, weight_decay=weight_decay, tipping_window=tipping_window,
+                              seed=seed, device=device)
+    dev = config.resolved_device()
     x, y = x.to(dev), torch.as_tensor(y_np.astype(np.int64)).to(dev)
-    torch.manual_seed(seed)
-    teacher = build_model("mlp", c, widths, in_features=x.shape[1]).to(dev)
-    student = build_model("mlp", c, widths, in_features=x.shape[1]).to(dev)
-    opt = torch.optim.SGD([*teacher.parameters(), *student.parameters()], lr=lr, momentum=momentum,
-                          weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
+    teacher, student = build_networks(config, BKDTrainer.network_names, c, dev, in_features=x.shape[1]).values()
+    opt, _ = build_optimizer(config, (teacher, student), dev)
+    generator = torch.Generator(device=dev).manual_seed(seed)
     stats: list[float] = []
     scores: list[np.ndarray] = []
     point = None
-    from tqdm.auto import tqdm
-
     for _ in tqdm(range(epochs), desc="BKD phase 1", unit="epoch", disable=not progress, leave=False):
         teacher.train(), student.train()
         total = torch.zeros((), device=dev)
-        for idx in torch.randperm(len(x), generator=generator).to(dev).split(batch_size):
+        for idx in shuffled_batches(len(x), batch_size, generator, dev):
             zt, zs = teacher(x[idx]), student(x[idx])
-            loss = F.cross_entropy(zt, y[idx]) + blind_distillation_loss(zt, zs, y[idx])
+            loss = F.cross_entropy(zt, y[idx]) + blind_distillation_loss(
+                zt, zs, y[idx], detach_teacher=config.detach_teacher, reduction=config.loss_reduction)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -163,7 +165,7 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
         teacher.eval(), student.eval()
         with torch.no_grad():
             parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
-                     for i in torch.arange(len(x), device=dev).split(4096)]
+                     for i in ordered_batches(len(x), config.eval_batch_size, dev)]
         scores.append(torch.cat(parts).float().cpu().numpy())
         if not (np.isfinite(stats[-1]) and np.isfinite(scores[-1]).all()):
             raise DivergedError(

@@ -84,3 +84,9 @@ def test_a_diverging_training_stops_with_the_learning_rate_named():
     x, given, _ = _noisy_clusters(n_per=20)
     with pytest.raises(DivergedError, match=r"diverged in epoch \d+.*lr=1e\+06"):
         find_label_issues(1e3 * x, given, widths=(16,), epochs=8, batch_size=16, lr=1e6, progress=False)
+
+
+def test_a_missing_cuda_device_is_refused_before_training():
+    x, given, _ = _noisy_clusters(n_per=5)
+    with pytest.raises(ValueError, match="cuda:99"):
+        find_label_issues(x, given, device="cuda:99", progress=False)
