@@ -51,6 +51,8 @@ class BKDConfig:
     otsu_bins: int = 1000
     otsu_criterion: Literal["bkd", "classic"] = "bkd"
     noisy_groups: tuple[int, ...] = (4,)
+    # end the run once its detection is final (tipping point found, groups set), before phase 2
+    stop_after_detection: bool = False
     detach_teacher: bool = False
     detach_robust_target: bool = False
     loss_reduction: Literal["official", "mean"] = "official"
@@ -265,7 +267,7 @@ _HINTS = typing.get_type_hints(BKDConfig)
 NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", "deterministic", "checkpoint_every",
                      "checkpoint_seconds", "eval_batch_size", "profile")
 #: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
-LATER_FIELDS: tuple[str, ...] = ("features", "drop_last")
+LATER_FIELDS: tuple[str, ...] = ("features", "drop_last", "stop_after_detection")
 
 #: Fields removed after runs were recorded, with the value every recorded run has: a stored configuration
 #: may still hold them (:meth:`BKDConfig.from_dict` drops them), and fingerprints hash them as they were.
@@ -274,13 +276,17 @@ RETIRED_FIELDS: dict[str, Any] = {"extra": {}}
 
 
 def without_retired(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored configuration dict without the :data:`RETIRED_FIELDS` it holds at the one value they had."""
-    return {k: v for k, v in config.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
+    """A stored configuration dict without the :data:`RETIRED_FIELDS` it holds at the one value they had, and
+    without the :data:`LATER_FIELDS` it holds at their defaults (a configuration recorded before they existed
+    and one recorded after compare equal)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BKDConfig)}
+    return {k: v for k, v in config.items() if not (k in RETIRED_FIELDS and v == RETIRED_FIELDS[k])
+            and not (k in LATER_FIELDS and v == defaults[k])}
 
 #: Fields only BKD uses: the other methods ignore them, and they stay out of those methods' fingerprints.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion",
                              "noisy_groups", "detach_teacher", "detach_robust_target", "loss_reduction",
-                             "score_views"})
+                             "score_views", "stop_after_detection"})
 
 def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
     """The fingerprint ``method`` gives a configuration stored as a dict (a run's ``config.json``): the

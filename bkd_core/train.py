@@ -333,6 +333,15 @@ class Trainer:
         """Epoch-end work (tipping point, eval pass); returns extra per-sample arrays to store."""
         return {}
 
+    def detection_final(self) -> bool:
+        """Is the run's detection final (BKD: tipping point found, groups set)? Never for a method without one."""
+        return False
+
+    def stops_early(self) -> bool:
+        """Does training end after the current epoch (checked once its :meth:`after_epoch` ran) before
+        ``config.epochs``: with ``stop_after_detection``, once :meth:`detection_final`."""
+        return self.config.stop_after_detection and self.detection_final()
+
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores of normalized images [B, 3, H, W] -> [B, C]; argmax is the prediction."""
         raise NotImplementedError
@@ -458,7 +467,7 @@ class Trainer:
         """After an epoch: is a checkpoint due (every ``checkpoint_every`` epochs, after
         ``checkpoint_seconds``, and at the end)?"""
         cfg = self.config
-        return (self.epoch >= cfg.epochs or self.epoch % cfg.checkpoint_every == 0
+        return (self.epoch >= cfg.epochs or self.stops_early() or self.epoch % cfg.checkpoint_every == 0
                 or (cfg.checkpoint_seconds is not None
                     and time.monotonic() - self.last_checkpoint_time >= cfg.checkpoint_seconds))
 
@@ -495,7 +504,7 @@ class Trainer:
         identity = self.run_identity()
         with self.rundir.writing(identity, self.config.to_dict(), fingerprint=stored_fingerprint(self.kind)):
             resumed = self.try_resume()
-            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs):
+            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs or self.stops_early()):
                 try:
                     return self.load_result()
                 except DamagedFileError:
@@ -514,7 +523,7 @@ class Trainer:
         desc = f"{self.kind} {self.prep.data.dataset}/{self.prep.data.split}"
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=desc, unit="epoch", disable=not self.progress,
                    dynamic_ncols=True)
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self.stops_early():
             start = time.perf_counter()
             for net in self.networks.values():
                 net.train()
@@ -526,7 +535,7 @@ class Trainer:
                 self.record(key, float(value))
             self.check_finite(per_sample)
             per_sample.update(self.after_epoch(per_sample))
-            last = self.epoch == self.config.epochs - 1
+            last = self.epoch == self.config.epochs - 1 or self.stops_early()
             if self.epoch % self.config.val_every == 0 or last:
                 self.record("val_acc", self.evaluate(self.prep.images[self.val_rows] if len(self.val_rows)
                                                      else self.prep.images[self.train_rows],
@@ -698,6 +707,9 @@ class BKDTrainer(Trainer):
         # the tipping epoch is this one (tipping_window=1 with the fallback): its eval-pass scores are
         # needed for the detection and were not computed yet
         return {"eval_agreement": self.eval_agreement()} if tip == self.epoch else {}
+
+    def detection_final(self) -> bool:
+        return self.tipping_epoch is not None
 
     def extra_state(self) -> dict[str, Any]:
         return {"tipping_epoch": self.tipping_epoch, "tipping_found_at": self.tipping_found_at,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bkd_core import analysis
-from bkd_core.config import BKDConfig
+from bkd_core.config import BKDConfig, without_retired
 from bkd_core.method import find_tipping_point
 from bkd_core.synthetic import make_synthetic_cifar_n
 from bkd_core.train import train_bkd, train_ce
@@ -184,18 +184,27 @@ def test_checkpoint_is_loaded_on_the_cpu_whatever_the_device(tiny_data, tmp_path
     assert len(found) > 10 and all(t.device.type == "cpu" for t in found)
     generator_state = state["generator"]
     assert generator_state.dtype == torch.uint8
-    g = torch.Generator().manual_seed(123)
+    # the run's generator lives on the run's device (a CUDA generator's state is a few bytes, a CPU one's
+    # thousands): its state round-trips into a generator of that device, from the CPU tensor as loaded
+    device = TINY.resolved_device()
+    g = torch.Generator(device=device).manual_seed(123)
     g.set_state(generator_state)
-    expected = torch.randperm(50, generator=g)
+    expected = torch.randperm(50, generator=g, device=device)
     g.set_state(generator_state.cpu())
-    assert torch.equal(torch.randperm(50, generator=g), expected)
+    assert torch.equal(torch.randperm(50, generator=g, device=device), expected)
 
 
-def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_data, tmp_path, monkeypatch):
-    """The T4 path (fp16 autocast, GradScaler) on the CPU: the scaler is on, its state is in the checkpoint
-    (plain numbers, loadable with weights_only=True), and an interrupted run resumes to the uninterrupted one."""
+_ON_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
+                                        pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", _ON_CUDA])
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_data, tmp_path, monkeypatch, device):
+    """The T4 path (fp16 autocast, GradScaler) on the CPU and on CUDA (deterministic mode): the scaler is on, its
+    state is in the checkpoint (plain numbers, loadable with weights_only=True), and an interrupted run resumes
+    to the uninterrupted one."""
     from bkd_core import train as train_module
-    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision="fp16", device="cpu")
+    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision="fp16", device=device)
     straight = train_bkd(tiny_data, cfg, tmp_path / "straight", progress=False)
     state = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     assert set(state["scaler"]) >= {"scale", "_growth_tracker"} and state["scaler"]["scale"] > 0
@@ -342,3 +351,75 @@ def test_gpu_run_matches_cpu_quality(tiny_data, tmp_path):
     assert result.metrics["test_acc"] > 10.0
     cpu = train_bkd(tiny_data, cfg.replace(device="cpu"), tmp_path / "cpu", progress=False)
     assert abs(result.metrics["test_acc"] - cpu.metrics["test_acc"]) < 25.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_bf16_on_cuda_resumes_exactly_in_deterministic_mode(tiny_data, tmp_path, monkeypatch):
+    """bf16 autocast (what ``precision="auto"`` picks on an Ampere or later GPU), no gradient scaler: an
+    interrupted deterministic run on CUDA resumes to the uninterrupted one, bit for bit."""
+    from bkd_core import train as train_module
+    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision="bf16", device="cuda")
+    straight = train_bkd(tiny_data, cfg, tmp_path / "straight", progress=False)
+    assert torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["scaler"] == {}
+    fp32 = train_bkd(tiny_data, cfg.replace(precision="fp32"), tmp_path / "fp32", progress=False)
+    assert not np.array_equal(straight.label_quality, fp32.label_quality)  # bf16 autocast was really on
+    undo = _interrupt_in_epoch(monkeypatch, train_module.BKDTrainer, 2)
+    with pytest.raises(_Interrupt):
+        train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
+    undo()
+    train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
+    _same_outputs(tmp_path / "straight", tmp_path / "resumed")
+
+
+_DETECTION_KEYS = ("tipping_epoch", "tipping_found_at_epoch", "tipping_rule", "threshold", "estimated_noise_rate",
+                   "group_fractions", "below_threshold_precision", "below_threshold_recall", "below_threshold_f1",
+                   "detection_precision", "detection_recall", "detection_f1", "flagged_fraction", "flag_all_f1")
+
+
+def test_stop_after_detection_ends_the_run_with_the_same_detection(tiny_data, tmp_path, monkeypatch):
+    """With ``stop_after_detection`` the run ends with the epoch in which its tipping point was found: phase 1
+    is the full run's, so is the detection, every output is written for the epochs trained (the test
+    accuracy of the last one included, off the ``test_every`` grid), an interrupted run resumes to the same
+    outputs, and a finished one is returned, not retrained. The switch is part of the fingerprint only when on."""
+    from bkd_core import train as train_module
+    cfg = TINY.replace(epochs=8, tipping_fallback=3, val_every=10, test_every=10)
+    stop = cfg.replace(stop_after_detection=True)
+    assert stop.fingerprint() != cfg.fingerprint() and stop.fingerprint("ce") == cfg.fingerprint("ce")
+    # off, it is invisible: a configuration stored before the switch existed compares equal to one stored after
+    assert without_retired(cfg.to_dict()) == without_retired({k: v for k, v in cfg.to_dict().items()
+                                                              if k != "stop_after_detection"})
+    full = train_bkd(tiny_data, cfg, tmp_path / "full", progress=False)
+    stopped = train_bkd(tiny_data, stop, tmp_path / "stopped", progress=False)
+    found = full.metrics["tipping_found_at_epoch"]
+    assert found is not None and found + 1 < cfg.epochs
+    assert stopped.metrics["epochs"] == found + 1
+    for key in _DETECTION_KEYS:
+        assert stopped.metrics[key] == full.metrics[key], key
+    np.testing.assert_array_equal(stopped.arrays["groups"], full.arrays["groups"])
+    np.testing.assert_array_equal(stopped.label_quality, full.label_quality)  # the tipping epoch's scores
+    assert np.all(stopped.history["phase"] == 1) and len(stopped.history["phase"]) == found + 1
+    np.testing.assert_array_equal(stopped.history["mean_max_student"], full.history["mean_max_student"][: found + 1])
+    assert np.isfinite(stopped.history["test_acc"][-1])
+    assert stopped.metrics["test_acc"] == stopped.history["test_acc"][-1]
+    assert stopped.arrays["history_train_agreement"].shape[0] == found + 1
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["epoch"] == found + 1
+
+    undo = _interrupt_in_epoch(monkeypatch, train_module.BKDTrainer, found)
+    with pytest.raises(_Interrupt):
+        train_bkd(tiny_data, stop.replace(checkpoint_every=2), tmp_path / "resumed", progress=False)
+    undo()
+    train_bkd(tiny_data, stop.replace(checkpoint_every=2), tmp_path / "resumed", progress=False)
+    _same_outputs(tmp_path / "stopped", tmp_path / "resumed")
+
+    monkeypatch.setattr(train_module.BKDTrainer, "train_epoch", lambda self: pytest.fail("retrained"))
+    again = train_bkd(tiny_data, stop, tmp_path / "stopped", progress=False)
+    assert again.metrics == stopped.metrics
+
+
+def test_stop_after_detection_leaves_a_run_without_detection_to_its_epochs(tiny_data, tmp_path):
+    """The cross-entropy baseline has no detection: the switch changes nothing there."""
+    cfg = TINY.replace(epochs=2)
+    a = train_ce(tiny_data, cfg, tmp_path / "a", progress=False)
+    b = train_ce(tiny_data, cfg.replace(stop_after_detection=True), tmp_path / "b", progress=False)
+    assert a.metrics["epochs"] == b.metrics["epochs"] == 2
