@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import bkd_core.cli as cli
 from bkd_core.synthetic import make_synthetic_cifar_n
+
+pd = pytest.importorskip("pandas")  # a book package: absent on a training-only machine
 
 TINY_SET = ["model_widths=(4,8,8)", "train_size=None", "test_size=None", "batch_size=64", "epochs=2",
             "tipping_fallback=0"]

@@ -7,13 +7,13 @@ one series, and cope with the cases a run can produce (no tipping point, NaN epo
 
 from __future__ import annotations
 
-import matplotlib
+import pytest
 
+matplotlib = pytest.importorskip("matplotlib")  # a book package: absent on a training-only machine
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bkd_core import analysis, book, plots  # noqa: E402

@@ -12,9 +12,7 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 import numpy as np
-import pandas as pd
 import pytest
 
 from bkd_core import cli, reproduce
@@ -25,6 +23,9 @@ from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, 
 from bkd_core.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,
                               read_highlights, read_samples, run_times, summarize)
 from bkd_core.synthetic import make_synthetic_cifar_n
+
+nbformat = pytest.importorskip("nbformat")  # book packages: absent on a training-only machine
+pd = pytest.importorskip("pandas")
 
 TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=32, lr=0.02, lr_step=None,
                  augment=False, val_every=1, test_every=1, seed=0, tipping_fallback=0)
