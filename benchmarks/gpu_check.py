@@ -21,8 +21,11 @@ picks the first GPU and the project's Python). Sections, each recorded with its 
 ``profile``     torch.profiler over one epoch: GPU busy time (sum of kernel time) against wall time.
 
 On a GPU it is meant to finish in at most 8 minutes (``--budget``: a section that would start after
-the budget is spent is skipped and says so); on the CPU it runs in about a minute. It never assumes a
-GPU: without one every CUDA-only measurement is skipped with a note.
+the budget is spent is skipped and says so, and the pytest and benchmark subprocesses are stopped at
+it); on the CPU it runs in about a minute. It never assumes a GPU: without one every CUDA-only
+measurement is skipped with a note. ``--sections`` picks the sections and their order. The report is
+rewritten after every section (and every run of ``paper_runs``), so a command stopped from outside
+leaves what it measured so far.
 """
 
 from __future__ import annotations
@@ -84,8 +87,9 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run_tests(device: torch.device, quick: bool) -> dict[str, Any]:
-    """The gpu-marked tests and tests/test_train.py on CUDA; a quick CPU subset otherwise."""
+def run_tests(device: torch.device, quick: bool, deadline: float | None = None) -> dict[str, Any]:
+    """The gpu-marked tests and tests/test_train.py on CUDA; a quick CPU subset otherwise. A pytest run
+    still going at ``deadline`` (time.monotonic) is stopped and recorded as timed out."""
     if device.type == "cuda":
         targets = [["-m", "gpu", "tests"], ["tests/test_train.py"]]
     else:
@@ -97,10 +101,22 @@ def run_tests(device: torch.device, quick: bool) -> dict[str, Any]:
     failed = False
     for target in targets:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target],
-                              capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ,
-                                   "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout < 5:
+            out["runs"].append({"args": target, "status": "skipped", "reason": "time budget spent"})
+            continue
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target],
+                                  capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                                  env={**os.environ,
+                                       # deterministic cuBLAS needs this before CUDA starts in the process
+                                       "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8"),
+                                       "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+        except subprocess.TimeoutExpired as exc:
+            text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            out["runs"].append({"args": target, "status": "timed out", "seconds": round(time.perf_counter() - start, 1),
+                                "output_tail": text[-3000:]})
+            continue
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", summary)}
         run = {"args": target, "returncode": proc.returncode, "summary": summary, "counts": counts,
@@ -109,7 +125,8 @@ def run_tests(device: torch.device, quick: bool) -> dict[str, Any]:
             failed = True
             run["output_tail"] = proc.stdout[-4000:] + proc.stderr[-2000:]
         out["runs"].append(run)
-    out["status"] = "failed" if failed else "ok"
+    incomplete = any(run.get("status") in ("skipped", "timed out") for run in out["runs"])
+    out["status"] = "failed" if failed else "incomplete" if incomplete else "ok"
     return out
 
 
@@ -174,7 +191,9 @@ def sync_debug(device: torch.device, tiny: bool, data: Any) -> dict[str, Any]:
             "first_messages": [str(w.message)[:200] for w in syncs[:3]]}
 
 
-def paper_runs(device: torch.device, tiny: bool, data: Any, source: str, deadline: float) -> dict[str, Any]:
+def paper_runs(device: torch.device, tiny: bool, data: Any, source: str, deadline: float,
+               progress: Callable[[dict[str, Any]], None] = lambda runs: None) -> dict[str, Any]:
+    """``progress(runs)`` is called after every run (the report is rewritten there)."""
     from bkd_core.train import train_bkd
 
     runs: dict[str, Any] = {}
@@ -201,11 +220,12 @@ def paper_runs(device: torch.device, tiny: bool, data: Any, source: str, deadlin
             "precision": cfg.resolved_precision(device), "epoch_seconds": times,
             "wall_seconds": round(time.perf_counter() - start, 1), "checkpoint_mib": round(checkpoint_mb, 1),
             "test_acc": result.metrics["test_acc"], "num_train": result.metrics["num_train"]}
+        progress(runs)
     failed = any(r["status"] == "failed" for r in runs.values())
     return {"status": "failed" if failed else "ok", "data": source, "runs": runs}
 
 
-def benchmark(device: torch.device, tiny: bool) -> dict[str, Any]:
+def benchmark(device: torch.device, tiny: bool, deadline: float | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out_json = Path(tmp) / "bench.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_epoch.py"), "--device", str(device), "--no-rss",
@@ -219,7 +239,12 @@ def benchmark(device: torch.device, tiny: bool) -> dict[str, Any]:
         if tiny:  # random images: loading CIFAR-10N for 512 images would take longer than the passes
             env.pop("BKD_DATA_DIR", None)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "command": " ".join(cmd[1:]),
+                    "error": f"stopped at the time budget after {time.perf_counter() - start:.0f} s"}
         if proc.returncode:
             return {"status": "failed", "command": cmd, "output_tail": proc.stdout[-3000:] + proc.stderr[-3000:]}
         report = json.loads(out_json.read_text())
@@ -265,6 +290,9 @@ def profile_epoch(device: torch.device, tiny: bool, data: Any) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------
+SECTIONS = ("device", "tests", "sync_debug", "paper_runs", "benchmark", "profile")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None,
@@ -272,10 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (the first GPU, else the CPU), cpu or cuda:N")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are skipped past it")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes also on CUDA (the CPU always uses them)")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=["tests", "sync_debug", "paper_runs", "benchmark", "profile"],
-                        help="leave a section out")
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS[1:], help="leave a section out")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections in the order to run them (default {','.join(SECTIONS)}); "
+                             "'device' always runs first")
     args = parser.parse_args(argv)
+    order = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(order) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(1 if os.environ.get("BKD_CHECK_THREADS") is None else int(os.environ["BKD_CHECK_THREADS"]))
     device = torch.device("cuda:0" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -290,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                               "mode": "tiny (CPU)" if tiny else "full (GPU)", "budget_seconds": args.budget,
                               "sections": {}}
     sections = report["sections"]
+    out = args.out or Path(f"gpu_check-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_report() -> None:
+        report["total_seconds"] = round(time.monotonic() - started, 1)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        os.replace(tmp, out)
 
     def section(name: str, fn: Callable[[], dict[str, Any]]) -> None:
         if name in args.skip:
@@ -309,10 +350,14 @@ def main(argv: list[str] | None = None) -> int:
                    "traceback": traceback.format_exc()[-3000:]}
         out["seconds"] = round(time.perf_counter() - start, 1)
         sections[name] = out
+        write_report()
         print(f"[gpu_check] {name}: {out['status']} ({out['seconds']} s)", flush=True)
 
-    section("device", lambda: device_info(device))
-    section("tests", lambda: run_tests(device, quick=False))
+    def runs_so_far(runs: dict[str, Any]) -> None:
+        sections["paper_runs"] = {"status": "running", "runs": runs}
+        write_report()
+
+    write_report()
     data_holder: dict[str, Any] = {}
 
     def data() -> tuple[Any, str]:
@@ -320,15 +365,16 @@ def main(argv: list[str] | None = None) -> int:
             data_holder["value"] = _data(None if not tiny else 800, tiny=tiny)
         return data_holder["value"]
 
-    section("sync_debug", lambda: sync_debug(device, tiny, data()[0]))
-    section("paper_runs", lambda: paper_runs(device, tiny, *data(), deadline))
-    section("benchmark", lambda: benchmark(device, tiny))
-    section("profile", lambda: profile_epoch(device, tiny, data()[0]))
-    report["total_seconds"] = round(time.monotonic() - started, 1)
+    work = {"device": lambda: device_info(device),
+            "tests": lambda: run_tests(device, quick=False, deadline=deadline),
+            "sync_debug": lambda: sync_debug(device, tiny, data()[0]),
+            "paper_runs": lambda: paper_runs(device, tiny, *data(), deadline, progress=runs_so_far),
+            "benchmark": lambda: benchmark(device, tiny, deadline=deadline),
+            "profile": lambda: profile_epoch(device, tiny, data()[0])}
+    for name in ["device", *(n for n in order if n != "device")]:
+        section(name, work[name])
     report["status"] = "failed" if any(s["status"] == "failed" for s in sections.values()) else "ok"
-    out = args.out or Path(f"gpu_check-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
+    write_report()
     print(json.dumps(report, indent=2, default=str))
     print(f"[gpu_check] report written to {out} ({report['status']}, {report['total_seconds']} s)", flush=True)
     return 0 if report["status"] == "ok" else 1

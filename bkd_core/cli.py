@@ -144,7 +144,8 @@ def _results(out: str) -> int:
 
     table = collect_results(out)
     if not len(table):
-        raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}; "
+        absent = "" if Path(out).is_dir() else " (the folder does not exist)"
+        raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}{absent}; "
                                 f"write one with: python -m bkd_core reproduce --out {out}")
     print(markdown_table(split_table(summarize(table)), "mean ± std over seeds"))
     return 0

@@ -50,7 +50,8 @@ TRAIN = textwrap.dedent("""
                      "--no-progress", "--set", "train_size=None", "--set", "test_size=None",
                      "--set", "model_widths=(4,8,8)"])
     blocked = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in BLOCKED)
-    print("RESULT " + json.dumps({"bkd_epochs": bkd.metrics["epochs"], "bkd_found": bkd.metrics["tipping_found_at_epoch"],
+    print("RESULT " + json.dumps({"bkd_epochs": bkd.metrics["epochs"],
+                                  "bkd_found": bkd.metrics["tipping_found_at_epoch"],
                                   "ce_epochs": ce.metrics["epochs"], "cli": code, "loaded": blocked}))
 """)
 
