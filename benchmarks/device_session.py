@@ -593,7 +593,27 @@ def unpack(source: Path, dest: Path) -> list[Path]:
         (Path(dest) / "device").mkdir(parents=True, exist_ok=True)
         for path in records:
             shutil.copyfile(path, Path(dest) / "device" / path.name)
+    if written or (Path(dest) / "summary.json").is_file():
+        write_batch_summary(Path(dest))
     return written
+
+
+def write_batch_summary(dest: Path) -> None:
+    """``dest/summary.json`` as a ``reproduce`` batch has it (its options, one entry per run), so that the
+    book and ``python -m bkd_core results`` find the folder as a batch."""
+    runs, devices = [], set()
+    for path in sorted(dest.glob("cifar10-*-seed*/metrics.json")):
+        run = json.loads(path.read_text())
+        bkd = run.get("methods", {}).get("bkd", {})
+        devices.add(bkd.get("device", "?"))
+        runs.append({"name": path.parent.name, "status": "done", "seconds": run.get("wall_time_s"),
+                     "reason": "", "stopped_by": run.get("device_session", {}).get("methods", {}).get("bkd", {})
+                     .get("stopped_by")})
+    options = {"out": str(dest), "profile": "paper", "overrides": {"stop_after_detection": True},
+               "methods": ["bkd", "ce"], "folds": None, "data_dir": None, "download": False,
+               "device": ", ".join(sorted(devices)), "threads": None,
+               "made_by": "benchmarks/device_session.sh (two device calls), unpacked by device_session.py unpack"}
+    _write_json(dest / "summary.json", {"options": options, "runs": runs})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -491,6 +491,30 @@ def plot_score_histogram(scores: np.ndarray, is_noisy: np.ndarray, splits: Mappi
     return fig
 
 
+def plot_histogram_counts(edges: Sequence[float], clean: Sequence[int], noisy: Sequence[int],
+                          threshold: float | None = None, title: str = "") -> Figure:
+    """Stacked histogram from counts, clean below and mislabelled on top (as :func:`plot_score_histogram`),
+    for scores stored as a histogram (``agreement_histogram`` of a ``paper``-setting run).
+
+    Args:
+        edges: [B + 1] bin edges on [0, 1]; clean, noisy: [B] counts per bin.
+        threshold: a vertical line (the run's Otsu threshold), if given.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    edges = np.asarray(edges, dtype=np.float64)
+    clean, noisy = np.asarray(clean, dtype=np.float64), np.asarray(noisy, dtype=np.float64)
+    widths, lefts = np.diff(edges), edges[:-1]
+    ax.bar(lefts, clean, widths, align="edge", color=CLEAN, alpha=0.85, linewidth=0.3, edgecolor="white",
+           label="truly clean")
+    ax.bar(lefts, noisy, widths, bottom=clean, align="edge", color=NOISY, alpha=0.85, linewidth=0.3,
+           edgecolor="white", label="mislabelled")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linewidth=1.5, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="agreement score of the given label", ylabel="images", xlim=(0, 1), title=title)
+    _legend_below(fig, ax, ncols=3)
+    return fig
+
+
 def plot_groups(groups: np.ndarray, is_noisy: np.ndarray) -> Figure:
     """Stacked bars: how many truly clean and mislabelled samples fall in each group G1..G4."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

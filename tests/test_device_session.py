@@ -92,6 +92,8 @@ def test_both_device_calls_run_dry_on_the_cpu_and_unpack(tmp_path, capsys):
     with np.load(dest / "cifar10-worst-seed0" / "bkd" / "tipping_scores.npz") as scores:
         assert scores["agreement"].dtype == "float16" and len(scores["agreement"]) == bkd["num_samples"]
     assert (dest / "device" / "session2.json").is_file()
+    batch = json.loads((dest / "summary.json").read_text())
+    assert batch["options"]["profile"] == "paper" and len(batch["runs"]) == 6
 
     pytest.importorskip("pandas")
     from bkd_core.cli import main
@@ -136,7 +138,8 @@ def test_unpack_keeps_only_the_run_files_and_refuses_other_names(tmp_path):
     dest = tmp_path / "paper"
     session.unpack(source, dest)
     found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and "back" not in p.parts)
-    assert found == ["paper/cifar10-worst-seed0/bkd/metrics.json", "paper/cifar10-worst-seed0/metrics.json"]
+    assert found == ["paper/cifar10-worst-seed0/bkd/metrics.json", "paper/cifar10-worst-seed0/metrics.json",
+                     "paper/summary.json"]
     (source / "paper-worst.tar.gz").rename(source / "paper-other.tar.gz")
     with pytest.raises(ValueError, match="not a CIFAR-10N split"):
         session.unpack(source, dest)
