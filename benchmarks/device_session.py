@@ -181,12 +181,18 @@ def decode(part: str, data: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # call 1
 # ------------------------------------------------------------------------------------------------
-def call1() -> int:
+def start_call(call: str) -> tuple[Path, Session, Path]:
+    """``$OUT``, the call's record and the work folder; the versions step done."""
     out = out_dir()
-    session = Session("1", out)
+    session = Session(call, out)
     work = work_dir()
     work.mkdir(parents=True, exist_ok=True)
     session.step("versions", versions)
+    return out, session, work
+
+
+def call1() -> int:
+    out, session, work = start_call("1")
     if DRY and not (packs_dir() / ".pack-a" / "devpack.py").is_file():
         session.record["steps"]["decode_a"] = {"status": "skipped", "reason": "dry run without .pack-a"}
     else:
@@ -526,11 +532,7 @@ def run_splits(session: Session, work: Path, out: Path, data_dir: Path | None) -
 
 
 def call2() -> int:
-    out = out_dir()
-    session = Session("2", out)
-    work = work_dir()
-    work.mkdir(parents=True, exist_ok=True)
-    session.step("versions", versions)
+    out, session, work = start_call("2")
     data_dir: Path | None
     if DRY and not (packs_dir() / ".pack-b" / "devpack.py").is_file():
         session.record["steps"]["decode_b"] = {"status": "skipped", "reason": "dry run without .pack-b"}

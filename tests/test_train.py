@@ -194,23 +194,27 @@ def test_checkpoint_is_loaded_on_the_cpu_whatever_the_device(tiny_data, tmp_path
     assert torch.equal(torch.randperm(50, generator=g, device=device), expected)
 
 
-_ON_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
-                                        pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])
+_CUDA_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
-@pytest.mark.parametrize("device", ["cpu", _ON_CUDA])
-def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_data, tmp_path, monkeypatch, device):
-    """The T4 path (fp16 autocast, GradScaler) on the CPU and on CUDA (deterministic mode): the scaler is on, its
-    state is in the checkpoint (plain numbers, loadable with weights_only=True), and an interrupted run resumes
-    to the uninterrupted one."""
+@pytest.mark.parametrize("precision,device", [("fp16", "cpu"), pytest.param("fp16", "cuda", marks=_CUDA_ONLY),
+                                              pytest.param("bf16", "cuda", marks=_CUDA_ONLY)])
+def test_mixed_precision_trains_and_resumes_exactly(tiny_data, tmp_path, monkeypatch, precision, device):
+    """The T4 path (fp16 autocast, GradScaler) on the CPU and on CUDA, and bf16 autocast (what "auto" picks on an
+    Ampere or later GPU) on CUDA, the CUDA runs in deterministic mode: with fp16 the scaler is on and its state
+    is in the checkpoint (plain numbers, loadable with weights_only=True), with bf16 there is none; autocast
+    changes the results; an interrupted run resumes to the uninterrupted one."""
     from bkd_core import train as train_module
-    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision="fp16", device=device)
+    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision=precision, device=device)
     straight = train_bkd(tiny_data, cfg, tmp_path / "straight", progress=False)
     state = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    assert set(state["scaler"]) >= {"scale", "_growth_tracker"} and state["scaler"]["scale"] > 0
-    assert all(isinstance(v, (int, float)) for v in state["scaler"].values())
+    if precision == "fp16":
+        assert set(state["scaler"]) >= {"scale", "_growth_tracker"} and state["scaler"]["scale"] > 0
+        assert all(isinstance(v, (int, float)) for v in state["scaler"].values())
+    else:
+        assert state["scaler"] == {}
     fp32 = train_bkd(tiny_data, cfg.replace(precision="fp32"), tmp_path / "fp32", progress=False)
-    assert not np.array_equal(straight.label_quality, fp32.label_quality)  # fp16 autocast was really on
+    assert not np.array_equal(straight.label_quality, fp32.label_quality)  # autocast was really on
     assert torch.load(tmp_path / "fp32" / "checkpoint.pt", weights_only=True)["scaler"] == {}
     undo = _interrupt_in_epoch(monkeypatch, train_module.BKDTrainer, 2)
     with pytest.raises(_Interrupt):
@@ -351,25 +355,6 @@ def test_gpu_run_matches_cpu_quality(tiny_data, tmp_path):
     assert result.metrics["test_acc"] > 10.0
     cpu = train_bkd(tiny_data, cfg.replace(device="cpu"), tmp_path / "cpu", progress=False)
     assert abs(result.metrics["test_acc"] - cpu.metrics["test_acc"]) < 25.0
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_bf16_on_cuda_resumes_exactly_in_deterministic_mode(tiny_data, tmp_path, monkeypatch):
-    """bf16 autocast (what ``precision="auto"`` picks on an Ampere or later GPU), no gradient scaler: an
-    interrupted deterministic run on CUDA resumes to the uninterrupted one, bit for bit."""
-    from bkd_core import train as train_module
-    cfg = TINY.replace(epochs=4, tipping_fallback=1, precision="bf16", device="cuda")
-    straight = train_bkd(tiny_data, cfg, tmp_path / "straight", progress=False)
-    assert torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["scaler"] == {}
-    fp32 = train_bkd(tiny_data, cfg.replace(precision="fp32"), tmp_path / "fp32", progress=False)
-    assert not np.array_equal(straight.label_quality, fp32.label_quality)  # bf16 autocast was really on
-    undo = _interrupt_in_epoch(monkeypatch, train_module.BKDTrainer, 2)
-    with pytest.raises(_Interrupt):
-        train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
-    undo()
-    train_bkd(tiny_data, cfg, tmp_path / "resumed", progress=False)
-    _same_outputs(tmp_path / "straight", tmp_path / "resumed")
 
 
 _DETECTION_KEYS = ("tipping_epoch", "tipping_found_at_epoch", "tipping_rule", "threshold", "estimated_noise_rate",
