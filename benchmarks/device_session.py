@@ -51,7 +51,7 @@ DRY = os.environ.get("BKD_DEVICE_DRY_RUN", "") not in ("", "0")
 SPLITS = ("worst", "aggre", "rand1", "rand2", "rand3", "clean")
 SEED = 0
 #: Seconds of work per call (its internal deadline); the run tool's timeout_s leaves a margin above these.
-BUDGET = {"1": 200.0, "2": 450.0} if not DRY else {"1": 150.0, "2": 120.0}
+BUDGET = {"1": 230.0, "2": 430.0} if not DRY else {"1": 150.0, "2": 120.0}
 #: A run (split) is not started with less than this many seconds left before the call's deadline.
 MIN_START_S = 100.0 if not DRY else 15.0
 #: Seconds kept after the runs' deadline for their outputs, the archives and the session record.
