@@ -213,7 +213,8 @@ def call1() -> int:
         hint = {"gpu_busy_fraction": profile.get("gpu_busy_fraction"), "at": _now()}
         _write_json(work / "call1.json", hint)  # call 2 picks its number of concurrent runs from it
         result["gpu_busy_fraction"] = hint["gpu_busy_fraction"]
-        result.pop("output", None)  # the report and the log hold it
+        if result.get("status") == "ok":
+            result.pop("output", None)  # the report holds it; kept when gpu_check itself failed
         return result
 
     session.step("gpu_check", check, need=10.0)
