@@ -1,0 +1,210 @@
+"""Hostile inputs: what a new user (or a damaged copy of the project) hands the package, and the one clear
+answer each gets. docs/hostile_inputs.md lists every case with the test that holds it."""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from bkd_core import features as feat
+from bkd_core import knn
+from bkd_core.config import BKDConfig, get_profile
+from bkd_core.features import FeatureCacheError, PatchFeatureSettings, cached_features, feature_cache_path
+
+TINY = PatchFeatureSettings(n_patches=4000, n_atoms=32, kmeans_iters=3, out_dim=16, pca_fit_size=200,
+                            chunk_size=64)
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+
+
+def _count_extractions(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = feat.extract_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feat, "extract_features", counting)
+    return calls
+
+
+# -- seeds (config) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70, -(2**63)])
+def test_a_seed_outside_0_to_2_63_is_refused_naming_the_seed(seed):
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63\)"):
+        BKDConfig(seed=seed)
+    with pytest.raises(ValueError, match="seed"):
+        get_profile("cpu", seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**63 - 1])
+def test_seeds_at_the_bounds_are_accepted(seed):
+    assert BKDConfig(seed=seed).seed == seed
+
+
+# -- the feature cache ---------------------------------------------------------------------------------
+
+def test_an_unwritable_feature_cache_fails_before_extraction_naming_its_variable(images, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("BKD_FEATURE_CACHE", str(blocker / "features"))
+    calls = _count_extractions(monkeypatch)
+    with pytest.raises(OSError, match="BKD_FEATURE_CACHE") as info:
+        cached_features(images, settings=TINY, progress=False)
+    assert calls == []  # refused before the (minutes-long) extraction
+    assert ".tmp" not in str(info.value)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_an_unwritable_root_argument_is_named(images, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    calls = _count_extractions(monkeypatch)
+    with pytest.raises(OSError, match="root argument"):
+        cached_features(images, settings=TINY, root=blocker, progress=False)
+    assert calls == []
+
+
+def test_the_default_feature_cache_names_xdg_cache_home(images, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(OSError, match="XDG_CACHE_HOME"):
+        cached_features(images, settings=TINY, progress=False)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_feature_cache_fails_before_extraction(images, tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    calls = _count_extractions(monkeypatch)
+    try:
+        with pytest.raises(OSError, match="not writable"):
+            cached_features(images, settings=TINY, root=folder, progress=False)
+    finally:
+        folder.chmod(0o755)
+    assert calls == []
+
+
+def test_a_finished_cache_in_a_read_only_place_is_still_read(images, tmp_path, monkeypatch):
+    first = cached_features(images, settings=TINY, root=tmp_path, progress=False)
+    monkeypatch.setattr(feat, "_check_cache_target", lambda *a, **k: pytest.fail("a cached file was not read"))
+    second = cached_features(images, settings=TINY, root=tmp_path, progress=False)
+    np.testing.assert_array_equal(first[0], second[0])
+
+
+def test_a_folder_at_the_cache_file_path_is_refused_before_extraction(images, tmp_path, monkeypatch):
+    path = feature_cache_path(images, settings=TINY, root=tmp_path)
+    path.mkdir()
+    (path / "keep.txt").write_text("mine")
+    calls = _count_extractions(monkeypatch)
+    with pytest.raises(FeatureCacheError, match="not a file"):
+        cached_features(images, settings=TINY, root=tmp_path, progress=False)
+    assert calls == [] and (path / "keep.txt").read_text() == "mine"
+
+
+def _npy_bytes(array: np.ndarray, tmp_path) -> bytes:
+    np.save(tmp_path / "plain.npy", array)
+    return (tmp_path / "plain.npy").read_bytes()
+
+
+@pytest.mark.parametrize("content", ["npy", "pickle-npy", "bad-zip", "empty-zip", "empty"])
+def test_a_wrong_format_feature_cache_file_is_recovered_or_reported(images, tmp_path, content):
+    path = feature_cache_path(images, settings=TINY, root=tmp_path / "cache")
+    path.parent.mkdir()
+    if content == "npy":
+        path.write_bytes(_npy_bytes(np.zeros((200, 16), np.float32), tmp_path))
+    elif content == "pickle-npy":
+        path.write_bytes(_npy_bytes(np.array([{"a": 1}], dtype=object), tmp_path))
+    elif content == "bad-zip":
+        path.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    elif content == "empty-zip":
+        with zipfile.ZipFile(path, "w"):
+            pass
+    else:
+        path.write_bytes(b"")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(FeatureCacheError, match="delete it to recompute"):
+            cached_features(images, settings=TINY, root=path.parent, progress=False, on_damaged="raise")
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # no file left open
+    with pytest.warns(RuntimeWarning, match="recomputing"):
+        train, _ = cached_features(images, settings=TINY, root=path.parent, progress=False)
+    assert train.shape == (200, 16)
+    with np.load(path, allow_pickle=False) as archive:
+        assert set(archive.files) >= {"train", "test", "fingerprint"}
+
+
+# -- the neighbour-graph cache -------------------------------------------------------------------------
+
+def _features(n: int = 30) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 4)).astype(np.float32)
+
+
+def _graph_path(x: np.ndarray, root, k: int = 5):
+    knn.cached_nearest_neighbours(x, k=k, root=root)
+    [path] = root.glob(f"knn-*-k{k}-b2048.npy")
+    return path
+
+
+@pytest.mark.parametrize("content", ["zip", "npz-of-graph", "bad-zip", "object-npy", "float-npy", "empty"])
+def test_a_wrong_format_neighbour_graph_is_recomputed(tmp_path, content):
+    x = _features()
+    path = _graph_path(x, tmp_path)
+    graph = np.load(path)
+    if content == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("a.txt", "hello")
+    elif content == "npz-of-graph":
+        with open(path, "wb") as handle:
+            np.savez(handle, graph=graph)
+    elif content == "bad-zip":
+        path.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    elif content == "object-npy":
+        path.write_bytes(_npy_bytes(np.array([{"a": 1}], dtype=object), tmp_path))
+    elif content == "float-npy":
+        path.write_bytes(_npy_bytes(graph.astype(np.float64), tmp_path))
+    else:
+        path.write_bytes(b"")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = knn.cached_nearest_neighbours(x, k=5, root=tmp_path)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # no file left open
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning) and "recomputing" in str(w.message)]
+    np.testing.assert_array_equal(again, graph)
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), graph)  # rewritten
+
+
+def test_an_unwritable_neighbour_graph_cache_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("BKD_FEATURE_CACHE", str(blocker))
+    monkeypatch.setattr(knn, "_nearest", lambda *a: pytest.fail("computed before the cache folder was checked"))
+    with pytest.raises(OSError, match="BKD_FEATURE_CACHE"):
+        knn.cached_nearest_neighbours(_features(), k=5)
+
+
+def test_a_folder_at_the_neighbour_graph_path_is_refused(tmp_path, monkeypatch):
+    x = _features()
+    path = _graph_path(x, tmp_path)
+    path.unlink()
+    path.mkdir()
+    monkeypatch.setattr(knn, "_nearest", lambda *a: pytest.fail("computed although it cannot be kept"))
+    with pytest.raises(ValueError, match="not a file"):
+        knn.cached_nearest_neighbours(x, k=5, root=tmp_path)
