@@ -8,7 +8,9 @@ itself) writes through :class:`RunDir`, which promises:
   ``config.json`` was edited by hand (its settings no longer give the recorded fingerprint), or
   that holds run files without a ``config.json``, is never written: :class:`RunDirError`.
 - **One writer.** ``.lock`` is held with ``flock`` while a process writes; a second writer is refused
-  at once. The lock dies with its process, so a killed run leaves no stale lock.
+  at once. The lock dies with its process, so a killed run leaves no stale lock. ``.lock`` is opened
+  without following links and never truncated; one that is not a plain file of its own (a symbolic or
+  hard link, a folder, a FIFO) is refused, so nothing outside the folder is written through it.
 - **No code from files.** ``checkpoint.pt`` is read with ``torch.load(weights_only=True)``: tensors
   and plain data only. A checkpoint whose pickle names anything else is refused
   (:class:`UnsafeFileError`) without running it.
@@ -19,9 +21,11 @@ itself) writes through :class:`RunDir`, which promises:
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
+import stat
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +81,76 @@ def safe_torch_load(path: Path, *, what: str, fix: str) -> Any:
         raise DamagedFileError(f"{what} {path} is damaged ({_first_line(exc)}). {fix}") from exc
 
 
+_LOCK_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_lock_file(path: Path) -> int | None:
+    """A descriptor of the lock file ``path``, created if missing, opened without following a link;
+    None when the folder cannot be written (no lock is needed to read it).
+
+    Raises:
+        RunDirError: ``path`` is a symbolic link, a hard link to another file, a folder, a FIFO, a socket
+            or a device: never a file bkd_core made, and writing through it could change a file elsewhere.
+    """
+    def refused(what: str) -> RunDirError:
+        return RunDirError(f"{path} is not a regular file ({what}); bkd_core only ever creates a plain file "
+                           f"there, so someone else put it in place: remove it (rm {path}) and rerun")
+
+    try:
+        fd = os.open(path, _LOCK_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise refused("a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            raise refused("a folder") from None
+        if exc.errno == errno.ENXIO:
+            raise refused("a socket") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise refused("a hard link to another file" if stat.S_ISREG(info.st_mode) else "a FIFO or a device")
+    return fd
+
+
+@contextmanager
+def folder_lock(folder: Path, *, busy: str = "is writing to", resume: bool = False) -> Iterator[bool]:
+    """Hold ``folder/.lock`` with ``flock`` (one writer at a time); yield True, or False when the folder
+    cannot be written (nothing to lock). The file is opened without following links and never truncated:
+    the holder's pid is written over its first line.
+
+    Raises:
+        RunDirError: another process holds the lock (the message names its pid, ``busy`` says what it does,
+            ``resume`` adds that a rerun resumes), or ``.lock`` is not a regular file (:func:`_open_lock_file`).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield True
+        return
+    path = folder / LOCK
+    fd = _open_lock_file(path)
+    if fd is None:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            head = os.pread(fd, 64, 0).decode("ascii", "replace").splitlines()
+            owner = (head[0].strip() if head else "") or "unknown"
+            then = " (the run resumes where it stopped)" if resume else ""
+            raise RunDirError(f"another process (pid {owner}) {busy} {folder}; wait for it to finish or stop it, "
+                              f"then rerun{then}") from None
+        os.pwrite(fd, f"{os.getpid():<19}\n".encode(), 0)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class RunDir:
     """The folder of one run. ``RunDir(path).writing(identity, config)`` opens it for one writer."""
 
@@ -129,32 +203,10 @@ class RunDir:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # not on POSIX: no lock
+        with folder_lock(self.path, busy="is writing to", resume=True) as held:
+            if not held:  # a read-only folder: a finished run can still be read
+                self.read_only = True
             yield
-            return
-        try:
-            handle = open(self.path / LOCK, "a+")
-        except OSError:  # a read-only folder: a finished run can still be read
-            self.read_only = True
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                raise RunDirError(f"another process (pid {owner}) is writing to {self.path}; wait for it to "
-                                  "finish or stop it, then rerun (the run resumes where it stopped)") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            yield
-        finally:
-            handle.close()  # releases the lock
 
     def require_writable(self) -> None:
         """Raise :class:`RunDirError` if the folder cannot be written (read-only) before any training starts."""

@@ -208,3 +208,66 @@ def test_a_folder_at_the_neighbour_graph_path_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(knn, "_nearest", lambda *a: pytest.fail("computed although it cannot be kept"))
     with pytest.raises(ValueError, match="not a file"):
         knn.cached_nearest_neighbours(x, k=5, root=tmp_path)
+
+
+# -- run folders: the writer lock ---------------------------------------------------------------------
+
+def _lock_target(kind: str, run, tmp_path):
+    """Put a hostile ``.lock`` of ``kind`` into ``run``; return the victim file it points at (or None)."""
+    victim = tmp_path / "victim"
+    victim.write_text("DATA\n")
+    lock = run / ".lock"
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "dangling-symlink":
+        lock.symlink_to(tmp_path / "nowhere")
+    elif kind == "hardlink":
+        os.link(victim, lock)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "folder":
+        lock.mkdir()
+    return victim
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "hardlink", "fifo", "folder"])
+def test_a_hostile_lock_file_is_refused_and_nothing_outside_is_written(tmp_path, kind):
+    from bkd_core.errors import RunDirError
+    from bkd_core.rundir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = _lock_target(kind, run, tmp_path)
+    with pytest.raises(RunDirError, match=r"\.lock .*not a regular file|\.lock .*link"):
+        with RunDir(run).lock():
+            pass
+    assert victim.read_text() == "DATA\n"
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_symlinked_lock_never_clobbers_its_target_through_train(tmp_path):
+    """The probe's case: ``ln -s /tmp/victim r/.lock; python -m bkd_core train ... --out r``."""
+    from bkd_core.synthetic import make_synthetic_cifar_n
+    from bkd_core.train import train_bkd
+    from bkd_core.errors import RunDirError
+
+    run = tmp_path / "r"
+    run.mkdir()
+    victim = _lock_target("symlink", run, tmp_path)
+    data = make_synthetic_cifar_n(n_train=40, n_test=10, seed=0)
+    with pytest.raises(RunDirError, match="not a regular file"):
+        train_bkd(data, BKDConfig(model="small_cnn", model_widths=(4, 4, 4), epochs=1, batch_size=8,
+                                  augment=False, device="cpu"), run, progress=False)
+    assert victim.read_text() == "DATA\n" and not (run / "epochs").exists()
+
+
+def test_an_existing_lock_file_is_not_truncated(tmp_path):
+    from bkd_core.rundir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("12345\n" + "x" * 200)
+    with RunDir(run).lock():
+        first_line = (run / ".lock").read_text().splitlines()[0].strip()
+        assert first_line == str(os.getpid())
+    assert (run / ".lock").stat().st_size >= 206
