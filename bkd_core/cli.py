@@ -206,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "whether it came out identical (code_checks.json)")
     p_chk.add_argument("out", help="batch folder written by reproduce --out")
     p_chk.add_argument("runs", nargs="*", metavar="RUN",
-                       help="run folders in it, e.g. cifar10-worst-seed0 (with --rerun: default all in both)")
+                       help="run folder names in it, e.g. cifar10-worst-seed0, not paths "
+                            "(with --rerun: default all in both)")
     p_chk.add_argument("--rerun", default=None, metavar="OTHER_OUT",
                        help="compare with the runs of the batch rerun into OTHER_OUT (reproduce with the same "
                             "options) instead of training them again here")

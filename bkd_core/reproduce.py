@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import re
 import threading
 import time
 import traceback
@@ -339,32 +340,97 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
     return names, found
 
 
+def run_folder(out: str | os.PathLike, run: str) -> Path:
+    """``out/run`` for a run of a batch named by its folder name (``"cifar10-worst-seed0"``).
+
+    Raises:
+        ValueError: ``run`` is a path (absolute, with a separator, ``.`` or ``..``) rather than a folder name.
+    """
+    if (not isinstance(run, str) or run in ("", ".", "..") or "/" in run or "\0" in run
+            or (os.altsep and os.altsep in run) or os.sep in run):
+        raise ValueError(f"name a run by its folder name in {out} (e.g. cifar10-worst-seed0), not by a path; "
+                         f"got {run!r}")
+    return Path(out) / run
+
+
+def _refuse_inside(rerun: Path, recorded: Path) -> None:
+    """Refuse a rerun folder that is the recorded run's folder, lies inside it, or holds it."""
+    a, b = rerun.resolve(), recorded.resolve()
+    if a == b or b in a.parents or a in b.parents:
+        raise ValueError(f"the rerun folder {rerun} is or overlaps the recorded run {recorded}: a check never writes "
+                         "into a recorded run nor compares a run with itself; rerun into another folder")
+
+
+_THREADS = re.compile(r"(\d+) threads")
+
+
+def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
+    """What a finished run of a batch was trained with, from its own ``metrics.json`` (not ``summary.json``,
+    which the latest batch into the folder rewrites): ``dataset``, ``split``, ``seed``, ``profile``,
+    ``overrides`` (every field of its recorded configuration but seed and device), ``device``, ``methods``,
+    ``folds`` and ``threads`` (the torch threads its methods record, as ``"cpu (..., N threads)"``; the
+    batch's threads per run for a run that records none, e.g. on CUDA).
+
+    Raises:
+        FileNotFoundError: ``out/run`` holds no finished run.
+        ValueError: ``run`` is a path, or the recorded configuration is missing, invalid or was edited
+            (it no longer gives the recorded fingerprint).
+    """
+    from .config import BKDConfig, without_retired
+
+    path = run_folder(out, run) / "metrics.json"
+    metrics = _finished_metrics(Path(out), run)
+    recorded = metrics.get("config")
+    fix = "restore the file from the batch's copy (e.g. git checkout), or rerun the batch"
+    if not isinstance(recorded, dict) or not isinstance(metrics.get("methods"), dict):
+        raise ValueError(f"{path} records no configuration or methods, so the run cannot be rerun as it was; {fix}")
+    try:
+        config = BKDConfig.from_dict(recorded)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} records an invalid configuration ({exc}); {fix}") from exc
+    if metrics.get("fingerprint") is not None and metrics["fingerprint"] != config.fingerprint():
+        raise ValueError(f"{path} was edited: its configuration gives fingerprint {config.fingerprint()}, the run "
+                         f"recorded {metrics['fingerprint']}; {fix}")
+    found = {int(m.group(1)) for method in metrics["methods"].values() if isinstance(method, dict)
+             for m in [_THREADS.search(str(method.get("device", "")))] if m}
+    threads = max(found) if found else _batch_options(Path(out)).get("threads")
+    return {"dataset": metrics["dataset"], "split": metrics["split"], "seed": int(metrics["seed"]),
+            "profile": metrics.get("profile", config.profile),
+            "overrides": {k: v for k, v in without_retired(recorded).items() if k not in ("seed", "device")},
+            "device": config.device, "methods": list(metrics["methods"]), "folds": int(metrics.get("folds", 3)),
+            "threads": int(threads) if threads else None}
+
+
 def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,
               data_dir: str | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Rerun one finished run of a batch with the current code and record whether it came out identical.
 
-    The run (``out/run``) is trained again from scratch with its batch's settings (profile, overrides,
-    methods, folds, and the batch's threads per run, since the number of threads changes float sums)
-    into ``work_dir/run`` (default: a temporary folder, deleted afterwards), then :func:`record_check`.
+    The run (``out/run``, named by its folder name) is trained again from scratch with its own recorded
+    settings (:func:`recorded_run`: configuration, methods, folds and torch threads, since the number of
+    threads changes float sums) into ``work_dir/run`` (default: a temporary folder, deleted afterwards),
+    then :func:`record_check`. Nothing in the recorded run's folder is written.
 
     Returns:
         The recorded check (:func:`record_check`).
 
     Raises:
         FileNotFoundError: ``out/run`` holds no finished run.
+        ValueError: ``run`` is a path, its recorded configuration was edited, or ``work_dir/run`` is (or
+            overlaps) the recorded run's folder.
     """
     import shutil
     import tempfile
 
     out = Path(out)
-    metrics = _finished_metrics(out, run)
-    options = _batch_options(out)
-    threads = threads or options.get("threads") or 1
+    settings = recorded_run(out, run)
+    threads = threads or settings["threads"] or 1
+    if work_dir is not None:
+        _refuse_inside(Path(work_dir) / run, out / run)
     scratch = Path(tempfile.mkdtemp(prefix="bkd-check-")) if work_dir is None else Path(work_dir)
     try:
-        run_one(metrics["dataset"], metrics["split"], metrics["seed"], scratch / run, profile=metrics["profile"],
-                overrides=options.get("overrides") or {}, methods=list(metrics["methods"]),
-                folds=int(metrics.get("folds", 3)), data_dir=data_dir, threads=threads, progress=progress)
+        run_one(settings["dataset"], settings["split"], settings["seed"], scratch / run, profile=settings["profile"],
+                overrides=settings["overrides"], methods=settings["methods"], folds=settings["folds"],
+                data_dir=data_dir, device=settings["device"], threads=threads, progress=progress)
         return record_check(out, run, scratch / run, threads=threads)
     finally:
         if work_dir is None:
@@ -387,6 +453,7 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
 
     Raises:
         FileNotFoundError: ``out/run`` or the rerun is not a finished run.
+        ValueError: ``run`` is a path, or ``rerun`` is (or overlaps) the recorded run's folder.
     """
     import platform
     from datetime import datetime, timezone
@@ -394,6 +461,7 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
     from .results import CODE_CHECKS, read_code_checks
 
     out, rerun = Path(out), Path(rerun)
+    _refuse_inside(rerun, run_folder(out, run))
     recorded = _finished_metrics(out, run)
     again = _finished_metrics(rerun.parent, rerun.name)
     compared, differences = compare_runs(out / run, rerun)
@@ -409,16 +477,21 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
 
 
 def _finished_metrics(out: Path, run: str) -> dict[str, Any]:
-    path = Path(out) / run / "metrics.json"
+    path = run_folder(out, run) / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} holds no metrics.json: not a finished run of the batch in {out}; "
                                 "name a run folder the batch finished (e.g. cifar10-worst-seed0)")
-    return read_json(path)
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} holds a {type(metrics).__name__}, not a run's metrics; rerun the batch to rewrite it")
+    return metrics
 
 
 def _batch_options(out: Path) -> dict[str, Any]:
     path = Path(out) / "summary.json"
-    return read_json(path).get("options", {}) if path.is_file() else {}
+    summary = read_json(path) if path.is_file() else {}
+    options = summary.get("options", {}) if isinstance(summary, dict) else {}
+    return options if isinstance(options, dict) else {}
 
 
 def exit_when_parent_dies(interval: float = 0.5) -> None:

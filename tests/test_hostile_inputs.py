@@ -271,3 +271,111 @@ def test_an_existing_lock_file_is_not_truncated(tmp_path):
         first_line = (run / ".lock").read_text().splitlines()[0].strip()
         assert first_line == str(os.getpid())
     assert (run / ".lock").stat().st_size >= 206
+
+
+# -- check: which run, with what, and where ---------------------------------------------------------
+
+TINY_OVERRIDES = {"model": "small_cnn", "model_widths": [8, 16, 16], "epochs": 3, "batch_size": 32, "augment": False,
+                  "lr_step": None, "train_size": None, "test_size": None, "tipping_fallback": 0}
+RUN = "cifar10-synthetic-seed0"
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from bkd_core.synthetic import make_synthetic_cifar_n
+
+    return make_synthetic_cifar_n(n_train=160, n_test=40, noise_rate=0.3, seed=3)
+
+
+@pytest.fixture
+def batch(synthetic, tmp_path, monkeypatch):
+    """A batch folder with one finished run (bkd and ce, 3 epochs, 1 thread), as ``reproduce`` leaves it."""
+    import json
+
+    from bkd_core import reproduce
+
+    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    out = tmp_path / "batch"
+    reproduce.run_one("cifar10", "synthetic", 0, out / RUN, overrides=TINY_OVERRIDES, methods=("bkd", "ce"),
+                      threads=1, progress=False)
+    (out / "summary.json").write_text(json.dumps({"options": {"overrides": TINY_OVERRIDES, "threads": 1},
+                                                  "runs": [{"name": RUN, "status": "done"}]}))
+    return out
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("name", ["ABSOLUTE", "../batch/" + RUN, RUN + "/", "./" + RUN, ".", "..", "", "a/b"])
+def test_check_names_a_run_by_its_folder_name_only(batch, name):
+    from bkd_core import reproduce
+
+    before = _snapshot(batch)
+    run = str(batch / RUN) if name == "ABSOLUTE" else name
+    with pytest.raises(ValueError, match="by its folder name"):
+        reproduce.check_run(batch, run, progress=False)
+    with pytest.raises(ValueError, match="by its folder name"):
+        reproduce.record_check(batch, run, batch / RUN)
+    assert _snapshot(batch) == before  # nothing rewritten, no code_checks.json
+
+
+def test_check_of_an_absolute_path_on_the_command_line_exits_2_and_leaves_the_run(batch, capsys):
+    import json
+
+    from bkd_core import cli
+
+    path = batch / RUN / "metrics.json"
+    edited = json.loads(path.read_text())
+    edited["methods"]["bkd"]["test_acc"] = 99.9  # edited by hand: must never be "reproduced exactly"
+    path.write_text(json.dumps(edited))
+    before = _snapshot(batch)
+    assert cli.main(["check", str(batch), str(batch / RUN), "--no-progress"]) == 2
+    assert "folder name" in capsys.readouterr().err
+    assert _snapshot(batch) == before
+
+
+def test_check_never_writes_into_the_recorded_folder(batch):
+    from bkd_core import reproduce
+
+    before = _snapshot(batch)
+    for work_dir in (batch, batch / RUN / "inside"):
+        with pytest.raises(ValueError, match="recorded run"):
+            reproduce.check_run(batch, RUN, work_dir=work_dir, progress=False)
+    with pytest.raises(ValueError, match="recorded run"):
+        reproduce.record_check(batch, RUN, batch / RUN)  # a run compared with itself
+    assert _snapshot(batch) == before
+
+
+def test_check_reruns_with_the_runs_own_config_and_threads_not_the_latest_batch(batch):
+    """seeds 0-1 with epochs=3, then a batch with epochs=4 and other threads into the same folder."""
+    import json
+
+    from bkd_core import reproduce
+
+    (batch / "summary.json").write_text(json.dumps({
+        "options": {"overrides": {**TINY_OVERRIDES, "epochs": 4}, "threads": 2}, "runs": [{"name": RUN}]}))
+    check = reproduce.check_run(batch, RUN, progress=False)
+    assert check["identical"], check["differences"]
+    assert check["threads"] == 1
+
+
+def test_check_refuses_a_run_whose_recorded_config_was_edited(batch):
+    import json
+
+    from bkd_core import reproduce
+
+    path = batch / RUN / "metrics.json"
+    edited = json.loads(path.read_text())
+    edited["config"]["epochs"] = 5
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="edited"):
+        reproduce.check_run(batch, RUN, progress=False)
+
+
+def test_check_rerun_folder_equal_to_the_batch_is_refused(batch):
+    from bkd_core import cli
+
+    assert cli.main(["check", str(batch), "--rerun", str(batch)]) == 2
+    assert not (batch / "code_checks.json").exists()
