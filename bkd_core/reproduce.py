@@ -33,7 +33,7 @@ from .io import atomic_write_json, read_json
 from .methods import METHODS as METHOD_REGISTRY
 from .methods import methods_for
 from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
-from .rundir import RunDir
+from .rundir import RunDir, folder_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -619,14 +619,28 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
 
     ``jobs`` runs go at once (local pool) or as the Slurm array's parallelism. Finished runs are
     skipped (one finished with another configuration is reported as failed, not reused), runs whose
-    data is missing are reported as skipped with the reason.
-    """
-    from tqdm.auto import tqdm
+    data is missing are reported as skipped with the reason. One batch at a time writes into a folder
+    (``options.out/.lock``, :func:`bkd_core.rundir.folder_lock`).
 
+    Raises:
+        RunDirError: another batch is running into ``options.out``, or the folder cannot be written.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, busy="is running a batch into") as held:
+        if not held:
+            raise RunDirError(f"batch folder {out} is not writable; choose another --out, or fix its permissions")
+        return _run_batch_locked(specs, options, jobs, executor, submitit_parameters, progress)
+
+
+def _run_batch_locked(specs: Sequence[RunSpec], options: BatchOptions, jobs: int, executor: Executor,
+                      submitit_parameters: dict[str, Any] | None, progress: bool) -> list[RunOutcome]:
+    """:func:`run_batch` while it holds the batch folder's lock."""
+    from tqdm.auto import tqdm
+
+    out = Path(options.out)
     if options.threads is None and executor == "local":
         options.threads = max(1, (os.cpu_count() or 1) // jobs)
     epochs = _profile_epochs(options)
@@ -720,14 +734,14 @@ def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, exe
 
 def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: BatchOptions) -> None:
     """``summary.json`` (the options, this batch's counts, and each run's outcome, merged with what
-    earlier batches into ``out`` reported: a run finished before keeps its earlier entry) and
-    ``results.csv`` (every finished run in ``out``)."""
+    earlier batches into ``out`` reported: a run finished before keeps an earlier ``done`` entry, with its
+    time, and replaces any other) and ``results.csv`` (every finished run in ``out``)."""
     from .results import collect_results
 
     earlier = read_json(out / "summary.json").get("runs", []) if (out / "summary.json").is_file() else []
     runs = {r["name"]: r for r in earlier}  # keep what earlier batches into this folder reported
     for o in outcomes:
-        if o.status != "finished-before" or o.name not in runs:
+        if o.status != "finished-before" or runs.get(o.name, {}).get("status") not in ("done", "finished-before"):
             runs[o.name] = asdict(o)
     atomic_write_json(out / "summary.json", {
         "options": {k: v for k, v in asdict(options).items() if k != "template"},
