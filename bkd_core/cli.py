@@ -140,13 +140,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _results(out: str) -> int:
-    from .results import collect_results, markdown_table, split_table, summarize
+    from .results import batch_problems, collect_results, markdown_results
 
     table = collect_results(out)
     if not len(table):
         raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}; "
                                 f"write one with: python -m bkd_core reproduce --out {out}")
-    print(markdown_table(split_table(summarize(table)), "mean ± std over seeds"))
+    text = markdown_results(table)  # refuses a seed held twice before printing anything
+    for problem in batch_problems(out):
+        print(f"warning: {problem}", file=sys.stderr)
+    print(text)
     return 0
 
 

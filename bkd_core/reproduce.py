@@ -736,10 +736,9 @@ def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: Batc
     """``summary.json`` (the options, this batch's counts, and each run's outcome, merged with what
     earlier batches into ``out`` reported: a run finished before keeps an earlier ``done`` entry, with its
     time, and replaces any other) and ``results.csv`` (every finished run in ``out``)."""
-    from .results import collect_results
+    from .results import collect_results, read_batch_summary
 
-    earlier = read_json(out / "summary.json").get("runs", []) if (out / "summary.json").is_file() else []
-    runs = {r["name"]: r for r in earlier}  # keep what earlier batches into this folder reported
+    runs = {r["name"]: r for r in read_batch_summary(out)["runs"]}  # what earlier batches reported
     for o in outcomes:
         if o.status != "finished-before" or runs.get(o.name, {}).get("status") not in ("done", "finished-before"):
             runs[o.name] = asdict(o)

@@ -379,3 +379,112 @@ def test_check_rerun_folder_equal_to_the_batch_is_refused(batch):
 
     assert cli.main(["check", str(batch), "--rerun", str(batch)]) == 2
     assert not (batch / "code_checks.json").exists()
+
+
+# -- results: what a batch folder's table may claim ------------------------------------------------
+
+def _fake_run(out, name, *, seed=0, split="worst", epochs=3, test_acc=50.0, method_files=True, folds=3):
+    """A finished batch run as ``reproduce`` writes it (metrics.json, and each method's own metrics.json)."""
+    from bkd_core.io import atomic_write_json
+
+    config = get_profile("cpu", seed=seed, epochs=epochs)
+    bkd = {"kind": "bkd", "true_noise_rate": 0.4, "detection_f1": 0.6, "flag_all_f1": 0.57, "test_acc": test_acc}
+    atomic_write_json(out / name / "metrics.json", {
+        "dataset": "cifar10", "split": split, "seed": seed, "profile": "cpu", "fingerprint": config.fingerprint(),
+        "config": config.to_dict(), "folds": folds, "methods": {"bkd": {**bkd, "ranking_auc": 0.7}}})
+    if method_files:
+        atomic_write_json(out / name / "bkd" / "metrics.json", bkd)
+
+
+def _summary_json(out, names, status="done"):
+    from bkd_core.io import atomic_write_json
+
+    atomic_write_json(out / "summary.json", {"options": {}, "runs": [{"name": n, "status": status} for n in names]})
+
+
+def test_results_never_average_runs_of_different_configurations(tmp_path):
+    from bkd_core import results
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0, epochs=3, test_acc=40.0)
+    _fake_run(tmp_path, "cifar10-worst-seed1", seed=1, epochs=4, test_acc=60.0)  # a later batch with --set epochs=4
+    summary = results.summarize(results.collect_results(tmp_path))
+    assert len(summary) == 2 and summary["seeds"].tolist() == [1, 1]
+    assert sorted(summary["test_acc_mean"]) == [40.0, 60.0]  # never their mean, 50
+    with pytest.raises(ValueError, match="2 configurations"):
+        results.split_table(summary)
+    with pytest.raises(ValueError, match="2 configurations"):
+        results.mean_of(summary, "worst", "bkd", "test_acc")
+    one = summary[summary["configuration"] == summary["configuration"].iloc[0]]
+    assert results.split_table(one).loc["seeds"].tolist() == ["1"]
+
+
+def test_results_cli_prints_one_table_per_configuration(tmp_path, capsys):
+    from bkd_core import cli
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0, epochs=3, test_acc=40.0)
+    _fake_run(tmp_path, "cifar10-worst-seed1", seed=1, epochs=4, test_acc=60.0)
+    assert cli.main(["results", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("mean ± std over seeds") == 2 and "50.0" not in printed
+    assert "40.0" in printed and "60.0" in printed
+
+
+def test_results_refuse_a_copied_run_folder_counted_twice(tmp_path, capsys):
+    import shutil
+
+    from bkd_core import cli, results
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
+    _fake_run(tmp_path, "cifar10-worst-seed1", seed=1)
+    shutil.copytree(tmp_path / "cifar10-worst-seed0", tmp_path / "cifar10-worst-seed0 (copy)")
+    with pytest.raises(ValueError, match=r"cifar10-worst-seed0.*copy"):
+        results.summarize(results.collect_results(tmp_path))
+    assert cli.main(["results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "seed 0" in err and "copy" in err
+
+
+def test_results_name_runs_summary_lists_that_are_missing(tmp_path, capsys):
+    from bkd_core import cli, results
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
+    _summary_json(tmp_path, ["cifar10-worst-seed0", "cifar10-worst-seed1"])  # seed 1 deleted since
+    problems = results.batch_problems(tmp_path)
+    assert len(problems) == 1 and "cifar10-worst-seed1" in problems[0] and "missing" in problems[0]
+    assert cli.main(["results", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "cifar10-worst-seed1" in captured.err
+    assert "| seeds | 1 |" in captured.out
+
+
+@pytest.mark.parametrize("edit", ["metric", "config"])
+def test_results_flag_a_metric_or_config_edited_by_hand(tmp_path, edit):
+    import json
+
+    from bkd_core import results
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
+    _fake_run(tmp_path, "cifar10-worst-seed1", seed=1)
+    assert results.batch_problems(tmp_path) == []
+    path = tmp_path / "cifar10-worst-seed1" / "metrics.json"
+    run = json.loads(path.read_text())
+    if edit == "metric":
+        run["methods"]["bkd"]["test_acc"] = 99.9
+    else:
+        run["config"]["epochs"] = 30
+    path.write_text(json.dumps(run))
+    [problem] = results.batch_problems(tmp_path)
+    assert "cifar10-worst-seed1" in problem and "edited" in problem
+    assert ("test_acc" in problem) == (edit == "metric")
+
+
+def test_a_batch_of_one_configuration_prints_as_before(tmp_path, capsys):
+    from bkd_core import cli
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0, test_acc=40.0)
+    _fake_run(tmp_path, "cifar10-worst-seed1", seed=1, test_acc=60.0)
+    _summary_json(tmp_path, ["cifar10-worst-seed0", "cifar10-worst-seed1"])
+    assert cli.main(["results", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("mean ± std over seeds") == 1 and "50.0 ± 14.1" in captured.out
+    assert captured.err == ""
