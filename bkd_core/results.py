@@ -128,7 +128,8 @@ def _configuration_column(table: "pd.DataFrame") -> "pd.Series":
     """``table["configuration"]`` with "" for a missing one (a table made before runs recorded it)."""
     if "configuration" not in table:
         return table.assign(configuration="")["configuration"]
-    return table["configuration"].fillna("").astype(str)
+    column = table["configuration"].astype(object)
+    return column.where(column.notna(), "").astype(str)
 
 
 def duplicate_runs(table: "pd.DataFrame") -> list[str]:
@@ -493,12 +494,21 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
 
 def markdown_table(frame: "pd.DataFrame", index_label: str = "") -> str:
     """``frame`` (cells already formatted, e.g. :func:`split_table`) as a GitHub-flavoured Markdown
-    table, the index as its first column headed ``index_label``."""
-    header = [index_label, *map(str, frame.columns)]
+    table, the index as its first column headed ``index_label``. Every cell is escaped (:func:`markdown_cell`)."""
+    header = [markdown_cell(index_label), *map(markdown_cell, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for label, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(label), *map(str, row.tolist())]) + " |")
+        lines.append("| " + " | ".join([markdown_cell(label), *map(markdown_cell, row.tolist())]) + " |")
     return "\n".join(lines)
+
+
+def markdown_cell(value: object) -> str:
+    """``str(value)`` safe in a Markdown table cell: HTML markup escaped (``<`` as ``&lt;``), ``|`` as
+    ``\\|`` and line breaks as spaces, so a name cannot add a column, a row or markup."""
+    import html
+
+    text = html.escape(" ".join(str(value).splitlines()), quote=False)
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def markdown_results(table: "pd.DataFrame") -> str:

@@ -488,3 +488,34 @@ def test_a_batch_of_one_configuration_prints_as_before(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.count("mean ± std over seeds") == 1 and "50.0 ± 14.1" in captured.out
     assert captured.err == ""
+
+
+# -- markup in names: the book's tables and the Markdown of results ------------------------------------
+
+@pytest.mark.parametrize("index", [True, False])
+def test_book_tables_escape_html_in_cells_labels_and_index(index):
+    import pandas as pd
+
+    from bkd_core import book
+
+    evil = "<script>alert(1)</script>"
+    frame = pd.DataFrame({f"<b>{evil}</b>": [evil, 1.5]}, index=[f"<i>{evil}</i>", "a & b"])
+    html = book.table(frame, {"x": "{:.1f}"} if not index else None, index=index).to_html()
+    assert "<script>" not in html and "<b><script>" not in html and "<i>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    if index:
+        assert "a &amp; b" in html
+    assert book.table(pd.DataFrame({"x": [0.123]}), "{:.2f}").to_html().count("0.12") == 1  # numbers still formatted
+
+
+def test_markdown_of_results_escapes_pipes_and_markup(tmp_path):
+    import pandas as pd
+
+    from bkd_core import results
+
+    frame = pd.DataFrame({"a|b": ["1 | 2"], "<img src=x onerror=alert(1)>": ["x"]}, index=["row|1"])
+    text = results.markdown_table(frame, "label|x")
+    header, rule, row = text.splitlines()
+    assert header.count(" | ") == rule.count(" | ") == row.count(" | ") == 2  # three cells, each line
+    assert "a\\|b" in header and "1 \\| 2" in row and "row\\|1" in row and "label\\|x" in header
+    assert "<img" not in text and "&lt;img" in text
