@@ -122,18 +122,23 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     for name, value, least in (("--jobs", args.jobs, 1), ("--threads", args.threads, 1), ("--folds", args.folds, 2)):
         if value is not None and value < least:
-            raise SystemExit(f"error: {name} must be >= {least}, got {value}")
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    for field, flag in (("seed", "--seeds"), ("device", "--device")):
+        if field in overrides:
+            raise ValueError(f"--set {field}=...: a batch sets each run's {field} itself; use {flag} instead")
+    submitit_parameters = parse_overrides_raw(args.slurm)
     try:
-        get_profile(args.profile, **overrides)  # fail now, not inside every run
+        for seed in args.seeds:  # fail now, not inside every run (after its feature extraction)
+            get_profile(args.profile, **overrides, seed=seed)
         specs = plan(args.splits, args.seeds)
         options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides,
                                methods=tuple(args.methods) if args.methods else None,
                                folds=args.folds, data_dir=args.data_dir, download=args.download, device=args.device,
                                threads=args.threads)
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
     outcomes = run_batch(specs, options, jobs=args.jobs, executor=args.executor,
-                         submitit_parameters=parse_overrides_raw(args.slurm), progress=not args.no_progress)
+                         submitit_parameters=submitit_parameters, progress=not args.no_progress)
     print(format_outcomes(outcomes))
     print(f"wrote {options.out}/summary.json and results.csv")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
@@ -185,7 +190,7 @@ def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--slurm expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--slurm expects KEY=VALUE, got {pair!r}")
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -237,9 +242,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output stopped early (``results OUT | head``): not an error
+        _silence_stdout()
+        return 0
+    except SystemExit as exc:  # parse_overrides and build_config refuse input this way
+        if not isinstance(exc.code, str):
+            raise
+        message = exc.code if exc.code.startswith("error: ") else f"error: {exc.code}"
+        print(" ".join(message.split()), file=sys.stderr)
+        return 2
     except (BKDError, ValueError, OSError) as exc:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail on the closed pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a stream in tests): nothing to flush
+        pass
 
 
 def describe_error(exc: BaseException) -> str:

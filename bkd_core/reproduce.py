@@ -44,6 +44,10 @@ TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
 METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.methods)
 ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
                                            *(("cifar100", s) for s in CIFAR100_SPLITS))
+#: Command-line options of each run's Jupyter kernel: its own log shows errors only, not the warning every
+#: local kernel logs at start ("Kernel is running over TCP without encryption": its ports listen on this
+#: machine's loopback interface and every message is signed with the connection file's key).
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
 Executor = Literal["local", "slurm", "submitit-local"]
 Status = Literal["done", "finished-before", "skipped", "failed", "pending"]
 STATUSES: tuple[str, ...] = get_args(Status)  # what summary.json counts
@@ -584,7 +588,8 @@ def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
     try:
         with RunDir(run_dir).lock():  # one writer per run folder: a second batch on the same --out is refused
             papermill.execute_notebook(options.template, str(run_dir / "run.ipynb"), parameters=parameters,
-                                       progress_bar=False, kernel_name="python3", cwd=str(run_dir))
+                                       progress_bar=False, kernel_name="python3", cwd=str(run_dir),
+                                       extra_arguments=list(KERNEL_ARGUMENTS))
     except RunDirError as exc:
         return RunOutcome(spec.name, "failed", time.perf_counter() - start, str(exc))
     except Exception as exc:  # a failing run must not stop the batch: record it and go on

@@ -519,3 +519,83 @@ def test_markdown_of_results_escapes_pipes_and_markup(tmp_path):
     assert header.count(" | ") == rule.count(" | ") == row.count(" | ") == 2  # three cells, each line
     assert "a\\|b" in header and "1 \\| 2" in row and "row\\|1" in row and "label\\|x" in header
     assert "<img" not in text and "&lt;img" in text
+
+
+# -- the command line: exit codes, pipes, kernel noise ------------------------------------------------
+
+def _input_error(argv, capsys, *fragments):
+    """The CLI answers an input error with exit status 2 and one ``error:`` line, no traceback."""
+    from bkd_core import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--splits", "nosuch"], ["unknown split 'nosuch'"]),
+    (["--seeds", "-1"], ["seed must lie in [0, 2**63)"]),
+    (["--seeds", "0", str(2**64)], ["seed must lie in [0, 2**63)", str(2**64)]),
+    (["--jobs", "0"], ["--jobs must be >= 1"]),
+    (["--folds", "1"], ["--folds must be >= 2"]),
+    (["--set", "bogus=1"], ["'bogus=1'"]),
+    (["--set", "epochs=0"], ["epochs must be >= 1"]),
+    (["--set", "seed=3"], ["--seeds"]),
+    (["--set", "device=cpu"], ["--device"]),
+    (["--slurm", "nokeyvalue"], ["KEY=VALUE"]),
+])
+def test_reproduce_input_errors_exit_2_before_anything_is_written(tmp_path, capsys, extra, fragments):
+    out = tmp_path / "out"
+    _input_error(["reproduce", "--out", str(out), "--no-progress", *extra], capsys, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--seed", "-1"], ["seed must lie in [0, 2**63)"]),
+    (["--set", "bogus=1"], ["'bogus=1'"]),
+    (["--set", "epochs=0"], ["epochs must be >= 1"]),
+])
+def test_train_input_errors_exit_2(tmp_path, capsys, extra, fragments):
+    _input_error(["train", "--out", str(tmp_path / "r"), "--no-progress", *extra], capsys, *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_of_a_missing_folder_exits_2(tmp_path, capsys):
+    _input_error(["results", str(tmp_path / "nosuch")], capsys, "no finished run")
+
+
+def _many_runs(out, n=40):
+    for seed in range(n):
+        _fake_run(out, f"cifar10-worst-seed{seed}", seed=seed)
+
+
+def test_results_into_a_closed_pipe_exits_0_quietly(tmp_path):
+    """``python -m bkd_core results OUT | head``: the reader stops early; no "Broken pipe" error, status 0."""
+    import subprocess
+    import sys
+
+    _many_runs(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "bkd_core", "results", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+
+
+def test_results_into_a_broken_pipe_in_process_returns_0(tmp_path, monkeypatch, capsys):
+    import io
+
+    from bkd_core import cli
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    _many_runs(tmp_path, 2)
+    monkeypatch.setattr("sys.stdout", Closed())
+    assert cli.main(["results", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""

@@ -513,3 +513,12 @@ def test_a_finished_run_replaces_an_earlier_failed_status_in_the_summary(stand_i
     assert runs["cifar10-worst-seed0"]["status"] == "finished-before" and not runs["cifar10-worst-seed0"]["reason"]
     assert runs["cifar10-worst-seed1"]["status"] == "done"  # a run done earlier keeps its entry (and its time)
     assert run_times(out)["status"].tolist() == ["finished-before", "done"]
+
+
+def test_batch_runs_do_not_log_the_kernels_tcp_warning(stand_in, tmp_path, capfd):
+    """Jupyter's "Kernel is running over TCP without encryption" is not printed for every run of a batch."""
+    template, data = stand_in
+    options = BatchOptions(out=str(tmp_path / "out"), methods=("bkd",), data_dir=str(data), template=str(template))
+    assert [o.status for o in run_batch(plan(["worst"], [0]), options, progress=False)] == ["done"]
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
