@@ -161,6 +161,8 @@ def _results(out: str) -> int:
 def _check(args: argparse.Namespace) -> int:
     from .reproduce import check_run, record_check
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.rerun is None and not args.runs:
         raise ValueError("name the run to rerun (e.g. cifar10-worst-seed0), or pass --rerun OTHER_OUT to compare "
                          "the runs of a batch already rerun into OTHER_OUT")
@@ -229,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
     args = parser.parse_args(argv)
     try:
+        _refuse_empty_paths(args)
         if args.command == "download":
             print(f"data in {download(args.dataset, args.root)}")
             return 0
@@ -254,6 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BKDError, ValueError, OSError) as exc:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _refuse_empty_paths(args: argparse.Namespace) -> None:
+    """An empty folder argument (often an unset shell variable) would mean the working directory: refuse it."""
+    flags = {"out": "--out" if args.command in ("train", "train-ce", "reproduce") else "OUT (the batch folder)",
+             "rerun": "--rerun", "data_dir": "--data-dir", "root": "--root"}
+    for name, flag in flags.items():
+        if getattr(args, name, None) == "":
+            raise ValueError(f"{flag} is empty; give a folder path (is a shell variable unset?)")
 
 
 def _silence_stdout() -> None:

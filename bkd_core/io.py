@@ -23,6 +23,13 @@ def user_cache_dir(name: str) -> Path:
     return Path(base) / "bkd_core" / name
 
 
+def is_folder_name(name: object) -> bool:
+    """True for a plain name of a folder's entry (``"cifar10-worst-seed0"``): not empty, ``.`` or ``..``,
+    and without a path separator or NUL, so ``folder / name`` always lies directly inside ``folder``."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and os.sep not in name and not (os.altsep and os.altsep in name))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it over ``path`` in one step."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
 from .errors import RunDirError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, is_folder_name, read_json
 from .methods import METHODS as METHOD_REGISTRY
 from .methods import methods_for
 from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
@@ -143,10 +143,11 @@ def parse_splits(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def plan(splits: Sequence[str], seeds: Sequence[int]) -> list[RunSpec]:
-    """Every (dataset, split, seed) of the batch, split-major (all seeds of a split together)."""
+    """Every (dataset, split, seed) of the batch, split-major (all seeds of a split together), each once."""
     if not seeds:
         raise ValueError("give at least one seed")
-    return [RunSpec(d, s, int(seed)) for d, s in parse_splits(splits) for seed in seeds]
+    seeds = list(dict.fromkeys(int(seed) for seed in seeds))  # a seed given twice runs once
+    return [RunSpec(d, s, seed) for d, s in parse_splits(splits) for seed in seeds]
 
 
 def is_finished(run_dir: Path, methods: Sequence[str]) -> bool:
@@ -350,8 +351,7 @@ def run_folder(out: str | os.PathLike, run: str) -> Path:
     Raises:
         ValueError: ``run`` is a path (absolute, with a separator, ``.`` or ``..``) rather than a folder name.
     """
-    if (not isinstance(run, str) or run in ("", ".", "..") or "/" in run or "\0" in run
-            or (os.altsep and os.altsep in run) or os.sep in run):
+    if not is_folder_name(run):
         raise ValueError(f"name a run by its folder name in {out} (e.g. cifar10-worst-seed0), not by a path; "
                          f"got {run!r}")
     return Path(out) / run

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from typing import TYPE_CHECKING, Sequence
 
-from .io import read_json
+from .io import is_folder_name, read_json
 from .methods import METHODS
 from .metrics import ranking_auc
 
@@ -161,11 +161,11 @@ def read_batch_summary(out: str | Path) -> dict:
         return {"options": {}, "runs": []}
     summary = read_json(path)
     runs = summary.get("runs") if isinstance(summary, dict) else None
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and is_folder_name(r.get("name"))
                                              and isinstance(r.get("status"), str) for r in runs):
-        raise ValueError(f"{path} is not a batch summary written by reproduce (no list of runs with a name and "
-                         "a status); move it away: the next reproduce into this folder writes a new one, and the "
-                         "runs' own folders are kept")
+        raise ValueError(f"{path} is not a batch summary written by reproduce (no list of runs, each with a run "
+                         "folder's name and a status); move it away: the next reproduce into this folder writes a "
+                         "new one, and the runs' own folders are kept")
     if not isinstance(summary.get("options", {}), dict):
         raise ValueError(f"{path}: 'options' holds a {type(summary['options']).__name__}, not a dict; move it away: "
                          "the next reproduce into this folder writes a new one")
@@ -594,7 +594,15 @@ def read_code_checks(out: str | Path) -> list[dict]:
     """The reruns recorded in ``out/code_checks.json`` (:func:`bkd_core.reproduce.check_run`), oldest first;
     ``[]`` without the file."""
     path = Path(out) / CODE_CHECKS
-    return list(read_json(path)["checks"]) if path.is_file() else []
+    if not path.is_file():
+        return []
+    stored = read_json(path)
+    checks = stored.get("checks") if isinstance(stored, dict) else None
+    if not isinstance(checks, list) or not all(isinstance(c, dict) and {"run", "code_hash", "identical"} <= set(c)
+                                               for c in checks):
+        raise ValueError(f"{path} is not a record of checks written by 'python -m bkd_core check' (a list of "
+                         "checks, each with run, code_hash and identical); move it away and rerun the checks")
+    return checks
 
 
 def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame":

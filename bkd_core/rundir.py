@@ -184,6 +184,7 @@ class RunDir:
                               "choose a writable folder") from exc
         with self._lock():
             if not self.read_only:
+                self.refuse_links()
                 self.remove_stale_temp_files()
             self.check_identity(identity, fingerprint)
             yield self
@@ -199,6 +200,8 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is a file, not a folder; pass a folder path")
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock():
+            if not self.read_only:
+                self.refuse_links()
             yield self
 
     @contextmanager
@@ -213,6 +216,21 @@ class RunDir:
         if self.read_only or not os.access(self.path, os.W_OK):
             raise RunDirError(f"run directory {self.path} is not writable (permission denied); choose a writable "
                               "folder, or make this one writable, to train or resume this run")
+
+    def refuse_links(self) -> None:
+        """Raise :class:`RunDirError` for a symbolic link in the folder (or its ``epochs/``): writing through it
+        (an epoch file into a linked ``epochs/``, a notebook over a linked file) would change files outside."""
+        for folder in (self.path, self.path / "epochs"):
+            if folder.is_symlink() and folder != self.path:
+                entries = [folder]
+            elif folder.is_dir():
+                entries = [entry for entry in folder.iterdir() if entry.is_symlink()]
+            else:
+                entries = []
+            if entries:
+                raise RunDirError(f"{entries[0]} is a symbolic link; a run folder holds only its own files, and "
+                                  "writing through a link would change files outside it: remove the link (or "
+                                  "replace it with a copy of what it points to) and rerun")
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the temporary files a killed writer left (``.NAME.XXXXXXXX.tmp``); return them."""
@@ -229,9 +247,11 @@ class RunDir:
     def stored_config(self) -> dict[str, Any] | None:
         """``config.json`` as written (``{"config": ..., "identity": ...}``), or None if there is none."""
         path = self.path / CONFIG
+        fix = f"delete {self.path} to start this run over, or use another run directory"
+        if path.exists() and not path.is_file():
+            raise DamagedFileError(f"{path} is not a file (a folder or another non-file is there); {fix}")
         if not path.is_file():
             return None
-        fix = f"delete {self.path} to start this run over, or use another run directory"
         try:
             stored = read_json(path)
         except (ValueError, OSError) as exc:

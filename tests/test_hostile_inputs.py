@@ -546,7 +546,8 @@ def _input_error(argv, capsys, *fragments):
     (["--set", "seed=3"], ["--seeds"]),
     (["--set", "device=cpu"], ["--device"]),
     (["--slurm", "nokeyvalue"], ["KEY=VALUE"]),
-])
+], ids=["splits-nosuch", "seeds-negative", "seed-2**64", "jobs-0", "folds-1", "set-bogus", "set-epochs-0", "set-seed",
+        "set-device", "slurm-no-key-value"])
 def test_reproduce_input_errors_exit_2_before_anything_is_written(tmp_path, capsys, extra, fragments):
     out = tmp_path / "out"
     _input_error(["reproduce", "--out", str(out), "--no-progress", *extra], capsys, *fragments)
@@ -557,7 +558,7 @@ def test_reproduce_input_errors_exit_2_before_anything_is_written(tmp_path, caps
     (["--seed", "-1"], ["seed must lie in [0, 2**63)"]),
     (["--set", "bogus=1"], ["'bogus=1'"]),
     (["--set", "epochs=0"], ["epochs must be >= 1"]),
-])
+], ids=["seed-negative", "set-bogus", "set-epochs-0"])
 def test_train_input_errors_exit_2(tmp_path, capsys, extra, fragments):
     _input_error(["train", "--out", str(tmp_path / "r"), "--no-progress", *extra], capsys, *fragments)
     assert not (tmp_path / "r").exists()
@@ -599,3 +600,156 @@ def test_results_into_a_broken_pipe_in_process_returns_0(tmp_path, monkeypatch, 
     monkeypatch.setattr("sys.stdout", Closed())
     assert cli.main(["results", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+# -- more hostile run folders --------------------------------------------------------------------------
+
+RUN_TINY = BKDConfig(model="small_cnn", model_widths=(4, 4, 4), epochs=2, batch_size=32, lr_step=None, augment=False,
+                     val_every=1, test_every=1, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small():
+    from bkd_core.synthetic import make_synthetic_cifar_n
+
+    return make_synthetic_cifar_n(n_train=60, n_test=20, noise_rate=0.3, seed=2)
+
+
+@pytest.mark.parametrize("entry", ["epochs", "config.json", "checkpoint.pt", "metrics.json", "scores.npz"])
+def test_a_symlink_inside_a_run_folder_is_refused_and_its_target_kept(small, tmp_path, entry):
+    from bkd_core.errors import RunDirError
+    from bkd_core.train import train_bkd
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    if entry == "epochs":
+        elsewhere.mkdir()
+    else:
+        elsewhere.write_text("DATA\n")
+    (run / entry).symlink_to(elsewhere)
+    with pytest.raises(RunDirError, match=f"{entry}.*symbolic link"):
+        train_bkd(small, RUN_TINY, run, progress=False)
+    if entry == "epochs":
+        assert list(elsewhere.iterdir()) == []  # no epoch file written outside the run folder
+    else:
+        assert elsewhere.read_text() == "DATA\n"
+
+
+@pytest.mark.parametrize("content", ["list", "folder"])
+def test_a_config_json_that_is_no_config_is_named(small, tmp_path, content):
+    from bkd_core.errors import DamagedFileError, RunDirError
+    from bkd_core.train import train_bkd
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if content == "list":
+        (run / "config.json").write_text("[1, 2]")
+    else:
+        (run / "config.json").mkdir()
+    with pytest.raises((DamagedFileError, RunDirError), match="config.json"):
+        train_bkd(small, RUN_TINY, run, progress=False)
+
+
+def test_a_checkpoint_that_is_a_folder_is_named(small, tmp_path):
+    from bkd_core.errors import DamagedFileError
+    from bkd_core.train import train_bkd
+
+    run = tmp_path / "run"
+    train_bkd(small, RUN_TINY.replace(epochs=1), run, progress=False)
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").mkdir()
+    (run / "metrics.json").unlink()
+    with pytest.raises(DamagedFileError, match="checkpoint.pt"):
+        train_bkd(small, RUN_TINY.replace(epochs=1), run, progress=False)
+
+
+# -- more hostile caches ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["object-array-npz", "dev-zero-link", "wrong-fingerprint-type"])
+def test_more_wrong_feature_cache_files_are_recomputed(images, tmp_path, content):
+    path = feature_cache_path(images, settings=TINY, root=tmp_path)
+    if content == "object-array-npz":
+        np.savez(path, train=np.array([{"code": 1}], dtype=object), test=np.zeros(1), fingerprint=np.array("x"))
+    elif content == "dev-zero-link":
+        path.symlink_to("/dev/zero")
+    else:
+        np.savez(path, train=np.zeros((200, 16), np.float32), test=np.zeros((40, 16), np.float32),
+                 fingerprint=np.zeros(3))
+    with pytest.raises(FeatureCacheError):
+        cached_features(images, settings=TINY, root=tmp_path, progress=False, on_damaged="raise")
+    if content == "dev-zero-link":
+        path.unlink()
+        return
+    with pytest.warns(RuntimeWarning, match="recomputing"):
+        assert cached_features(images, settings=TINY, root=tmp_path, progress=False)[0].shape == (200, 16)
+
+
+def test_an_empty_feature_cache_variable_means_unset(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("BKD_FEATURE_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert feature_cache_path(images, settings=TINY).parent == tmp_path / "xdg" / "bkd_core" / "features"
+
+
+# -- more hostile batch folders --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("summary", ["garbage", "list", "runs-not-list", "name-is-a-path", "options-a-list"])
+def test_a_damaged_summary_json_is_named_by_results_and_reproduce(tmp_path, capsys, summary):
+    import json
+
+    from bkd_core import results
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
+    content = {"garbage": "{not json", "list": "[]", "runs-not-list": '{"runs": 3}',
+               "name-is-a-path": json.dumps({"runs": [{"name": "../../etc", "status": "done"}]}),
+               "options-a-list": json.dumps({"options": [], "runs": []})}[summary]
+    (tmp_path / "summary.json").write_text(content)
+    with pytest.raises(ValueError, match="summary.json"):
+        results.read_batch_summary(tmp_path)
+    with pytest.raises(ValueError, match="summary.json"):
+        results.run_times(tmp_path)
+    _input_error(["results", str(tmp_path)], capsys, "summary.json")
+    _input_error(["reproduce", "--splits", "worst", "--seeds", "0", "--out", str(tmp_path), "--data-dir",
+                  str(tmp_path / "no-data"), "--no-progress"], capsys, "summary.json")
+    assert (tmp_path / "summary.json").read_text() == content  # never overwritten
+
+
+@pytest.mark.parametrize("content", ["[]", '{"checks": 3}', '{"checks": [1]}', "{nope"])
+def test_a_damaged_code_checks_json_is_named(tmp_path, content):
+    from bkd_core import results
+
+    _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
+    (tmp_path / "code_checks.json").write_text(content)
+    with pytest.raises(ValueError, match="code_checks.json"):
+        results.code_versions(tmp_path)
+
+
+def test_a_file_as_the_batch_folder_exits_2(tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("mine")
+    _input_error(["reproduce", "--splits", "worst", "--seeds", "0", "--out", str(out), "--no-progress"], capsys,
+                 str(out))
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["train"], ["reproduce"], ["results"], ["check"]],
+                         ids=["train", "reproduce", "results", "check"])
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    argv = [*command, "--out", ""] if command[0] in ("train", "reproduce") else [*command, ""]
+    _input_error([*argv, *(["x"] if command[0] == "check" else [])], capsys, "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_seed_given_twice_runs_once():
+    from bkd_core.reproduce import plan
+
+    assert [s.name for s in plan(["worst"], [1, 0, 1])] == ["cifar10-worst-seed1", "cifar10-worst-seed0"]
+
+
+def test_check_threads_below_1_exit_2(batch, capsys):
+    _input_error(["check", str(batch), RUN, "--threads", "0", "--no-progress"], capsys, "--threads must be >= 1")
+
+
+def test_check_of_a_run_whose_metrics_json_is_a_list_is_named(batch, capsys):
+    (batch / RUN / "metrics.json").write_text("[]")
+    _input_error(["check", str(batch), RUN, "--no-progress"], capsys, "metrics.json", "not a run's metrics")
