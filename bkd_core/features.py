@@ -796,7 +796,7 @@ def cached_features(data_or_images: Any, *, settings: Settings = PatchFeatureSet
         raise ValueError(f"on_damaged must be 'recompute' or 'raise', got {on_damaged!r}")
     train_images, test_images, _ = _images_of(data_or_images)
     path = feature_cache_path(data_or_images, settings=settings, root=root)
-    if path.exists():
+    if path.is_file():  # anything else at the path is refused below, before any extraction
         try:
             return _read_cached(path, len(train_images), len(test_images), settings)
         except FeatureCacheError as exc:
