@@ -491,9 +491,12 @@ def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = T
     """``frame`` (a pandas DataFrame) ready for display: number formats, the book theme's table style.
 
     ``formats``: a format string for all cells or ``{column: format}``; ``index=False`` hides the index.
+    Cells and labels are HTML-escaped: a name holding markup (a split, a run) shows as text.
     """
-    styler = frame.rename_axis(index=None).style
-    styler = styler.format(formats, na_rep="–") if formats is not None else styler.format(na_rep="–")
+    styler = frame.rename_axis(index=None).style.format(na_rep="–", escape="html")
+    if formats is not None:
+        styler = styler.format(formats, na_rep="–", escape="html")
+    styler = styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     if not index:
         styler = styler.hide(axis="index")
     return styler.set_table_attributes('class="dataframe"')

@@ -122,38 +122,48 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     for name, value, least in (("--jobs", args.jobs, 1), ("--threads", args.threads, 1), ("--folds", args.folds, 2)):
         if value is not None and value < least:
-            raise SystemExit(f"error: {name} must be >= {least}, got {value}")
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    for field, flag in (("seed", "--seeds"), ("device", "--device")):
+        if field in overrides:
+            raise ValueError(f"--set {field}=...: a batch sets each run's {field} itself; use {flag} instead")
+    submitit_parameters = parse_overrides_raw(args.slurm)
     try:
-        get_profile(args.profile, **overrides)  # fail now, not inside every run
+        for seed in args.seeds:  # fail now, not inside every run (after its feature extraction)
+            get_profile(args.profile, **overrides, seed=seed)
         specs = plan(args.splits, args.seeds)
         options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides,
                                methods=tuple(args.methods) if args.methods else None,
                                folds=args.folds, data_dir=args.data_dir, download=args.download, device=args.device,
                                threads=args.threads)
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
     outcomes = run_batch(specs, options, jobs=args.jobs, executor=args.executor,
-                         submitit_parameters=parse_overrides_raw(args.slurm), progress=not args.no_progress)
+                         submitit_parameters=submitit_parameters, progress=not args.no_progress)
     print(format_outcomes(outcomes))
     print(f"wrote {options.out}/summary.json and results.csv")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def _results(out: str) -> int:
-    from .results import collect_results, markdown_table, split_table, summarize
+    from .results import batch_problems, collect_results, markdown_results
 
     table = collect_results(out)
     if not len(table):
         absent = "" if Path(out).is_dir() else " (the folder does not exist)"
         raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}{absent}; "
                                 f"write one with: python -m bkd_core reproduce --out {out}")
-    print(markdown_table(split_table(summarize(table)), "mean ± std over seeds"))
+    text = markdown_results(table)  # refuses a seed held twice before printing anything
+    for problem in batch_problems(out):
+        print(f"warning: {problem}", file=sys.stderr)
+    print(text)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     from .reproduce import check_run, record_check
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.rerun is None and not args.runs:
         raise ValueError("name the run to rerun (e.g. cifar10-worst-seed0), or pass --rerun OTHER_OUT to compare "
                          "the runs of a batch already rerun into OTHER_OUT")
@@ -183,7 +193,7 @@ def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--slurm expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--slurm expects KEY=VALUE, got {pair!r}")
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -207,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "whether it came out identical (code_checks.json)")
     p_chk.add_argument("out", help="batch folder written by reproduce --out")
     p_chk.add_argument("runs", nargs="*", metavar="RUN",
-                       help="run folders in it, e.g. cifar10-worst-seed0 (with --rerun: default all in both)")
+                       help="run folder names in it, e.g. cifar10-worst-seed0, not paths "
+                            "(with --rerun: default all in both)")
     p_chk.add_argument("--rerun", default=None, metavar="OTHER_OUT",
                        help="compare with the runs of the batch rerun into OTHER_OUT (reproduce with the same "
                             "options) instead of training them again here")
@@ -221,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
     args = parser.parse_args(argv)
     try:
+        _refuse_empty_paths(args)
         if args.command == "download":
             print(f"data in {download(args.dataset, args.root)}")
             return 0
@@ -234,9 +246,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output stopped early (``results OUT | head``): not an error
+        _silence_stdout()
+        return 0
+    except SystemExit as exc:  # parse_overrides and build_config refuse input this way
+        if not isinstance(exc.code, str):
+            raise
+        message = exc.code if exc.code.startswith("error: ") else f"error: {exc.code}"
+        print(" ".join(message.split()), file=sys.stderr)
+        return 2
     except (BKDError, ValueError, OSError) as exc:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _refuse_empty_paths(args: argparse.Namespace) -> None:
+    """An empty folder argument (often an unset shell variable) would mean the working directory: refuse it."""
+    flags = {"out": "--out" if args.command in ("train", "train-ce", "reproduce") else "OUT (the batch folder)",
+             "rerun": "--rerun", "data_dir": "--data-dir", "root": "--root"}
+    for name, flag in flags.items():
+        if getattr(args, name, None) == "":
+            raise ValueError(f"{flag} is empty; give a folder path (is a shell variable unset?)")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail on the closed pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a stream in tests): nothing to flush
+        pass
 
 
 def describe_error(exc: BaseException) -> str:

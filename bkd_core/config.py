@@ -116,6 +116,7 @@ class BKDConfig:
             (self.bf16 is None or self.precision == "auto" or (self.precision == "bf16") == self.bf16,
              f"precision={self.precision!r} contradicts bf16={self.bf16}; set only precision (bf16=None)"),
             (_valid_device(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"),
+            (0 <= self.seed < 2**63, f"seed must lie in [0, 2**63) (it seeds 64-bit generators), got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -671,6 +671,28 @@ def feature_cache_dir(root: str | os.PathLike | None = None) -> Path:
     return user_cache_dir("features")
 
 
+def _cache_chooser(root: str | os.PathLike | None) -> tuple[str, str]:
+    """What chose :func:`feature_cache_dir`, and how to choose another: for messages."""
+    if root is not None:
+        return "the root argument", "pass a root folder you can write to"
+    fix = "set BKD_FEATURE_CACHE to a folder you can write to"
+    if os.environ.get("BKD_FEATURE_CACHE"):
+        return "$BKD_FEATURE_CACHE", fix
+    return ("$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default, ~/.cache"), fix
+
+
+def _check_cache_target(path: Path, root: str | os.PathLike | None) -> None:
+    """Before computing what ``path`` will keep: refuse a folder at ``path`` (nothing may replace it) and a
+    cache folder that cannot be written (:class:`bkd_core.io.FolderNotWritableError`, naming what chose it)."""
+    from .io import check_writable_folder
+
+    if path.exists() and not path.is_file():
+        raise FeatureCacheError(f"cache path {path} is not a file (a folder or another non-file is there); "
+                                "move it away so the cache can be written there")
+    chosen_by, fix = _cache_chooser(root)
+    check_writable_folder(path.parent, chosen_by=chosen_by, fix=fix)
+
+
 def data_fingerprint(*arrays: np.ndarray) -> str:
     """16 hex digits of the sha256 of the arrays' shapes, dtypes and bytes, in order (about 0.3 s for
     CIFAR's 180 MB): the data part of the feature cache's key (the train and test images) and of the
@@ -706,9 +728,13 @@ def feature_cache_path(data_or_images: Any, *, settings: Settings = PatchFeature
 
 def _read_cached(path: Path, n_train: int, n_test: int, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            train, test = archive["train"], archive["test"]
-            stored = str(archive["fingerprint"])
+        with open(path, "rb") as handle:  # numpy leaves its own handle open when the zip is bad
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError(f"it holds one {archive.dtype} array [{archive.shape}], not an .npz archive")
+            with archive:
+                train, test = archive["train"], archive["test"]
+                stored = str(archive["fingerprint"])
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise FeatureCacheError(f"cached feature file {path} is damaged ({type(exc).__name__}: {exc}); "
                                 "delete it to recompute") from exc
@@ -770,13 +796,14 @@ def cached_features(data_or_images: Any, *, settings: Settings = PatchFeatureSet
         raise ValueError(f"on_damaged must be 'recompute' or 'raise', got {on_damaged!r}")
     train_images, test_images, _ = _images_of(data_or_images)
     path = feature_cache_path(data_or_images, settings=settings, root=root)
-    if path.exists():
+    if path.is_file():  # anything else at the path is refused below, before any extraction
         try:
             return _read_cached(path, len(train_images), len(test_images), settings)
         except FeatureCacheError as exc:
             if on_damaged == "raise":
                 raise
             warnings.warn(f"{exc}; recomputing it now", RuntimeWarning, stacklevel=2)
+    _check_cache_target(path, root)
     train, test = extract_features(train_images, test_images, settings=settings, progress=progress)
     _write_atomic(path, train=train, test=test, fingerprint=np.array(settings.fingerprint()),
                   settings=np.array(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)))

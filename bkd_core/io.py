@@ -13,12 +13,21 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .errors import BKDError
+
 
 def user_cache_dir(name: str) -> Path:
     """The user cache folder bkd_core keeps ``name`` in (``"data"``, ``"features"``, ``"runs"``):
     ``$XDG_CACHE_HOME/bkd_core/<name>``, by default ``~/.cache/bkd_core/<name>``. Not created here."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "bkd_core" / name
+
+
+def is_folder_name(name: object) -> bool:
+    """True for a plain name of a folder's entry (``"cifar10-worst-seed0"``): not empty, ``.`` or ``..``,
+    and without a path separator or NUL, so ``folder / name`` always lies directly inside ``folder``."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and os.sep not in name and not (os.altsep and os.altsep in name))
 
 
 @contextmanager
@@ -83,3 +92,33 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); delete it and rerun to recreate it") from exc
+
+
+class FolderNotWritableError(BKDError, PermissionError):
+    """A folder a file must be written into cannot be created or written (checked before the work that fills it)."""
+
+
+def check_writable_folder(folder: str | os.PathLike, *, chosen_by: str, fix: str) -> None:
+    """Create ``folder`` if needed and write (then remove) an empty temporary file in it.
+
+    ``chosen_by`` says what chose the folder (``"$BKD_FEATURE_CACHE"``) and ``fix`` how to choose
+    another (``"set BKD_FEATURE_CACHE to a folder you can write to"``), for the message.
+
+    Raises:
+        FolderNotWritableError: it cannot be created or written; the message names the folder, the
+            reason and ``chosen_by``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, FileExistsError) or (folder.exists() and not folder.is_dir()):
+            reason = "a file is in the way"
+        elif isinstance(exc, NotADirectoryError):
+            reason = "a file is in the way on its path"
+        raise FolderNotWritableError(
+            f"folder {folder} (chosen by {chosen_by}) is not writable ({reason}); {fix}") from exc

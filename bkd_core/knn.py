@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,16 @@ def _check_graph(graph: np.ndarray, n: int, k: int) -> None:
                          f"{graph.dtype} {graph.shape}")
 
 
+def _read_graph(path: os.PathLike) -> np.ndarray:
+    """The one array of an ``.npy`` file, read without pickle; ``ValueError`` for any other content."""
+    with open(path, "rb") as handle:  # numpy leaves its own handle open when a zip is bad
+        graph = np.load(handle, allow_pickle=False)
+        if not isinstance(graph, np.ndarray):
+            graph.close()
+            raise ValueError("it holds an .npz archive, not one .npy array")
+    return graph
+
+
 def cached_nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048,
                               root: str | os.PathLike | None = None) -> np.ndarray:
     """:func:`nearest_neighbours`, computed once per feature matrix and kept as ``.npy``.
@@ -117,19 +128,20 @@ def cached_nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048,
     np.ndarray
         int64 ``[N, k]``, as :func:`nearest_neighbours` returns it.
     """
-    from .features import data_fingerprint, feature_cache_dir
+    from .features import _check_cache_target, data_fingerprint, feature_cache_dir
     from .io import atomic_path
 
     x = _as_tensor(features)
     path = feature_cache_dir(root) / f"knn-{data_fingerprint(x.numpy())}-k{k}-b{batch_size}.npy"
     if path.is_file():
         try:
-            graph = np.load(path, allow_pickle=False)
+            graph = _read_graph(path)
             _check_graph(graph, len(x), k)
             return graph
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             warnings.warn(f"cached neighbour graph {path} is damaged ({exc}); recomputing it", RuntimeWarning,
                           stacklevel=2)
+    _check_cache_target(path, root)
     graph = _nearest(x, k, batch_size)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, graph)

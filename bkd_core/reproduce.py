@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import re
 import threading
 import time
 import traceback
@@ -28,11 +29,11 @@ import numpy as np
 
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
 from .errors import RunDirError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, is_folder_name, read_json
 from .methods import METHODS as METHOD_REGISTRY
 from .methods import methods_for
 from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
-from .rundir import RunDir
+from .rundir import RunDir, folder_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,6 +44,10 @@ TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
 METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.methods)
 ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
                                            *(("cifar100", s) for s in CIFAR100_SPLITS))
+#: Command-line options of each run's Jupyter kernel: its own log shows errors only, not the warning every
+#: local kernel logs at start ("Kernel is running over TCP without encryption": its ports listen on this
+#: machine's loopback interface and every message is signed with the connection file's key).
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
 Executor = Literal["local", "slurm", "submitit-local"]
 Status = Literal["done", "finished-before", "skipped", "failed", "pending"]
 STATUSES: tuple[str, ...] = get_args(Status)  # what summary.json counts
@@ -138,10 +143,11 @@ def parse_splits(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def plan(splits: Sequence[str], seeds: Sequence[int]) -> list[RunSpec]:
-    """Every (dataset, split, seed) of the batch, split-major (all seeds of a split together)."""
+    """Every (dataset, split, seed) of the batch, split-major (all seeds of a split together), each once."""
     if not seeds:
         raise ValueError("give at least one seed")
-    return [RunSpec(d, s, int(seed)) for d, s in parse_splits(splits) for seed in seeds]
+    seeds = list(dict.fromkeys(int(seed) for seed in seeds))  # a seed given twice runs once
+    return [RunSpec(d, s, seed) for d, s in parse_splits(splits) for seed in seeds]
 
 
 def is_finished(run_dir: Path, methods: Sequence[str]) -> bool:
@@ -339,32 +345,96 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
     return names, found
 
 
+def run_folder(out: str | os.PathLike, run: str) -> Path:
+    """``out/run`` for a run of a batch named by its folder name (``"cifar10-worst-seed0"``).
+
+    Raises:
+        ValueError: ``run`` is a path (absolute, with a separator, ``.`` or ``..``) rather than a folder name.
+    """
+    if not is_folder_name(run):
+        raise ValueError(f"name a run by its folder name in {out} (e.g. cifar10-worst-seed0), not by a path; "
+                         f"got {run!r}")
+    return Path(out) / run
+
+
+def _refuse_inside(rerun: Path, recorded: Path) -> None:
+    """Refuse a rerun folder that is the recorded run's folder, lies inside it, or holds it."""
+    a, b = rerun.resolve(), recorded.resolve()
+    if a == b or b in a.parents or a in b.parents:
+        raise ValueError(f"the rerun folder {rerun} is or overlaps the recorded run {recorded}: a check never writes "
+                         "into a recorded run nor compares a run with itself; rerun into another folder")
+
+
+_THREADS = re.compile(r"(\d+) threads")
+
+
+def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
+    """What a finished run of a batch was trained with, from its own ``metrics.json`` (not ``summary.json``,
+    which the latest batch into the folder rewrites): ``dataset``, ``split``, ``seed``, ``profile``,
+    ``overrides`` (every field of its recorded configuration but seed and device), ``device``, ``methods``,
+    ``folds`` and ``threads`` (the torch threads its methods record, as ``"cpu (..., N threads)"``; the
+    batch's threads per run for a run that records none, e.g. on CUDA).
+
+    Raises:
+        FileNotFoundError: ``out/run`` holds no finished run.
+        ValueError: ``run`` is a path, or the recorded configuration is missing, invalid or was edited
+            (it no longer gives the recorded fingerprint).
+    """
+    from .config import BKDConfig, without_retired
+
+    path = run_folder(out, run) / "metrics.json"
+    metrics = _finished_metrics(Path(out), run)
+    recorded = metrics.get("config")
+    fix = "restore the file from the batch's copy (e.g. git checkout), or rerun the batch"
+    if not isinstance(recorded, dict) or not isinstance(metrics.get("methods"), dict):
+        raise ValueError(f"{path} records no configuration or methods, so the run cannot be rerun as it was; {fix}")
+    try:
+        config = BKDConfig.from_dict(recorded)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} records an invalid configuration ({exc}); {fix}") from exc
+    if metrics.get("fingerprint") is not None and metrics["fingerprint"] != config.fingerprint():
+        raise ValueError(f"{path} was edited: its configuration gives fingerprint {config.fingerprint()}, the run "
+                         f"recorded {metrics['fingerprint']}; {fix}")
+    found = {int(m.group(1)) for method in metrics["methods"].values() if isinstance(method, dict)
+             for m in [_THREADS.search(str(method.get("device", "")))] if m}
+    threads = max(found) if found else _batch_options(Path(out)).get("threads")
+    return {"dataset": metrics["dataset"], "split": metrics["split"], "seed": int(metrics["seed"]),
+            "profile": metrics.get("profile", config.profile),
+            "overrides": {k: v for k, v in without_retired(recorded).items() if k not in ("seed", "device")},
+            "device": config.device, "methods": list(metrics["methods"]), "folds": int(metrics.get("folds", 3)),
+            "threads": int(threads) if threads else None}
+
+
 def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,
               data_dir: str | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Rerun one finished run of a batch with the current code and record whether it came out identical.
 
-    The run (``out/run``) is trained again from scratch with its batch's settings (profile, overrides,
-    methods, folds, and the batch's threads per run, since the number of threads changes float sums)
-    into ``work_dir/run`` (default: a temporary folder, deleted afterwards), then :func:`record_check`.
+    The run (``out/run``, named by its folder name) is trained again from scratch with its own recorded
+    settings (:func:`recorded_run`: configuration, methods, folds and torch threads, since the number of
+    threads changes float sums) into ``work_dir/run`` (default: a temporary folder, deleted afterwards),
+    then :func:`record_check`. Nothing in the recorded run's folder is written.
 
     Returns:
         The recorded check (:func:`record_check`).
 
     Raises:
         FileNotFoundError: ``out/run`` holds no finished run.
+        ValueError: ``run`` is a path, its recorded configuration was edited, or ``work_dir/run`` is (or
+            overlaps) the recorded run's folder.
     """
     import shutil
     import tempfile
 
     out = Path(out)
-    metrics = _finished_metrics(out, run)
-    options = _batch_options(out)
-    threads = threads or options.get("threads") or 1
+    settings = recorded_run(out, run)
+    threads = threads or settings["threads"] or 1
+    if work_dir is not None:
+        _refuse_inside(Path(work_dir) / run, out / run)
     scratch = Path(tempfile.mkdtemp(prefix="bkd-check-")) if work_dir is None else Path(work_dir)
     try:
-        run_one(metrics["dataset"], metrics["split"], metrics["seed"], scratch / run, profile=metrics["profile"],
-                overrides=options.get("overrides") or {}, methods=list(metrics["methods"]),
-                folds=int(metrics.get("folds", 3)), data_dir=data_dir, threads=threads, progress=progress)
+        run_one(settings["dataset"], settings["split"], settings["seed"], scratch / run, profile=settings["profile"],
+                overrides=settings["overrides"], methods=settings["methods"], folds=settings["folds"],
+                data_dir=data_dir, device=settings["device"], threads=threads, progress=progress)
         return record_check(out, run, scratch / run, threads=threads)
     finally:
         if work_dir is None:
@@ -387,6 +457,7 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
 
     Raises:
         FileNotFoundError: ``out/run`` or the rerun is not a finished run.
+        ValueError: ``run`` is a path, or ``rerun`` is (or overlaps) the recorded run's folder.
     """
     import platform
     from datetime import datetime, timezone
@@ -394,6 +465,7 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
     from .results import CODE_CHECKS, read_code_checks
 
     out, rerun = Path(out), Path(rerun)
+    _refuse_inside(rerun, run_folder(out, run))
     recorded = _finished_metrics(out, run)
     again = _finished_metrics(rerun.parent, rerun.name)
     compared, differences = compare_runs(out / run, rerun)
@@ -409,16 +481,21 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
 
 
 def _finished_metrics(out: Path, run: str) -> dict[str, Any]:
-    path = Path(out) / run / "metrics.json"
+    path = run_folder(out, run) / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} holds no metrics.json: not a finished run of the batch in {out}; "
                                 "name a run folder the batch finished (e.g. cifar10-worst-seed0)")
-    return read_json(path)
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} holds a {type(metrics).__name__}, not a run's metrics; rerun the batch to rewrite it")
+    return metrics
 
 
 def _batch_options(out: Path) -> dict[str, Any]:
     path = Path(out) / "summary.json"
-    return read_json(path).get("options", {}) if path.is_file() else {}
+    summary = read_json(path) if path.is_file() else {}
+    options = summary.get("options", {}) if isinstance(summary, dict) else {}
+    return options if isinstance(options, dict) else {}
 
 
 def exit_when_parent_dies(interval: float = 0.5) -> None:
@@ -511,7 +588,8 @@ def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
     try:
         with RunDir(run_dir).lock():  # one writer per run folder: a second batch on the same --out is refused
             papermill.execute_notebook(options.template, str(run_dir / "run.ipynb"), parameters=parameters,
-                                       progress_bar=False, kernel_name="python3", cwd=str(run_dir))
+                                       progress_bar=False, kernel_name="python3", cwd=str(run_dir),
+                                       extra_arguments=list(KERNEL_ARGUMENTS))
     except RunDirError as exc:
         return RunOutcome(spec.name, "failed", time.perf_counter() - start, str(exc))
     except Exception as exc:  # a failing run must not stop the batch: record it and go on
@@ -546,14 +624,28 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
 
     ``jobs`` runs go at once (local pool) or as the Slurm array's parallelism. Finished runs are
     skipped (one finished with another configuration is reported as failed, not reused), runs whose
-    data is missing are reported as skipped with the reason.
-    """
-    from tqdm.auto import tqdm
+    data is missing are reported as skipped with the reason. One batch at a time writes into a folder
+    (``options.out/.lock``, :func:`bkd_core.rundir.folder_lock`).
 
+    Raises:
+        RunDirError: another batch is running into ``options.out``, or the folder cannot be written.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, busy="is running a batch into") as held:
+        if not held:
+            raise RunDirError(f"batch folder {out} is not writable; choose another --out, or fix its permissions")
+        return _run_batch_locked(specs, options, jobs, executor, submitit_parameters, progress)
+
+
+def _run_batch_locked(specs: Sequence[RunSpec], options: BatchOptions, jobs: int, executor: Executor,
+                      submitit_parameters: dict[str, Any] | None, progress: bool) -> list[RunOutcome]:
+    """:func:`run_batch` while it holds the batch folder's lock."""
+    from tqdm.auto import tqdm
+
+    out = Path(options.out)
     if options.threads is None and executor == "local":
         options.threads = max(1, (os.cpu_count() or 1) // jobs)
     epochs = _profile_epochs(options)
@@ -647,14 +739,13 @@ def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, exe
 
 def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: BatchOptions) -> None:
     """``summary.json`` (the options, this batch's counts, and each run's outcome, merged with what
-    earlier batches into ``out`` reported: a run finished before keeps its earlier entry) and
-    ``results.csv`` (every finished run in ``out``)."""
-    from .results import collect_results
+    earlier batches into ``out`` reported: a run finished before keeps an earlier ``done`` entry, with its
+    time, and replaces any other) and ``results.csv`` (every finished run in ``out``)."""
+    from .results import collect_results, read_batch_summary
 
-    earlier = read_json(out / "summary.json").get("runs", []) if (out / "summary.json").is_file() else []
-    runs = {r["name"]: r for r in earlier}  # keep what earlier batches into this folder reported
+    runs = {r["name"]: r for r in read_batch_summary(out)["runs"]}  # what earlier batches reported
     for o in outcomes:
-        if o.status != "finished-before" or o.name not in runs:
+        if o.status != "finished-before" or runs.get(o.name, {}).get("status") not in ("done", "finished-before"):
             runs[o.name] = asdict(o)
     atomic_write_json(out / "summary.json", {
         "options": {k: v for k, v in asdict(options).items() if k != "template"},

@@ -1,7 +1,10 @@
 """Tables of a reproduction batch's outputs (``python -m bkd_core reproduce``), for the results chapter.
 
 :func:`collect_results` reads every ``OUT/*/metrics.json`` into one row per (run, method);
-:func:`summarize` gives mean and standard deviation over seeds per split and method. Each run also has a
+:func:`summarize` gives mean and standard deviation over seeds per configuration, split and method: runs of
+different configurations are never averaged together, and one seed found twice (a copied run folder) is
+refused. :func:`batch_problems` names what a table cannot show: runs ``summary.json`` lists as finished
+that are missing, and runs whose recorded numbers or configuration were edited. Each run also has a
 per-sample table (:func:`read_samples`, one row per training image, not committed) and the few rows of it
 the results chapter shows (:func:`read_highlights`, committed).
 """
@@ -13,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from typing import TYPE_CHECKING, Sequence
 
-from .io import read_json
+from .io import is_folder_name, read_json
 from .methods import METHODS
 from .metrics import ranking_auc
 
@@ -25,7 +28,7 @@ COLUMNS = (
     "dataset", "split", "seed", "method", "profile", "num_samples", "epochs", "true_noise_rate",
     "estimated_noise_rate", "tipping_epoch", "tipping_rule", "detection_precision", "detection_recall", "detection_f1",
     "below_threshold_precision", "below_threshold_recall", "below_threshold_f1", "flag_all_f1", "ranking_auc",
-    "test_acc", "best_test_acc", "wall_time_s", "device",
+    "test_acc", "best_test_acc", "wall_time_s", "device", "configuration", "run",
 )
 #: Metrics averaged by :func:`summarize`.
 SUMMARY_METRICS = (
@@ -54,20 +57,22 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
     split (CIFAR-N order), seed and method; columns :data:`COLUMNS` (missing values are NaN).
 
     Every value comes from the runs' ``metrics.json``; ``ranking_auc`` is what ``reproduce`` computed
-    from the run's full samples table (:func:`ranking_aucs`), NaN on a split with no wrong label.
+    from the run's full samples table (:func:`ranking_aucs`), NaN on a split with no wrong label;
+    ``configuration`` is :func:`configuration_of` the run and ``run`` its folder's name.
     """
     import pandas as pd
 
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
         run = _read_run(path)
+        configuration = configuration_of(run, path)
         for method, metrics in run["methods"].items():
             if not isinstance(metrics, dict):
                 raise ValueError(f"{path}: methods.{method} holds a {type(metrics).__name__}, not a method's metrics; "
                                  "delete the run's folder and rerun the batch to rewrite it")
             row = {key: metrics.get(key) for key in COLUMNS}
             row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
-                       profile=run.get("profile"))
+                       profile=run.get("profile"), configuration=configuration, run=path.parent.name)
             rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if len(table):  # CIFAR-N order of splits, then seeds, then methods; unknown splits last
@@ -95,6 +100,127 @@ def _read_run(path: Path) -> dict:
     if not isinstance(run["methods"], dict):
         raise ValueError(f"{path}: 'methods' holds a {type(run['methods']).__name__}, not a dict of methods; {fix}")
     return run
+
+
+def configuration_of(run: dict, path: str | Path = "metrics.json") -> str:
+    """What a batch run (its ``metrics.json`` as read) was trained with, apart from its seed: the fingerprint
+    of its recorded configuration at seed 0 (:meth:`bkd_core.config.BKDConfig.fingerprint`), with
+    ``-folds{k}`` for confident learning's folds other than 3; ``""`` for a run that records no configuration.
+
+    Raises:
+        ValueError: the recorded configuration is not a valid one (names ``path``).
+    """
+    from .config import BKDConfig
+
+    config = run.get("config")
+    if not isinstance(config, dict):
+        return ""
+    try:
+        key = BKDConfig.from_dict({**config, "seed": 0}).fingerprint()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} records an invalid configuration ({exc}); restore the file, or delete the run's "
+                         "folder and rerun the batch") from None
+    folds = run.get("folds", 3)
+    return key if folds == 3 else f"{key}-folds{folds}"
+
+
+def _configuration_column(table: "pd.DataFrame") -> "pd.Series":
+    """``table["configuration"]`` with "" for a missing one (a table made before runs recorded it)."""
+    if "configuration" not in table:
+        return table.assign(configuration="")["configuration"]
+    column = table["configuration"].astype(object)
+    return column.where(column.notna(), "").astype(str)
+
+
+def duplicate_runs(table: "pd.DataFrame") -> list[str]:
+    """One sentence per (configuration, dataset, split, seed) that more than one run folder of a
+    :func:`collect_results` table holds (a copied folder): it would count one seed twice."""
+    if not len(table) or "run" not in table:
+        return []
+    runs = table.assign(configuration=_configuration_column(table))
+    found = []
+    keys = ["configuration", "dataset", "split", "seed"]
+    for (_, dataset, split, seed), group in runs.groupby(keys, sort=False, dropna=False):
+        names = sorted(set(group["run"].astype(str)))
+        if len(names) > 1:
+            found.append(f"run folders {', '.join(repr(n) for n in names)} all hold {dataset} {split} seed {seed} "
+                         "of one configuration, so that seed would count more than once (a copied folder?); "
+                         "move all but one out of the batch folder")
+    return found
+
+
+def read_batch_summary(out: str | Path) -> dict:
+    """``out/summary.json`` (written by ``reproduce``), checked: a dict whose ``runs`` is a list of
+    ``{"name": ..., "status": ...}``; ``{"options": {}, "runs": []}`` without the file.
+
+    Raises:
+        ValueError: the file is not such a summary (names it and the fix).
+    """
+    path = Path(out) / "summary.json"
+    if not path.is_file():
+        return {"options": {}, "runs": []}
+    summary = read_json(path)
+    runs = summary.get("runs") if isinstance(summary, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and is_folder_name(r.get("name"))
+                                             and isinstance(r.get("status"), str) for r in runs):
+        raise ValueError(f"{path} is not a batch summary written by reproduce (no list of runs, each with a run "
+                         "folder's name and a status); move it away: the next reproduce into this folder writes a "
+                         "new one, and the runs' own folders are kept")
+    if not isinstance(summary.get("options", {}), dict):
+        raise ValueError(f"{path}: 'options' holds a {type(summary['options']).__name__}, not a dict; move it away: "
+                         "the next reproduce into this folder writes a new one")
+    return summary
+
+
+#: Keys of a batch run's per-method metrics that its method's own ``metrics.json`` does not hold.
+_BATCH_ONLY_KEYS = frozenset({"ranking_auc"})
+
+
+def _same(a: object, b: object) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+
+
+def batch_problems(out: str | Path) -> list[str]:
+    """What a results table of ``out`` cannot show, one sentence each (``[]`` when there is nothing):
+
+    - runs ``summary.json`` lists as finished (done, finished-before) whose ``metrics.json`` is missing;
+    - runs whose ``metrics.json`` was edited: a recorded configuration that no longer gives the recorded
+      fingerprint, or a method's number that differs from that method's own ``metrics.json`` beside it.
+    """
+    from .config import BKDConfig
+
+    out = Path(out)
+    problems = []
+    missing = [r["name"] for r in read_batch_summary(out)["runs"]
+               if r["status"] in ("done", "finished-before") and not (out / r["name"] / "metrics.json").is_file()]
+    if missing:
+        problems.append(f"summary.json lists {len(missing)} finished run(s) that are missing from {out}: "
+                        f"{', '.join(missing)}; the table leaves them out (restore them, or rerun the batch)")
+    for path in sorted(out.glob("*/metrics.json")):
+        run = _read_run(path)
+        edited = []
+        config, recorded = run.get("config"), run.get("fingerprint")
+        if isinstance(config, dict) and recorded is not None:
+            try:
+                edited_config = BKDConfig.from_dict(config).fingerprint() != recorded
+            except (ValueError, TypeError):
+                edited_config = True
+            if edited_config:
+                edited.append("its configuration no longer gives its recorded fingerprint")
+        for method, metrics in run["methods"].items():
+            own_path = path.parent / str(method) / "metrics.json"
+            if not isinstance(metrics, dict) or not own_path.is_file():
+                continue
+            own = read_json(own_path)
+            if not isinstance(own, dict):
+                continue
+            edited += [f"methods.{method}.{key} is {metrics[key]!r} but {own[key]!r} in {method}/metrics.json"
+                       for key in sorted(set(metrics) & set(own) - _BATCH_ONLY_KEYS, key=str)
+                       if not _same(metrics[key], own[key])]
+        if edited:
+            problems.append(f"{path} was edited after the run wrote it ({'; '.join(edited[:3])}"
+                            f"{'; ...' if len(edited) > 3 else ''}): its numbers in the table are not the run's")
+    return problems
 
 
 def samples_file(run_dir: str | Path) -> Path | None:
@@ -209,28 +335,56 @@ def read_highlights(run_dir: str | Path) -> "pd.DataFrame":
 
 def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
     """Mean, standard deviation (ddof 1; NaN for one seed) and number of seeds of
-    :data:`SUMMARY_METRICS` per (dataset, split, method): columns ``{metric}_mean``,
-    ``{metric}_std`` and ``seeds``."""
+    :data:`SUMMARY_METRICS` per (configuration, dataset, split, method): columns ``configuration``,
+    ``dataset``, ``split``, ``method``, ``seeds``, ``{metric}_mean`` and ``{metric}_std``. Runs of
+    different configurations (:func:`configuration_of`) are never averaged together.
+
+    Raises:
+        ValueError: two run folders hold the same seed of one split and configuration (:func:`duplicate_runs`).
+    """
     import pandas as pd
 
     if not len(table):
         return pd.DataFrame()
-    numeric = table.assign(tipping_from_peak=table["tipping_rule"].map({"peak": 1.0, "fallback": 0.0}))
-    numeric = numeric[["dataset", "split", "method", *SUMMARY_METRICS]]
+    duplicates = duplicate_runs(table)
+    if duplicates:
+        raise ValueError(" ".join(duplicates))
+    keys = ["configuration", "dataset", "split", "method"]
+    numeric = table.assign(tipping_from_peak=table["tipping_rule"].map({"peak": 1.0, "fallback": 0.0}),
+                           configuration=_configuration_column(table))
+    numeric = numeric[[*keys, *SUMMARY_METRICS]]
     for column in SUMMARY_METRICS:
         numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
-    grouped = numeric.groupby(["dataset", "split", "method"], sort=False)
+    grouped = numeric.groupby(keys, sort=False)
     means = grouped[list(SUMMARY_METRICS)].mean().add_suffix("_mean")
     stds = grouped[list(SUMMARY_METRICS)].std(ddof=1).add_suffix("_std")
     out = pd.concat([means, stds, grouped.size().rename("seeds")], axis=1).reset_index()
-    return out[["dataset", "split", "method", "seeds", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]]]
+    return out[[*keys, "seeds", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]]]
+
+
+def configurations(summary: "pd.DataFrame") -> list[str]:
+    """The distinct configurations of a :func:`summarize` table (or a :func:`collect_results` one), in order."""
+    return list(dict.fromkeys(_configuration_column(summary))) if len(summary) else []
+
+
+def _one_configuration(summary: "pd.DataFrame") -> None:
+    found = configurations(summary)
+    if len(found) > 1:
+        raise ValueError(f"this summary holds runs of {len(found)} configurations ({', '.join(found)}), which are "
+                         "never averaged or shown as one: pick one, summary[summary['configuration'] == ...], "
+                         "or keep each configuration's runs in a batch folder of its own")
 
 
 def mean_of(summary: "pd.DataFrame", split: str, method: str, metric: str) -> float:
     """The mean over seeds of ``metric`` for ``method`` on ``split`` in :func:`summarize`'s table; NaN when the
-    batch has no such run (a method it did not train, a split it did not run)."""
+    batch has no such run (a method it did not train, a split it did not run).
+
+    Raises:
+        ValueError: the table holds runs of more than one configuration.
+    """
     if not len(summary):
         return float("nan")
+    _one_configuration(summary)
     row = summary[(summary["split"] == split) & (summary["method"] == method)]
     return float(row[f"{metric}_mean"].iloc[0]) if len(row) else float("nan")
 
@@ -316,9 +470,14 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
     ``"mean ± std"`` strings over seeds (tipping epochs counted from 1; how many runs' tipping point
     came from the official peak rule rather than the fallback, as ``"k of n"``). On a split without wrong
     labels (``clean``) precision, recall and F1 are undefined: ``"n/a"``. The rows of a feature-only
-    method (kNN) are left out of a batch that has none of its runs; another method's missing runs show "–"."""
+    method (kNN) are left out of a batch that has none of its runs; another method's missing runs show "–".
+
+    Raises:
+        ValueError: the summary holds runs of more than one configuration (one table each: :func:`markdown_results`).
+    """
     import pandas as pd
 
+    _one_configuration(summary)
     present = set(summary["method"]) | {name for name, m in METHODS.items() if not m.needs_features}
     columns = {}
     for split in ordered_splits(summary["split"]):
@@ -335,12 +494,43 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
 
 def markdown_table(frame: "pd.DataFrame", index_label: str = "") -> str:
     """``frame`` (cells already formatted, e.g. :func:`split_table`) as a GitHub-flavoured Markdown
-    table, the index as its first column headed ``index_label``."""
-    header = [index_label, *map(str, frame.columns)]
+    table, the index as its first column headed ``index_label``. Every cell is escaped (:func:`markdown_cell`)."""
+    header = [markdown_cell(index_label), *map(markdown_cell, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for label, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(label), *map(str, row.tolist())]) + " |")
+        lines.append("| " + " | ".join([markdown_cell(label), *map(markdown_cell, row.tolist())]) + " |")
     return "\n".join(lines)
+
+
+def markdown_cell(value: object) -> str:
+    """``str(value)`` safe in a Markdown table cell: HTML markup escaped (``<`` as ``&lt;``), ``|`` as
+    ``\\|`` and line breaks as spaces, so a name cannot add a column, a row or markup."""
+    import html
+
+    text = html.escape(" ".join(str(value).splitlines()), quote=False)
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def markdown_results(table: "pd.DataFrame") -> str:
+    """The ``results`` command's output for a :func:`collect_results` table: :func:`split_table` as Markdown
+    (:func:`markdown_table`), one table per configuration, each headed by its configuration and profile when
+    the batch holds more than one.
+
+    Raises:
+        ValueError: one seed is held twice (:func:`duplicate_runs`).
+    """
+    summary = summarize(table)
+    found = configurations(summary)
+    parts = []
+    for configuration in found:
+        rows = table[_configuration_column(table) == configuration]
+        if len(found) > 1:
+            profiles = ", ".join(sorted({str(p) for p in rows["profile"].dropna()})) or "unrecorded"
+            parts.append(f"configuration {configuration or 'unrecorded'} (profile {profiles}; runs "
+                         f"{', '.join(sorted(set(rows['run'].astype(str))))}):\n")
+        one = summary[_configuration_column(summary) == configuration]
+        parts.append(markdown_table(split_table(one), "mean ± std over seeds") + "\n")
+    return "\n".join(parts).rstrip("\n")
 
 
 def most_suspicious(samples: "pd.DataFrame", n: int = 12, method: str = "bkd") -> "pd.DataFrame":
@@ -377,13 +567,13 @@ def run_times(out: str | Path) -> "pd.DataFrame":
     import pandas as pd
 
     out = Path(out)
-    summary = read_json(out / "summary.json")
+    summary = read_batch_summary(out)
     rows = []
     for run in summary["runs"]:
         row = {"run": run["name"], "status": run["status"], "reason": run.get("reason", "")}
         path = out / run["name"] / "metrics.json"
         if path.is_file():
-            methods = read_json(path)["methods"]
+            methods = _read_run(path)["methods"]
             for method, metrics in methods.items():
                 row[f"{method} (min)"] = metrics.get("wall_time_s", float("nan")) / 60
             row["device"] = next(iter(methods.values())).get("device", "")
@@ -404,7 +594,15 @@ def read_code_checks(out: str | Path) -> list[dict]:
     """The reruns recorded in ``out/code_checks.json`` (:func:`bkd_core.reproduce.check_run`), oldest first;
     ``[]`` without the file."""
     path = Path(out) / CODE_CHECKS
-    return list(read_json(path)["checks"]) if path.is_file() else []
+    if not path.is_file():
+        return []
+    stored = read_json(path)
+    checks = stored.get("checks") if isinstance(stored, dict) else None
+    if not isinstance(checks, list) or not all(isinstance(c, dict) and {"run", "code_hash", "identical"} <= set(c)
+                                               for c in checks):
+        raise ValueError(f"{path} is not a record of checks written by 'python -m bkd_core check' (a list of "
+                         "checks, each with run, code_hash and identical); move it away and rerun the checks")
+    return checks
 
 
 def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame":

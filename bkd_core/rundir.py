@@ -8,7 +8,9 @@ itself) writes through :class:`RunDir`, which promises:
   ``config.json`` was edited by hand (its settings no longer give the recorded fingerprint), or
   that holds run files without a ``config.json``, is never written: :class:`RunDirError`.
 - **One writer.** ``.lock`` is held with ``flock`` while a process writes; a second writer is refused
-  at once. The lock dies with its process, so a killed run leaves no stale lock.
+  at once. The lock dies with its process, so a killed run leaves no stale lock. ``.lock`` is opened
+  without following links and never truncated; one that is not a plain file of its own (a symbolic or
+  hard link, a folder, a FIFO) is refused, so nothing outside the folder is written through it.
 - **No code from files.** ``checkpoint.pt`` is read with ``torch.load(weights_only=True)``: tensors
   and plain data only. A checkpoint whose pickle names anything else is refused
   (:class:`UnsafeFileError`) without running it.
@@ -19,9 +21,11 @@ itself) writes through :class:`RunDir`, which promises:
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
+import stat
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +81,76 @@ def safe_torch_load(path: Path, *, what: str, fix: str) -> Any:
         raise DamagedFileError(f"{what} {path} is damaged ({_first_line(exc)}). {fix}") from exc
 
 
+_LOCK_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_lock_file(path: Path) -> int | None:
+    """A descriptor of the lock file ``path``, created if missing, opened without following a link;
+    None when the folder cannot be written (no lock is needed to read it).
+
+    Raises:
+        RunDirError: ``path`` is a symbolic link, a hard link to another file, a folder, a FIFO, a socket
+            or a device: never a file bkd_core made, and writing through it could change a file elsewhere.
+    """
+    def refused(what: str) -> RunDirError:
+        return RunDirError(f"{path} is not a regular file ({what}); bkd_core only ever creates a plain file "
+                           f"there, so someone else put it in place: remove it (rm {path}) and rerun")
+
+    try:
+        fd = os.open(path, _LOCK_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise refused("a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            raise refused("a folder") from None
+        if exc.errno == errno.ENXIO:
+            raise refused("a socket") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise refused("a hard link to another file" if stat.S_ISREG(info.st_mode) else "a FIFO or a device")
+    return fd
+
+
+@contextmanager
+def folder_lock(folder: Path, *, busy: str = "is writing to", resume: bool = False) -> Iterator[bool]:
+    """Hold ``folder/.lock`` with ``flock`` (one writer at a time); yield True, or False when the folder
+    cannot be written (nothing to lock). The file is opened without following links and never truncated:
+    the holder's pid is written over its first line.
+
+    Raises:
+        RunDirError: another process holds the lock (the message names its pid, ``busy`` says what it does,
+            ``resume`` adds that a rerun resumes), or ``.lock`` is not a regular file (:func:`_open_lock_file`).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield True
+        return
+    path = folder / LOCK
+    fd = _open_lock_file(path)
+    if fd is None:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            head = os.pread(fd, 64, 0).decode("ascii", "replace").splitlines()
+            owner = (head[0].strip() if head else "") or "unknown"
+            then = " (the run resumes where it stopped)" if resume else ""
+            raise RunDirError(f"another process (pid {owner}) {busy} {folder}; wait for it to finish or stop it, "
+                              f"then rerun{then}") from None
+        os.pwrite(fd, f"{os.getpid():<19}\n".encode(), 0)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class RunDir:
     """The folder of one run. ``RunDir(path).writing(identity, config)`` opens it for one writer."""
 
@@ -110,6 +184,7 @@ class RunDir:
                               "choose a writable folder") from exc
         with self._lock():
             if not self.read_only:
+                self.refuse_links()
                 self.remove_stale_temp_files()
             self.check_identity(identity, fingerprint)
             yield self
@@ -125,42 +200,37 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is a file, not a folder; pass a folder path")
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock():
+            if not self.read_only:
+                self.refuse_links()
             yield self
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # not on POSIX: no lock
+        with folder_lock(self.path, busy="is writing to", resume=True) as held:
+            if not held:  # a read-only folder: a finished run can still be read
+                self.read_only = True
             yield
-            return
-        try:
-            handle = open(self.path / LOCK, "a+")
-        except OSError:  # a read-only folder: a finished run can still be read
-            self.read_only = True
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                raise RunDirError(f"another process (pid {owner}) is writing to {self.path}; wait for it to "
-                                  "finish or stop it, then rerun (the run resumes where it stopped)") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            yield
-        finally:
-            handle.close()  # releases the lock
 
     def require_writable(self) -> None:
         """Raise :class:`RunDirError` if the folder cannot be written (read-only) before any training starts."""
         if self.read_only or not os.access(self.path, os.W_OK):
             raise RunDirError(f"run directory {self.path} is not writable (permission denied); choose a writable "
                               "folder, or make this one writable, to train or resume this run")
+
+    def refuse_links(self) -> None:
+        """Raise :class:`RunDirError` for a symbolic link in the folder (or its ``epochs/``): writing through it
+        (an epoch file into a linked ``epochs/``, a notebook over a linked file) would change files outside."""
+        for folder in (self.path, self.path / "epochs"):
+            if folder.is_symlink() and folder != self.path:
+                entries = [folder]
+            elif folder.is_dir():
+                entries = [entry for entry in folder.iterdir() if entry.is_symlink()]
+            else:
+                entries = []
+            if entries:
+                raise RunDirError(f"{entries[0]} is a symbolic link; a run folder holds only its own files, and "
+                                  "writing through a link would change files outside it: remove the link (or "
+                                  "replace it with a copy of what it points to) and rerun")
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the temporary files a killed writer left (``.NAME.XXXXXXXX.tmp``); return them."""
@@ -177,9 +247,11 @@ class RunDir:
     def stored_config(self) -> dict[str, Any] | None:
         """``config.json`` as written (``{"config": ..., "identity": ...}``), or None if there is none."""
         path = self.path / CONFIG
+        fix = f"delete {self.path} to start this run over, or use another run directory"
+        if path.exists() and not path.is_file():
+            raise DamagedFileError(f"{path} is not a file (a folder or another non-file is there); {fix}")
         if not path.is_file():
             return None
-        fix = f"delete {self.path} to start this run over, or use another run directory"
         try:
             stored = read_json(path)
         except (ValueError, OSError) as exc:

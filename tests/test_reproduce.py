@@ -330,10 +330,10 @@ def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
     assert seen["submitit_parameters"] == {"slurm_partition": "gpu", "timeout_min": 600}
     out = capsys.readouterr().out
     assert "1 done, 0 finished-before, 0 skipped, 1 failed" in out and "boom" in out
-    with pytest.raises(SystemExit, match="invalid BKDConfig: epochs must be >= 1"):
-        cli.main(["reproduce", "--out", str(tmp_path), "--set", "epochs=0"])
-    with pytest.raises(SystemExit, match="unknown split"):
-        cli.main(["reproduce", "--out", str(tmp_path), "--splits", "bogus"])
+    assert cli.main(["reproduce", "--out", str(tmp_path), "--set", "epochs=0"]) == 2  # input errors: status 2
+    assert "invalid BKDConfig: epochs must be >= 1" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--out", str(tmp_path), "--splits", "bogus"]) == 2
+    assert "unknown split" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,3 +479,47 @@ def test_code_version_text_names_the_reproduced_runs_unless_all_were():
     rows[2]["code"] = results.CODE_OTHER
     some = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
     assert "2 of them (r0, r1) came out identical" in some and "the other 1 were not rerun" in some
+
+
+def test_a_second_batch_on_the_same_out_is_refused_at_once(stand_in, tmp_path, capsys):
+    """Two ``reproduce`` processes on one --out: the second is refused before it runs (or marks) anything."""
+    from bkd_core.errors import RunDirError
+    from bkd_core.rundir import folder_lock
+
+    template, data = stand_in
+    out = tmp_path / "out"
+    out.mkdir()
+    options = BatchOptions(out=str(out), methods=("bkd",), data_dir=str(data), template=str(template))
+    with folder_lock(out):  # the first batch (flock locks are per open file: this holds against this process too)
+        with pytest.raises(RunDirError, match=r"another process \(pid \d+\) is running a batch into"):
+            run_batch(plan(["worst"], [0]), options, progress=False)
+        assert cli.main(["reproduce", "--splits", "worst", "--seeds", "0", "--methods", "bkd", "--out", str(out),
+                         "--data-dir", str(data), "--no-progress"]) == 2
+        assert "running a batch into" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no summary.json, no run marked failed
+    assert [o.status for o in run_batch(plan(["worst"], [0]), options, progress=False)] == ["done"]
+
+
+def test_a_finished_run_replaces_an_earlier_failed_status_in_the_summary(stand_in, tmp_path):
+    template, data = stand_in
+    out = tmp_path / "out"
+    options = BatchOptions(out=str(out), methods=("bkd",), data_dir=str(data), template=str(template))
+    specs = plan(["worst"], [0, 1])
+    run_batch(specs, options, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["runs"][0].update(status="failed", reason="another process was writing to it")  # what a race left
+    (out / "summary.json").write_text(json.dumps(summary))
+    run_batch(specs, options, progress=False)
+    runs = {r["name"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert runs["cifar10-worst-seed0"]["status"] == "finished-before" and not runs["cifar10-worst-seed0"]["reason"]
+    assert runs["cifar10-worst-seed1"]["status"] == "done"  # a run done earlier keeps its entry (and its time)
+    assert run_times(out)["status"].tolist() == ["finished-before", "done"]
+
+
+def test_batch_runs_do_not_log_the_kernels_tcp_warning(stand_in, tmp_path, capfd):
+    """Jupyter's "Kernel is running over TCP without encryption" is not printed for every run of a batch."""
+    template, data = stand_in
+    options = BatchOptions(out=str(tmp_path / "out"), methods=("bkd",), data_dir=str(data), template=str(template))
+    assert [o.status for o in run_batch(plan(["worst"], [0]), options, progress=False)] == ["done"]
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
