@@ -176,6 +176,13 @@ def _train_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.O
     return out
 
 
+def _diverged(epoch: int, lr: float, batch_size: int) -> None:
+    raise DivergedError(
+        f"training diverged in epoch {epoch + 1}: the student's confidence or the agreement scores are not finite. "
+        f"The likely cause is a learning rate too high for these features (lr={lr:g}, batch_size={batch_size}); "
+        "standardise the feature columns, or pass a lower lr")
+
+
 def find_label_issues(features, labels, *, num_classes: int | None = None,
                       widths: Sequence[int] = FEATURES.model_widths, epochs: int = FEATURES.epochs,
                       batch_size: int = FEATURES.batch_size, lr: float = FEATURES.lr,
@@ -262,7 +269,10 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     opt, _ = build_optimizer(config, (teacher, student), dev)
     generator = torch.Generator(device=dev).manual_seed(seed)
     stats: list[float] = []
-    scores: list[np.ndarray] = []
+    # the scores are needed at one epoch only, known up to tipping_window + 1 epochs later: keep the weights of
+    # the recent epochs (and of the highest statistic so far) and score once, instead of every epoch
+    kept: dict[int, list[dict[str, torch.Tensor]]] = {}
+    best = 0
     point = None
     for epoch in tqdm(range(epochs), desc="BKD phase 1", unit="epoch", disable=not progress, leave=False):
         teacher.train(), student.train()
@@ -270,32 +280,36 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
         for idx in shuffled_batches(len(x), batch_size, generator, dev):
             total += _train_step(teacher, student, opt, x[idx], y[idx], config).student_confidence.sum()
         stats.append(float(total) / len(x))
-        teacher.eval(), student.eval()
-        with torch.no_grad():
-            parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
-                     for i in ordered_batches(len(x), config.eval_batch_size, dev)]
-        scores.append(torch.cat(parts).float().cpu().numpy())
-        if not (np.isfinite(stats[-1]) and np.isfinite(scores[-1]).all()):
-            raise DivergedError(
-                f"training diverged in epoch {len(stats)}: the student's confidence or the agreement scores are "
-                f"not finite. The likely cause is a learning rate too high for these features (lr={lr:g}, "
-                f"batch_size={batch_size}); standardise the feature columns, or pass a lower lr")
+        if not np.isfinite(stats[-1]):
+            _diverged(epoch, lr, batch_size)
+        best = epoch if stats[-1] > stats[best] else best
+        kept[epoch] = [{k: v.detach().clone() for k, v in net.state_dict().items()} for net in (teacher, student)]
+        for old in [e for e in kept if e < epoch - tipping_window - 1 and e != best]:
+            del kept[old]
         point = tipping_point(stats, window=tipping_window, fallback=tipping_fallback, final=epoch == epochs - 1)
         if point is not None:
             break
+    scored = len(stats) - 1 if point is None else point.epoch
+    for net, state in zip((teacher, student), kept[scored]):
+        net.load_state_dict(state)
+    teacher.eval(), student.eval()
+    with torch.no_grad():
+        parts = [agreement_probability(teacher(x[i]), student(x[i])).gather(1, y[i, None])[:, 0]
+                 for i in ordered_batches(len(x), config.eval_batch_size, dev)]
+    quality = torch.cat(parts).float().cpu().numpy()
+    if not np.isfinite(quality).all():
+        _diverged(scored, lr, batch_size)
     if point is None or point.rule != "peak":
         used = "nothing is flagged" if point is None else f"using epoch {point.epoch} ({point.rule})"
         warnings.warn(f"the tipping rule did not fire within {len(stats)} epochs; {used} "
                       f"(tipping_fallback={tipping_fallback!r})", RuntimeWarning, stacklevel=2)
     if point is None:
-        quality = scores[-1]
         none = np.zeros(len(quality), dtype=bool)
         return BKDLabelIssues(label_issues=none, label_quality=quality.astype(np.float32),
                               ranked=np.argsort(quality, kind="stable"), groups=np.zeros(len(quality), np.int64),
                               threshold=float("nan"), noise_rate=float("nan"), tipping_epoch=None,
                               tipping_found=False, epoch_statistic=stats, g4=none, below_threshold=none.copy(),
                               flag=flag, tipping_rule=None)
-    quality = scores[point.epoch]
     detection = detect(quality)
     split = detection.split
     separation = float(np.sqrt(2.0) * abs(split.upper_mean - split.lower_mean)
