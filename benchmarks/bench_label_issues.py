@@ -104,7 +104,7 @@ def bimodality_coefficient(values: np.ndarray) -> float:
     return float((skew**2 + 1) / (kurt + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
 
 
-def run_bkd(x: np.ndarray, y: np.ndarray, noisy: np.ndarray) -> dict:
+def run_bkd(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, save: Path | None = None) -> dict:
     from bkd_core.label_issues import find_label_issues
 
     start = time.perf_counter()
@@ -112,6 +112,8 @@ def run_bkd(x: np.ndarray, y: np.ndarray, noisy: np.ndarray) -> dict:
         warnings.simplefilter("always", RuntimeWarning)
         res = find_label_issues(x, y, seed=0, device="cpu", progress=False)
     seconds = time.perf_counter() - start
+    if save is not None:  # per-sample scores, to try other masks on them without training again
+        np.savez_compressed(save, label_quality=res.label_quality, is_noisy=noisy, given=y)
     return {
         "bkd_seconds": round(seconds, 2), "bkd_epochs": len(res.epoch_statistic), "tipping_epoch": res.tipping_epoch,
         "tipping_rule": res.tipping_rule, "warnings": [str(w.message) for w in caught],
@@ -198,6 +200,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="time BKD and cleanlab on 10,000 and 50,000 vectors")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-scores", type=Path, help="folder for each case's per-sample scores (.npz)")
     parser.add_argument("--size", type=int, default=10_000, help="training images of the n-* cases")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # the bkd_core of this checkout
@@ -215,7 +218,8 @@ def main() -> None:
             continue
         x, y, noisy = case_data(name, args.size)
         row = {"case": name, "n": len(y), "noise_rate": float(noisy.mean()), "threads": args.threads}
-        row.update(run_bkd(x, y, noisy))
+        save = None if args.save_scores is None else args.save_scores / f"{name}-{len(y)}.npz"
+        row.update(run_bkd(x, y, noisy, save))
         if not args.no_cleanlab:
             row.update(run_cleanlab(x, y, noisy))
         rows.append(row)
