@@ -58,6 +58,7 @@ __all__ = [
     "FeatureCacheError",
     "FeatureExtractor",
     "PatchFeatureSettings",
+    "as_images",
     "cached_features",
     "data_fingerprint",
     "extract_backbone_features",
@@ -272,15 +273,57 @@ def register_extractor(settings_type: type, extractor: FeatureExtractor) -> None
 # --------------------------------------------------------------------------------------------
 # input checks and small helpers
 # --------------------------------------------------------------------------------------------
-def _check_images(images: np.ndarray, name: str) -> np.ndarray:
+def _check_images(images: np.ndarray, name: str, *, allow_empty: bool = False) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] < 1 or images.shape[2] < 1:
         raise ValueError(f"{name} must be uint8 HWC images [N, H, W, 3], got shape {images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 in [0, 255], got dtype {images.dtype}")
-    if len(images) == 0:
+    if len(images) == 0 and not allow_empty:
         raise ValueError(f"{name} is empty")
     return images
+
+
+def _is_pil(image: Any) -> bool:
+    return type(image).__module__.startswith("PIL.")
+
+
+def as_images(images: Any, name: str = "images", *, progress: bool = False) -> np.ndarray:
+    """One set of images in any supported form as a C-contiguous uint8 array ``[N, H, W, 3]``.
+
+    Accepted: a uint8 numpy array ``[N, H, W, 3]`` (RGB, any strides), a uint8 torch tensor ``[N, H, W, 3]``
+    or ``[N, 3, H, W]`` (torchvision's layout), or a sequence of PIL images (converted to RGB) or of
+    uint8 arrays ``[H, W, 3]``, all of one size. Anything else gets a ValueError that says how to convert it.
+    """
+    if isinstance(images, torch.Tensor):
+        t = images.detach().cpu()
+        if t.ndim == 4 and t.shape[1] == 3 and t.shape[3] != 3:  # [N, 3, H, W]
+            t = t.permute(0, 2, 3, 1)
+        images = t.numpy()
+    elif isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError(f"{name} is an empty sequence: pass at least one image")
+        from tqdm.auto import tqdm
+
+        rows = []
+        for image in tqdm(images, desc="reading images", unit="img", disable=not progress or len(images) < 5000,
+                          leave=False):
+            rows.append(np.asarray(image.convert("RGB")) if _is_pil(image) else np.asarray(image))
+        shapes = {row.shape for row in rows}
+        if len(shapes) > 1:
+            listed = ", ".join(map(str, sorted(shapes)[:3])) + (", ..." if len(shapes) > 3 else "")
+            raise ValueError(f"{name} holds images of {len(shapes)} different sizes ({listed}); resize them to "
+                             "one size first")
+        images = np.stack(rows)
+    array = np.asarray(images)
+    if array.dtype != np.uint8:
+        hint = (" (for floats in [0, 1]: (images * 255).round().astype(np.uint8))"
+                if np.issubdtype(array.dtype, np.floating) else "")
+        raise ValueError(f"{name} must be uint8 RGB values in [0, 255], got dtype {array.dtype}{hint}")
+    if array.ndim == 3 and array.shape[-1] == 3:
+        raise ValueError(f"{name} has shape {array.shape}: one image? pass a batch [N, H, W, 3] "
+                         f"(images[None] for a single one)")
+    return np.ascontiguousarray(_check_images(array, name))
 
 
 def _to_float_nchw(images_hwc: np.ndarray) -> torch.Tensor:
@@ -532,13 +575,18 @@ def extract_patch_features(train_images_hwc: np.ndarray, test_images_hwc: np.nda
     """
     s = settings
     train_images_hwc = _check_images(train_images_hwc, "train_images_hwc")
-    test_images_hwc = _check_images(test_images_hwc, "test_images_hwc")
+    test_images_hwc = _check_images(test_images_hwc, "test_images_hwc", allow_empty=True)
     if train_images_hwc.shape[1:] != test_images_hwc.shape[1:]:
         raise ValueError(f"train and test images differ in size: {train_images_hwc.shape[1:]} vs "
                          f"{test_images_hwc.shape[1:]}")
     h, w = train_images_hwc.shape[1:3]
     if h != w or h < s.patch_size + s.pool_grid - 1:
-        raise ValueError(f"images must be square and at least patch_size + pool_grid - 1 pixels, got {h}x{w}")
+        raise ValueError(f"the patch features need square images of at least {s.patch_size + s.pool_grid - 1} "
+                         f"pixels a side (patch_size + pool_grid - 1), got {h}x{w}; crop or resize them "
+                         "(32x32 is what the defaults were measured on)")
+    if len(train_images_hwc) < 2:
+        raise ValueError(f"the patch features are fitted on the images themselves: pass at least 2 images, "
+                         f"got {len(train_images_hwc)}")
     pooled = _pooled_codes(train_images_hwc, test_images_hwc, s, progress)
     projected = _reduce(pooled, len(train_images_hwc), s)
     n_train = len(train_images_hwc)
@@ -588,7 +636,7 @@ def extract_backbone_features(train_images_hwc: np.ndarray, test_images_hwc: np.
     """
     s = settings
     train_images_hwc = _check_images(train_images_hwc, "train_images_hwc")
-    test_images_hwc = _check_images(test_images_hwc, "test_images_hwc")
+    test_images_hwc = _check_images(test_images_hwc, "test_images_hwc", allow_empty=True)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
     net = _backbone(s).to(device)
     mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -604,7 +652,7 @@ def extract_backbone_features(train_images_hwc: np.ndarray, test_images_hwc: np.
                     x = F.interpolate(x, size=(s.image_size, s.image_size), mode="bilinear", align_corners=False)
                 parts.append(net((x - mean) / std).flatten(1).float().cpu())
                 bar.update(len(x))
-            outputs.append(torch.cat(parts))
+            outputs.append(torch.cat(parts) if parts else torch.empty(0, outputs[0].shape[1]))
     finally:
         bar.close()
     train, test = outputs
@@ -618,38 +666,51 @@ register_extractor(PatchFeatureSettings, extract_patch_features)
 register_extractor(BackboneFeatureSettings, extract_backbone_features)
 
 
-def extract_features(train_images_hwc: np.ndarray, test_images_hwc: np.ndarray, *,
-                     settings: Settings = PatchFeatureSettings(),
-                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Features of train and test images with the extractor registered for ``type(settings)``.
+def extract_features(images: Any, test_images: Any = None, *, settings: Settings = PatchFeatureSettings(),
+                     progress: bool = True) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Features of one image set, or of a train and a test set, with the extractor registered for
+    ``type(settings)``.
 
     Parameters
     ----------
-    train_images_hwc : np.ndarray
-        uint8 ``[N, H, W, 3]``; every statistic of the extractor is fitted on these only.
-    test_images_hwc : np.ndarray
-        uint8 ``[T, H, W, 3]``, transformed with the fitted statistics.
+    images : array_like
+        The images the extractor's statistics are fitted on (:func:`as_images`: a uint8 array
+        ``[N, H, W, 3]``, a uint8 torch tensor ``[N, H, W, 3]`` or ``[N, 3, H, W]``, or a list of PIL
+        images of one size).
+    test_images : array_like, optional
+        Images of the same size, transformed with the statistics fitted on ``images``. Omit it for
+        one set: the features of ``images`` alone are returned.
     settings : PatchFeatureSettings or BackboneFeatureSettings or a registered type
-        Which extractor, with which options.
+        Which extractor, with which options. Image sizes: the patch features (default) need square
+        images of at least ``patch_size + pool_grid - 1`` pixels (7 for the defaults); they were
+        measured on 32x32 images and cost about ``((H - 5) / 27)**2`` times as much per image for
+        larger ones (downscale large photos to 32x32 or 64x64 first, or use
+        :class:`BackboneFeatureSettings`, which resizes every image to ``image_size``).
     progress : bool
         Show a progress bar.
 
     Returns
     -------
-    train_features, test_features : np.ndarray
-        float32 ``[N, D]`` and ``[T, D]``.
+    np.ndarray or tuple of np.ndarray
+        float32 ``[N, D]`` for one set; ``(train_features [N, D], test_features [T, D])`` for two.
     """
     extractor = EXTRACTORS.get(type(settings))
     if extractor is None:
         known = ", ".join(t.__name__ for t in EXTRACTORS)
         raise TypeError(f"no extractor registered for {type(settings).__name__}; known settings types: {known}")
-    train, test = extractor(train_images_hwc, test_images_hwc, settings=settings, progress=progress)
+    single = test_images is None
+    train_images = as_images(images, "images" if single else "train images", progress=progress)
+    test_images = (train_images[:0] if single
+                   else as_images(test_images, "test images", progress=progress))
+    train, test = extractor(train_images, test_images, settings=settings, progress=progress)
     train, test = np.ascontiguousarray(train, dtype=np.float32), np.ascontiguousarray(test, dtype=np.float32)
+    if single and test.size == 0:
+        test = test.reshape(0, train.shape[1] if train.ndim == 2 else 0)
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1] \
-            or len(train) != len(train_images_hwc) or len(test) != len(test_images_hwc):
+            or len(train) != len(train_images) or len(test) != len(test_images):
         raise ValueError(f"extractor for {type(settings).__name__} returned shapes {train.shape} and "
-                         f"{test.shape} for {len(train_images_hwc)} train and {len(test_images_hwc)} test images")
-    return train, test
+                         f"{test.shape} for {len(train_images)} train and {len(test_images)} test images")
+    return train if single else (train, test)
 
 
 # --------------------------------------------------------------------------------------------
@@ -705,24 +766,34 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _images_of(data_or_images: Any) -> tuple[np.ndarray, np.ndarray, str]:
+def _is_image_batch(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
+
+
+def _images_of(data_or_images: Any, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(train images, test images or None for one set, cache name) of any accepted input form."""
     if hasattr(data_or_images, "train_images") and hasattr(data_or_images, "test_images"):
         return (data_or_images.train_images, data_or_images.test_images,
                 str(getattr(data_or_images, "dataset", "data")))
-    try:
+    if (isinstance(data_or_images, (tuple, list)) and len(data_or_images) == 2
+            and all(_is_image_batch(v) or isinstance(v, (list, tuple)) for v in data_or_images)):
         train, test = data_or_images
-    except (TypeError, ValueError):
-        raise TypeError("data_or_images must be a NoisyCIFAR (or any object with train_images and "
-                        "test_images) or a pair (train_images_hwc, test_images_hwc)") from None
-    return np.asarray(train), np.asarray(test), "images"
+        return (as_images(train, "train images", progress=progress),
+                as_images(test, "test images", progress=progress), "images")
+    return as_images(data_or_images, "images", progress=progress), None, "images1"
 
 
 def feature_cache_path(data_or_images: Any, *, settings: Settings = PatchFeatureSettings(),
                        root: str | os.PathLike | None = None) -> Path:
     """Where :func:`cached_features` keeps the features of these images and settings:
     ``<cache dir>/<name>-<kind>-<settings fingerprint>-<data fingerprint>.npz``."""
-    train, test, name = _images_of(data_or_images)
-    key = f"{name}-{settings.kind}-{settings.fingerprint()}-{data_fingerprint(train, test)}"
+    return _cache_path(*_images_of(data_or_images), settings=settings, root=root)
+
+
+def _cache_path(train: np.ndarray, test: np.ndarray | None, name: str, *, settings: Settings,
+                root: str | os.PathLike | None) -> Path:
+    arrays = (train,) if test is None else (train, test)
+    key = f"{name}-{settings.kind}-{settings.fingerprint()}-{data_fingerprint(*arrays)}"
     return feature_cache_dir(root) / f"{key}.npz"
 
 
@@ -767,9 +838,11 @@ def cached_features(data_or_images: Any, *, settings: Settings = PatchFeatureSet
 
     Parameters
     ----------
-    data_or_images : NoisyCIFAR or tuple of np.ndarray
-        A :class:`~bkd_core.data.NoisyCIFAR` (its ``train_images`` and ``test_images``) or a pair
-        ``(train_images_hwc, test_images_hwc)`` of uint8 ``[N, H, W, 3]`` / ``[T, H, W, 3]``.
+    data_or_images : array_like, NoisyCIFAR or tuple
+        One image set (a uint8 array ``[N, H, W, 3]``, a uint8 torch tensor ``[N, H, W, 3]`` or
+        ``[N, 3, H, W]``, or a list of PIL images of one size; see :func:`extract_features` for the
+        sizes supported), a :class:`~bkd_core.data.NoisyCIFAR` (its ``train_images`` and ``test_images``)
+        or a tuple ``(train_images, test_images)`` of two such sets.
     settings : PatchFeatureSettings or BackboneFeatureSettings
         Extractor settings; their fingerprint is part of the file name.
     root : path, optional
@@ -782,8 +855,9 @@ def cached_features(data_or_images: Any, *, settings: Settings = PatchFeatureSet
 
     Returns
     -------
-    train_features, test_features : np.ndarray
-        float32 ``[N, D]`` and ``[T, D]``, rows in the order of the images.
+    np.ndarray or tuple of np.ndarray
+        For one image set: float32 ``[N, D]``; otherwise ``(train_features [N, D], test_features
+        [T, D])``; rows in the order of the images.
 
     Notes
     -----
@@ -794,20 +868,25 @@ def cached_features(data_or_images: Any, *, settings: Settings = PatchFeatureSet
     """
     if on_damaged not in ("recompute", "raise"):
         raise ValueError(f"on_damaged must be 'recompute' or 'raise', got {on_damaged!r}")
-    train_images, test_images, _ = _images_of(data_or_images)
-    path = feature_cache_path(data_or_images, settings=settings, root=root)
+    train_images, test_images, name = _images_of(data_or_images, progress)
+    path = _cache_path(train_images, test_images, name, settings=settings, root=root)
+    single = test_images is None
+    if single:
+        test_images = train_images[:0]
     if path.is_file():  # anything else at the path is refused below, before any extraction
         try:
-            return _read_cached(path, len(train_images), len(test_images), settings)
+            train, test = _read_cached(path, len(train_images), len(test_images), settings)
+            return train if single else (train, test)
         except FeatureCacheError as exc:
             if on_damaged == "raise":
                 raise
             warnings.warn(f"{exc}; recomputing it now", RuntimeWarning, stacklevel=2)
     _check_cache_target(path, root)
-    train, test = extract_features(train_images, test_images, settings=settings, progress=progress)
+    out = extract_features(train_images, None if single else test_images, settings=settings, progress=progress)
+    train, test = (out, out[:0]) if single else out
     _write_atomic(path, train=train, test=test, fingerprint=np.array(settings.fingerprint()),
                   settings=np.array(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)))
-    return train, test
+    return train if single else (train, test)
 
 
 # --------------------------------------------------------------------------------------------

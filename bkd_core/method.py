@@ -30,7 +30,10 @@ __all__ = [
     "TippingPoint",
     "agreement_probability",
     "assign_groups",
+    "BKDStep",
+    "bkd_step",
     "blind_distillation_loss",
+    "no_peak_fallback",
     "detect",
     "find_tipping_point",
     "group_alpha",
@@ -226,6 +229,79 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+@dataclass(frozen=True)
+class BKDStep:
+    """Result of :func:`bkd_step` for a batch of ``B`` samples.
+
+    Attributes:
+        loss: scalar, ``cross_entropy + compensation``: what the SGD step minimises.
+        cross_entropy: scalar, the teacher's cross-entropy on the given labels (phase 1) or on the
+            robust targets (phase 2).
+        compensation: scalar, :func:`blind_distillation_loss`.
+        agreement: float ``[B]``, the agreement probability of the given label (no gradient).
+        teacher_p: float ``[B]``, the teacher's probability of the given label (no gradient).
+        student_p: float ``[B]``, the student's probability of the given label (no gradient).
+        student_confidence: float ``[B]``, the student's top probability (no gradient); its mean
+            over an epoch is the tipping rule's statistic.
+    """
+
+    loss: Tensor
+    cross_entropy: Tensor
+    compensation: Tensor
+    agreement: Tensor
+    teacher_p: Tensor
+    student_p: Tensor
+    student_confidence: Tensor
+
+
+def bkd_step(
+    teacher_logits: Tensor,
+    student_logits: Tensor,
+    labels: Tensor,
+    *,
+    alpha: Tensor | None = None,
+    detach_teacher: bool = False,
+    reduction: str = "official",
+    detach_robust_target: bool = False,
+) -> BKDStep:
+    """BKD's losses and per-sample statistics for one batch (the training step without the SGD update).
+
+    ``compensation = blind_distillation_loss(z_T, z_S, y)``; phase 1 (``alpha`` None):
+    ``cross_entropy = CE(z_T, y)``; phase 2: ``cross_entropy = soft_CE(z_T, robust_targets(y,
+    softmax(z_S), alpha))``; ``loss = cross_entropy + compensation``. The statistics are computed
+    without gradient from the same logits. The trainer (:class:`bkd_core.train.BKDTrainer`) and
+    :func:`bkd_core.label_issues.find_label_issues` both call this.
+
+    Args:
+        teacher_logits: float ``[B, C]``.
+        student_logits: float ``[B, C]``.
+        labels: int ``[B]`` in ``[0, C)``, the given labels.
+        alpha: float ``[B]``, each sample's robust-target weight (phase 2, :func:`group_alpha`), or
+            None for phase 1.
+        detach_teacher: see :func:`blind_distillation_loss` (official False).
+        reduction: see :func:`blind_distillation_loss` (official ``"official"``).
+        detach_robust_target: see :func:`robust_targets`' ``detach_student`` (official False).
+
+    Returns:
+        :class:`BKDStep`.
+    """
+    compensation = blind_distillation_loss(teacher_logits, student_logits, labels, detach_teacher=detach_teacher,
+                                           reduction=reduction)
+    probs_s = student_logits.softmax(1)
+    if alpha is None:
+        ce = F.cross_entropy(teacher_logits, labels)
+    else:
+        ce = soft_cross_entropy(teacher_logits, robust_targets(labels, probs_s, alpha,
+                                                               detach_student=detach_robust_target))
+    loss = ce + compensation
+    with torch.no_grad():
+        rows = torch.arange(len(labels), device=labels.device)
+        return BKDStep(loss=loss, cross_entropy=ce, compensation=compensation,
+                       agreement=agreement_probability(teacher_logits, student_logits)[rows, labels],
+                       teacher_p=teacher_logits.softmax(1)[rows, labels], student_p=probs_s[rows, labels],
+                       student_confidence=probs_s.detach().max(1).values)
+
+
 # --------------------------------------------------------------------------------------------
 # tipping point
 # --------------------------------------------------------------------------------------------
@@ -277,15 +353,60 @@ class TippingPoint:
 
     ``epoch``: 0-based index into the curve of the epoch whose scores fix the groups;
     ``rule``: ``"peak"`` when the official strict-local-maximum rule fired, ``"fallback"`` when
-    the configured fallback epoch was taken because no peak had appeared in time.
+    the configured fallback epoch was taken because no peak had appeared in time, ``"highest"``
+    when training ended without a peak and the epoch of the highest statistic was taken.
     """
 
     epoch: int
-    rule: Literal["peak", "fallback"]
+    rule: Literal["peak", "fallback", "highest"]
+
+
+def _check_fallback(fallback) -> None:
+    if fallback is not None and fallback != "highest" and (
+            isinstance(fallback, (bool, str)) or int(fallback) != fallback or fallback < 0):
+        raise ValueError(f"fallback must be None, 'highest' or an integer >= 0 (a 0-based epoch), got {fallback!r}")
+
+
+def no_peak_fallback(
+    curve: Sequence[float], *, window: int = 2, fallback: int | Literal["highest"] | None = None,
+    final: bool = False,
+) -> TippingPoint | None:
+    """What BKD does when the peak rule has not fired: the one definition, used by the trainer
+    (``BKDConfig.tipping_fallback``) and by :func:`bkd_core.label_issues.find_label_issues`.
+
+    - ``fallback`` an integer (not in the official code, method.md quirk 5): epoch ``fallback`` once
+      ``len(curve) == fallback + window``, the moment a peak at ``fallback`` would have been seen
+      (or, with ``final``, once ``len(curve) >= fallback + window``); rule ``"fallback"``;
+    - ``fallback="highest"``: when training ends (``final``), the first epoch with the highest
+      statistic; rule ``"highest"``;
+    - ``fallback=None`` (official): never; phase 2 does not start and nothing is flagged.
+
+    Args:
+        curve: the per-epoch statistic so far, ``[E]``.
+        window: the peak rule's window (the delay before a peak can be seen), ``>= 1``.
+        fallback: an integer ``>= 0`` (a 0-based epoch), ``"highest"`` or None.
+        final: True after the last epoch of training (no later call will come).
+
+    Returns:
+        :class:`TippingPoint`, or None while (or, with ``final``, because) no rule applies.
+
+    Raises:
+        ValueError: ``fallback`` is none of the above.
+    """
+    _check_fallback(fallback)
+    if fallback == "highest":
+        if not final or len(curve) == 0:
+            return None
+        values = np.asarray([float(v) for v in curve], dtype=np.float64)
+        return TippingPoint(epoch=int(np.argmax(np.where(np.isnan(values), -np.inf, values))), rule="highest")
+    if fallback is not None and (len(curve) == fallback + window or (final and len(curve) >= fallback + window)):
+        return TippingPoint(epoch=int(fallback), rule="fallback")
+    return None
 
 
 def tipping_point(
-    curve: Sequence[float], *, window: int = 2, fallback: int | None = None
+    curve: Sequence[float], *, window: int = 2, fallback: int | Literal["highest"] | None = None,
+    final: bool = False,
 ) -> TippingPoint | None:
     """The tipping epoch the training loop acts on after the epochs in ``curve``, and its rule.
 
@@ -294,33 +415,29 @@ def tipping_point(
 
     1. ``"peak"``: :func:`find_tipping_point` ``(curve, window)``, the official rule (first
        strict local maximum, seen ``window`` epochs late, at least ``2*window + 2`` values);
-    2. ``"fallback"`` (not in the official code, method.md quirk 5): if no peak is found and
-       ``len(curve) == fallback + window``, epoch ``fallback`` is taken, i.e. at the moment a
-       peak at ``fallback`` would have been seen. The test is for equality: called with a longer
-       curve without a peak it returns None, as the training loop never asks again after it fired.
+    2. otherwise :func:`no_peak_fallback` ``(curve, window=window, fallback=fallback, final=final)``.
+       An integer ``fallback`` is tested for equality ``len(curve) == fallback + window``: called
+       with a longer curve without a peak it returns None (unless ``final``), as the training loop
+       never asks again after it fired.
 
     Args:
         curve: the per-epoch statistic so far (the student's mean max probability), ``[E]``: a
             sequence of floats, 1-D tensor or array.
         window: neighbours on each side that must be smaller (official 2), ``>= 1``.
-        fallback: 0-based epoch to use when no peak has appeared by ``fallback + window``
-            epochs; None (official) means phase 2 may never start.
+        fallback: see :func:`no_peak_fallback`; None (official) means phase 2 may never start.
+        final: True after the last epoch of training.
 
     Returns:
         :class:`TippingPoint`, or None while neither rule fires.
 
     Raises:
-        ValueError: ``window < 1`` (from :func:`find_tipping_point`) or ``fallback`` not None and
-            not an integer ``>= 0``.
+        ValueError: ``window < 1`` (from :func:`find_tipping_point`) or a bad ``fallback``.
     """
-    if fallback is not None and (isinstance(fallback, bool) or int(fallback) != fallback or fallback < 0):
-        raise ValueError(f"fallback must be None or an integer >= 0 (a 0-based epoch), got {fallback!r}")
+    _check_fallback(fallback)
     peak = find_tipping_point(curve, window)
     if peak is not None:
         return TippingPoint(epoch=peak, rule="peak")
-    if fallback is not None and len(curve) == fallback + window:
-        return TippingPoint(epoch=int(fallback), rule="fallback")
-    return None
+    return no_peak_fallback(curve, window=window, fallback=fallback, final=final)
 
 
 # --------------------------------------------------------------------------------------------

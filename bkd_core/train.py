@@ -1,5 +1,18 @@
 """Training: Blind Knowledge Distillation (``train_bkd``) and a plain cross-entropy baseline (``train_ce``).
 
+BKD in ten lines (one step: :func:`bkd_core.method.bkd_step`; no peak: :func:`~bkd_core.method.tipping_point`)::
+
+    for epoch in range(epochs):                     # teacher T, blind student S, one SGD over both
+        for x, y in shuffled batches:
+            zT, zS = T(x), S(x)
+            ce = CE(zT, y) if phase 1 else soft_CE(zT, robust_targets(y, softmax(zS), alpha[group]))
+            loss = ce + sum_{c != y} (zT[c] - zS[c])^2 / (B*C - 1)     # the blind compensation loss
+            SGD step on loss; stat += max(softmax(zS))                 # the student's confidence
+        score = agreement(T(x), S(x))[y] for every sample (training pass, and in eval mode until the tip)
+        if phase 1 and tipping_point(stat per epoch) (first strict peak, or the no-peak fallback):
+            groups = Otsu split of the tipping epoch's training-pass scores -> G1..G4; phase 2 starts
+    label issues = G4 of the Otsu split of the tipping epoch's eval-mode scores (below-threshold: G3 + G4)
+
 Both run on one device-resident pipeline (``bkd_core.augment``), checkpoint with atomic writes (every
 ``checkpoint_every`` epochs, also every ``checkpoint_seconds``, and at the end), and resume from
 ``run_dir``: the run re-trains from its last checkpoint, recomputing the epoch files written after it.
@@ -58,15 +71,7 @@ from .augment import (
 from .config import BKDConfig, stored_fingerprint
 from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
-from .method import (
-    agreement_probability,
-    blind_distillation_loss,
-    detect,
-    group_alpha,
-    robust_targets,
-    soft_cross_entropy,
-    tipping_point,
-)
+from .method import agreement_probability, bkd_step, detect, group_alpha, tipping_point
 from .metrics import detection_metrics, detector_summary, run_header
 from .models import build_model
 from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
@@ -648,36 +653,25 @@ class BKDTrainer(Trainer):
         self.alpha = None if groups is None else group_alpha(groups, self.config.alphas).to(self.device)
 
     def train_step(self, pos: torch.Tensor, *, step: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One BKD batch: teacher and blind student forward, cross-entropy on the given labels (phase 1) or on
-        the robust targets of the rows' groups (phase 2) plus the blind distillation loss, one SGD step
-        over both networks. Per sample: the agreement probability of the given label and each network's
-        probability of it; sums: cross-entropy, compensation loss, the student's top probability."""
+        """One BKD batch: teacher and blind student forward, :func:`~bkd_core.method.bkd_step` (phase 2 with the
+        rows' group weights), one SGD step over both networks. Per sample: the agreement probability of the given
+        label and each network's probability of it; sums: cross-entropy, compensation loss, the student's top
+        probability."""
         cfg = self.config
         x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
-        y = self.train_labels[pos]
         with self.step_networks(step) as nets:
             with self.autocast():
-                z_t = nets["teacher"](x)
-                z_s = nets["student"](x)
-            z_t, z_s = z_t.float(), z_s.float()
-            compensation = blind_distillation_loss(z_t, z_s, y, detach_teacher=cfg.detach_teacher,
-                                                   reduction=cfg.loss_reduction)
-            probs_s = z_s.softmax(1)
-            if self.alpha is None:
-                ce = F.cross_entropy(z_t, y)
-            else:
-                target = robust_targets(y, probs_s, self.alpha[pos], detach_student=cfg.detach_robust_target)
-                ce = soft_cross_entropy(z_t, target)
-            loss = ce + compensation
+                z_t, z_s = nets["teacher"](x), nets["student"](x)
+            out = bkd_step(z_t.float(), z_s.float(), self.train_labels[pos],
+                           alpha=None if self.alpha is None else self.alpha[pos], detach_teacher=cfg.detach_teacher,
+                           reduction=cfg.loss_reduction, detach_robust_target=cfg.detach_robust_target)
         if step:
-            self.optimizer_step(loss)
-        with torch.no_grad():
-            rows = torch.arange(len(y), device=self.device)
-            values = {"train_agreement": agreement_probability(z_t, z_s)[rows, y],
-                      "train_teacher_p": z_t.softmax(1)[rows, y], "train_student_p": probs_s[rows, y]}
-            sums = torch.stack([ce.detach() * len(y), compensation.detach() * len(y),
-                                probs_s.detach().max(1).values.sum()])
-        return values, sums
+            self.optimizer_step(out.loss)
+        n = len(pos)
+        sums = torch.stack([out.cross_entropy.detach() * n, out.compensation.detach() * n,
+                            out.student_confidence.sum()])
+        return {"train_agreement": out.agreement, "train_teacher_p": out.teacher_p,
+                "train_student_p": out.student_p}, sums
 
     def epoch_scalars(self, means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {**means, "loss": means["loss_ce"] + means["loss_compensation"],
@@ -694,7 +688,7 @@ class BKDTrainer(Trainer):
             return {}
         cfg = self.config
         point = tipping_point(self.history["mean_max_student"], window=cfg.tipping_window,
-                              fallback=cfg.tipping_fallback)
+                              fallback=cfg.tipping_fallback, final=self.epoch + 1 >= cfg.epochs)
         if point is None:
             return {"eval_agreement": self.eval_agreement()}
         tip = point.epoch

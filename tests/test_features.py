@@ -317,3 +317,71 @@ def test_failed_write_leaves_no_file(images, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         cached_features(images, settings=TINY, root=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# one image set, in any form
+# --------------------------------------------------------------------------------------------
+def test_one_image_set_gives_its_features_as_the_pair_form_does(images, tiny_features):
+    train, _ = images
+    single = extract_features(train, settings=TINY, progress=False)
+    assert isinstance(single, np.ndarray) and single.dtype == np.float32 and single.shape == (200, 16)
+    # fitted on the same images: exactly the pair form's training features (the test set is only transformed)
+    np.testing.assert_array_equal(single, tiny_features[0])
+
+
+def test_image_forms_give_the_same_features(images):
+    from PIL import Image
+
+    train = images[0][:60]
+    expected = extract_features(train, settings=TINY, progress=False)
+    forms = {
+        "strided view": (np.asfortranarray(train), expected),
+        "tensor NHWC": (torch.from_numpy(train), expected),
+        "tensor NCHW": (torch.from_numpy(train).permute(0, 3, 1, 2), expected),
+        "list of PIL": ([Image.fromarray(im) for im in train], expected),
+        "list of arrays": (list(train), expected),
+    }
+    reversed_view = extract_features(train[::-1], settings=TINY, progress=False)
+    np.testing.assert_array_equal(reversed_view, extract_features(train[::-1].copy(), settings=TINY, progress=False))
+    for name, (form, want) in forms.items():
+        got = extract_features(form, settings=TINY, progress=False)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+    # a grey or RGBA PIL image is converted to RGB
+    grey = [Image.fromarray(im).convert("L") for im in train]
+    assert extract_features(grey, settings=TINY, progress=False).shape == (60, 16)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.random.default_rng(0).random((10, 32, 32, 3)), r"uint8 .*\(images \* 255\)\.round\(\)"),
+    (np.zeros((32, 32, 3), np.uint8), r"one image\? pass a batch .*images\[None\]"),
+    (np.zeros((10, 32, 24, 3), np.uint8), "square images of at least 7 pixels a side.*got 32x24; crop or resize"),
+    (np.zeros((10, 5, 5, 3), np.uint8), "at least 7 pixels.*got 5x5"),
+    (np.zeros((1, 32, 32, 3), np.uint8), "at least 2 images, got 1"),
+    (np.zeros((0, 32, 32, 3), np.uint8), "images is empty"),
+    ([], "empty sequence"),
+    ([np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)], "2 different sizes.*resize them"),
+    (np.zeros((10, 32, 32), np.uint8), r"\[N, H, W, 3\]"),
+], ids=["floats", "one image", "not square", "too small", "one", "none", "empty list", "mixed sizes", "grey"])
+def test_unsupported_images_get_one_clear_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        extract_features(bad, settings=TINY, progress=False)
+
+
+def test_cached_features_of_one_image_set(images, tmp_path, monkeypatch):
+    train = images[0]
+    first = cached_features(train, settings=TINY, root=tmp_path, progress=False)
+    assert isinstance(first, np.ndarray) and first.shape == (200, 16) and first.dtype == np.float32
+    path = feature_cache_path(train, settings=TINY, root=tmp_path)
+    assert path.is_file() and path.name.startswith("images1-patches-")
+    assert path != feature_cache_path(images, settings=TINY, root=tmp_path)  # not the pair's key
+    assert feature_cache_path(torch.from_numpy(train), settings=TINY, root=tmp_path) == path  # same images
+    _forbid_extraction(monkeypatch)
+    np.testing.assert_array_equal(cached_features(list(train), settings=TINY, root=tmp_path, progress=False), first)
+
+
+def test_backbone_features_of_one_image_set():
+    torch.manual_seed(0)
+    s = BackboneFeatureSettings(arch="resnet18", weights=None, image_size=32, batch_size=4, device="cpu")
+    out = extract_features(_random_images(5, 4), settings=s, progress=False)
+    assert out.shape == (5, 512) and out.dtype == np.float32 and np.isfinite(out).all()

@@ -18,10 +18,12 @@ from bkd_core.method import (
     TippingPoint,
     agreement_probability,
     assign_groups,
+    bkd_step,
     blind_distillation_loss,
     detect,
     find_tipping_point,
     group_alpha,
+    no_peak_fallback,
     otsu_split,
     robust_targets,
     soft_cross_entropy,
@@ -385,6 +387,59 @@ def test_tipping_point_rejects_bad_arguments():
             tipping_point(RISE_FALL, fallback=bad)
     with pytest.raises(ValueError, match="window"):
         tipping_point(RISE_FALL, window=0)
+
+
+def test_no_peak_fallback_rules():
+    flat = [0.5, 0.6, 0.7, 0.7, 0.65, 0.7, 0.7]  # no strict peak with window 2
+    assert find_tipping_point(flat, 2) is None
+    # integer: at fallback + window epochs (or later when final), else never
+    assert no_peak_fallback(flat[:5], window=2, fallback=3) == TippingPoint(3, "fallback")
+    assert no_peak_fallback(flat, window=2, fallback=3) is None
+    assert no_peak_fallback(flat, window=2, fallback=3, final=True) == TippingPoint(3, "fallback")
+    assert no_peak_fallback(flat[:4], window=2, fallback=3, final=True) is None
+    # "highest": only at the end, the first epoch of the highest value
+    assert no_peak_fallback(flat, window=2, fallback="highest") is None
+    assert no_peak_fallback(flat, window=2, fallback="highest", final=True) == TippingPoint(2, "highest")
+    # None (official): never
+    assert no_peak_fallback(flat, window=2, fallback=None, final=True) is None
+    # tipping_point takes a peak first, the fallback only without one
+    assert tipping_point(RISE_FALL, fallback="highest", final=True).rule == "peak"
+    assert tipping_point(flat, fallback="highest", final=True) == TippingPoint(2, "highest")
+    for bad in ("max", 2.5, -1, True):
+        with pytest.raises(ValueError, match="fallback"):
+            no_peak_fallback(flat, fallback=bad)
+
+
+# --------------------------------------------------------------------------------------------
+# one BKD step
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("phase", [1, 2])
+def test_bkd_step_is_the_documented_sum_of_the_losses(phase):
+    t, s, y = _logits(6, 5, seed=3, device="cpu")
+    t.requires_grad_(True), s.requires_grad_(True)
+    alpha = None if phase == 1 else torch.tensor([0.3, 0.45, 0.55, 0.7, 0.3, 0.7], dtype=torch.float64)
+    out = bkd_step(t, s, y, alpha=alpha)
+    compensation = blind_distillation_loss(t, s, y)
+    ce = (F.cross_entropy(t, y) if alpha is None
+          else soft_cross_entropy(t, robust_targets(y, s.softmax(1), alpha)))
+    torch.testing.assert_close(out.compensation, compensation, rtol=0, atol=0)
+    torch.testing.assert_close(out.cross_entropy, ce, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, ce + compensation, rtol=0, atol=0)
+    rows = torch.arange(6)
+    torch.testing.assert_close(out.agreement, agreement_probability(t, s)[rows, y].detach())
+    torch.testing.assert_close(out.teacher_p, t.softmax(1)[rows, y].detach())
+    torch.testing.assert_close(out.student_p, s.softmax(1)[rows, y].detach())
+    torch.testing.assert_close(out.student_confidence, s.softmax(1).max(1).values.detach())
+    assert not (out.agreement.requires_grad or out.student_confidence.requires_grad)
+    out.loss.backward()  # the student gets a gradient through the compensation loss (and phase 2's targets)
+    assert s.grad is not None and t.grad is not None
+    # phase 2 with a detached robust target: the student's gradient is the compensation loss's alone
+    if phase == 2:
+        s2 = s.detach().clone().requires_grad_(True)
+        bkd_step(t.detach(), s2, y, alpha=alpha, detach_robust_target=True).loss.backward()
+        s3 = s.detach().clone().requires_grad_(True)
+        blind_distillation_loss(t.detach(), s3, y).backward()
+        torch.testing.assert_close(s2.grad, s3.grad)
 
 
 # --------------------------------------------------------------------------------------------
