@@ -46,7 +46,7 @@ class BKDLabelIssues:
     ranked : np.ndarray
         int64 ``[N]``: indices from the lowest quality to the highest.
     groups : np.ndarray
-        int64 ``[N]`` in ``{1, 2, 3, 4}`` (method.md, "Groups").
+        int64 ``[N]`` in ``{1, 2, 3, 4}`` (see :func:`bkd_core.method.assign_groups`).
     threshold : float
         The Otsu threshold; ``noise_rate`` is the fraction of scores below it.
     noise_rate : float
