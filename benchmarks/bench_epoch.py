@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Throughput of a BKD training epoch: the official pipeline (reconstructed) vs. bkd_core's.
 
-One run, one machine, side by side (issue 4). Both pipelines train the same network pair
+One run, one machine, side by side. Both pipelines train the same network pair
 (teacher + student, ``bkd_core/models.py``) with batch 128 and one SGD optimizer over both
 networks (lr 0.02, momentum 0.9, weight decay 5e-4), on the same images:
 
 (a) ``official``: the reconstruction of the official code's pipeline in ``official_pipeline.py``
-    (written from method.md, not copied): a PIL-based CIFAR-10 ``Dataset`` with torchvision's
+    (written from a description of it, not copied): a PIL-based CIFAR-10 ``Dataset`` with torchvision's
     flip/reflect-crop/normalize transforms, ``DataLoader(batch_size=128, shuffle=True,
     num_workers=<cores>)`` with fresh workers every epoch, fp32 NCHW, the official per-batch work
     and one host synchronisation (``loss.item()``) per batch; see that module's docstring.
@@ -514,7 +514,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", type=parse_variant, default=[],
                         help="extra pipeline LABEL=official|bkd_core[:KEY=VALUE,...] run with those env variables")
     parser.add_argument("--passive", action="store_true",
-                        help="add both pipelines with OMP_WAIT_POLICY=PASSIVE (see README)")
+                        help="add both pipelines with OMP_WAIT_POLICY=PASSIVE (see benchmarks/README.md)")
     parser.add_argument("--data-only-repeats", type=int, default=3,
                         help="also time each pipeline's input pipeline alone (no networks), this many passes")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul peak")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the first device: bash benchmarks/gpu_check.sh [--out report.json] [--budget 480] [--device cpu]
 # Runs benchmarks/gpu_check.py on the first GPU (CUDA_VISIBLE_DEVICES defaults to 0), or on the CPU
-# when there is none, and writes one JSON report (see the docstring of gpu_check.py and the README).
+# when there is none, and writes one JSON report (see the docstring of gpu_check.py and docs/gpu.md).
 # Python: $PYTHON if set, else the repository's .venv, else python3.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

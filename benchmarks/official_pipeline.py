@@ -1,6 +1,6 @@
 """The official BKD training pipeline, reconstructed for the throughput benchmark (``bench_epoch.py``).
 
-Written from ``docs/method.md`` (section 2), not copied from the official repository: a CIFAR-10
+Written from a description of the official code (``blind_knowledge_dist_training.py``), not copied from it: a CIFAR-10
 ``Dataset`` that turns each uint8 HWC array into a PIL image with ``Image.fromarray`` (as
 ``torchvision.datasets.CIFAR10.__getitem__``) and applies ``Compose([RandomHorizontalFlip(),
 RandomCrop(32, 4, padding_mode="reflect"), ToTensor(), Normalize(mean, std)])``;
@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the official code's CIFAR-10 normalization (method.md section 2)
+#: the official code's CIFAR-10 normalization (``blind_knowledge_dist_training.py``)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 

@@ -16,10 +16,10 @@ import torch
 
 @dataclass
 class BKDConfig:
-    """Every setting of a run. Defaults are the official code's (method.md section 2 and 3), except
+    """Every setting of a run. Defaults are the official code's (``blind_knowledge_dist_training.py``), except
     ``val_normalization="own"``: CIFAR-100 validation images get CIFAR-100 constants (quirk 7 fixed).
 
-    Switches for the official code's quirks (method.md section 3) that are cheap to switch:
+    Switches for the official code's quirks (numbered as in the book's chapter 08) that are cheap to switch:
     ``detach_teacher`` (quirk 1), ``detach_robust_target`` (2), ``loss_reduction`` (3),
     ``score_views`` (4), ``tipping_fallback`` (5), ``val_normalization`` (7),
     ``noisy_groups`` (10), ``otsu_criterion`` (11).
@@ -295,13 +295,13 @@ def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
     return lambda config: BKDConfig.from_dict(config).fingerprint(method)
 
 
-#: The official settings (method.md section 2): two PreResNet18, 300 epochs, full data. For a GPU.
+#: The official settings (``blind_knowledge_dist_training.py``): two PreResNet18, 300 epochs, full data. For a GPU.
 #: Its evaluation batch of 1,000 divides the 50,000 training images, the 5,000 validation and the 10,000
 #: test images, so a compiled network sees one evaluation shape (``drop_last=True`` does the same for
 #: training, at the price of a departure from the official code: appendix, chapter 8).
 PAPER = BKDConfig(profile="paper", eval_batch_size=1000)
 
-#: A CPU profile: one CIFAR-10N split in about 10 minutes on 2 cores (README explains the choices):
+#: A CPU profile: one CIFAR-10N split in about 10 minutes on 2 cores (``docs/profiles.md`` explains the choices):
 #: a narrow small CNN (16/32/64) on a 5,000-image subset, no augmentation and a constant learning
 #: rate, batch 32 (141 steps per epoch), 24 epochs. Two departures from the official code, both
 #: switchable: the robust target is detached (quirk 2) and, when the student's confidence plateaus
@@ -324,16 +324,13 @@ CPU = BKDConfig(
     eval_batch_size=128,  # the small CNN scores 5,000 images in less than half the time of 512 (benchmarks/README.md)
 )
 
-#: Full scale on a CPU (issue 12): all 50,000 training images (10% noisy validation, as the official code)
-#: as label-free feature vectors (``bkd_core.features``, computed once and cached), two MLPs with one hidden
-#: layer of 1,024 units, the official optimiser and batch size, 30 epochs at a constant learning rate (long
-#: enough for the cross-entropy baseline to memorize), every training image scored each phase-1 epoch. The
-#: tipping point comes from the official peak rule alone (no fallback), and the robust target is the official,
-#: undetached one. Measured on ``worst``, seed 0 (README): with two hidden layers of 512 the blind student
-#: copied the teacher's memorized labels in the first phase-2 epoch (student test accuracy 67.0% -> 57.2%,
-#: the pair ended at 60.0%); with one hidden layer of 1,024 the pair went on improving in phase 2 (68.3% at the
-#: switch, 70.7% at epoch 30) with the same detection (G4 F1 0.679). Detached (quirk 2, as in ``cpu``), the
-#: pair collapsed with either network (22.5% at epoch 30 with 512-512).
+#: Full scale on a CPU: all 50,000 training images (10% noisy validation, as the official code) as label-free
+#: feature vectors (``bkd_core.features``, computed once and cached), two MLPs with one hidden layer of 1,024
+#: units, the official optimiser and batch size, 30 epochs at a constant learning rate (long enough for the
+#: cross-entropy baseline to memorize), every training image scored each phase-1 epoch. The tipping point comes
+#: from the official peak rule alone (no fallback), and the robust target is the official, undetached one: one
+#: wide hidden layer keeps the pair improving in phase 2, where two layers of 512 let the student copy the
+#: teacher's memorized labels and a detached target made the pair collapse (``docs/profiles.md``).
 FEATURES = BKDConfig(
     profile="features",
     model="mlp",

@@ -78,7 +78,7 @@ CIFAR10_SPLITS: dict[str, str] = {
     "worst": "worse_label",  # sic: the release spells it "worse"
 }
 #: Noise rate of each CIFAR-N split over the full training set, as published with the release
-#: (method.md section 4). ``load_cifar_n`` warns when a label file's split is far from it.
+#: (github.com/UCSC-REAL/cifar-10-100n). ``load_cifar_n`` warns when a label file's split is far from it.
 PUBLISHED_NOISE_RATES: dict[str, float] = {
     "clean": 0.0, "aggre": 0.0901, "rand1": 0.1723, "rand2": 0.1812, "rand3": 0.1764, "worst": 0.4021,
     "clean100": 0.0, "noisy100": 0.4020,
@@ -316,7 +316,7 @@ def load_cifar_n_labels(path: str | os.PathLike, dataset: str | None = None) -> 
     """Load and validate a CIFAR-N label file (``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt``).
 
     The file is read with ``torch.load(weights_only=True)``; only numpy's array reconstruction,
-    ``ndarray`` and the numeric dtypes are allow-listed (method.md section 4), so no arbitrary
+    ``ndarray`` and the numeric dtypes are allow-listed (all that the release's files pickle), so no arbitrary
     object is ever unpickled.
 
     Args:

@@ -2,8 +2,8 @@
 
 Every function here is a plain function of tensors/arrays, without state, so that it can be tested
 against an independent computation. Defaults reproduce the official implementation
-(github.com/TimoK93/blind_knowledge_distillation, see ``method.md`` sections 2 and 3); switches
-expose the quirks that are cheap to change.
+(github.com/TimoK93/blind_knowledge_distillation, ``blind_knowledge_dist_training.py``, commit 56ae05a); switches
+expose the quirks that are cheap to change (numbered as in the book's chapter 08).
 
 Notation: ``B`` is the batch size, ``C`` the number of classes, ``N`` the number of scored samples.
 Logits are real-valued float tensors ``[B, C]``; labels are integer tensors ``[B]`` with values in
@@ -48,7 +48,7 @@ GROUP_ALPHAS: tuple[float, float, float, float] = (0.30, 0.45, 0.55, 0.70)
 
 #: The official Otsu code clamps each class variance to at least 1e-5 before taking the square
 #: root (``.clamp(0.00001).sqrt()``), so a class concentrated in one or two bins does not get a
-#: near-zero standard deviation. method.md does not mention it; we keep it as the default.
+#: near-zero standard deviation. A detail of the code only; we keep it as the default.
 OTSU_VARIANCE_FLOOR: float = 1e-5
 
 _REDUCTIONS = ("official", "mean")
@@ -106,7 +106,7 @@ def blind_distillation_loss(
 
     ``sum_{i, c != labels[i]} (teacher_logits[i, c] - student_logits[i, c])**2`` divided by
 
-    - ``B*C - 1`` for ``reduction="official"`` (the official code's denominator, method.md quirk 3);
+    - ``B*C - 1`` for ``reduction="official"`` (the official code's denominator, chapter 08, section 3);
     - ``B*(C - 1)`` for ``reduction="mean"`` (the mean over the entries that enter the sum).
 
     The label entry is masked out of the sum, so the gradient with respect to both networks'
@@ -118,7 +118,7 @@ def blind_distillation_loss(
         labels: int ``[B]`` in ``[0, C)`` (the given, possibly noisy labels).
         detach_teacher: if True the teacher logits are detached and the gradient reaches the
             student only. Default False = official (the teacher is also pulled to the student,
-            method.md quirk 1).
+            chapter 08, section 1).
         reduction: ``"official"`` or ``"mean"``.
 
     Returns:
@@ -184,7 +184,7 @@ def robust_targets(
         alpha: float ``[B]`` per-sample weight in ``[0, 1]`` (see :func:`group_alpha`), or a
             Python float used for every sample. ``alpha = 0`` gives the one-hot label.
         detach_student: if True the targets carry no gradient to ``student_probs``. Default False
-            = official (method.md quirk 2: in phase 2 the student receives gradients through the
+            = official (chapter 08, section 2: in phase 2 the student receives gradients through the
             targets, which contain the label).
 
     Returns:
@@ -415,7 +415,8 @@ def tipping_point(
 
     1. ``"peak"``: :func:`find_tipping_point` ``(curve, window)``, the official rule (first
        strict local maximum, seen ``window`` epochs late, at least ``2*window + 2`` values);
-    2. otherwise :func:`no_peak_fallback` ``(curve, window=window, fallback=fallback, final=final)``.
+    2. otherwise :func:`no_peak_fallback` ``(curve, window=window, fallback=fallback, final=final)``
+       (not in the official code, chapter 08, section 5).
        An integer ``fallback`` is tested for equality ``len(curve) == fallback + window``: called
        with a longer curve without a peak it returns None (unless ``final``), as the training loop
        never asks again after it fired.
@@ -486,7 +487,7 @@ def otsu_split(
 ) -> OtsuSplit:
     """Split scores in ``[0, 1]`` into a low (likely noisy) and a high class, Otsu style.
 
-    Exactly the official procedure (method.md section 2, "Otsu variant"):
+    Exactly the official procedure (``blind_knowledge_dist_training.py``; the book's chapter 08, section 11):
 
     1. histogram of the scores with ``bins`` equal bins on ``[0, 1]`` (``np.histogram(scores,
        bins, range=(0, 1))``: bins are half-open except the last, so 1.0 lands in the last bin);
@@ -496,7 +497,7 @@ def otsu_split(
        standard deviations ``sigma_j = sqrt(max(var_j, variance_floor))`` from the histogram
        (population variance); ``mu`` = mean of the raw scores;
     3. criterion ``"bkd"``: ``(n1 (mu1-mu)^2 + n2 (mu2-mu)^2) / (n1 sigma1 + n2 sigma2)``
-       (a Fisher-like ratio, method.md quirk 11); ``"classic"``: only the numerator (Otsu's
+       (a Fisher-like ratio, chapter 08, section 11); ``"classic"``: only the numerator (Otsu's
        between-class variance, up to a constant);
     4. the first ``s`` with the largest criterion wins; ``threshold = s / bins``.
 
@@ -575,7 +576,7 @@ def otsu_split(
 
 
 def assign_groups(scores, split: OtsuSplit) -> Tensor:
-    """Confidence groups of the scores (method.md section 2, "Groups").
+    """Confidence groups of the scores, as the official code forms them (the book's chapter 05).
 
     With ``t = split.threshold``, ``lo = split.lower_mean``, ``up = split.upper_mean``:
     1: ``p >= up``; 2: ``t <= p < up``; 3: ``lo <= p < t``; 4: ``p < lo``. G4 is what the official
@@ -637,7 +638,7 @@ class Detection:
         split: the :class:`OtsuSplit` of the scores.
         groups: int64 ``[N]`` numpy array in ``{1, 2, 3, 4}`` (:func:`assign_groups`).
         label_issues: bool ``[N]``, True for samples whose group is in ``noisy_groups`` (official:
-            G4 only, method.md quirk 10).
+            G4 only, chapter 08, section 10).
         below_threshold: bool ``[N]``, ``scores < split.threshold`` (G3 and G4).
     """
 
@@ -659,7 +660,7 @@ def detect(
     criterion: str = "bkd",
     noisy_groups: int | Sequence[int] = (4,),
 ) -> Detection:
-    """BKD's noise detection from the scores of the tipping epoch (method.md section 2).
+    """BKD's noise detection from the scores of the tipping epoch, as in the official code.
 
     ``split = otsu_split(scores, bins=bins, criterion=criterion)``, ``groups =
     assign_groups(scores, split)``, ``label_issues = groups in noisy_groups``, ``below_threshold =

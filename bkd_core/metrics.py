@@ -1,4 +1,4 @@
-"""Noise-detection metrics (the LMNL-2022 challenge metric, method.md section 2)."""
+"""Noise-detection metrics (the LMNL-2022 challenge metric, as the official code scores its detection)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ class PreActBlock(nn.Module):
 
 
 class OfficialPreResNet18(nn.Module):
-    """The network the official BKD code calls ``PreResNet18`` (method.md quirk 9).
+    """The network the official BKD code calls ``PreResNet18`` (the book's chapter 08, section 9).
 
     A hybrid: a post-activation stem (conv3x3-BN-ReLU, 64 channels), then four stages of two
     pre-activation blocks (64, 128, 256, 512 channels; strides 1, 2, 2, 2), then 4x4 average

@@ -1,4 +1,4 @@
-"""Published CIFAR-N figures to compare against (``../shared/docs/method.md`` section 5), with their protocol.
+"""Published CIFAR-N figures to compare against (Wei et al., ICLR 2022, and the methods' papers), with their protocol.
 
 The BKD paper's own result tables were not available to this project, so none are listed here.
 These are other methods' numbers as their papers report them, measured with a different protocol
