@@ -374,7 +374,7 @@ def no_peak_fallback(
     """What BKD does when the peak rule has not fired: the one definition, used by the trainer
     (``BKDConfig.tipping_fallback``) and by :func:`bkd_core.label_issues.find_label_issues`.
 
-    - ``fallback`` an integer (not in the official code, method.md quirk 5): epoch ``fallback`` once
+    - ``fallback`` an integer (not in the official code, chapter 08, section 5): epoch ``fallback`` once
       ``len(curve) == fallback + window``, the moment a peak at ``fallback`` would have been seen
       (or, with ``final``, once ``len(curve) >= fallback + window``); rule ``"fallback"``;
     - ``fallback="highest"``: when training ends (``final``), the first epoch with the highest
