@@ -47,7 +47,8 @@ def test_outputs_and_that_wrong_labels_score_lower():
     np.testing.assert_array_equal(np.sort(res.ranked), np.arange(n))
     assert (np.diff(res.label_quality[res.ranked]) >= 0).all()  # worst first
     assert set(np.unique(res.groups)) <= {1, 2, 3, 4}
-    np.testing.assert_array_equal(res.label_issues, res.groups == 4)
+    np.testing.assert_array_equal(res.label_issues, res.label_quality < res.threshold)  # the default mask
+    np.testing.assert_array_equal(res.g4, res.groups == 4)
     assert 0 <= res.tipping_epoch < len(res.epoch_statistic) <= 12
     assert res.noise_rate == pytest.approx(float((res.label_quality < res.threshold).mean()))
     # separated clusters, 30% wrong labels: the agreement score ranks wrong labels far below
@@ -61,9 +62,9 @@ def test_deterministic_and_flag_option():
     kwargs = dict(widths=(16,), epochs=8, batch_size=64, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        a = find_label_issues(x, given, **kwargs)
-        b = find_label_issues(x, given, **kwargs)
-        c = find_label_issues(x, given, flag="below_threshold", **kwargs)
+        a = find_label_issues(x, given, flag="g4", **kwargs)
+        b = find_label_issues(x, given, flag="g4", **kwargs)
+        c = find_label_issues(x, given, **kwargs)  # the default mask
     np.testing.assert_array_equal(a.label_quality, b.label_quality)
     np.testing.assert_array_equal(c.label_issues, c.label_quality < c.threshold)
     assert c.label_issues.sum() >= a.label_issues.sum()  # G4 lies below the threshold
