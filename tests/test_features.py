@@ -98,11 +98,14 @@ def test_statistics_fitted_on_train_only(images, tiny_features):
 def test_flip_invariance(images, tiny_features):
     train_images, test_images = images
     _, mirrored = extract_features(train_images, test_images[:, :, ::-1], settings=TINY, progress=False)
-    np.testing.assert_allclose(mirrored, tiny_features[1], rtol=1e-4, atol=1e-4)
+    # Exact in exact arithmetic; float32 sums in another order move a few features (seen: 2 of 40 rows, by up
+    # to 1.7e-3 on an Intel Xeon, features of std 0.8), while mirroring without the option moves every row by
+    # 1.1 or more (median 0.64): the tolerance sits far from both.
+    np.testing.assert_allclose(mirrored, tiny_features[1], rtol=0, atol=1e-2)
     plain = dataclasses.replace(TINY, flip_invariant=False)
     _, a = extract_features(train_images, test_images, settings=plain, progress=False)
     _, b = extract_features(train_images, test_images[:, :, ::-1], settings=plain, progress=False)
-    assert not np.allclose(a, b, atol=1e-2)  # without the option, mirroring changes the features
+    assert (np.abs(a - b).max(axis=1) > 0.1).all()  # without the option, mirroring changes every image's features
 
 
 def test_pooled_dim_matches_encoding():
