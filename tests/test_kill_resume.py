@@ -26,13 +26,13 @@ SCRIPT = textwrap.dedent("""
     kind, _, arg = point.partition(":")
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     if kind == "mid-epoch":  # during the n-th training step
-        calls, loss = [0], train.blind_distillation_loss
+        calls, loss = [0], train.bkd_step
         def counted(*a, **k):
             calls[0] += 1
             if calls[0] == int(arg):
                 die()
             return loss(*a, **k)
-        train.blind_distillation_loss = counted
+        train.bkd_step = counted
     elif kind == "after-checkpoint":  # right after the checkpoint of epoch n was written
         save = train.Trainer.save_checkpoint
         def save_then_die(self):
