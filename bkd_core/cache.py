@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import BKDConfig
 from .data import NoisyCIFAR
 from .io import user_cache_dir
-from .methods import METHODS
+from .detectors import METHODS
 from .provenance import code_hash
 from .train import RunResult
 
@@ -38,7 +38,7 @@ def run_key(kind: str, data: NoisyCIFAR, config: BKDConfig) -> str:
 
 
 def cached_methods() -> tuple[str, ...]:
-    """The methods :func:`cached_run` can train: those of :data:`bkd_core.methods.METHODS` whose run is a
+    """The methods :func:`cached_run` can train: those of :data:`bkd_core.detectors.METHODS` whose run is a
     single run of the training loop, fixed by its configuration (``Method.single_run``)."""
     return tuple(name for name, method in METHODS.items() if method.single_run)
 
@@ -61,7 +61,7 @@ def cached_run(kind: str, data: NoisyCIFAR, config: BKDConfig,
             raise ValueError(f"unknown method {kind!r}: cached_run trains {choices} runs")
         raise ValueError(f"cached_run trains {choices} runs, not {kind!r}: its result is not one training run "
                          f"keyed by the configuration alone; train it into a run folder of your own with "
-                         f"bkd_core.methods.METHODS[{kind!r}].train(data, config, run_dir, folds=..., progress=...)")
+                         f"bkd_core.detectors.METHODS[{kind!r}].train(data, config, run_dir, folds=..., progress=...)")
     # a single run has no folds: the registry's train ignores them
     return METHODS[kind].train(data, config, cache_dir(root) / run_key(kind, data, config), folds=1,
                                progress=progress)

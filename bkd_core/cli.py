@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, get_profile
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, download, load_cifar_n
 from .errors import BKDError
-from .methods import METHODS
+from .detectors import METHODS
 
 SUMMARY_KEYS = ("dataset", "split", "num_samples", "epochs", "wall_time_s", "device", "tipping_epoch", "threshold",
                 "estimated_noise_rate", "true_noise_rate", "detection_precision", "detection_recall", "detection_f1",

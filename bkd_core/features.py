@@ -757,7 +757,7 @@ def _check_cache_target(path: Path, root: str | os.PathLike | None) -> None:
 def data_fingerprint(*arrays: np.ndarray) -> str:
     """16 hex digits of the sha256 of the arrays' shapes, dtypes and bytes, in order (about 0.3 s for
     CIFAR's 180 MB): the data part of the feature cache's key (the train and test images) and of the
-    neighbour graph's (:func:`bkd_core.knn.cached_nearest_neighbours`, the feature matrix)."""
+    neighbour graph's (:func:`bkd_core.detectors.knn.cached_nearest_neighbours`, the feature matrix)."""
     digest = hashlib.sha256()
     for array in arrays:
         array = np.ascontiguousarray(array)

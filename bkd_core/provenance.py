@@ -28,8 +28,9 @@ from pathlib import Path
 __all__ = ["TRAINING_MODULES", "PACKAGE_DIR", "code_hash", "normalized_source"]
 
 #: ``bkd_core`` modules whose code decides what a training run computes (missing ones are skipped).
-TRAINING_MODULES: tuple[str, ...] = ("method", "train", "models", "augment", "data", "config", "confident_learning",
-                                     "features", "knn", "methods", "metrics")
+TRAINING_MODULES: tuple[str, ...] = ("method", "train", "models", "augment", "data", "config", "features",
+                                     "metrics", "detectors/registry", "detectors/confident_learning",
+                                     "detectors/knn")
 #: The folder of the ``bkd_core`` package this module belongs to.
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Length of the hexadecimal hash (48 bits: collisions between code versions are not a concern).
@@ -56,8 +57,9 @@ def code_hash(package_dir: str | os.PathLike | None = None, modules: Sequence[st
 
     Args:
         package_dir: folder holding the modules; None means this ``bkd_core`` package.
-        modules: module names (without ``.py``); those without a file in ``package_dir`` are skipped,
-            so adding an optional module later changes the hash once, when it appears.
+        modules: module paths relative to ``package_dir``, without ``.py`` (e.g. ``"detectors/knn"``);
+            those without a file in ``package_dir`` are skipped, so adding an optional module later
+            changes the hash once, when it appears.
 
     Raises:
         FileNotFoundError: none of ``modules`` exists in ``package_dir``.

@@ -30,8 +30,8 @@ import numpy as np
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
 from .errors import RunDirError
 from .io import atomic_write_json, is_folder_name, read_json
-from .methods import METHODS as METHOD_REGISTRY
-from .methods import methods_for
+from .detectors import METHODS as METHOD_REGISTRY
+from .detectors import methods_for
 from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
 from .rundir import RunDir, folder_lock
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .config import BKDConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
-METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.methods)
+METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.detectors)
 ALL_SPLITS: tuple[tuple[str, str], ...] = (*(("cifar10", s) for s in CIFAR10_SPLITS),
                                            *(("cifar100", s) for s in CIFAR100_SPLITS))
 #: Command-line options of each run's Jupyter kernel: its own log shows errors only, not the warning every

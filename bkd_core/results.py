@@ -17,7 +17,7 @@ import numpy as np
 from typing import TYPE_CHECKING, Sequence
 
 from .io import is_folder_name, read_json
-from .methods import METHODS
+from .detectors import METHODS
 from .metrics import ranking_auc
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ SUMMARY_METRICS = (
     "wall_time_s",
 )
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
-METHOD_ORDER = tuple(METHODS)  # bkd_core.methods: the registry's order
+METHOD_ORDER = tuple(METHODS)  # bkd_core.detectors: the registry's order
 #: A batch run's per-sample table (``reproduce.run_one``), gzip-compressed CSV.
 SAMPLES = "samples.csv.gz"
 #: The rows of it the results chapter shows (:func:`highlights`): committed, unlike the full table.

@@ -11,7 +11,7 @@ import pytest
 
 from bkd_core import features
 from bkd_core.config import BKDConfig
-from bkd_core.confident_learning import train_confident_learning
+from bkd_core.detectors.confident_learning import train_confident_learning
 from bkd_core.errors import RunDirError
 from bkd_core.synthetic import make_synthetic_cifar_n
 from bkd_core.train import train_bkd, train_ce, with_config_features
@@ -70,7 +70,7 @@ def test_features_config_checks(changes, fragment):
 
 
 def test_knn_on_features_writes_a_run_and_shares_one_neighbour_graph(data, tmp_path):
-    from bkd_core.methods import train_knn
+    from bkd_core.detectors.knn import train_knn
 
     first = train_knn(data, MLP, tmp_path / "knn", progress=False)
     assert first.label_issues.shape == (len(data),) and first.metrics["kind"] == "knn"

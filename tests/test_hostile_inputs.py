@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bkd_core import features as feat
-from bkd_core import knn
+from bkd_core.detectors import knn
 from bkd_core.config import BKDConfig, get_profile
 from bkd_core.features import FeatureCacheError, PatchFeatureSettings, cached_features, feature_cache_path
 

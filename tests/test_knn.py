@@ -1,11 +1,11 @@
-"""Tests of bkd_core.knn: k-nearest-neighbour label voting."""
+"""Tests of bkd_core.detectors.knn: k-nearest-neighbour label voting."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bkd_core.knn import knn_label_issues, nearest_neighbours
+from bkd_core.detectors.knn import knn_label_issues, nearest_neighbours
 
 
 def _clusters(n_per: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +78,7 @@ def test_arguments_are_checked(kwargs, match):
 
 
 def test_the_neighbour_graph_is_cached_once_per_feature_matrix(tmp_path, monkeypatch):
-    import bkd_core.knn as knn
+    import bkd_core.detectors.knn as knn
 
     x, labels = _clusters(20, 3, seed=4)
     graph = knn.cached_nearest_neighbours(x, k=5, root=tmp_path)

@@ -23,7 +23,8 @@ def package_copy(tmp_path):
     for name in TRAINING_MODULES:
         source = provenance.PACKAGE_DIR / f"{name}.py"
         if source.is_file():
-            shutil.copy(source, folder / source.name)
+            (folder / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, folder / f"{name}.py")
     return folder
 
 
@@ -32,7 +33,8 @@ def test_hash_is_stable_and_covers_the_training_modules(package_copy):
     assert len(value) == 12 and int(value, 16) >= 0
     assert code_hash() == value == code_hash(package_copy)
     present = [m for m in TRAINING_MODULES if (provenance.PACKAGE_DIR / f"{m}.py").is_file()]
-    assert {"method", "train", "models", "augment", "data", "config", "confident_learning"} <= set(present)
+    assert {"method", "train", "models", "augment", "data", "config", "detectors/confident_learning",
+            "detectors/knn", "detectors/registry"} <= set(present)
 
 
 def test_comments_docstrings_and_layout_do_not_count(package_copy):
@@ -97,7 +99,7 @@ def test_a_code_change_retrains_a_cached_run(tmp_path, monkeypatch):
 
 
 def test_cached_run_trains_the_registry_methods_of_a_single_run(tmp_path, monkeypatch):
-    from bkd_core.methods import METHODS, Method
+    from bkd_core.detectors import METHODS, Method
 
     assert cache.cached_methods() == ("bkd", "ce")  # the registry's single runs: folds and knn are not
     data = make_synthetic_cifar_n(n_train=40, n_test=10, noise_rate=0.3, seed=0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bkd_core.config import BKDConfig
-from bkd_core.confident_learning import train_confident_learning
+from bkd_core.detectors.confident_learning import train_confident_learning
 from bkd_core.errors import DamagedFileError, DivergedError, RunDirError, UnsafeFileError
 from bkd_core.rundir import RunDir
 from bkd_core.synthetic import make_synthetic_cifar_n

@@ -17,7 +17,7 @@ import pytest
 
 from bkd_core import cli, reproduce
 from bkd_core.config import BKDConfig
-from bkd_core.confident_learning import stratified_folds, train_confident_learning
+from bkd_core.detectors.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.metrics import ranking_auc
 from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
 from bkd_core.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,

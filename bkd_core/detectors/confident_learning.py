@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import NORMALIZATION, Normalizer, ordered_batches, to_device_images
-from .config import BKDConfig, stored_fingerprint
-from .data import NoisyCIFAR
-from .errors import DamagedFileError
-from .metrics import detector_summary, run_header
-from .rundir import RunDir
-from .train import RunResult, train_ce, training_subset, with_config_features
+from ..augment import NORMALIZATION, Normalizer, ordered_batches, to_device_images
+from ..config import BKDConfig, stored_fingerprint
+from ..data import NoisyCIFAR
+from ..errors import DamagedFileError
+from ..metrics import detector_summary, run_header
+from ..rundir import RunDir
+from ..train import RunResult, train_ce, training_subset, with_config_features
 
 __all__ = ["stratified_folds", "predict_probabilities", "train_confident_learning"]
 

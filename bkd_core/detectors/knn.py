@@ -16,14 +16,24 @@ beside the cached features.
 from __future__ import annotations
 
 import os
+import sys
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-__all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours", "cached_nearest_neighbours"]
+if TYPE_CHECKING:
+    from ..config import BKDConfig
+    from ..data import NoisyCIFAR
+    from ..train import RunResult
+
+__all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours", "cached_nearest_neighbours", "train_knn",
+           "KNN_NEIGHBOURS"]
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,8 @@ def cached_nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048,
     np.ndarray
         int64 ``[N, k]``, as :func:`nearest_neighbours` returns it.
     """
-    from .features import _check_cache_target, data_fingerprint, feature_cache_dir
-    from .io import atomic_path
+    from ..features import _check_cache_target, data_fingerprint, feature_cache_dir
+    from ..io import atomic_path
 
     x = _as_tensor(features)
     path = feature_cache_dir(root) / f"knn-{data_fingerprint(x.numpy())}-k{k}-b{batch_size}.npy"
@@ -199,3 +209,52 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     vote = np.where(own == top, y, counts.argmax(1))
     return KNNLabelIssues(label_issues=own < top, label_quality=quality,
                           ranked=np.argsort(quality, kind="stable"), vote=vote, neighbour_counts=counts)
+
+
+#: Neighbours per sample of the k-nearest-neighbour detector (SimiFeat / Docta use about 10).
+KNN_NEIGHBOURS = 10
+
+
+def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k: int = KNN_NEIGHBOURS,
+              progress: bool = True) -> "RunResult":
+    """k-nearest-neighbour label voting on the run's feature vectors (no training): a sample's quality is
+    the fraction of its ``k`` nearest neighbours (cosine) that carry its given label; it is flagged
+    when the neighbours' majority label differs from its own (:func:`knn_label_issues`).
+
+    Scores the same subset as the other methods (``config.train_size``, ``config.seed``), all of it.
+
+    Raises:
+        ValueError: ``config.features`` is not set (the detector needs feature vectors).
+    """
+    from ..config import stored_fingerprint
+    from ..metrics import detector_summary, run_header
+    from ..rundir import RunDir
+    from ..train import RunResult, training_subset, with_config_features
+
+    if not config.features:
+        raise ValueError("the knn detector votes over feature vectors: use a configuration with features "
+                         "(e.g. --profile features)")
+    rundir = RunDir(run_dir)
+    subset = training_subset(with_config_features(data, config, progress=progress), config)
+    identity = {"kind": "knn", "dataset": data.dataset, "split": data.split, "k": k, "num_samples": len(subset),
+                "fingerprint": config.fingerprint("knn"), "features": subset.feature_key}
+
+    def compute() -> None:
+        start = time.perf_counter()
+        # the neighbour graph depends on the features alone: one per batch, shared by its splits and seeds
+        graph = cached_nearest_neighbours(subset.train_features, k=k)
+        out = knn_label_issues(subset.train_features, subset.train_labels, k=k, num_classes=subset.num_classes,
+                               neighbours=graph)
+        wall = time.perf_counter() - start
+        estimate = float(out.label_issues.mean())
+        metrics = {**run_header("knn", subset, config), "k": k, "estimated_noise_rate": estimate,
+                   **detector_summary(out.label_issues, subset.is_noisy),
+                   "vote_acc_clean": float((out.vote == subset.clean_labels).mean()),
+                   "wall_time_s": round(wall, 2), "device": "cpu", "command": " ".join(sys.argv)}
+        arrays = {"label_issues": out.label_issues, "label_quality": out.label_quality.astype(np.float32),
+                  "ranked_indices": np.argsort(out.label_quality, kind="stable").astype(np.int64),
+                  "indices": subset.indices.astype(np.int64), "predicted_labels": out.vote.astype(np.int64)}
+        rundir.save_outputs(metrics, arrays)
+
+    return rundir.load_or_compute(identity, config.to_dict(), fingerprint=stored_fingerprint("knn"),
+                                  load=lambda: RunResult.load(rundir, config), compute=compute)
