@@ -14,7 +14,9 @@ For each: BKD's ``find_label_issues`` (default options, one training) gives F1 o
 below-threshold mask, the ranking AUC, the noise estimate and two one-class statistics of the scores
 (``separation``, Ashman's D of the two Otsu classes, and the bimodality coefficient); cleanlab's recipe is
 ``cross_val_predict(LogisticRegression(max_iter=1000), X, y, cv=5, method="predict_proba")`` then
-``cleanlab.filter.find_label_issues`` (F1, and AUC of ``cleanlab.rank.get_label_quality_scores``).
+``cleanlab.filter.find_label_issues`` (F1, and AUC of ``cleanlab.rank.get_label_quality_scores``);
+k-nearest-neighbour voting is ``bkd_core.detectors.knn.knn_label_issues`` (k = 10, cosine, no training;
+the neighbour graph computed, not read from a cache). Each is timed on its own.
 
 ``--speed`` instead times both on 10,000 and on all 50,000 training feature vectors (``worst`` labels),
 interleaved (BKD, cleanlab, BKD, cleanlab, ...), and reports the medians and their ratio.
@@ -24,7 +26,7 @@ Every BLAS and torch pool is limited to ``--threads`` (default 1) threads.
 Usage::
 
     BKD_DATA_DIR=... python benchmarks/bench_label_issues.py --out results.json [--cases test-sym-20 n-worst]
-        [--no-cleanlab] [--markdown table.md]
+        [--no-cleanlab] [--no-knn] [--size 50000] [--markdown table.md]
     BKD_DATA_DIR=... python benchmarks/bench_label_issues.py --speed --out speed.json [--repeats 3]
 
 Needs the CIFAR-10 images and CIFAR-N labels, and computes (once, cached) the patch features of the
@@ -143,6 +145,16 @@ def run_cleanlab(x: np.ndarray, y: np.ndarray, noisy: np.ndarray) -> dict:
             "auc_cleanlab": auc(quality, noisy)}
 
 
+def run_knn(x: np.ndarray, y: np.ndarray, noisy: np.ndarray) -> dict:
+    from bkd_core.detectors.knn import KNN_NEIGHBOURS, knn_label_issues
+
+    start = time.perf_counter()
+    res = knn_label_issues(x, y, k=KNN_NEIGHBOURS)
+    seconds = time.perf_counter() - start
+    return {"knn_seconds": round(seconds, 2), "f1_knn": f1(res.label_issues, noisy),
+            "auc_knn": auc(res.label_quality.astype(np.float64), noisy)}
+
+
 def speed(sizes: tuple[int, ...], repeats: int) -> list[dict]:
     """Median seconds of find_label_issues and of cleanlab's recipe on the same features, interleaved."""
     from bkd_core.data import load_cifar_n
@@ -173,8 +185,8 @@ def speed(sizes: tuple[int, ...], repeats: int) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| case | noise | BKD estimate | F1 G4 | F1 below | AUC BKD | F1 cleanlab | AUC cleanlab | separation "
-            "| bimodality | BKD s | cleanlab s |")
+    head = ("| case | N | noise | BKD estimate | F1 G4 | F1 below | AUC BKD | F1 cleanlab | AUC cleanlab | F1 kNN "
+            "| AUC kNN | separation | bimodality | BKD s | cleanlab s | kNN s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def pct(v):
@@ -184,10 +196,12 @@ def markdown(rows: list[dict]) -> str:
         return "" if v is None or v != v else f"{v:.{digits}f}"
 
     for r in rows:
-        lines.append(f"| {r['case']} | {pct(r['noise_rate'])} | {pct(r.get('estimate'))} | {pct(r.get('f1_g4'))} "
-                     f"| {pct(r.get('f1_below'))} | {num(r.get('auc_bkd'), 3)} | {pct(r.get('f1_cleanlab'))} "
-                     f"| {num(r.get('auc_cleanlab'), 3)} | {num(r.get('separation'))} | {num(r.get('bimodality'))} "
-                     f"| {num(r.get('bkd_seconds'), 1)} | {num(r.get('cleanlab_seconds'), 1)} |")
+        lines.append(f"| {r['case']} | {r['n']:,} | {pct(r['noise_rate'])} | {pct(r.get('estimate'))} "
+                     f"| {pct(r.get('f1_g4'))} | {pct(r.get('f1_below'))} | {num(r.get('auc_bkd'), 3)} "
+                     f"| {pct(r.get('f1_cleanlab'))} | {num(r.get('auc_cleanlab'), 3)} | {pct(r.get('f1_knn'))} "
+                     f"| {num(r.get('auc_knn'), 3)} | {num(r.get('separation'))} | {num(r.get('bimodality'))} "
+                     f"| {num(r.get('bkd_seconds'), 1)} | {num(r.get('cleanlab_seconds'), 1)} "
+                     f"| {num(r.get('knn_seconds'), 1)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +211,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the results (rewritten per case)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown")
     parser.add_argument("--no-cleanlab", action="store_true")
+    parser.add_argument("--no-knn", action="store_true")
     parser.add_argument("--speed", action="store_true", help="time BKD and cleanlab on 10,000 and 50,000 vectors")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -212,9 +227,9 @@ def main() -> None:
         args.out.write_text(json.dumps(speed((10_000, 50_000), args.repeats), indent=1))
         return
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
-    done = {r["case"] for r in rows}
+    done = {(r["case"], r["n"]) for r in rows}
     for name in args.cases:
-        if name in done:
+        if (name, args.size if name.startswith("n-") else 10_000) in done:
             continue
         x, y, noisy = case_data(name, args.size)
         row = {"case": name, "n": len(y), "noise_rate": float(noisy.mean()), "threads": args.threads}
@@ -222,6 +237,8 @@ def main() -> None:
         row.update(run_bkd(x, y, noisy, save))
         if not args.no_cleanlab:
             row.update(run_cleanlab(x, y, noisy))
+        if not args.no_knn:
+            row.update(run_knn(x, y, noisy))
         rows.append(row)
         args.out.write_text(json.dumps(rows, indent=1))
         print(json.dumps(row), flush=True)
