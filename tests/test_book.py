@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bkd_core import book
+from bkd_core.book import chapter
 
 nbformat = pytest.importorskip("nbformat")  # a book package: absent on a training-only machine
 
@@ -62,7 +63,7 @@ def test_missing_results_dir_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no reproduction batch .*looked in .*papermill -p results_dir"):
         book.find_results_dir("nowhere/batch")
     # bkd_core installed outside a checkout, run outside one: says so
-    monkeypatch.setattr(book, "__file__", str(tmp_path / "site-packages" / "bkd_core" / "book.py"))
+    monkeypatch.setattr(chapter, "__file__", str(tmp_path / "site-packages" / "bkd_core" / "book" / "chapter.py"))
     assert book.repository_root() is None
     with pytest.raises(FileNotFoundError, match="no repository found"):
         book.find_results_dir("reproductions/cpu")
@@ -145,16 +146,16 @@ def colab(monkeypatch, tmp_path):
     for name in ("BKD_DATA_DIR", "BKD_RUN_CACHE", "BKD_FEATURE_CACHE"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    monkeypatch.setattr(book, "COLAB_DATA", str(tmp_path / "content" / "data"))
-    monkeypatch.setattr(book, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
-    monkeypatch.setattr(book, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
-    monkeypatch.setattr(book, "COLAB_DRIVE", str(tmp_path / "drive"))
+    monkeypatch.setattr(chapter, "COLAB_DATA", str(tmp_path / "content" / "data"))
+    monkeypatch.setattr(chapter, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
+    monkeypatch.setattr(chapter, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
+    monkeypatch.setattr(chapter, "COLAB_DRIVE", str(tmp_path / "drive"))
     drive = types.SimpleNamespace(mounted=[])
     drive.mount = lambda path: drive.mounted.append(path)
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
     monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=drive))
     shown = []
-    monkeypatch.setattr(book, "_show_markdown", shown.append)
+    monkeypatch.setattr(chapter, "_show_markdown", shown.append)
     return types.SimpleNamespace(calls=calls, drive=drive, shown=shown, tmp=tmp_path)
 
 
@@ -162,15 +163,15 @@ def test_setup_colab_fetches_what_the_chapter_needs_and_says_where_runs_go(colab
     folders = book.setup_colab(images=["cifar10"], labels=["cifar100"])
     assert colab.calls == [("images", "cifar10"), ("labels", "cifar100")]
     assert folders == {"data": os.environ["BKD_DATA_DIR"], "runs": os.environ["BKD_RUN_CACHE"]}
-    assert folders["runs"] == book.COLAB_RUNS and Path(folders["runs"]).is_dir() and not colab.drive.mounted
+    assert folders["runs"] == chapter.COLAB_RUNS and Path(folders["runs"]).is_dir() and not colab.drive.mounted
     note = colab.shown[-1]
     assert "CIFAR-100N labels" in note and "deletes when the runtime ends" in note and "KEEP_RUNS_ON_DRIVE" in note
 
 
 def test_setup_colab_keeps_runs_on_drive(colab):
     folders = book.setup_colab(keep_runs_on_drive=True)
-    assert colab.drive.mounted == [book.COLAB_DRIVE]
-    assert folders["runs"] == book.COLAB_DRIVE_RUNS == os.environ["BKD_RUN_CACHE"]
+    assert colab.drive.mounted == [chapter.COLAB_DRIVE]
+    assert folders["runs"] == chapter.COLAB_DRIVE_RUNS == os.environ["BKD_RUN_CACHE"]
     assert "on your Google Drive" in colab.shown[-1]
 
 
@@ -182,18 +183,18 @@ def test_setup_colab_keeps_a_run_cache_the_reader_set(colab, monkeypatch):
 
 def test_setup_colab_says_where_the_features_are_cached(colab, monkeypatch):
     monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
-    monkeypatch.setattr(book, "COLAB_FEATURES", str(colab.tmp / "content" / "features"))
+    monkeypatch.setattr(chapter, "COLAB_FEATURES", str(colab.tmp / "content" / "features"))
     folders = book.setup_colab(features=True)
-    assert folders["features"] == book.COLAB_FEATURES == os.environ["BKD_FEATURE_CACHE"]
-    assert "computes label-free feature vectors" in colab.shown[-1] and book.COLAB_FEATURES in colab.shown[-1]
+    assert folders["features"] == chapter.COLAB_FEATURES == os.environ["BKD_FEATURE_CACHE"]
+    assert "computes label-free feature vectors" in colab.shown[-1] and chapter.COLAB_FEATURES in colab.shown[-1]
     assert "3-5 minutes" in colab.shown[-1]
 
 
 def test_setup_colab_keeps_the_features_on_drive_with_the_runs(colab, monkeypatch):
     monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
-    monkeypatch.setattr(book, "COLAB_DRIVE_FEATURES", str(colab.tmp / "drive" / "MyDrive" / "bkd-book" / "features"))
+    monkeypatch.setattr(chapter, "COLAB_DRIVE_FEATURES", str(colab.tmp / "drive" / "MyDrive" / "bkd-book" / "features"))
     folders = book.setup_colab(keep_runs_on_drive=True, features=True)
-    assert folders["features"] == book.COLAB_DRIVE_FEATURES == os.environ["BKD_FEATURE_CACHE"]
+    assert folders["features"] == chapter.COLAB_DRIVE_FEATURES == os.environ["BKD_FEATURE_CACHE"]
 
 
 def test_setup_colab_without_features_says_nothing_of_them(colab, monkeypatch):
@@ -257,7 +258,7 @@ def test_mean_of_a_summary():
 
     import pandas as pd
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     rows = [{"dataset": "cifar10", "split": "worst", "seed": s, "method": "bkd", "tipping_rule": "peak",
              "true_noise_rate": 0.4, "detection_f1": f1} for s, f1 in ((0, 0.6), (1, 0.7))]
@@ -273,7 +274,7 @@ def test_mean_of_a_summary():
 def _batch_table():
     import pandas as pd
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     rows = []
     for seed, rule in ((0, "peak"), (1, "fallback"), (2, "peak")):

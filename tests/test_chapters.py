@@ -259,7 +259,8 @@ def _results_parameters(folder: Path) -> dict:
     if REAL_DATA and (COMMITTED_CPU_BATCH / "summary.json").is_file():
         first = COMMITTED_BATCH if (COMMITTED_BATCH / "summary.json").is_file() else COMMITTED_CPU_BATCH
         return {"results_dir": str(first), "cpu_results_dir": str(COMMITTED_CPU_BATCH)}
-    from bkd_core import book, reproduce
+    from bkd_core import book
+    from bkd_core.book import reproduce
 
     data = book.load_data("synthetic")
     overrides = {"train_size": 300, "epochs": 4, "test_size": 100, "model_widths": (8, 16, 16), "tipping_fallback": 1}

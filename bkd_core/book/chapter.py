@@ -1,13 +1,13 @@
-"""Small non-plotting helpers for the book's chapters (``chapters/*.ipynb``).
+"""Small non-plotting helpers for the book's chapters (``chapters/*.ipynb``), re-exported as ``bkd_core.book``.
 
-The chapters stay thin: they load data, ask :func:`bkd_core.cache.cached_run` for a run, call a
-helper from here or :mod:`bkd_core.plots` and explain the result. Everything a chapter states as
+The chapters stay thin: they load data, ask :func:`bkd_core.book.cache.cached_run` for a run, call a
+helper from here or :mod:`bkd_core.book.plots` and explain the result. Everything a chapter states as
 a number is computed here (or in the chapter) and glued into the prose with :func:`glue`; the
 chapter's conclusions are also shown with their numbers outside the book build (:func:`conclusion`).
 
 What a chapter measures on a run (curves, the tipping point's robustness, detection tables) is in
-:mod:`bkd_core.analysis`; what a batch shows, in :mod:`bkd_core.results`. This module is the plumbing:
-Colab set-up, data and configuration, the run's settings as prose, tables, glue and conclusions.
+:mod:`bkd_core.book.analysis`; what a batch shows, in :mod:`bkd_core.book.results`. This module is the
+plumbing: Colab set-up, data and configuration, the run's settings as prose, tables, glue and conclusions.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import PROFILES, BKDConfig, get_profile
-from .data import NoisyCIFAR, load_cifar_n
+from ..config import PROFILES, BKDConfig, get_profile
+from ..data import NoisyCIFAR, load_cifar_n
 from .results import summary_cell, table_rows
 
 __all__ = [
@@ -37,12 +37,19 @@ __all__ = [
     "repository_root",
     "find_results_dir",
     "batch_summary",
+    "PAPER_RESULTS",
+    "paper_runs",
+    "paper_setting_note",
+    "paper_run",
+    "paper_tipping_args",
+    "COMPARISON_ROWS",
     "profile_comparison",
     "peak_rule_runs",
     "config_table",
     "setup_text",
     "departures_text",
     "table",
+    "GLUED",
     "glue",
     "render_glue",
     "conclusion",
@@ -95,7 +102,7 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     Returns the folders used: ``{"data": ..., "runs": ..., "features": ...}`` (``runs`` only when
     ``trains``, ``features`` only with ``features``).
     """
-    from .data import download, download_labels
+    from ..data import download, download_labels
 
     on_drive = trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ
     if on_drive:
@@ -162,7 +169,7 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
         download: fetch missing files first; None (default) means only inside Colab.
     """
     if dataset == "synthetic":
-        from .synthetic import make_synthetic_cifar_n
+        from ..synthetic import make_synthetic_cifar_n
 
         return make_synthetic_cifar_n(n_train=2000, n_test=500, noise_rate=0.4, seed=0)
     return load_cifar_n(dataset, split, data_dir, download=in_colab() if download is None else download)
@@ -213,11 +220,16 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
     raise ValueError(f"overrides must be a dict or JSON text, got {type(overrides).__name__}: {overrides!r}")
 
 
+def _package_dir() -> Path:
+    """The folder of this ``bkd_core`` package (this module is ``bkd_core/book/chapter.py``)."""
+    return Path(__file__).resolve().parents[1]
+
+
 def repository_root(start: str | os.PathLike | None = None) -> Path | None:
     """The book's repository (the folder holding ``_toc.yml``): searched upwards from ``start`` (default:
     the working directory), then from this ``bkd_core`` package's folder (a checkout or an editable
     install). None when neither lies inside one (e.g. ``bkd_core`` installed from PyPI or git)."""
-    for origin in (Path(start or os.getcwd()).resolve(), Path(__file__).resolve().parent):
+    for origin in (Path(start or os.getcwd()).resolve(), _package_dir()):
         for folder in (origin, *origin.parents):
             if (folder / "_toc.yml").is_file() and (folder / "bkd_core").is_dir():
                 return folder
@@ -244,14 +256,14 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
             return candidate.resolve()
     looked = ", ".join(str(c) for c in candidates)
     hint = "" if root is not None else (" (no repository found from the working directory or from bkd_core's location "
-                                        f"{Path(__file__).resolve().parent}: clone it, or pass an absolute path)")
+                                        f"{_package_dir()}: clone it, or pass an absolute path)")
     raise FileNotFoundError(f"no reproduction batch (summary.json) for results_dir={str(results_dir)!r}: looked in "
                             f"{looked}{hint}. Pass the folder written by `bkd reproduce --out DIR`, e.g. "
                             f"papermill -p results_dir /path/to/reproductions/cpu")
 
 
 def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
-    """:func:`bkd_core.results.summarize` of the reproduction batch ``results_dir`` (found as
+    """:func:`bkd_core.book.results.summarize` of the reproduction batch ``results_dir`` (found as
     :func:`find_results_dir` finds it), or None when there is no such batch, no finished run in it, or (with
     ``split``) no run of that split: for a chapter that compares with a committed batch when it is there."""
     from .results import collect_results, summarize
@@ -274,7 +286,7 @@ def paper_runs(results_dir: str | os.PathLike = PAPER_RESULTS) -> dict[str, dict
     """The ``paper``-setting runs in ``results_dir`` (found as :func:`find_results_dir` finds it), by split:
     each run's ``metrics.json`` (``methods``; per-epoch ``curves``; the ``agreement_histogram`` at the tipping
     epoch). ``{}`` when the folder is absent or holds no run with BKD's metrics."""
-    from .io import read_json
+    from ..io import read_json
 
     try:
         folder = find_results_dir(results_dir)
@@ -322,7 +334,7 @@ def paper_run(split: str, dataset: str = "cifar10",
 
 
 def paper_tipping_args(run: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`bkd_core.plots.plot_tipping`'s arguments for a ``paper``-setting run (:func:`paper_run`): BKD's
+    """:func:`bkd_core.book.plots.plot_tipping`'s arguments for a ``paper``-setting run (:func:`paper_run`): BKD's
     student curve and tipping point, and the cross-entropy run's memorization and test accuracy where the
     run has one."""
     from .analysis import memorization_onset, peak_epoch
@@ -342,7 +354,7 @@ def paper_tipping_args(run: Mapping[str, Any]) -> dict[str, Any]:
     return args
 
 
-#: Rows of :func:`profile_comparison`: those of :data:`bkd_core.results.SPLIT_TABLE_ROWS` with these labels.
+#: Rows of :func:`profile_comparison`: those of :data:`bkd_core.book.results.SPLIT_TABLE_ROWS` with these labels.
 COMPARISON_ROWS = table_rows((
     "true noise rate (%)", "BKD estimated noise rate (%)", "BKD tipping point from the peak rule (runs)",
     "BKD tipping epoch (from 1)", "BKD F1, G4 (%)", "flag everything F1 (%)", "BKD test accuracy, last epoch (%)",
@@ -360,7 +372,7 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
         split: the split whose batch rows are shown.
         run_label: the run's column label.
 
-    Rows :data:`COMPARISON_ROWS`; a batch cell is :func:`~bkd_core.results.summary_cell` ("mean ± std" over
+    Rows :data:`COMPARISON_ROWS`; a batch cell is :func:`~bkd_core.book.results.summary_cell` ("mean ± std" over
     its seeds, the peak-rule row "k of n"), the run's own cell its value (the peak-rule row "yes",
     "no: fallback" or "no tipping point").
     """
