@@ -209,6 +209,38 @@ def test_setup_colab_for_a_chapter_that_trains_nothing(colab):
     assert "runs" not in folders and "trains nothing" in colab.shown[-1]
 
 
+def test_setup_colab_clones_the_committed_results_and_works_in_the_chapters(colab, monkeypatch):
+    import subprocess
+
+    clone = colab.tmp / "content" / "bkd-book"
+    monkeypatch.setattr(chapter, "COLAB_CLONE", str(clone))
+    cloned = []
+
+    def fake_clone(command, check):  # git clone URL FOLDER: a repository with chapters/ and reproductions/
+        cloned.append(command)
+        (Path(command[-1]) / "chapters").mkdir(parents=True)
+        (Path(command[-1]) / "_toc.yml").write_text("")
+
+    monkeypatch.setattr(subprocess, "run", fake_clone)
+    monkeypatch.chdir(colab.tmp)
+    folders = book.setup_colab(trains=False, results=True)
+    assert cloned and cloned[0][:2] == ["git", "clone"] and chapter.REPOSITORY_URL in cloned[0]
+    assert Path.cwd() == clone / "chapters" and folders["results"] == str(clone / "reproductions")
+    assert "cloned into" in colab.shown[-1]
+    book.setup_colab(trains=False, results=True)  # a second run of the cell reuses the clone
+    assert len(cloned) == 1
+
+
+def test_setup_colab_says_when_the_clone_failed(colab, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(chapter, "COLAB_CLONE", str(colab.tmp / "content" / "bkd-book"))
+    monkeypatch.setattr(subprocess, "run", lambda command, check: None)  # no network: nothing cloned
+    monkeypatch.chdir(colab.tmp)
+    with pytest.raises(RuntimeError, match="could not clone .*internet connection"):
+        book.setup_colab(trains=False, results=True)
+
+
 # -- the run's setting, in words -----------------------------------------------------------------
 
 def test_setup_text_describes_each_profile():

@@ -81,10 +81,12 @@ COLAB_DATA, COLAB_RUNS = "/content/data", "/content/runs"
 COLAB_DRIVE, COLAB_DRIVE_RUNS = "/content/drive", "/content/drive/MyDrive/bkd-book/runs"
 #: Where Colab keeps the label-free feature vectors (the ``features`` profile), on the runtime or on Drive.
 COLAB_FEATURES, COLAB_DRIVE_FEATURES = "/content/features", "/content/drive/MyDrive/bkd-book/features"
+#: The book's repository (as ``repository.url`` in ``_config.yml``) and where Colab clones it for its committed results.
+REPOSITORY_URL, COLAB_CLONE = "https://github.com/bkd-book/bkd-book", "/content/bkd-book"
 
 
 def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = (), *, trains: bool = True,
-                keep_runs_on_drive: bool = False, features: bool = False) -> dict[str, str]:
+                keep_runs_on_drive: bool = False, features: bool = False, results: bool = False) -> dict[str, str]:
     """The Colab set-up cell of a chapter: data folders, the run cache, downloads, and a note to the reader.
 
     Sets ``$BKD_DATA_DIR`` (default ``/content/data``) and, for a chapter that trains (``trains``),
@@ -99,8 +101,15 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     where the first training run keeps the label-free feature vectors it computes once (a few minutes):
     ``/content/features``, or ``MyDrive/bkd-book/features`` on Google Drive with ``keep_runs_on_drive``.
 
-    Returns the folders used: ``{"data": ..., "runs": ..., "features": ...}`` (``runs`` only when
-    ``trains``, ``features`` only with ``features``).
+    With ``results`` (a chapter that reads the repository's committed batches) it clones the repository
+    (:data:`REPOSITORY_URL`, shallow) into ``/content/bkd-book`` unless it is there, and works in its
+    ``chapters`` folder, where the chapter's relative ``results_dir`` is found.
+
+    Returns the folders used: ``{"data": ..., "runs": ..., "features": ..., "results": ...}`` (``runs`` only
+    when ``trains``, ``features`` only with ``features``, ``results`` only with ``results``).
+
+    Raises:
+        RuntimeError: with ``results``, the repository could not be cloned (says what to check).
     """
     from ..data import download, download_labels
 
@@ -117,6 +126,8 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     if trains and features:
         folders["features"] = os.environ.setdefault("BKD_FEATURE_CACHE",
                                                     COLAB_DRIVE_FEATURES if on_drive else COLAB_FEATURES)
+    if results:
+        folders["results"] = _clone_repository()
     for dataset in images:
         download(dataset)
     for dataset in labels:
@@ -124,6 +135,20 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
             download_labels(dataset)
     _show_markdown(colab_note(folders, images, labels))
     return folders
+
+
+def _clone_repository() -> str:
+    """Clone :data:`REPOSITORY_URL` into :data:`COLAB_CLONE` (unless it is there) and work in its chapters."""
+    import subprocess
+
+    clone = Path(COLAB_CLONE)
+    if not (clone / "_toc.yml").is_file():
+        subprocess.run(["git", "clone", "-q", "--depth", "1", REPOSITORY_URL, str(clone)], check=False)
+    if not (clone / "chapters").is_dir():
+        raise RuntimeError(f"could not clone {REPOSITORY_URL} into {clone}: this chapter reads the committed results "
+                           "kept there; check the runtime's internet connection and run the cell again")
+    os.chdir(clone / "chapters")  # the chapter's relative results_dir is found in the clone
+    return str(clone / "reproductions")
 
 
 def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()) -> str:
@@ -135,7 +160,8 @@ def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), la
     lines = [f"Data: {', '.join(got) or 'none'} in `{folders['data']}`."]
     runs = folders.get("runs")
     if runs is None:
-        lines.append("This chapter trains nothing: it reads the repository's committed results.")
+        lines.append("This chapter trains nothing: it reads the repository's committed results"
+                     + (f" (cloned into `{folders['results']}`)." if folders.get("results") else "."))
     elif runs.startswith(COLAB_DRIVE):
         lines.append(f"Training runs go to `{runs}` on your Google Drive: they outlive this runtime, and the other "
                      "chapters (with the same parameters) reuse them.")
