@@ -1,5 +1,5 @@
 """The chapters' helpers for papermill and Colab readers: overrides as JSON, the results folder from
-any working directory, and conclusions shown with their numbers outside the book build."""
+any working directory, and conclusions shown with their numbers."""
 
 from __future__ import annotations
 
@@ -75,14 +75,14 @@ def test_repository_root_from_a_checkout(monkeypatch, tmp_path):
     assert book.repository_root(ROOT / "chapters") == ROOT
 
 
-# -- conclusions outside the book build --------------------------------------------------------
+# -- conclusions: written once, shown with their numbers -----------------------------------------
 
-def test_render_glue_fills_every_role_with_its_format():
+def test_render_conclusion_fills_every_field_with_its_format():
     values = {"rate": 40.2123, "split": "worst", "n": 3}
-    text = "On {glue:text}`split` {glue:text}`rate:.1f`% are wrong ({glue}`n` runs, {glue:any}`n`)."
-    assert book.render_glue(text, values) == "On worst 40.2% are wrong (3 runs, 3)."
+    text = "On {split} {rate:.1f}% are wrong ({n} runs, {n:,}); `{{literal}}` stays."
+    assert book.render_conclusion(text, values) == "On worst 40.2% are wrong (3 runs, 3); `{literal}` stays."
     with pytest.raises(KeyError, match="'missing' is not glued"):
-        book.render_glue("{glue:text}`missing:.1f`", values)
+        book.render_conclusion("{missing:.1f}", values)
 
 
 def test_glue_records_the_value():
@@ -93,18 +93,18 @@ def test_glue_records_the_value():
 
 
 def test_a_notebook_executed_with_papermill_shows_the_conclusion_with_its_number(tmp_path):
-    """A small notebook as the chapters are written: values glued in one cell, the conclusion in a
-    removed cell, the prose with glue roles. Executed with papermill, the output shows the sentence."""
+    """A small notebook as the chapters are written: a value glued in one cell, the conclusion written once
+    in a cell whose input the book removes, one value passed to it directly. Executed with papermill, the
+    cell's Markdown output is the sentence with its numbers, as the HTML book shows it."""
     import papermill as pm
 
-    sentence = "The noise rate is {glue:text}`rate:.1f`% on {glue:text}`split`."
+    sentence = "The noise rate is {rate:.1f}% on {split}, {runs} runs."
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     nb.cells = [
         nbformat.v4.new_code_cell("rate = 0.0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("from bkd_core import book\nbook.glue('rate', rate)\nbook.glue('split', 'worst')"),
-        nbformat.v4.new_code_cell(f'book.conclusion("""{sentence}""")', metadata={"tags": ["remove-cell"]}),
-        nbformat.v4.new_markdown_cell(sentence),
+        nbformat.v4.new_code_cell(f'book.conclusion("""{sentence}""", runs=3)', metadata={"tags": ["remove-input"]}),
     ]
     source, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, source)
@@ -121,8 +121,8 @@ def test_a_notebook_executed_with_papermill_shows_the_conclusion_with_its_number
     done = nbformat.read(out, as_version=4)
     shown = [o["data"]["text/markdown"] for c in done.cells if c.cell_type == "code"
              for o in c.outputs if "text/markdown" in o.get("data", {})]
-    assert shown == ["The noise rate is 40.2% on worst."]
-    # the book build still gets the glued values (MyST-NB's scrapbook outputs)
+    assert shown == ["The noise rate is 40.2% on worst, 3 runs."]
+    # the book build still gets the glued values (MyST-NB's scrapbook outputs) for the prose's glue roles
     glued = {o["metadata"]["scrapbook"]["name"] for c in done.cells if c.cell_type == "code"
              for o in c.outputs if "scrapbook" in o.get("metadata", {})}
     assert glued == {"rate", "split"}

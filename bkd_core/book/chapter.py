@@ -2,8 +2,8 @@
 
 The chapters stay thin: they load data, ask :func:`bkd_core.book.cache.cached_run` for a run, call a
 helper from here or :mod:`bkd_core.book.plots` and explain the result. Everything a chapter states as
-a number is computed here (or in the chapter) and glued into the prose with :func:`glue`; the
-chapter's conclusions are also shown with their numbers outside the book build (:func:`conclusion`).
+a number is computed here (or in the chapter) and glued into the prose with :func:`glue`, or written into
+one of the chapter's conclusions, shown with its numbers in the book and in the notebook alike (:func:`conclusion`).
 
 What a chapter measures on a run (curves, the tipping point's robustness, detection tables) is in
 :mod:`bkd_core.book.analysis`; what a batch shows, in :mod:`bkd_core.book.results`. This module is the
@@ -51,7 +51,7 @@ __all__ = [
     "table",
     "GLUED",
     "glue",
-    "render_glue",
+    "render_conclusion",
     "conclusion",
     "hide_injected_parameters",
 ]
@@ -543,16 +543,15 @@ def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = T
 #: Every value glued in this kernel, by name (what :func:`conclusion` fills in).
 GLUED: dict[str, Any] = {}
 
-#: A glue role of the prose: ``{glue:text}`name:.1f```, ``{glue}`name```, ``{glue:any}`name```.
-GLUE_ROLE = re.compile(r"\{glue(?::text|:any|:md|:)?\}`([^`:]+)(?::([^`]*))?`")
+#: A field of a conclusion: ``{name}`` or ``{name:spec}`` (``spec`` a format spec such as ``.1f``).
+FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
     """Glue ``value`` under ``name`` for MyST-NB (``{glue:text}`name:.1f```` in the prose).
 
     numpy scalars become Python numbers (so format specs work on them). The value is also kept in
-    :data:`GLUED`, from which :func:`conclusion` writes the prose's sentences with their numbers
-    for readers outside the book build (Colab, papermill), where glue roles are not resolved.
+    :data:`GLUED`, from which :func:`conclusion` fills in the chapter's sentences with their numbers.
     Without ``myst_nb`` (e.g. Colab) only that is done.
     """
     if isinstance(value, np.generic):
@@ -565,40 +564,38 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
-def render_glue(text: str, values: dict[str, Any] | None = None) -> str:
-    """``text`` (Markdown prose) with each glue role replaced by its value, formatted as the role says.
+def render_conclusion(text: str, values: Mapping[str, Any] | None = None) -> str:
+    """``text`` (Markdown) with each field ``{name}`` / ``{name:spec}`` replaced by ``format(values[name], spec)``.
 
-    ``{glue:text}`rate:.1f``` becomes ``format(values["rate"], ".1f")``, a role without a format
-    ``str(value)``. ``values`` defaults to :data:`GLUED` (everything glued so far in this kernel).
+    ``values`` defaults to :data:`GLUED` (everything glued so far in this kernel). As in :meth:`str.format`,
+    ``{{`` and ``}}`` stand for literal braces; other text stays as it is.
 
     Raises:
-        KeyError: a role names a value that was not glued (names it).
+        KeyError: a field names a value that is not in ``values`` (names it).
     """
     values = GLUED if values is None else values
 
     def fill(match: re.Match) -> str:
         name, spec = match.group(1), match.group(2)
         if name not in values:
-            raise KeyError(f"{name!r} is not glued (yet): glue it with book.glue before the conclusion that quotes it")
-        value = values[name]
-        return format(value, spec) if spec else str(value)
+            raise KeyError(f"{name!r} is not glued (yet): glue it with book.glue, or pass it to book.conclusion, "
+                           "before the conclusion that quotes it")
+        return format(values[name], spec or "")
 
-    return GLUE_ROLE.sub(fill, text)
+    protected = text.replace("{{", "\x00").replace("}}", "\x01")
+    return FIELD.sub(fill, protected).replace("\x00", "{").replace("\x01", "}")
 
 
-def conclusion(text: str) -> None:
-    """Show a sentence of the prose with its numbers, for readers of the notebook itself.
+def conclusion(text: str, **values: Any) -> None:
+    """Show a conclusion of the chapter, a sentence with its numbers, as the cell's Markdown output.
 
-    In the book, the prose quotes computed values with glue roles, which only the book build (MyST-NB)
-    resolves: in Colab, Jupyter or a notebook executed with papermill, a reader would see
-    ``{glue:text}`...``` placeholders. A chapter therefore repeats its conclusion sentences (copied
-    verbatim from its Markdown: a test checks that they are there) in a code cell tagged
-    ``remove-cell`` that calls this function. It displays ``text`` as Markdown with every glue role
-    filled in (:func:`render_glue`); the book build removes that cell, so the HTML shows each
-    sentence once, from the prose with its glue roles.
-    Returns None, so that the cell's value does not show the sentence a second time.
+    ``text`` is Markdown with fields ``{name}`` / ``{name:spec}``, filled in from the values glued so far
+    (:data:`GLUED`) and ``values`` (:func:`render_conclusion`). A chapter writes each conclusion once, in a
+    code cell tagged ``remove-input``: the HTML book shows the cell's Markdown output (MyST-NB renders it),
+    and so do Colab, Jupyter and a notebook executed with papermill, where glue roles in the prose would stay
+    unresolved. Returns None, so that the cell's value does not show the sentence a second time.
     """
-    _show_markdown(render_glue(text))
+    _show_markdown(render_conclusion(text, {**GLUED, **values}))
 
 
 # --------------------------------------------------------------------------------------------
