@@ -117,7 +117,7 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import BatchOptions, format_outcomes, plan, run_batch
+    from .book.reproduce import BatchOptions, format_outcomes, plan, run_batch
 
     overrides = parse_overrides(args.set)
     for name, value, least in (("--jobs", args.jobs, 1), ("--threads", args.threads, 1), ("--folds", args.folds, 2)):
@@ -145,7 +145,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _results(out: str) -> int:
-    from .results import batch_problems, collect_results, markdown_results
+    from .book.results import batch_problems, collect_results, markdown_results
 
     table = collect_results(out)
     if not len(table):
@@ -160,7 +160,7 @@ def _results(out: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .reproduce import check_run, record_check
+    from .book.reproduce import check_run, record_check
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -6,7 +6,7 @@ Run from the repository root: ``python docs/readme_figure.py`` (``make readme-fi
 
 from pathlib import Path
 
-from bkd_core import plots, results
+from bkd_core.book import plots, results
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """The chapters' helpers for papermill and Colab readers: overrides as JSON, the results folder from
-any working directory, and conclusions shown with their numbers outside the book build."""
+any working directory, and conclusions shown with their numbers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bkd_core import book
+from bkd_core.book import chapter
 
 nbformat = pytest.importorskip("nbformat")  # a book package: absent on a training-only machine
 
@@ -62,7 +63,7 @@ def test_missing_results_dir_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no reproduction batch .*looked in .*papermill -p results_dir"):
         book.find_results_dir("nowhere/batch")
     # bkd_core installed outside a checkout, run outside one: says so
-    monkeypatch.setattr(book, "__file__", str(tmp_path / "site-packages" / "bkd_core" / "book.py"))
+    monkeypatch.setattr(chapter, "__file__", str(tmp_path / "site-packages" / "bkd_core" / "book" / "chapter.py"))
     assert book.repository_root() is None
     with pytest.raises(FileNotFoundError, match="no repository found"):
         book.find_results_dir("reproductions/cpu")
@@ -74,14 +75,14 @@ def test_repository_root_from_a_checkout(monkeypatch, tmp_path):
     assert book.repository_root(ROOT / "chapters") == ROOT
 
 
-# -- conclusions outside the book build --------------------------------------------------------
+# -- conclusions: written once, shown with their numbers -----------------------------------------
 
-def test_render_glue_fills_every_role_with_its_format():
+def test_render_conclusion_fills_every_field_with_its_format():
     values = {"rate": 40.2123, "split": "worst", "n": 3}
-    text = "On {glue:text}`split` {glue:text}`rate:.1f`% are wrong ({glue}`n` runs, {glue:any}`n`)."
-    assert book.render_glue(text, values) == "On worst 40.2% are wrong (3 runs, 3)."
+    text = "On {split} {rate:.1f}% are wrong ({n} runs, {n:,}); `{{literal}}` stays."
+    assert book.render_conclusion(text, values) == "On worst 40.2% are wrong (3 runs, 3); `{literal}` stays."
     with pytest.raises(KeyError, match="'missing' is not glued"):
-        book.render_glue("{glue:text}`missing:.1f`", values)
+        book.render_conclusion("{missing:.1f}", values)
 
 
 def test_glue_records_the_value():
@@ -92,18 +93,18 @@ def test_glue_records_the_value():
 
 
 def test_a_notebook_executed_with_papermill_shows_the_conclusion_with_its_number(tmp_path):
-    """A small notebook as the chapters are written: values glued in one cell, the conclusion in a
-    removed cell, the prose with glue roles. Executed with papermill, the output shows the sentence."""
+    """A small notebook as the chapters are written: a value glued in one cell, the conclusion written once
+    in a cell whose input the book removes, one value passed to it directly. Executed with papermill, the
+    cell's Markdown output is the sentence with its numbers, as the HTML book shows it."""
     import papermill as pm
 
-    sentence = "The noise rate is {glue:text}`rate:.1f`% on {glue:text}`split`."
+    sentence = "The noise rate is {rate:.1f}% on {split}, {runs} runs."
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     nb.cells = [
         nbformat.v4.new_code_cell("rate = 0.0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("from bkd_core import book\nbook.glue('rate', rate)\nbook.glue('split', 'worst')"),
-        nbformat.v4.new_code_cell(f'book.conclusion("""{sentence}""")', metadata={"tags": ["remove-cell"]}),
-        nbformat.v4.new_markdown_cell(sentence),
+        nbformat.v4.new_code_cell(f'book.conclusion("""{sentence}""", runs=3)', metadata={"tags": ["remove-input"]}),
     ]
     source, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, source)
@@ -120,8 +121,8 @@ def test_a_notebook_executed_with_papermill_shows_the_conclusion_with_its_number
     done = nbformat.read(out, as_version=4)
     shown = [o["data"]["text/markdown"] for c in done.cells if c.cell_type == "code"
              for o in c.outputs if "text/markdown" in o.get("data", {})]
-    assert shown == ["The noise rate is 40.2% on worst."]
-    # the book build still gets the glued values (MyST-NB's scrapbook outputs)
+    assert shown == ["The noise rate is 40.2% on worst, 3 runs."]
+    # the book build still gets the glued values (MyST-NB's scrapbook outputs) for the prose's glue roles
     glued = {o["metadata"]["scrapbook"]["name"] for c in done.cells if c.cell_type == "code"
              for o in c.outputs if "scrapbook" in o.get("metadata", {})}
     assert glued == {"rate", "split"}
@@ -145,16 +146,16 @@ def colab(monkeypatch, tmp_path):
     for name in ("BKD_DATA_DIR", "BKD_RUN_CACHE", "BKD_FEATURE_CACHE"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    monkeypatch.setattr(book, "COLAB_DATA", str(tmp_path / "content" / "data"))
-    monkeypatch.setattr(book, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
-    monkeypatch.setattr(book, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
-    monkeypatch.setattr(book, "COLAB_DRIVE", str(tmp_path / "drive"))
+    monkeypatch.setattr(chapter, "COLAB_DATA", str(tmp_path / "content" / "data"))
+    monkeypatch.setattr(chapter, "COLAB_RUNS", str(tmp_path / "content" / "runs"))
+    monkeypatch.setattr(chapter, "COLAB_DRIVE_RUNS", str(tmp_path / "drive" / "MyDrive" / "bkd-book" / "runs"))
+    monkeypatch.setattr(chapter, "COLAB_DRIVE", str(tmp_path / "drive"))
     drive = types.SimpleNamespace(mounted=[])
     drive.mount = lambda path: drive.mounted.append(path)
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
     monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=drive))
     shown = []
-    monkeypatch.setattr(book, "_show_markdown", shown.append)
+    monkeypatch.setattr(chapter, "_show_markdown", shown.append)
     return types.SimpleNamespace(calls=calls, drive=drive, shown=shown, tmp=tmp_path)
 
 
@@ -162,15 +163,15 @@ def test_setup_colab_fetches_what_the_chapter_needs_and_says_where_runs_go(colab
     folders = book.setup_colab(images=["cifar10"], labels=["cifar100"])
     assert colab.calls == [("images", "cifar10"), ("labels", "cifar100")]
     assert folders == {"data": os.environ["BKD_DATA_DIR"], "runs": os.environ["BKD_RUN_CACHE"]}
-    assert folders["runs"] == book.COLAB_RUNS and Path(folders["runs"]).is_dir() and not colab.drive.mounted
+    assert folders["runs"] == chapter.COLAB_RUNS and Path(folders["runs"]).is_dir() and not colab.drive.mounted
     note = colab.shown[-1]
     assert "CIFAR-100N labels" in note and "deletes when the runtime ends" in note and "KEEP_RUNS_ON_DRIVE" in note
 
 
 def test_setup_colab_keeps_runs_on_drive(colab):
     folders = book.setup_colab(keep_runs_on_drive=True)
-    assert colab.drive.mounted == [book.COLAB_DRIVE]
-    assert folders["runs"] == book.COLAB_DRIVE_RUNS == os.environ["BKD_RUN_CACHE"]
+    assert colab.drive.mounted == [chapter.COLAB_DRIVE]
+    assert folders["runs"] == chapter.COLAB_DRIVE_RUNS == os.environ["BKD_RUN_CACHE"]
     assert "on your Google Drive" in colab.shown[-1]
 
 
@@ -182,18 +183,18 @@ def test_setup_colab_keeps_a_run_cache_the_reader_set(colab, monkeypatch):
 
 def test_setup_colab_says_where_the_features_are_cached(colab, monkeypatch):
     monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
-    monkeypatch.setattr(book, "COLAB_FEATURES", str(colab.tmp / "content" / "features"))
+    monkeypatch.setattr(chapter, "COLAB_FEATURES", str(colab.tmp / "content" / "features"))
     folders = book.setup_colab(features=True)
-    assert folders["features"] == book.COLAB_FEATURES == os.environ["BKD_FEATURE_CACHE"]
-    assert "computes label-free feature vectors" in colab.shown[-1] and book.COLAB_FEATURES in colab.shown[-1]
+    assert folders["features"] == chapter.COLAB_FEATURES == os.environ["BKD_FEATURE_CACHE"]
+    assert "computes label-free feature vectors" in colab.shown[-1] and chapter.COLAB_FEATURES in colab.shown[-1]
     assert "3-5 minutes" in colab.shown[-1]
 
 
 def test_setup_colab_keeps_the_features_on_drive_with_the_runs(colab, monkeypatch):
     monkeypatch.delenv("BKD_FEATURE_CACHE", raising=False)
-    monkeypatch.setattr(book, "COLAB_DRIVE_FEATURES", str(colab.tmp / "drive" / "MyDrive" / "bkd-book" / "features"))
+    monkeypatch.setattr(chapter, "COLAB_DRIVE_FEATURES", str(colab.tmp / "drive" / "MyDrive" / "bkd-book" / "features"))
     folders = book.setup_colab(keep_runs_on_drive=True, features=True)
-    assert folders["features"] == book.COLAB_DRIVE_FEATURES == os.environ["BKD_FEATURE_CACHE"]
+    assert folders["features"] == chapter.COLAB_DRIVE_FEATURES == os.environ["BKD_FEATURE_CACHE"]
 
 
 def test_setup_colab_without_features_says_nothing_of_them(colab, monkeypatch):
@@ -206,6 +207,38 @@ def test_setup_colab_without_features_says_nothing_of_them(colab, monkeypatch):
 def test_setup_colab_for_a_chapter_that_trains_nothing(colab):
     folders = book.setup_colab(images=["cifar10"], trains=False)
     assert "runs" not in folders and "trains nothing" in colab.shown[-1]
+
+
+def test_setup_colab_clones_the_committed_results_and_works_in_the_chapters(colab, monkeypatch):
+    import subprocess
+
+    clone = colab.tmp / "content" / "bkd-book"
+    monkeypatch.setattr(chapter, "COLAB_CLONE", str(clone))
+    cloned = []
+
+    def fake_clone(command, check):  # git clone URL FOLDER: a repository with chapters/ and reproductions/
+        cloned.append(command)
+        (Path(command[-1]) / "chapters").mkdir(parents=True)
+        (Path(command[-1]) / "_toc.yml").write_text("")
+
+    monkeypatch.setattr(subprocess, "run", fake_clone)
+    monkeypatch.chdir(colab.tmp)
+    folders = book.setup_colab(trains=False, results=True)
+    assert cloned and cloned[0][:2] == ["git", "clone"] and chapter.REPOSITORY_URL in cloned[0]
+    assert Path.cwd() == clone / "chapters" and folders["results"] == str(clone / "reproductions")
+    assert "cloned into" in colab.shown[-1]
+    book.setup_colab(trains=False, results=True)  # a second run of the cell reuses the clone
+    assert len(cloned) == 1
+
+
+def test_setup_colab_says_when_the_clone_failed(colab, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(chapter, "COLAB_CLONE", str(colab.tmp / "content" / "bkd-book"))
+    monkeypatch.setattr(subprocess, "run", lambda command, check: None)  # no network: nothing cloned
+    monkeypatch.chdir(colab.tmp)
+    with pytest.raises(RuntimeError, match="could not clone .*internet connection"):
+        book.setup_colab(trains=False, results=True)
 
 
 # -- the run's setting, in words -----------------------------------------------------------------
@@ -257,7 +290,7 @@ def test_mean_of_a_summary():
 
     import pandas as pd
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     rows = [{"dataset": "cifar10", "split": "worst", "seed": s, "method": "bkd", "tipping_rule": "peak",
              "true_noise_rate": 0.4, "detection_f1": f1} for s, f1 in ((0, 0.6), (1, 0.7))]
@@ -273,7 +306,7 @@ def test_mean_of_a_summary():
 def _batch_table():
     import pandas as pd
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     rows = []
     for seed, rule in ((0, "peak"), (1, "fallback"), (2, "peak")):

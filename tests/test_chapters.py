@@ -31,10 +31,9 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER_DIR = ROOT / "chapters"
 CHAPTERS = sorted(p.stem for p in CHAPTER_DIR.glob("*.ipynb"))
-PARAMETERS = ["dataset", "split", "profile", "seed", "train_size", "epochs", "device", "data_dir", "run_cache",
-              "overrides"]
+PARAMETERS = ["dataset", "split", "profile", "seed", "train_size", "epochs", "overrides"]
 RESULTS_CHAPTER = "07_results"  # reads a reproduction batch; its parameters say which one
-RESULTS_PARAMETERS = ["results_dir", "cpu_results_dir", "dataset", "gallery_split", "gallery_seed", "data_dir"]
+RESULTS_PARAMETERS = ["results_dir", "cpu_results_dir", "dataset", "gallery_split", "gallery_seed"]
 REAL_DATA = bool(os.environ.get("BKD_DATA_DIR"))
 COMMITTED_BATCH = ROOT / "reproductions" / "features"  # the results chapter's default batch
 COMMITTED_CPU_BATCH = ROOT / "reproductions" / "cpu"  # ... and the one it shows after it
@@ -54,6 +53,7 @@ TINY = {
 }
 
 GLUE_ROLE = re.compile(r"\{glue(?::text|:any|:md)?\}`([^`]+)`")
+CONCLUSION_FIELD = re.compile(r"\{\w+(?::[^{}]*)?\}")  # a number of a conclusion: {name} or {name:.1f}
 
 
 def _load_yaml(name: str) -> dict:
@@ -81,6 +81,9 @@ def test_config():
     # the Pages address of the configured repository
     owner, name = config["repository"]["url"].removeprefix("https://github.com/").split("/")[:2]
     assert config["html"]["baseurl"] == f"https://{owner}.github.io/{name}/"
+    from bkd_core.book.chapter import REPOSITORY_URL  # what Colab clones for the committed results
+
+    assert REPOSITORY_URL == config["repository"]["url"]
     assert config["bibtex_bibfiles"] == ["references.bib"] and (ROOT / "references.bib").is_file()
 
 
@@ -139,29 +142,28 @@ def test_chapter_shape(name):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "outputs stored"
-    # first code cell: Colab set-up, removed from the HTML, installing from the configured repository
+    # first code cell: Colab set-up, removed from the HTML, one short cell that installs bkd_core from the
+    # configured repository and calls the package (bkd_core.book.setup_colab), which fetches the data the chapter
+    # needs and says where its runs go
     colab = code[0]
     assert "remove-cell" in colab.metadata.get("tags", [])
-    assert 'if "google.colab" in sys.modules:' in colab.source
+    assert 'if "google.colab" in sys.modules:' in colab.source and len(colab.source.splitlines()) <= 8
     url = _load_yaml("_config.yml")["repository"]["url"]
     assert f"git+{url}" in colab.source
-    # ... fetching the data the chapter needs and saying where its runs go (bkd_core.book.setup_colab)
     assert "book.setup_colab(" in colab.source and 'images=["cifar10"]' in colab.source
     if name in NEEDS_LABEL_FILES:
         assert 'labels=["cifar100"]' in colab.source  # the noise rates of CIFAR-100N too
     if name == RESULTS_CHAPTER:
-        assert "trains=False" in colab.source
+        assert "trains=False" in colab.source and "results=True" in colab.source  # clones the committed batches
     else:
-        assert "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source and "BKD_RUN_CACHE" in colab.source
+        assert "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source
     # a chapter that trains with the features profile says that the first run computes them, and where they go
     trains_features = DEFAULT_PROFILE[name] == "features" and name not in NEEDS_LABEL_FILES | {RESULTS_CHAPTER}
     assert ("features=True" in colab.source) == trains_features
-    if trains_features:
-        assert "3-5 minutes" in colab.source and "/content/features" in colab.source
     # second code cell: papermill parameters, plain literals only, each with a type annotation that
     # papermill --help-notebook shows (its pattern takes names, brackets and commas: no "int | None")
     params = code[1]
-    assert params.metadata.get("tags") == ["parameters"]
+    assert params.metadata.get("tags") == ["parameters", "hide-input"]  # collapsed in the HTML
     names, defaults = [], {}
     for stmt in ast.parse(params.source).body:
         assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value, ast.dump(stmt)
@@ -181,21 +183,23 @@ def test_chapter_shape(name):
         assert defaults["cpu_results_dir"] == "reproductions/cpu"
     else:
         assert names == PARAMETERS
-        assert defaults["profile"] == DEFAULT_PROFILE[name] and defaults["device"] == "auto"
+        assert defaults["profile"] == DEFAULT_PROFILE[name]
         assert defaults["epochs"] is None and defaults["train_size"] is None  # the profile's values
         # every chapter's parameter help names the three profiles
         help_text = papermill.inspect_notebook(str(CHAPTER_DIR / f"{name}.ipynb"))["profile"]["help"]
         assert all(f'"{p}"' in help_text for p in ("features", "cpu", "paper")), help_text
-    # conclusions for readers outside the book build: verbatim copies of the prose, in removed cells
+    # each conclusion written once: a code cell whose Markdown output is the sentence with its numbers (shown in
+    # the book, Colab and papermill alike), with no copy in the prose
     prose = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
     shown = [c for c in code if "book.conclusion(" in c.source]
-    assert shown, "no conclusion is shown outside the book build"
+    assert shown, "the chapter states no conclusion"
     for cell in shown:
-        assert "remove-cell" in cell.metadata.get("tags", []), cell.source[:80]
+        tags = cell.metadata.get("tags", [])
+        assert "remove-input" in tags and "remove-cell" not in tags, cell.source[:80]
         for text in _conclusion_texts(cell.source):
-            assert GLUE_ROLE.search(text), text[:80]
+            assert CONCLUSION_FIELD.search(text) and "{glue" not in text, text[:80]
             for paragraph in text.split("\n\n"):
-                assert " ".join(paragraph.split()) in prose, f"not in the chapter's text: {paragraph[:80]}"
+                assert " ".join(paragraph.split()) not in prose, f"written twice: {paragraph[:80]}"
     # no hard-coded repository address elsewhere, no leftover debugging
     for cell in code[1:]:
         assert "github.com/" not in cell.source
@@ -222,9 +226,11 @@ def executed(tmp_path_factory):
     (out / "chapters").mkdir()
     cache = out / "runs"
     results: dict[str, Path | BaseException] = {}
-    # the kernels inherit the environment: one thread each, as the rest of the suite (conftest.py)
-    saved = os.environ.get("OMP_NUM_THREADS")
+    # the kernels inherit the environment: one thread each, as the rest of the suite (conftest.py), and the
+    # run cache (a chapter reads $BKD_RUN_CACHE)
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "BKD_RUN_CACHE")}
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["BKD_RUN_CACHE"] = str(cache)
 
     def run(name: str) -> Path:
         if name not in results:
@@ -234,7 +240,7 @@ def executed(tmp_path_factory):
                     parameters = _results_parameters(out / "batch")
                 else:
                     # overrides as JSON text, as `papermill -p overrides '{...}'` passes them
-                    parameters = {**TINY, "overrides": json.dumps(TINY["overrides"]), "run_cache": str(cache)}
+                    parameters = {**TINY, "overrides": json.dumps(TINY["overrides"])}
                 pm.execute_notebook(CHAPTER_DIR / f"{name}.ipynb", path, cwd=CHAPTER_DIR, kernel_name="python3",
                                     progress_bar=False, parameters=parameters)
                 results[name] = path
@@ -246,10 +252,11 @@ def executed(tmp_path_factory):
 
     run.folder = out  # type: ignore[attr-defined]
     yield run
-    if saved is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _results_parameters(folder: Path) -> dict:
@@ -259,7 +266,8 @@ def _results_parameters(folder: Path) -> dict:
     if REAL_DATA and (COMMITTED_CPU_BATCH / "summary.json").is_file():
         first = COMMITTED_BATCH if (COMMITTED_BATCH / "summary.json").is_file() else COMMITTED_CPU_BATCH
         return {"results_dir": str(first), "cpu_results_dir": str(COMMITTED_CPU_BATCH)}
-    from bkd_core import book, reproduce
+    from bkd_core import book
+    from bkd_core.book import reproduce
 
     data = book.load_data("synthetic")
     overrides = {"train_size": 300, "epochs": 4, "test_size": 100, "model_widths": (8, 16, 16), "tipping_fallback": 1}
@@ -332,17 +340,21 @@ def test_chapter_runs(name, executed):
         pytest.skip("needs the CIFAR-N label files: set BKD_DATA_DIR (see README)")
     nb = nbformat.read(executed(name), as_version=4)
     glued = _glued(nb)
-    # every value the prose refers to was glued
+    # every value the prose refers to was glued (a chapter may quote its numbers in its conclusions alone)
     referenced = {m.split(":")[0] for c in nb.cells if c.cell_type == "markdown" for m in GLUE_ROLE.findall(c.source)}
-    assert referenced, "the prose quotes no computed value"
     assert referenced <= set(glued), f"not glued: {sorted(referenced - set(glued))}"
-    # outside the book build the conclusions are shown with their numbers (Markdown outputs)
+    # the conclusions are shown with their numbers (Markdown outputs): each is its text with the glued values
+    from bkd_core.book import render_conclusion
+
+    conclusions = 0
     for cell in nb.cells:
         if cell.cell_type == "code" and "book.conclusion(" in cell.source:
             texts = [o["data"]["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {})]
-            assert len(texts) == len(_conclusion_texts(cell.source)), cell.source[:120]
+            assert texts == [render_conclusion(t, glued) for t in _conclusion_texts(cell.source)], cell.source[:120]
             for text in texts:
-                assert "{glue" not in text and re.search(r"\d", text), text[:200]
+                assert not CONCLUSION_FIELD.search(text) and re.search(r"\d", text), text[:200]
+            conclusions += len(texts)
+    assert conclusions
     keys, min_figures = EXPECTED[name]
     assert keys <= set(glued), sorted(keys - set(glued))
     assert _check_outputs(nb) >= min_figures

@@ -234,7 +234,7 @@ def test_results_over_a_broken_metrics_json(tmp_path, capsys, metrics, fragment)
 
 
 def test_a_nan_score_names_column_line_and_sample():
-    from bkd_core.results import ranking_aucs
+    from bkd_core.book.results import ranking_aucs
 
     samples = pd.DataFrame({"index": [0, 1, 2], "given_label": [1, 2, 3], "clean_label": [1, 0, 3],
                             "bkd_quality": [0.5, float("nan"), 0.7]})

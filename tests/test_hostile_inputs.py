@@ -294,7 +294,7 @@ def batch(synthetic, tmp_path, monkeypatch):
     """A batch folder with one finished run (bkd and ce, 3 epochs, 1 thread), as ``reproduce`` leaves it."""
     import json
 
-    from bkd_core import reproduce
+    from bkd_core.book import reproduce
 
     monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
     out = tmp_path / "batch"
@@ -312,7 +312,7 @@ def _snapshot(folder) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", ["ABSOLUTE", "../batch/" + RUN, RUN + "/", "./" + RUN, ".", "..", "", "a/b"])
 def test_check_names_a_run_by_its_folder_name_only(batch, name):
-    from bkd_core import reproduce
+    from bkd_core.book import reproduce
 
     before = _snapshot(batch)
     run = str(batch / RUN) if name == "ABSOLUTE" else name
@@ -339,7 +339,7 @@ def test_check_of_an_absolute_path_on_the_command_line_exits_2_and_leaves_the_ru
 
 
 def test_check_never_writes_into_the_recorded_folder(batch):
-    from bkd_core import reproduce
+    from bkd_core.book import reproduce
 
     before = _snapshot(batch)
     for work_dir in (batch, batch / RUN / "inside"):
@@ -354,7 +354,7 @@ def test_check_reruns_with_the_runs_own_config_and_threads_not_the_latest_batch(
     """seeds 0-1 with epochs=3, then a batch with epochs=4 and other threads into the same folder."""
     import json
 
-    from bkd_core import reproduce
+    from bkd_core.book import reproduce
 
     (batch / "summary.json").write_text(json.dumps({
         "options": {"overrides": {**TINY_OVERRIDES, "epochs": 4}, "threads": 2}, "runs": [{"name": RUN}]}))
@@ -366,7 +366,7 @@ def test_check_reruns_with_the_runs_own_config_and_threads_not_the_latest_batch(
 def test_check_refuses_a_run_whose_recorded_config_was_edited(batch):
     import json
 
-    from bkd_core import reproduce
+    from bkd_core.book import reproduce
 
     path = batch / RUN / "metrics.json"
     edited = json.loads(path.read_text())
@@ -405,7 +405,7 @@ def _summary_json(out, names, status="done"):
 
 
 def test_results_never_average_runs_of_different_configurations(tmp_path):
-    from bkd_core import results
+    from bkd_core.book import results
 
     _fake_run(tmp_path, "cifar10-worst-seed0", seed=0, epochs=3, test_acc=40.0)
     _fake_run(tmp_path, "cifar10-worst-seed1", seed=1, epochs=4, test_acc=60.0)  # a later batch with --set epochs=4
@@ -434,7 +434,8 @@ def test_results_cli_prints_one_table_per_configuration(tmp_path, capsys):
 def test_results_refuse_a_copied_run_folder_counted_twice(tmp_path, capsys):
     import shutil
 
-    from bkd_core import cli, results
+    from bkd_core import cli
+    from bkd_core.book import results
 
     _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
     _fake_run(tmp_path, "cifar10-worst-seed1", seed=1)
@@ -447,7 +448,8 @@ def test_results_refuse_a_copied_run_folder_counted_twice(tmp_path, capsys):
 
 
 def test_results_name_runs_summary_lists_that_are_missing(tmp_path, capsys):
-    from bkd_core import cli, results
+    from bkd_core import cli
+    from bkd_core.book import results
 
     _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
     _summary_json(tmp_path, ["cifar10-worst-seed0", "cifar10-worst-seed1"])  # seed 1 deleted since
@@ -463,7 +465,7 @@ def test_results_name_runs_summary_lists_that_are_missing(tmp_path, capsys):
 def test_results_flag_a_metric_or_config_edited_by_hand(tmp_path, edit):
     import json
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
     _fake_run(tmp_path, "cifar10-worst-seed1", seed=1)
@@ -513,7 +515,7 @@ def test_book_tables_escape_html_in_cells_labels_and_index(index):
 def test_markdown_of_results_escapes_pipes_and_markup(tmp_path):
     import pandas as pd
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     frame = pd.DataFrame({"a|b": ["1 | 2"], "<img src=x onerror=alert(1)>": ["x"]}, index=["row|1"])
     text = results.markdown_table(frame, "label|x")
@@ -698,7 +700,7 @@ def test_an_empty_feature_cache_variable_means_unset(images, tmp_path, monkeypat
 def test_a_damaged_summary_json_is_named_by_results_and_reproduce(tmp_path, capsys, summary):
     import json
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
     content = {"garbage": "{not json", "list": "[]", "runs-not-list": '{"runs": 3}',
@@ -717,7 +719,7 @@ def test_a_damaged_summary_json_is_named_by_results_and_reproduce(tmp_path, caps
 
 @pytest.mark.parametrize("content", ["[]", '{"checks": 3}', '{"checks": [1]}', "{nope"])
 def test_a_damaged_code_checks_json_is_named(tmp_path, content):
-    from bkd_core import results
+    from bkd_core.book import results
 
     _fake_run(tmp_path, "cifar10-worst-seed0", seed=0)
     (tmp_path / "code_checks.json").write_text(content)
@@ -743,7 +745,7 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, command):
 
 
 def test_a_seed_given_twice_runs_once():
-    from bkd_core.reproduce import plan
+    from bkd_core.book.reproduce import plan
 
     assert [s.name for s in plan(["worst"], [1, 0, 1])] == ["cifar10-worst-seed1", "cifar10-worst-seed0"]
 

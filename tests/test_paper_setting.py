@@ -56,7 +56,7 @@ def test_paper_runs_say_what_they_are(tmp_path):
 
 def test_paper_figures_take_the_stored_curves(tmp_path):
     pytest.importorskip("matplotlib")
-    from bkd_core import plots
+    from bkd_core.book import plots
 
     _write_run(tmp_path, "worst", with_ce=True)
     _write_run(tmp_path, "aggre")

@@ -1,4 +1,4 @@
-"""The chapters' analysis (bkd_core.analysis), helpers (bkd_core.book) and figures (bkd_core.plots) on
+"""The chapters' analysis (bkd_core.book.analysis), helpers (bkd_core.book) and figures (bkd_core.book.plots) on
 small made-up arrays.
 
 Every figure function must return a Figure with labelled axes, a legend where there is more than
@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bkd_core import analysis, book, plots  # noqa: E402
+from bkd_core import book  # noqa: E402
+from bkd_core.book import analysis, plots  # noqa: E402
 from bkd_core import data as D  # noqa: E402
 from bkd_core.config import CPU  # noqa: E402
 from bkd_core.method import otsu_split  # noqa: E402

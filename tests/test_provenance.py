@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from bkd_core import cache, provenance
+from bkd_core import provenance
+from bkd_core.book import cache
 from bkd_core.config import BKDConfig
 from bkd_core.provenance import TRAINING_MODULES, code_hash, normalized_source
 from bkd_core.synthetic import make_synthetic_cifar_n
@@ -136,7 +137,7 @@ def test_an_edited_source_file_changes_the_cache_key(package_copy, monkeypatch):
 def test_reproduce_records_the_code_hash_and_results_tell_other_code(tmp_path, monkeypatch):
     import json
 
-    from bkd_core import reproduce, results
+    from bkd_core.book import reproduce, results
 
     data = make_synthetic_cifar_n(n_train=160, n_test=40, noise_rate=0.3, seed=0)
     monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: data)
@@ -166,7 +167,7 @@ def test_reproduce_records_the_code_hash_and_results_tell_other_code(tmp_path, m
 def test_the_committed_batch_is_reported_as_code_version_not_recorded():
     from pathlib import Path
 
-    from bkd_core import results
+    from bkd_core.book import results
 
     batch = Path(__file__).resolve().parents[1] / "reproductions" / "cpu"
     if not (batch / "summary.json").is_file():

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bkd_core import cli, reproduce
+from bkd_core import cli
+from bkd_core.book import reproduce
 from bkd_core.config import BKDConfig
 from bkd_core.detectors.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.metrics import ranking_auc
-from bkd_core.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
-from bkd_core.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,
+from bkd_core.book.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
+from bkd_core.book.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,
                               read_highlights, read_samples, run_times, summarize)
 from bkd_core.synthetic import make_synthetic_cifar_n
 
@@ -181,7 +182,7 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
 
 def test_highlights_of_a_run_without_bkd_keep_each_methods_top_rows():
     """A batch of CE (or cleanlab) runs alone still writes its highlights: each method's own top rows."""
-    from bkd_core.results import highlights
+    from bkd_core.book.results import highlights
 
     rng = np.random.default_rng(0)
     samples = pd.DataFrame({"index": np.arange(100), "given_label": rng.integers(0, 10, 100),
@@ -362,7 +363,7 @@ def test_real_run_notebook_on_cifar10n(tmp_path):
 
 def test_split_table_formats_mean_std_and_undefined_detection(tmp_path):
     from bkd_core.io import atomic_write_json
-    from bkd_core.results import split_table
+    from bkd_core.book.results import split_table
 
     for split, noise, f1s in (("clean", 0.0, (0.0, 0.0)), ("worst", 0.4, (0.5, 0.7))):
         for seed, f1 in enumerate(f1s):
@@ -402,7 +403,7 @@ def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
 
 def test_split_table_shows_knn_rows_only_for_a_batch_with_knn_runs(tmp_path):
     from bkd_core.io import atomic_write_json
-    from bkd_core.results import split_table
+    from bkd_core.book.results import split_table
 
     bkd = {"true_noise_rate": 0.4, "detection_f1": 0.6, "flag_all_f1": 0.57}
     atomic_write_json(tmp_path / "a" / "cifar10-worst-seed0" / "metrics.json",
@@ -420,7 +421,7 @@ def test_split_table_shows_knn_rows_only_for_a_batch_with_knn_runs(tmp_path):
 
 
 def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, tmp_path, monkeypatch):
-    from bkd_core import results
+    from bkd_core.book import results
     from bkd_core.provenance import code_hash
 
     monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
@@ -471,7 +472,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
 
 
 def test_code_version_text_names_the_reproduced_runs_unless_all_were():
-    from bkd_core import results
+    from bkd_core.book import results
 
     rows = [{"run": f"r{i}", "code_hash": "0123456789ab", "code": results.CODE_REPRODUCED} for i in range(3)]
     every = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bkd_core import analysis
+from bkd_core.book import analysis
 from bkd_core.config import BKDConfig, without_retired
 from bkd_core.method import find_tipping_point
 from bkd_core.synthetic import make_synthetic_cifar_n

@@ -1,7 +1,7 @@
 """The training path runs where only torch, torchvision, numpy, Pillow and tqdm are installed (a GPU machine's
-image): with every book package blocked, bkd_core's training modules import, BKD and the cross-entropy
-baseline train through the API and the command line, and the test suite still collects (the tests that need
-a book package are skipped)."""
+image): with every book package blocked, bkd_core's training modules import (without ``bkd_core.book``), BKD
+and the cross-entropy baseline train through the API and the command line, and the test suite still collects
+(the tests that need a book package are skipped)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ TRAIN = textwrap.dedent("""
     blocked = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in BLOCKED)
     print("RESULT " + json.dumps({"bkd_epochs": bkd.metrics["epochs"],
                                   "bkd_found": bkd.metrics["tipping_found_at_epoch"],
-                                  "ce_epochs": ce.metrics["epochs"], "cli": code, "loaded": blocked}))
+                                  "ce_epochs": ce.metrics["epochs"], "cli": code, "loaded": blocked,
+                                  "book": sorted(m for m in sys.modules if m.startswith("bkd_core.book"))}))
 """)
 
 
@@ -67,6 +68,7 @@ def test_training_path_imports_and_trains_without_book_packages():
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     assert result["loaded"] == []
+    assert result["book"] == []  # the training path never imports the book's subpackage
     assert result["bkd_found"] is not None and result["bkd_epochs"] == result["bkd_found"] + 1 < 5  # stopped
     assert result["ce_epochs"] == 2 and result["cli"] == 0
 

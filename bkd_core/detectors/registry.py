@@ -3,7 +3,7 @@
 Every method writes an ordinary run directory (``bkd_core.rundir``) with ``metrics.json`` and
 ``scores.npz`` holding cleanlab-style outputs: ``label_issues`` bool [N], ``label_quality`` float [N]
 (lower = more likely mislabelled), ``ranked_indices`` and ``predicted_labels``. The command line,
-the batch (``bkd_core.reproduce``) and the results tables read :data:`METHODS`.
+the batch (``bkd_core.book.reproduce``) and the results tables read :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Method:
     loads) it; ``networks`` is the training work per epoch in network-epochs over the subset (for the
     batch's time-left estimate; 0 for a method that trains nothing). ``single_run``: ``train`` is one
     run of the training loop (``bkd_core.train``) in ``run_dir``, fixed by the data and the configuration
-    alone (it ignores ``folds`` and has no sub-runs), so the run cache (``bkd_core.cache``) can key it by
+    alone (it ignores ``folds`` and has no sub-runs), so the run cache (``bkd_core.book.cache``) can key it by
     the configuration."""
 
     name: str

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import BKDConfig
-from .data import NoisyCIFAR
-from .io import user_cache_dir
-from .detectors import METHODS
-from .provenance import code_hash
-from .train import RunResult
+from ..config import BKDConfig
+from ..data import NoisyCIFAR
+from ..io import user_cache_dir
+from ..detectors import METHODS
+from ..provenance import code_hash
+from ..train import RunResult
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parents[2]  # bkd_core/book/cache.py -> the checkout
 
 
 def _default_cache() -> Path:

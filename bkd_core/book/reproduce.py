@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
 
 import numpy as np
 
-from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
-from .errors import RunDirError
-from .io import atomic_write_json, is_folder_name, read_json
-from .detectors import METHODS as METHOD_REGISTRY
-from .detectors import methods_for
+from ..data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
+from ..errors import RunDirError
+from ..io import atomic_write_json, is_folder_name, read_json
+from ..detectors import METHODS as METHOD_REGISTRY
+from ..detectors import methods_for
 from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
-from .rundir import RunDir, folder_lock
+from ..rundir import RunDir, folder_lock
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .config import BKDConfig
+    from ..config import BKDConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
 METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.detectors)
@@ -242,7 +242,7 @@ class TimeLeft:
 
 def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None, device: str = "auto") -> "BKDConfig":
     """The configuration one run of a batch trains with: ``profile`` with ``overrides`` and the run's seed."""
-    from .config import get_profile
+    from ..config import get_profile
 
     return get_profile(profile, seed=int(seed), device=device, **(overrides or {}))
 
@@ -262,8 +262,8 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     """
     import torch
 
-    from .provenance import code_hash
-    from .train import with_config_features
+    from ..provenance import code_hash
+    from ..train import with_config_features
 
     if exit_with_parent:
         exit_when_parent_dies()
@@ -309,7 +309,7 @@ def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple
         ``(compared, differences)``: the files compared, and one line per difference
         (``"bkd/metrics.json: test_acc: 61.2 != 61.3"``), ``[]`` when the runs are identical.
     """
-    from .config import without_retired
+    from ..config import without_retired
 
     recorded, rerun = Path(recorded), Path(rerun)
 
@@ -380,7 +380,7 @@ def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
         ValueError: ``run`` is a path, or the recorded configuration is missing, invalid or was edited
             (it no longer gives the recorded fingerprint).
     """
-    from .config import BKDConfig, without_retired
+    from ..config import BKDConfig, without_retired
 
     path = run_folder(out, run) / "metrics.json"
     metrics = _finished_metrics(Path(out), run)
@@ -444,9 +444,9 @@ def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike |
 def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
                  threads: int | None = None) -> dict[str, Any]:
     """Compare a batch run (``out/run``) with a rerun of it (:func:`compare_runs`) and append the outcome to
-    ``out/code_checks.json`` (:data:`bkd_core.results.CODE_CHECKS`), which the results chapter reads: a run
+    ``out/code_checks.json`` (:data:`bkd_core.book.results.CODE_CHECKS`), which the results chapter reads: a run
     made by older code that newer code reproduced exactly is reported as such
-    (:func:`bkd_core.results.code_versions`). The rerun is :func:`check_run`'s, or a run of a whole batch
+    (:func:`bkd_core.book.results.code_versions`). The rerun is :func:`check_run`'s, or a run of a whole batch
     rerun into another folder (``reproduce --out OTHER`` with the same options, then ``check OUT --rerun
     OTHER``); the check is credited to the code that made the rerun (its ``metrics.json``'s ``code_hash``).
 
@@ -538,8 +538,8 @@ def samples_table(subset: Any, results: dict[str, Any]) -> "pd.DataFrame":
 
 def write_tables(out_dir: Path, samples: "pd.DataFrame") -> None:
     """A run's per-sample tables: the full one as ``samples.csv.gz`` (not committed) and its
-    :func:`~bkd_core.results.highlights` as ``highlights.csv`` (committed), both atomically."""
-    from .io import atomic_path
+    :func:`~bkd_core.book.results.highlights` as ``highlights.csv`` (committed), both atomically."""
+    from ..io import atomic_path
 
     with atomic_path(out_dir / SAMPLES) as tmp:  # mtime 0 in the gzip header: the same table gives the same bytes
         samples.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
@@ -697,7 +697,7 @@ def _run_batch_locked(specs: Sequence[RunSpec], options: BatchOptions, jobs: int
 
 
 def _profile_epochs(options: BatchOptions) -> int | None:
-    from .config import get_profile
+    from ..config import get_profile
 
     try:
         return get_profile(options.profile, **options.overrides).epochs
@@ -754,7 +754,7 @@ def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: Batc
     })
     table = collect_results(out)
     if len(table):
-        from .io import atomic_path
+        from ..io import atomic_path
 
         with atomic_path(out / "results.csv") as tmp:
             table.to_csv(tmp, index=False)

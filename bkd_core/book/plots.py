@@ -1,7 +1,7 @@
 """The book's figures. Each function takes plain arrays (numpy) and returns a matplotlib Figure.
 
 Conventions: epochs on the x axis are counted from 1 (``history[...][e]`` is drawn at ``e + 1``,
-see :func:`bkd_core.analysis.epoch_number`); truly clean samples are blue, truly mislabelled ones
+see :func:`bkd_core.book.analysis.epoch_number`); truly clean samples are blue, truly mislabelled ones
 vermillion (Okabe-Ito colours, readable with colour-blindness); missing values (NaN, e.g. test
 accuracy of the ``paper`` profile, measured every 10 epochs) are skipped, not drawn as gaps.
 """
@@ -629,7 +629,7 @@ def _detectors(table) -> tuple:
 
 def _per_run(table, columns: Sequence[tuple[str, str, str]], scale: float = 100.0):
     """Long table of one row per (run, series): split, seed, series label and value (times ``scale``),
-    from :func:`bkd_core.results.collect_results` and ``(label, method, column)`` triples."""
+    from :func:`bkd_core.book.results.collect_results` and ``(label, method, column)`` triples."""
     import pandas as pd
 
     parts = []
@@ -659,7 +659,7 @@ def _bars_over_seeds(table, series: Sequence[tuple[str, str, str, str]], ax, sca
 def plot_detection_by_split(table) -> Figure:
     """Detection F1 (%) per split for each detector: the mean over seeds as bars, the standard deviation
     over seeds as error bars, the F1 of flagging everything marked as the floor.
-    ``table``: one row per run and method, :func:`bkd_core.results.collect_results`."""
+    ``table``: one row per run and method, :func:`bkd_core.book.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(8, 4))
     splits = _bars_over_seeds(table, _detectors(table), ax)
     bkd = table[table["method"] == "bkd"].assign(flag_all_f1=lambda t: t["flag_all_f1"].astype(float))
@@ -673,7 +673,7 @@ def plot_detection_by_split(table) -> Figure:
 
 def plot_accuracy_by_split(table) -> Figure:
     """Last-epoch test accuracy (%) per split of BKD and the cross-entropy baseline: mean over seeds,
-    standard deviation as error bars. ``table``: :func:`bkd_core.results.collect_results`."""
+    standard deviation as error bars. ``table``: :func:`bkd_core.book.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     series = (("BKD", "bkd", "test_acc", BKD), ("cross-entropy", "ce", "test_acc", CE))
     _bars_over_seeds(table, series, ax, scale=1.0)  # test_acc is in % already
@@ -685,7 +685,7 @@ def plot_accuracy_by_split(table) -> Figure:
 def plot_f1_heatmap(table) -> Figure:
     """Detection F1 (%) as a detector x split heatmap (mean over seeds, annotated), the flag-everything
     floor as the last row. Splits without a wrong label (no F1) are left out.
-    ``table``: :func:`bkd_core.results.collect_results`."""
+    ``table``: :func:`bkd_core.book.results.collect_results`."""
     from .results import ordered_splits
 
     floor = (("flag everything", "bkd", "flag_all_f1"),)
@@ -706,7 +706,7 @@ def plot_f1_heatmap(table) -> Figure:
 def plot_noise_estimates(table) -> Figure:
     """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold),
     cleanlab (flagged share) and, when the batch has kNN runs, kNN label voting (flagged share), with the
-    diagonal. ``table``: :func:`bkd_core.results.collect_results`."""
+    diagonal. ``table``: :func:`bkd_core.book.results.collect_results`."""
     fig, ax = plt.subplots(figsize=(5, 4.4))
     for label, method, colour, marker in (("BKD (below threshold)", "bkd", BKD, "o"),
                                           ("cleanlab (flagged)", "cleanlab", ACCENT, "s"),

@@ -1,13 +1,13 @@
-"""Small non-plotting helpers for the book's chapters (``chapters/*.ipynb``).
+"""Small non-plotting helpers for the book's chapters (``chapters/*.ipynb``), re-exported as ``bkd_core.book``.
 
-The chapters stay thin: they load data, ask :func:`bkd_core.cache.cached_run` for a run, call a
-helper from here or :mod:`bkd_core.plots` and explain the result. Everything a chapter states as
-a number is computed here (or in the chapter) and glued into the prose with :func:`glue`; the
-chapter's conclusions are also shown with their numbers outside the book build (:func:`conclusion`).
+The chapters stay thin: they load data, ask :func:`bkd_core.book.cache.cached_run` for a run, call a
+helper from here or :mod:`bkd_core.book.plots` and explain the result. Everything a chapter states as
+a number is computed here (or in the chapter) and glued into the prose with :func:`glue`, or written into
+one of the chapter's conclusions, shown with its numbers in the book and in the notebook alike (:func:`conclusion`).
 
 What a chapter measures on a run (curves, the tipping point's robustness, detection tables) is in
-:mod:`bkd_core.analysis`; what a batch shows, in :mod:`bkd_core.results`. This module is the plumbing:
-Colab set-up, data and configuration, the run's settings as prose, tables, glue and conclusions.
+:mod:`bkd_core.book.analysis`; what a batch shows, in :mod:`bkd_core.book.results`. This module is the
+plumbing: Colab set-up, data and configuration, the run's settings as prose, tables, glue and conclusions.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import PROFILES, BKDConfig, get_profile
-from .data import NoisyCIFAR, load_cifar_n
+from ..config import PROFILES, BKDConfig, get_profile
+from ..data import NoisyCIFAR, load_cifar_n
 from .results import summary_cell, table_rows
 
 __all__ = [
@@ -37,14 +37,21 @@ __all__ = [
     "repository_root",
     "find_results_dir",
     "batch_summary",
+    "PAPER_RESULTS",
+    "paper_runs",
+    "paper_setting_note",
+    "paper_run",
+    "paper_tipping_args",
+    "COMPARISON_ROWS",
     "profile_comparison",
     "peak_rule_runs",
     "config_table",
     "setup_text",
     "departures_text",
     "table",
+    "GLUED",
     "glue",
-    "render_glue",
+    "render_conclusion",
     "conclusion",
     "hide_injected_parameters",
 ]
@@ -74,10 +81,12 @@ COLAB_DATA, COLAB_RUNS = "/content/data", "/content/runs"
 COLAB_DRIVE, COLAB_DRIVE_RUNS = "/content/drive", "/content/drive/MyDrive/bkd-book/runs"
 #: Where Colab keeps the label-free feature vectors (the ``features`` profile), on the runtime or on Drive.
 COLAB_FEATURES, COLAB_DRIVE_FEATURES = "/content/features", "/content/drive/MyDrive/bkd-book/features"
+#: The book's repository (as ``repository.url`` in ``_config.yml``) and where Colab clones it for its committed results.
+REPOSITORY_URL, COLAB_CLONE = "https://github.com/bkd-book/bkd-book", "/content/bkd-book"
 
 
 def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = (), *, trains: bool = True,
-                keep_runs_on_drive: bool = False, features: bool = False) -> dict[str, str]:
+                keep_runs_on_drive: bool = False, features: bool = False, results: bool = False) -> dict[str, str]:
     """The Colab set-up cell of a chapter: data folders, the run cache, downloads, and a note to the reader.
 
     Sets ``$BKD_DATA_DIR`` (default ``/content/data``) and, for a chapter that trains (``trains``),
@@ -92,10 +101,17 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     where the first training run keeps the label-free feature vectors it computes once (a few minutes):
     ``/content/features``, or ``MyDrive/bkd-book/features`` on Google Drive with ``keep_runs_on_drive``.
 
-    Returns the folders used: ``{"data": ..., "runs": ..., "features": ...}`` (``runs`` only when
-    ``trains``, ``features`` only with ``features``).
+    With ``results`` (a chapter that reads the repository's committed batches) it clones the repository
+    (:data:`REPOSITORY_URL`, shallow) into ``/content/bkd-book`` unless it is there, and works in its
+    ``chapters`` folder, where the chapter's relative ``results_dir`` is found.
+
+    Returns the folders used: ``{"data": ..., "runs": ..., "features": ..., "results": ...}`` (``runs`` only
+    when ``trains``, ``features`` only with ``features``, ``results`` only with ``results``).
+
+    Raises:
+        RuntimeError: with ``results``, the repository could not be cloned (says what to check).
     """
-    from .data import download, download_labels
+    from ..data import download, download_labels
 
     on_drive = trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ
     if on_drive:
@@ -110,6 +126,8 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     if trains and features:
         folders["features"] = os.environ.setdefault("BKD_FEATURE_CACHE",
                                                     COLAB_DRIVE_FEATURES if on_drive else COLAB_FEATURES)
+    if results:
+        folders["results"] = _clone_repository()
     for dataset in images:
         download(dataset)
     for dataset in labels:
@@ -117,6 +135,20 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
             download_labels(dataset)
     _show_markdown(colab_note(folders, images, labels))
     return folders
+
+
+def _clone_repository() -> str:
+    """Clone :data:`REPOSITORY_URL` into :data:`COLAB_CLONE` (unless it is there) and work in its chapters."""
+    import subprocess
+
+    clone = Path(COLAB_CLONE)
+    if not (clone / "_toc.yml").is_file():
+        subprocess.run(["git", "clone", "-q", "--depth", "1", REPOSITORY_URL, str(clone)], check=False)
+    if not (clone / "chapters").is_dir():
+        raise RuntimeError(f"could not clone {REPOSITORY_URL} into {clone}: this chapter reads the committed results "
+                           "kept there; check the runtime's internet connection and run the cell again")
+    os.chdir(clone / "chapters")  # the chapter's relative results_dir is found in the clone
+    return str(clone / "reproductions")
 
 
 def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()) -> str:
@@ -128,7 +160,8 @@ def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), la
     lines = [f"Data: {', '.join(got) or 'none'} in `{folders['data']}`."]
     runs = folders.get("runs")
     if runs is None:
-        lines.append("This chapter trains nothing: it reads the repository's committed results.")
+        lines.append("This chapter trains nothing: it reads the repository's committed results"
+                     + (f" (cloned into `{folders['results']}`)." if folders.get("results") else "."))
     elif runs.startswith(COLAB_DRIVE):
         lines.append(f"Training runs go to `{runs}` on your Google Drive: they outlive this runtime, and the other "
                      "chapters (with the same parameters) reuse them.")
@@ -162,7 +195,7 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
         download: fetch missing files first; None (default) means only inside Colab.
     """
     if dataset == "synthetic":
-        from .synthetic import make_synthetic_cifar_n
+        from ..synthetic import make_synthetic_cifar_n
 
         return make_synthetic_cifar_n(n_train=2000, n_test=500, noise_rate=0.4, seed=0)
     return load_cifar_n(dataset, split, data_dir, download=in_colab() if download is None else download)
@@ -213,11 +246,16 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
     raise ValueError(f"overrides must be a dict or JSON text, got {type(overrides).__name__}: {overrides!r}")
 
 
+def _package_dir() -> Path:
+    """The folder of this ``bkd_core`` package (this module is ``bkd_core/book/chapter.py``)."""
+    return Path(__file__).resolve().parents[1]
+
+
 def repository_root(start: str | os.PathLike | None = None) -> Path | None:
     """The book's repository (the folder holding ``_toc.yml``): searched upwards from ``start`` (default:
     the working directory), then from this ``bkd_core`` package's folder (a checkout or an editable
     install). None when neither lies inside one (e.g. ``bkd_core`` installed from PyPI or git)."""
-    for origin in (Path(start or os.getcwd()).resolve(), Path(__file__).resolve().parent):
+    for origin in (Path(start or os.getcwd()).resolve(), _package_dir()):
         for folder in (origin, *origin.parents):
             if (folder / "_toc.yml").is_file() and (folder / "bkd_core").is_dir():
                 return folder
@@ -244,14 +282,14 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
             return candidate.resolve()
     looked = ", ".join(str(c) for c in candidates)
     hint = "" if root is not None else (" (no repository found from the working directory or from bkd_core's location "
-                                        f"{Path(__file__).resolve().parent}: clone it, or pass an absolute path)")
+                                        f"{_package_dir()}: clone it, or pass an absolute path)")
     raise FileNotFoundError(f"no reproduction batch (summary.json) for results_dir={str(results_dir)!r}: looked in "
                             f"{looked}{hint}. Pass the folder written by `bkd reproduce --out DIR`, e.g. "
                             f"papermill -p results_dir /path/to/reproductions/cpu")
 
 
 def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
-    """:func:`bkd_core.results.summarize` of the reproduction batch ``results_dir`` (found as
+    """:func:`bkd_core.book.results.summarize` of the reproduction batch ``results_dir`` (found as
     :func:`find_results_dir` finds it), or None when there is no such batch, no finished run in it, or (with
     ``split``) no run of that split: for a chapter that compares with a committed batch when it is there."""
     from .results import collect_results, summarize
@@ -274,7 +312,7 @@ def paper_runs(results_dir: str | os.PathLike = PAPER_RESULTS) -> dict[str, dict
     """The ``paper``-setting runs in ``results_dir`` (found as :func:`find_results_dir` finds it), by split:
     each run's ``metrics.json`` (``methods``; per-epoch ``curves``; the ``agreement_histogram`` at the tipping
     epoch). ``{}`` when the folder is absent or holds no run with BKD's metrics."""
-    from .io import read_json
+    from ..io import read_json
 
     try:
         folder = find_results_dir(results_dir)
@@ -322,7 +360,7 @@ def paper_run(split: str, dataset: str = "cifar10",
 
 
 def paper_tipping_args(run: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`bkd_core.plots.plot_tipping`'s arguments for a ``paper``-setting run (:func:`paper_run`): BKD's
+    """:func:`bkd_core.book.plots.plot_tipping`'s arguments for a ``paper``-setting run (:func:`paper_run`): BKD's
     student curve and tipping point, and the cross-entropy run's memorization and test accuracy where the
     run has one."""
     from .analysis import memorization_onset, peak_epoch
@@ -342,7 +380,7 @@ def paper_tipping_args(run: Mapping[str, Any]) -> dict[str, Any]:
     return args
 
 
-#: Rows of :func:`profile_comparison`: those of :data:`bkd_core.results.SPLIT_TABLE_ROWS` with these labels.
+#: Rows of :func:`profile_comparison`: those of :data:`bkd_core.book.results.SPLIT_TABLE_ROWS` with these labels.
 COMPARISON_ROWS = table_rows((
     "true noise rate (%)", "BKD estimated noise rate (%)", "BKD tipping point from the peak rule (runs)",
     "BKD tipping epoch (from 1)", "BKD F1, G4 (%)", "flag everything F1 (%)", "BKD test accuracy, last epoch (%)",
@@ -360,7 +398,7 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
         split: the split whose batch rows are shown.
         run_label: the run's column label.
 
-    Rows :data:`COMPARISON_ROWS`; a batch cell is :func:`~bkd_core.results.summary_cell` ("mean ± std" over
+    Rows :data:`COMPARISON_ROWS`; a batch cell is :func:`~bkd_core.book.results.summary_cell` ("mean ± std" over
     its seeds, the peak-rule row "k of n"), the run's own cell its value (the peak-rule row "yes",
     "no: fallback" or "no tipping point").
     """
@@ -505,16 +543,15 @@ def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = T
 #: Every value glued in this kernel, by name (what :func:`conclusion` fills in).
 GLUED: dict[str, Any] = {}
 
-#: A glue role of the prose: ``{glue:text}`name:.1f```, ``{glue}`name```, ``{glue:any}`name```.
-GLUE_ROLE = re.compile(r"\{glue(?::text|:any|:md|:)?\}`([^`:]+)(?::([^`]*))?`")
+#: A field of a conclusion: ``{name}`` or ``{name:spec}`` (``spec`` a format spec such as ``.1f``).
+FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
     """Glue ``value`` under ``name`` for MyST-NB (``{glue:text}`name:.1f```` in the prose).
 
     numpy scalars become Python numbers (so format specs work on them). The value is also kept in
-    :data:`GLUED`, from which :func:`conclusion` writes the prose's sentences with their numbers
-    for readers outside the book build (Colab, papermill), where glue roles are not resolved.
+    :data:`GLUED`, from which :func:`conclusion` fills in the chapter's sentences with their numbers.
     Without ``myst_nb`` (e.g. Colab) only that is done.
     """
     if isinstance(value, np.generic):
@@ -527,40 +564,38 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
-def render_glue(text: str, values: dict[str, Any] | None = None) -> str:
-    """``text`` (Markdown prose) with each glue role replaced by its value, formatted as the role says.
+def render_conclusion(text: str, values: Mapping[str, Any] | None = None) -> str:
+    """``text`` (Markdown) with each field ``{name}`` / ``{name:spec}`` replaced by ``format(values[name], spec)``.
 
-    ``{glue:text}`rate:.1f``` becomes ``format(values["rate"], ".1f")``, a role without a format
-    ``str(value)``. ``values`` defaults to :data:`GLUED` (everything glued so far in this kernel).
+    ``values`` defaults to :data:`GLUED` (everything glued so far in this kernel). As in :meth:`str.format`,
+    ``{{`` and ``}}`` stand for literal braces; other text stays as it is.
 
     Raises:
-        KeyError: a role names a value that was not glued (names it).
+        KeyError: a field names a value that is not in ``values`` (names it).
     """
     values = GLUED if values is None else values
 
     def fill(match: re.Match) -> str:
         name, spec = match.group(1), match.group(2)
         if name not in values:
-            raise KeyError(f"{name!r} is not glued (yet): glue it with book.glue before the conclusion that quotes it")
-        value = values[name]
-        return format(value, spec) if spec else str(value)
+            raise KeyError(f"{name!r} is not glued (yet): glue it with book.glue, or pass it to book.conclusion, "
+                           "before the conclusion that quotes it")
+        return format(values[name], spec or "")
 
-    return GLUE_ROLE.sub(fill, text)
+    protected = text.replace("{{", "\x00").replace("}}", "\x01")
+    return FIELD.sub(fill, protected).replace("\x00", "{").replace("\x01", "}")
 
 
-def conclusion(text: str) -> None:
-    """Show a sentence of the prose with its numbers, for readers of the notebook itself.
+def conclusion(text: str, **values: Any) -> None:
+    """Show a conclusion of the chapter, a sentence with its numbers, as the cell's Markdown output.
 
-    In the book, the prose quotes computed values with glue roles, which only the book build (MyST-NB)
-    resolves: in Colab, Jupyter or a notebook executed with papermill, a reader would see
-    ``{glue:text}`...``` placeholders. A chapter therefore repeats its conclusion sentences (copied
-    verbatim from its Markdown: a test checks that they are there) in a code cell tagged
-    ``remove-cell`` that calls this function. It displays ``text`` as Markdown with every glue role
-    filled in (:func:`render_glue`); the book build removes that cell, so the HTML shows each
-    sentence once, from the prose with its glue roles.
-    Returns None, so that the cell's value does not show the sentence a second time.
+    ``text`` is Markdown with fields ``{name}`` / ``{name:spec}``, filled in from the values glued so far
+    (:data:`GLUED`) and ``values`` (:func:`render_conclusion`). A chapter writes each conclusion once, in a
+    code cell tagged ``remove-input``: the HTML book shows the cell's Markdown output (MyST-NB renders it),
+    and so do Colab, Jupyter and a notebook executed with papermill, where glue roles in the prose would stay
+    unresolved. Returns None, so that the cell's value does not show the sentence a second time.
     """
-    _show_markdown(render_glue(text))
+    _show_markdown(render_conclusion(text, {**GLUED, **values}))
 
 
 # --------------------------------------------------------------------------------------------

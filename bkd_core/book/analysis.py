@@ -1,6 +1,6 @@
 """What the chapters measure on a finished run: per-epoch curves, the tipping point's robustness, the
 Otsu split and groups, detection tables. Arrays (and :class:`bkd_core.train.RunResult`) in, numbers
-and DataFrames out; :mod:`bkd_core.plots` draws them, :mod:`bkd_core.book` puts them into the prose.
+and DataFrames out; :mod:`bkd_core.book.plots` draws them, :mod:`bkd_core.book` puts them into the prose.
 
 Epochs: the package counts epochs from 0 (``history[key][e]`` is epoch ``e``, and
 ``metrics["tipping_epoch"]`` is such an index); the book shows them counted from 1, as a reader
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, LABEL_FILES, NoisyCIFAR, load_cifar_n_labels, resolve_data_dir
-from .method import GROUP_ALPHAS, detect, find_tipping_point
-from .metrics import detection_scores, flag_all_f1
+from ..data import CIFAR10_SPLITS, CIFAR100_SPLITS, LABEL_FILES, NoisyCIFAR, load_cifar_n_labels, resolve_data_dir
+from ..method import GROUP_ALPHAS, detect, find_tipping_point
+from ..metrics import detection_scores, flag_all_f1
 
 __all__ = [
     "epoch_number",

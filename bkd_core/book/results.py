@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from typing import TYPE_CHECKING, Sequence
 
-from .io import is_folder_name, read_json
-from .detectors import METHODS
-from .metrics import ranking_auc
+from ..io import is_folder_name, read_json
+from ..detectors import METHODS
+from ..metrics import ranking_auc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,7 +110,7 @@ def configuration_of(run: dict, path: str | Path = "metrics.json") -> str:
     Raises:
         ValueError: the recorded configuration is not a valid one (names ``path``).
     """
-    from .config import BKDConfig
+    from ..config import BKDConfig
 
     config = run.get("config")
     if not isinstance(config, dict):
@@ -187,7 +187,7 @@ def batch_problems(out: str | Path) -> list[str]:
     - runs whose ``metrics.json`` was edited: a recorded configuration that no longer gives the recorded
       fingerprint, or a method's number that differs from that method's own ``metrics.json`` beside it.
     """
-    from .config import BKDConfig
+    from ..config import BKDConfig
 
     out = Path(out)
     problems = []
@@ -586,12 +586,12 @@ CODE_CURRENT, CODE_OTHER, CODE_UNKNOWN = "current code", "other code", "code ver
 #: ... and of a run made by other code that the current code, rerun, reproduced exactly (:data:`CODE_CHECKS`).
 CODE_REPRODUCED = "other code, reproduced exactly by the current code"
 #: A batch's record of reruns of its runs by later code (``python -m bkd_core check``,
-#: :func:`bkd_core.reproduce.check_run`).
+#: :func:`bkd_core.book.reproduce.check_run`).
 CODE_CHECKS = "code_checks.json"
 
 
 def read_code_checks(out: str | Path) -> list[dict]:
-    """The reruns recorded in ``out/code_checks.json`` (:func:`bkd_core.reproduce.check_run`), oldest first;
+    """The reruns recorded in ``out/code_checks.json`` (:func:`bkd_core.book.reproduce.check_run`), oldest first;
     ``[]`` without the file."""
     path = Path(out) / CODE_CHECKS
     if not path.is_file():
@@ -615,7 +615,7 @@ def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame"
     matches this one cannot be told)."""
     import pandas as pd
 
-    from .provenance import code_hash
+    from ..provenance import code_hash
 
     current = current or code_hash()
     reproduced = {c["run"] for c in read_code_checks(out) if c["code_hash"] == current and c["identical"]}
@@ -633,7 +633,7 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
     """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by
     this code, by other code (and which of those the current code reproduced exactly), or by code whose
     version was not recorded."""
-    from .provenance import code_hash
+    from ..provenance import code_hash
 
     current = current or code_hash()
     n = len(versions)
