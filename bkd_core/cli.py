@@ -164,6 +164,9 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.reference is not None and args.rerun is None:
+        raise ValueError("--reference OLDER_OUT needs --rerun OTHER_OUT: the runs of OTHER_OUT are compared with "
+                         "those of OLDER_OUT")
     if args.rerun is None and not args.runs:
         raise ValueError("name the run to rerun (e.g. cifar10-worst-seed0), or pass --rerun OTHER_OUT to compare "
                          "the runs of a batch already rerun into OTHER_OUT")
@@ -173,16 +176,21 @@ def _check(args: argparse.Namespace) -> int:
         if not runs:
             raise FileNotFoundError(f"no finished run of {args.out} is in {args.rerun}: rerun the batch there first "
                                     f"(reproduce with the same options and --out {args.rerun})")
-        checks = [record_check(args.out, run, Path(args.rerun) / run, threads=args.threads) for run in runs]
+        if args.reference is not None:
+            runs = [r for r in runs if (Path(args.reference) / r / "metrics.json").is_file()] if not args.runs else runs
+        checks = [record_check(args.out, run, Path(args.rerun) / run, threads=args.threads,
+                               reference=None if args.reference is None else Path(args.reference) / run)
+                  for run in runs]
     else:
         checks = [check_run(args.out, run, data_dir=args.data_dir, threads=args.threads, progress=not args.no_progress)
                   for run in args.runs]
     for check in checks:
         change = f"code {check['recorded_code_hash']} -> {check['code_hash']}"
+        base = "the reference rerun" if check.get("side_by_side") else "the recorded run"
         if check["identical"]:
-            print(f"{check['run']}: identical to the recorded run ({change})")
+            print(f"{check['run']}: identical to {base} ({change})")
         else:
-            print(f"{check['run']}: differs from the recorded run ({change}):\n  " + "\n  ".join(check["differences"]))
+            print(f"{check['run']}: differs from {base} ({change}):\n  " + "\n  ".join(check["differences"]))
     print(f"{sum(c['identical'] for c in checks)} of {len(checks)} identical; recorded in {args.out}/code_checks.json")
     return 0 if all(c["identical"] for c in checks) else 1
 
@@ -296,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_chk.add_argument("--rerun", default=None, metavar="OTHER_OUT",
                        help="compare with the runs of the batch rerun into OTHER_OUT (reproduce with the same "
                             "options) instead of training them again here")
+    p_chk.add_argument("--reference", default=None, metavar="OLDER_OUT",
+                       help="with --rerun: compare OTHER_OUT's runs with OLDER_OUT's, the same batch rerun on this "
+                            "machine by older code, instead of with OUT's (floats differ between CPUs in their last "
+                            "digits; two code versions on one machine compare exactly)")
     p_chk.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: the batch's threads per run; float sums depend on it)")
     p_chk.add_argument("--data-dir", default=None,
@@ -340,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _refuse_empty_paths(args: argparse.Namespace) -> None:
     """An empty folder argument (often an unset shell variable) would mean the working directory: refuse it."""
     flags = {"out": "--out" if args.command in ("train", "train-ce", "reproduce") else "OUT (the batch folder)",
-             "rerun": "--rerun", "data_dir": "--data-dir", "root": "--root"}
+             "rerun": "--rerun", "reference": "--reference", "data_dir": "--data-dir", "root": "--root"}
     for name, flag in flags.items():
         if getattr(args, name, None) == "":
             raise ValueError(f"{flag} is empty; give a folder path (is a shell variable unset?)")

@@ -379,3 +379,17 @@ def test_score_histogram_is_stacked_clean_below_noisy():
     assert max(bottoms) == 0  # clean images at the bottom of each stack
     assert _has_legend(fig)
     plt.close(fig)
+
+
+def test_estimate_error_vs_accuracy_plots_one_series_per_batch_with_the_errors():
+    pd = pytest.importorskip("pandas")
+    run = {"method": "bkd", "true_noise_rate": 0.4, "estimated_noise_rate": 0.46, "test_acc": 70.0}
+    cpu = pd.DataFrame([run, {**run, "estimated_noise_rate": 0.2, "test_acc": 50.0},
+                        {**run, "method": "ce", "estimated_noise_rate": None}])
+    empty = pd.DataFrame(columns=list(run))
+    fig = plots.plot_estimate_error_vs_accuracy({"cpu": cpu, "paper": empty}, tolerance=5)
+    ax = fig.axes[0]
+    (points,) = ax.collections  # one series: the empty batch is skipped, the CE row left out
+    np.testing.assert_allclose(points.get_offsets(), [[70.0, 6.0], [50.0, 20.0]], atol=1e-9)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["cpu (2 runs)", "5 points"]
+    plt.close(fig)

@@ -471,6 +471,59 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
         reproduce.check_run(out, "cifar10-synthetic-seed9", progress=False)
 
 
+def test_check_side_by_side_chains_code_versions_across_machines(synthetic, tmp_path, monkeypatch):
+    """A run made on another machine differs here in its last digits whatever the code; older and current code
+    rerun side by side here compare exactly, and with the older code's check on the first machine the current
+    code is credited through the chain, and only through it."""
+    import shutil
+
+    from bkd_core.book import results
+    from bkd_core.provenance import code_hash
+
+    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}
+    name = "cifar10-synthetic-seed0"
+    run_one("cifar10", "synthetic", 0, tmp_path / "older" / name, overrides=overrides, methods=("bkd", "ce"),
+            threads=1, progress=False)
+    for folder in ("out", "now"):
+        shutil.copytree(tmp_path / "older", tmp_path / folder)
+    summary = json.dumps({"options": {"overrides": overrides, "threads": 1}, "runs": []})
+    for folder in ("out", "older", "now"):
+        (tmp_path / folder / "summary.json").write_text(summary)
+
+    def stamp(folder, code, bump=0.0):
+        path = tmp_path / folder / name / "metrics.json"
+        run = json.loads(path.read_text())
+        run["methods"]["bkd"]["test_acc"] += bump
+        path.write_text(json.dumps({**run, "code_hash": code}))
+
+    stamp("out", "aaaaaaaaaaaa", bump=0.01)  # made on another CPU: its last digits differ from any rerun here
+    stamp("older", "bbbbbbbbbbbb")
+    out = tmp_path / "out"
+    # a direct check against the current code here: differs, and credits nothing
+    assert cli.main(["check", str(out), "--rerun", str(tmp_path / "now")]) == 1
+    assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
+    # side by side: the older code's rerun and the current code's, both made here
+    assert cli.main(["check", str(out), "--rerun", str(tmp_path / "now"), "--reference", str(tmp_path / "older")]) == 0
+    checks = results.read_code_checks(out)
+    assert len(checks) == 2 and checks[-1]["side_by_side"] and checks[-1]["identical"]
+    assert (checks[-1]["recorded_code_hash"], checks[-1]["code_hash"]) == ("bbbbbbbbbbbb", code_hash())
+    assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]  # no link from aaaa to bbbb yet
+    # the older code's own check on the machine that made the run closes the chain
+    stored = json.loads((out / "code_checks.json").read_text())
+    stored["checks"].insert(0, {"run": name, "recorded_code_hash": "aaaaaaaaaaaa", "code_hash": "bbbbbbbbbbbb",
+                                "identical": True})
+    (out / "code_checks.json").write_text(json.dumps(stored))
+    versions = results.code_versions(out)
+    assert versions["code"].tolist() == [results.CODE_REPRODUCED] and versions["chained"].tolist() == [True]
+    assert "through a chain of such checks" in results.code_version_text(versions)
+    # a reference that is not a finished run, or one without --rerun, is refused with one sentence
+    assert cli.main(["check", str(out), name, "--reference", str(tmp_path / "older")]) == 2
+    assert cli.main(["check", str(out), name, "--rerun", str(tmp_path / "now"), "--reference",
+                     str(tmp_path / "missing")]) == 2
+    assert len(results.read_code_checks(out)) == 3
+
+
 def test_code_version_text_names_the_reproduced_runs_unless_all_were():
     from bkd_core.book import results
 

@@ -703,6 +703,34 @@ def plot_f1_heatmap(table) -> Figure:
     return fig
 
 
+def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: float = 5.0) -> Figure:
+    """BKD's noise-estimate error against its network's test accuracy, one point per run, one colour per
+    batch: does a stronger network estimate the noise better?
+
+    Args:
+        tables: label -> :func:`bkd_core.book.results.collect_results` of a batch (e.g. ``"cpu: small CNN"``);
+            empty tables are skipped. The error is ``|estimated - true noise rate|`` in points; the accuracy is
+            the run's recorded BKD ``test_acc`` (the last epoch of a full run; for a run stopped after its
+            detection, the epoch it stopped at).
+        tolerance: a dashed line at this error (points).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours, markers = (CE, BKD, NOISY, CLEAN), ("s", "o", "^", "D")
+    for i, (label, table) in enumerate(tables.items()):
+        rows = table[(table["method"] == "bkd")] if len(table) else table
+        rows = rows[rows["estimated_noise_rate"].notna() & rows["test_acc"].notna()] if len(rows) else rows
+        if not len(rows):
+            continue
+        error = 100 * (rows["estimated_noise_rate"].astype(float) - rows["true_noise_rate"].astype(float)).abs()
+        ax.scatter(rows["test_acc"].astype(float), error, s=36, alpha=0.8, color=colours[i % len(colours)],
+                   marker=markers[i % len(markers)], label=f"{label} ({len(rows)} runs)")
+    ax.axhline(tolerance, color="black", linestyle="--", linewidth=1, label=f"{tolerance:g} points")
+    ax.set(xlabel="BKD's test accuracy (%)", ylabel="|estimated - true noise| (points)", ylim=(0, None),
+           title="Noise-estimate error against the network's accuracy")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
 def plot_noise_estimates(table) -> Figure:
     """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold),
     cleanlab (flagged share) and, when the batch has kNN runs, kNN label voting (flagged share), with the

@@ -442,13 +442,20 @@ def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike |
 
 
 def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
-                 threads: int | None = None) -> dict[str, Any]:
+                 threads: int | None = None, reference: str | os.PathLike | None = None) -> dict[str, Any]:
     """Compare a batch run (``out/run``) with a rerun of it (:func:`compare_runs`) and append the outcome to
     ``out/code_checks.json`` (:data:`bkd_core.book.results.CODE_CHECKS`), which the results chapter reads: a run
     made by older code that newer code reproduced exactly is reported as such
     (:func:`bkd_core.book.results.code_versions`). The rerun is :func:`check_run`'s, or a run of a whole batch
     rerun into another folder (``reproduce --out OTHER`` with the same options, then ``check OUT --rerun
     OTHER``); the check is credited to the code that made the rerun (its ``metrics.json``'s ``code_hash``).
+
+    ``reference``: another rerun of the same run, made on this machine by older code; the rerun is compared
+    with it instead of with ``out/run``. Float results differ between CPUs in their last digits, so a run
+    made on another machine is never reproduced bit for bit here, but two versions of the code can still be
+    compared exactly side by side on one machine. The check records that the code of ``reference`` and the
+    code of ``rerun`` compute the same (``recorded_code_hash`` is the reference's); identical checks chain
+    (:func:`bkd_core.book.results.code_versions`).
 
     Returns:
         The recorded check: ``run``, ``recorded_code_hash``, ``code_hash`` (the rerun's), ``identical``,
@@ -468,16 +475,37 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
     _refuse_inside(rerun, run_folder(out, run))
     recorded = _finished_metrics(out, run)
     again = _finished_metrics(rerun.parent, rerun.name)
-    compared, differences = compare_runs(out / run, rerun)
+    base = out / run
+    if reference is not None:
+        base = Path(reference)
+        _refuse_inside(base, run_folder(out, run))
+        _refuse_inside(rerun, base)
+        recorded = _finished_metrics(base.parent, base.name)
+    compared, differences = compare_runs(base, rerun)
     check = {"run": run, "recorded_code_hash": recorded.get("code_hash"), "code_hash": again.get("code_hash"),
              "identical": not differences, "compared": compared, "differences": differences[:20],
              "threads": threads or _batch_options(rerun.parent).get("threads"),
              "device": next(iter(again["methods"].values()), {}).get("device", ""),
-             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores{_cpu_model()}",
              "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    checks = [c for c in read_code_checks(out) if (c["run"], c["code_hash"]) != (run, check["code_hash"])]
+    if reference is not None:
+        check["side_by_side"] = True  # both codes rerun on this machine; out/run itself was not compared
+    key = (run, check["recorded_code_hash"], check["code_hash"])
+    checks = [c for c in read_code_checks(out) if (c["run"], c.get("recorded_code_hash"), c["code_hash"]) != key]
     atomic_write_json(out / CODE_CHECKS, {"checks": [*checks, check]})
     return check
+
+
+def _cpu_model() -> str:
+    """``", <CPU model>"`` from ``/proc/cpuinfo`` (float results can differ between CPUs), or ``""``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return ", " + " ".join(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return ""
 
 
 def _finished_metrics(out: Path, run: str) -> dict[str, Any]:

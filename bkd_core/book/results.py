@@ -605,34 +605,53 @@ def read_code_checks(out: str | Path) -> list[dict]:
     return checks
 
 
+def _identical_codes(checks: list[dict], run: str, recorded: str) -> set[str]:
+    """Code hashes that computed ``run`` as code ``recorded`` did: reachable from it through identical checks."""
+    reached, frontier = {recorded}, [recorded]
+    while frontier:
+        source = frontier.pop()
+        for c in checks:
+            if c["run"] == run and c["identical"] and c.get("recorded_code_hash") == source \
+                    and c["code_hash"] not in reached:
+                reached.add(c["code_hash"])
+                frontier.append(c["code_hash"])
+    return reached
+
+
 def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame":
     """Which code produced each finished run under ``out``: one row per run with its recorded
     ``code_hash`` (:func:`bkd_core.provenance.code_hash`, written by ``reproduce`` into the run's
     ``metrics.json``) and ``code``: :data:`CODE_CURRENT` (same hash as ``current``, by default this
     package's), :data:`CODE_REPRODUCED` (other code, but rerunning it with the current code gave identical
-    results: :data:`CODE_CHECKS`), :data:`CODE_OTHER` (the training code changed since: the run's numbers
-    may be stale) or :data:`CODE_UNKNOWN` (runs made before the hash was recorded; whether their code
-    matches this one cannot be told)."""
+    results: :data:`CODE_CHECKS`; identical checks of the run chain, e.g. code A reproduced the run and code
+    B reproduced A's rerun side by side on another machine), :data:`CODE_OTHER` (the training code changed
+    since: the run's numbers may be stale) or :data:`CODE_UNKNOWN` (runs made before the hash was recorded;
+    whether their code matches this one cannot be told)."""
     import pandas as pd
 
     from ..provenance import code_hash
 
     current = current or code_hash()
-    reproduced = {c["run"] for c in read_code_checks(out) if c["code_hash"] == current and c["identical"]}
+    checks = read_code_checks(out)
     rows = []
     for path in sorted(Path(out).glob("*/metrics.json")):
         recorded = read_json(path).get("code_hash")
         name = path.parent.name
         status = (CODE_UNKNOWN if not recorded else CODE_CURRENT if recorded == current
-                  else CODE_REPRODUCED if name in reproduced else CODE_OTHER)
-        rows.append({"run": name, "code_hash": recorded, "code": status})
-    return pd.DataFrame(rows, columns=["run", "code_hash", "code"])
+                  else CODE_REPRODUCED if current in _identical_codes(checks, name, recorded) else CODE_OTHER)
+        chained = status == CODE_REPRODUCED and not any(
+            c["run"] == name and c["identical"] and (c.get("recorded_code_hash"), c["code_hash"]) == (recorded, current)
+            for c in checks)
+        rows.append({"run": name, "code_hash": recorded, "code": status, "chained": chained})
+    return pd.DataFrame(rows, columns=["run", "code_hash", "code", "chained"])
 
 
 def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> str:
     """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by
     this code, by other code (and which of those the current code reproduced exactly), or by code whose
     version was not recorded."""
+    import pandas as pd
+
     from ..provenance import code_hash
 
     current = current or code_hash()
@@ -655,6 +674,11 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
                 which = f"{counts[CODE_REPRODUCED]} of them ({names})"
             text += (f", and rerun with the current code, {which} came out identical, bit for bit: every "
                      "metric, the ranking AUCs and the highlighted images' scores")
+            chained = int(versions.get("chained", pd.Series(False, index=versions.index)).fillna(False).sum())
+            if chained:
+                text += (f" ({chained} of them through a chain of such checks: older code reproduced the run on "
+                         "the machine that made it, and the current code reproduced the older code's rerun side "
+                         "by side on another machine, whose floats differ from the first's in the last digits)")
         if counts[CODE_OTHER]:
             if counts[CODE_REPRODUCED]:
                 text += f"; the other {counts[CODE_OTHER]} were not rerun"
