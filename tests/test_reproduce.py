@@ -532,7 +532,7 @@ def test_code_version_text_names_the_reproduced_runs_unless_all_were():
     assert "all 3 of them came out identical" in every and "r1" not in every
     rows[2]["code"] = results.CODE_OTHER
     some = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
-    assert "2 of them (r0, r1) came out identical" in some and "the other 1 were not rerun" in some
+    assert "2 of them (r0, r1) came out identical" in some and "the other 1 (r2) were not reproduced" in some
 
 
 def test_a_second_batch_on_the_same_out_is_refused_at_once(stand_in, tmp_path, capsys):

@@ -681,7 +681,9 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
                          "by side on another machine, whose floats differ from the first's in the last digits)")
         if counts[CODE_OTHER]:
             if counts[CODE_REPRODUCED]:
-                text += f"; the other {counts[CODE_OTHER]} were not rerun"
+                names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
+                text += (f"; the other {counts[CODE_OTHER]} ({names}) were not reproduced by the current code (not "
+                         "rerun, or the rerun differed or did not finish): their numbers may be stale")
             else:
                 names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
                 text += f"; their numbers may be stale: {names}"
