@@ -206,10 +206,16 @@ def test_chapter_shape(name):
         assert not re.search(r"^\s*print\(", cell.source, re.M), f"print in {name}: {cell.source[:80]}"
 
 
-def _conclusion_texts(source: str) -> list[str]:
-    """The string arguments of the ``book.conclusion(...)`` calls in a cell."""
-    return [ast.literal_eval(node.args[0]) for node in ast.walk(ast.parse(source))
+def _conclusion_calls(source: str) -> list[tuple[str, set[str]]]:
+    """The ``book.conclusion(...)`` calls in a cell: each one's text and the names of the values passed to it."""
+    return [(ast.literal_eval(node.args[0]), {keyword.arg for keyword in node.keywords})
+            for node in ast.walk(ast.parse(source))
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "book.conclusion"]
+
+
+def _conclusion_texts(source: str) -> list[str]:
+    """The texts of the ``book.conclusion(...)`` calls in a cell."""
+    return [text for text, _ in _conclusion_calls(source)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,39 +349,49 @@ def test_chapter_runs(name, executed):
     # every value the prose refers to was glued (a chapter may quote its numbers in its conclusions alone)
     referenced = {m.split(":")[0] for c in nb.cells if c.cell_type == "markdown" for m in GLUE_ROLE.findall(c.source)}
     assert referenced <= set(glued), f"not glued: {sorted(referenced - set(glued))}"
-    # the conclusions are shown with their numbers (Markdown outputs): each is its text with the glued values
-    from bkd_core.book import render_conclusion
+    # the conclusions are shown with their numbers (Markdown outputs): each is its text filled in with the glued
+    # values and the values passed to book.conclusion, which it records in the output's metadata
+    from bkd_core.book import CONCLUSION_METADATA, render_conclusion
 
+    passed = {}
     conclusions = 0
     for cell in nb.cells:
         if cell.cell_type == "code" and "book.conclusion(" in cell.source:
-            texts = [o["data"]["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {})]
-            assert texts == [render_conclusion(t, glued) for t in _conclusion_texts(cell.source)], cell.source[:120]
-            for text in texts:
-                assert not CONCLUSION_FIELD.search(text) and re.search(r"\d", text), text[:200]
-            conclusions += len(texts)
+            shown = [o for o in cell.outputs if "text/markdown" in o.get("data", {})]
+            calls = _conclusion_calls(cell.source)
+            assert len(shown) == len(calls), cell.source[:120]
+            for output, (text, names) in zip(shown, calls):
+                values = output.get("metadata", {}).get(CONCLUSION_METADATA, {}).get("values", {})
+                assert set(values) == names, (sorted(values), sorted(names))  # every value passed is recorded
+                assert not names & set(glued), f"glued and passed: {sorted(names & set(glued))}"  # one source each
+                rendered = output["data"]["text/markdown"]
+                assert rendered == render_conclusion(text, {**glued, **values}), cell.source[:120]
+                assert not CONCLUSION_FIELD.search(rendered) and re.search(r"\d", rendered), rendered[:200]
+                passed.update(values)
+            conclusions += len(shown)
     assert conclusions
+    values = {**glued, **passed}  # every number the chapter states
     keys, min_figures = EXPECTED[name]
-    assert keys <= set(glued), sorted(keys - set(glued))
+    assert keys <= set(values), sorted(keys - set(values))
     assert _check_outputs(nb) >= min_figures
-    for key, value in glued.items():
+    for key, value in values.items():
         if isinstance(value, float) and not key.startswith("q6_"):
             assert value == value, f"{key} is NaN"  # noqa: PLR0124
     if name == "01_intro" and REAL_DATA:
-        assert abs(glued["worst_rate"] - 40.21) < 0.01 and abs(glued["aggre_rate"] - 9.01) < 0.01
+        assert abs(values["worst_rate"] - 40.21) < 0.01 and abs(values["aggre_rate"] - 9.01) < 0.01
     if name == "05_otsu":
-        assert 0 < glued["t_bkd"] < 1 and 0 <= glued["g4_f1"] <= 1
-        assert abs(glued["all_f1"] - 2 * glued["true_rate"] / 100 / (1 + glued["true_rate"] / 100)) < 1e-9
+        assert 0 < values["t_bkd"] < 1 and 0 <= values["g4_f1"] <= 1
+        assert abs(values["all_f1"] - 2 * values["true_rate"] / 100 / (1 + values["true_rate"] / 100)) < 1e-9
     if name == "09_pixels":
-        assert abs(glued["all_f1"] - 2 * glued["true_rate"] / 100 / (1 + glued["true_rate"] / 100)) < 1e-9
-        assert glued["verdict"].startswith(("On pixels, in this run:", "Not in this run:"))
-        assert "small CNNs (8/16/16 channels) on the pixels of a random 300-image subset" in glued["setup_text"]
+        assert abs(values["all_f1"] - 2 * values["true_rate"] / 100 / (1 + values["true_rate"] / 100)) < 1e-9
+        assert values["verdict"].startswith(("On pixels, in this run:", "Not in this run:"))
+        assert "small CNNs (8/16/16 channels) on the pixels of a random 300-image subset" in values["setup_text"]
     if name == RESULTS_CHAPTER:
         # the second table: the cpu batch, or a clear note where there is none
-        assert glued["cpu_batch_text"] and "runs that train" in glued["cpu_batch_text"]
+        assert values["cpu_batch_text"] and "runs that train" in values["cpu_batch_text"]
     if name == "08_differences":
-        b, c = glued["q3_B"], glued["q3_C"]
-        assert abs(glued["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12
+        b, c = values["q3_B"], values["q3_C"]
+        assert abs(values["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12
 
 
 def test_injected_parameters_are_hidden(tmp_path):

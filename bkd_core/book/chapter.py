@@ -50,6 +50,7 @@ __all__ = [
     "departures_text",
     "table",
     "GLUED",
+    "CONCLUSION_METADATA",
     "glue",
     "render_conclusion",
     "conclusion",
@@ -176,10 +177,10 @@ def colab_note(folders: dict[str, str], images: Sequence[str] = ("cifar10",), la
     return "\n\n".join(lines)
 
 
-def _show_markdown(text: str) -> None:
+def _show_markdown(text: str, metadata: dict | None = None) -> None:
     from IPython.display import Markdown, display
 
-    display(Markdown(text))
+    display(Markdown(text), metadata=metadata)
 
 
 def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os.PathLike | None = None,
@@ -543,6 +544,9 @@ def table(frame, formats: str | dict[str, str] | None = None, *, index: bool = T
 #: Every value glued in this kernel, by name (what :func:`conclusion` fills in).
 GLUED: dict[str, Any] = {}
 
+#: The key of a conclusion's output metadata, under which :func:`conclusion` records the values passed to it.
+CONCLUSION_METADATA = "bkd_core"
+
 #: A field of a conclusion: ``{name}`` or ``{name:spec}`` (``spec`` a format spec such as ``.1f``).
 FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
 
@@ -593,9 +597,14 @@ def conclusion(text: str, **values: Any) -> None:
     (:data:`GLUED`) and ``values`` (:func:`render_conclusion`). A chapter writes each conclusion once, in a
     code cell tagged ``remove-input``: the HTML book shows the cell's Markdown output (MyST-NB renders it),
     and so do Colab, Jupyter and a notebook executed with papermill, where glue roles in the prose would stay
-    unresolved. Returns None, so that the cell's value does not show the sentence a second time.
+    unresolved. A value that only the conclusion quotes is passed in ``values`` rather than glued; these values
+    (numbers and strings) are recorded in the output's metadata, ``{CONCLUSION_METADATA: {"values": values}}``,
+    so that a test of the executed notebook can check the sentence against them. Returns None, so that the
+    cell's value does not show the sentence a second time.
     """
-    _show_markdown(render_conclusion(text, {**GLUED, **values}))
+    values = {name: value.item() if isinstance(value, np.generic) else value for name, value in values.items()}
+    _show_markdown(render_conclusion(text, {**GLUED, **values}),
+                   {CONCLUSION_METADATA: {"values": values}} if values else None)
 
 
 # --------------------------------------------------------------------------------------------
