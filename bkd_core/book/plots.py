@@ -709,20 +709,20 @@ def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: 
 
     Args:
         tables: label -> :func:`bkd_core.book.results.collect_results` of a batch (e.g. ``"cpu: small CNN"``);
-            empty tables are skipped. The error is ``|estimated - true noise rate|`` in points; the accuracy is
-            the run's recorded BKD ``test_acc`` (the last epoch of a full run; for a run stopped after its
-            detection, the epoch it stopped at).
+            empty tables are skipped. The error in points is
+            :func:`bkd_core.book.results.estimate_errors`'; the accuracy is the run's recorded BKD ``test_acc``
+            (the last epoch of a full run; for a run stopped after its detection, the epoch it stopped at).
         tolerance: a dashed line at this error (points).
     """
+    from .results import estimate_errors
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colours, markers = (CE, BKD, NOISY, CLEAN), ("s", "o", "^", "D")
     for i, (label, table) in enumerate(tables.items()):
-        rows = table[(table["method"] == "bkd")] if len(table) else table
-        rows = rows[rows["estimated_noise_rate"].notna() & rows["test_acc"].notna()] if len(rows) else rows
+        rows = estimate_errors(table)
         if not len(rows):
             continue
-        error = 100 * (rows["estimated_noise_rate"].astype(float) - rows["true_noise_rate"].astype(float)).abs()
-        ax.scatter(rows["test_acc"].astype(float), error, s=36, alpha=0.8, color=colours[i % len(colours)],
+        ax.scatter(rows["test_acc"], rows["error"], s=36, alpha=0.8, color=colours[i % len(colours)],
                    marker=markers[i % len(markers)], label=f"{label} ({len(rows)} runs)")
     ax.axhline(tolerance, color="black", linestyle="--", linewidth=1, label=f"{tolerance:g} points")
     ax.set(xlabel="BKD's test accuracy (%)", ylabel="|estimated - true noise| (points)", ylim=(0, None),

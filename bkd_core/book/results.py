@@ -389,6 +389,20 @@ def mean_of(summary: "pd.DataFrame", split: str, method: str, metric: str) -> fl
     return float(row[f"{metric}_mean"].iloc[0]) if len(row) else float("nan")
 
 
+def estimate_errors(table: "pd.DataFrame") -> "pd.DataFrame":
+    """BKD's noise-estimate error of each run of :func:`collect_results`' ``table`` that has an estimate and a
+    test accuracy: columns ``run``, ``split``, ``seed``, ``test_acc`` (%) and ``error``, ``|estimated - true
+    noise rate|`` in points."""
+    import pandas as pd
+
+    if not len(table):
+        return pd.DataFrame(columns=["run", "split", "seed", "test_acc", "error"])
+    bkd = table[(table["method"] == "bkd") & table["estimated_noise_rate"].notna() & table["test_acc"].notna()]
+    error = 100 * (bkd["estimated_noise_rate"].astype(float) - bkd["true_noise_rate"].astype(float)).abs()
+    return bkd.reindex(columns=["run", "split", "seed"]).assign(test_acc=bkd["test_acc"].astype(float),
+                                                               error=error).reset_index(drop=True)
+
+
 def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
     """``"41.0 ± 1.2"`` (``"41.0"`` when ``std`` is NaN, i.e. one seed; ``"–"`` when ``mean`` is NaN)."""
     import math
