@@ -342,7 +342,9 @@ def paper_setting_note(runs: Mapping[str, Mapping[str, Any]]) -> str:
     exact = ("deterministic, so a rerun on the same GPU and software repeats it bit for bit"
              if all(c.get("deterministic") for c in configs) else
              "`deterministic=False` (cuDNN's fastest kernels), so a rerun agrees in distribution, not bit for bit")
-    splits = ", ".join(s for s in ("clean", "aggre", "rand1", "rand2", "rand3", "worst") if s in runs)
+    from .results import ordered_splits
+
+    splits = ", ".join(ordered_splits(runs))
     return (f"The `paper` profile on {devices}: {len(runs)} split(s) ({splits}), seed {seeds}, {phase}, "
             f"{exact}.")
 
