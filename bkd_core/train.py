@@ -73,7 +73,7 @@ from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import agreement_probability, bkd_step, detect, group_alpha, tipping_point
 from .metrics import detection_metrics, detector_summary, run_header
-from .models import build_model
+from .models import WhitenedCNN, build_model
 from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
 
 
@@ -212,15 +212,26 @@ def set_determinism(config: BKDConfig, device: torch.device) -> None:
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
 
 
+#: training images the whitening filters of a ``whitened_cnn`` are computed from (the first ones of the run's
+#: training rows; label-free)
+WHITENING_IMAGES = 5000
+
+
 def build_networks(config: BKDConfig, names: tuple[str, ...], num_classes: int, device: torch.device, *,
-                   in_features: int | None = None) -> dict[str, nn.Module]:
+                   in_features: int | None = None,
+                   whitening_images: torch.Tensor | None = None) -> dict[str, nn.Module]:
     """The run's networks, one ``config.model`` per name, initialised in order after seeding torch with
     ``config.seed`` (so a run's initial weights depend on its seed alone); ``in_features``: the feature
-    dimension of an MLP."""
+    dimension of an MLP; ``whitening_images``: normalized training images [N, 3, H, W] that set a
+    ``whitened_cnn``'s whitening filters (required for that model)."""
     torch.manual_seed(config.seed)
     networks: dict[str, nn.Module] = {}
     for name in names:
         net = build_model(config.model, num_classes, config.model_widths, in_features=in_features).to(device)
+        if isinstance(net, WhitenedCNN):
+            if whitening_images is None:
+                raise ValueError("build_networks: a whitened_cnn needs whitening_images (normalized training images)")
+            net.init_whitening(whitening_images)
         if config.channels_last and config.features is None:
             net = net.to(memory_format=torch.channels_last)
         networks[name] = net
@@ -283,8 +294,10 @@ class Trainer:
             self.normalize = Normalizer(mean, std, self.device, self.channels_last)
             self.normalize_val = Normalizer(val_mean, val_std, self.device, self.channels_last)
         in_features = self.prep.images.shape[1] if config.features else None
+        whitening = (self.normalize(self.prep.images[self.train_rows[:WHITENING_IMAGES]])
+                     if config.model == "whitened_cnn" else None)
         self.networks = build_networks(config, self.network_names, self.num_classes, self.device,
-                                       in_features=in_features)
+                                       in_features=in_features, whitening_images=whitening)
         self.forward = {name: (torch.compile(net) if config.compile else net) for name, net in self.networks.items()}
         self.optimizer, self.scheduler = build_optimizer(config, self.networks.values(), self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -645,7 +658,7 @@ class BKDTrainer(Trainer):
         return agreement_probability(self.forward["teacher"](images).float(),
                                      self.forward["student"](images).float()).log()
 
-    per_sample_keys = ("train_agreement", "train_teacher_p", "train_student_p")
+    per_sample_keys = ("train_agreement", "train_teacher_p", "train_student_p", "train_teacher_fits")
     sum_keys = ("loss_ce", "loss_compensation", "mean_max_student")
 
     def begin_epoch(self) -> None:
@@ -655,7 +668,8 @@ class BKDTrainer(Trainer):
     def train_step(self, pos: torch.Tensor, *, step: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One BKD batch: teacher and blind student forward, :func:`~bkd_core.method.bkd_step` (phase 2 with the
         rows' group weights), one SGD step over both networks. Per sample: the agreement probability of the given
-        label and each network's probability of it; sums: cross-entropy, compensation loss, the student's top
+        label, each network's probability of it, and whether the teacher predicts it (memorisation of a wrong
+        label shows there); sums: cross-entropy, compensation loss, the student's top
         probability."""
         cfg = self.config
         x = self.batch_inputs(self.train_rows[pos], augment=cfg.augment)
@@ -671,7 +685,8 @@ class BKDTrainer(Trainer):
         sums = torch.stack([out.cross_entropy.detach() * n, out.compensation.detach() * n,
                             out.student_confidence.sum()])
         return {"train_agreement": out.agreement, "train_teacher_p": out.teacher_p,
-                "train_student_p": out.student_p}, sums
+                "train_student_p": out.student_p,
+                "train_teacher_fits": (z_t.detach().argmax(1) == self.train_labels[pos]).float()}, sums
 
     def epoch_scalars(self, means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {**means, "loss": means["loss_ce"] + means["loss_compensation"],

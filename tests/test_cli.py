@@ -189,8 +189,8 @@ def test_train_help_mentions_profiles_splits_and_options(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
     assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert "--profile" in out and "{cpu,features,paper}" in out and "official settings" in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--profile" in out and "{cnn,cpu,features,paper}" in out and "official settings" in out and "airbench" in out
     for split in ("aggre", "rand1", "worst", "noisy100"):
         assert split in out
     for option in ("--set", "--data-dir", "--download", "--out", "--seed", "--epochs", "--device"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
-from bkd_core.config import CPU, FEATURES, PAPER, PROFILES, BKDConfig, get_profile
+from bkd_core.config import CNN, CPU, FEATURES, PAPER, PROFILES, BKDConfig, get_profile, parse_assignments, resolve
 
 
 def test_defaults_are_the_official_settings():
@@ -35,7 +36,7 @@ def test_paper_profile_is_the_defaults():
     # but for its evaluation batch, which divides the training, validation and test set sizes (one shape to compile)
     assert PAPER.replace(profile="custom", eval_batch_size=BKDConfig().eval_batch_size) == BKDConfig()
     assert all(size % PAPER.eval_batch_size == 0 for size in (50_000, 5_000, 10_000))
-    assert PROFILES == {"paper": PAPER, "cpu": CPU, "features": FEATURES}
+    assert PROFILES == {"paper": PAPER, "cnn": CNN, "cpu": CPU, "features": FEATURES}
     assert CPU.profile == "cpu" and CPU.model == "small_cnn"
 
 
@@ -257,3 +258,41 @@ def test_a_retired_field_at_its_old_value_loads_and_keeps_the_fingerprint():
     assert stored_fingerprint("bkd")(stored) == CPU.fingerprint() == "68ee947f4026"
     with pytest.raises(ValueError, match=r"unknown BKDConfig field\(s\) \['extra'\]"):
         BKDConfig.from_dict({**stored, "extra": {"note": 1}})
+
+
+def test_cnn_profile_is_the_official_protocol_with_another_network():
+    assert CNN.model == "whitened_cnn" and len(CNN.model_widths) == 3
+    official = BKDConfig()
+    same = ("batch_size", "lr", "momentum", "weight_decay", "val_ratio", "augment", "alphas", "tipping_window",
+            "tipping_fallback", "detach_teacher", "detach_robust_target", "loss_reduction", "score_views",
+            "train_size", "test_size", "noisy_groups", "otsu_criterion", "otsu_bins")
+    assert {f: getattr(CNN, f) for f in same} == {f: getattr(official, f) for f in same}
+    assert CNN.lr_step is None  # a constant learning rate in phase 1
+
+
+def test_parse_assignments_types_values_by_the_fields():
+    parsed = parse_assignments(["epochs=5", "model_widths=64,128,128", "device=cuda:1", "tipping_fallback=None",
+                                "model=whitened_cnn", "augment=FALSE", "lr=2e-2", "alphas=[0.3, 0.4, 0.5, 0.6]"])
+    assert parsed == {"epochs": 5, "model_widths": (64, 128, 128), "device": "cuda:1", "tipping_fallback": None,
+                      "model": "whitened_cnn", "augment": False, "lr": 0.02, "alphas": [0.3, 0.4, 0.5, 0.6]}
+    assert resolve("cnn", parsed | {"device": "cpu"}).alphas == (0.3, 0.4, 0.5, 0.6)
+    assert resolve("features", ["epochs=3"]) == FEATURES.replace(epochs=3)
+    assert resolve("paper") == PAPER and get_profile("cnn", epochs=2) == resolve("cnn", {"epochs": 2})
+
+
+@pytest.mark.parametrize("pair, words", [
+    ("epochs=abc", "epochs must be an integer"),
+    ("epochs", "FIELD=VALUE"),
+    ("not_a_field=1", "FIELD=VALUE with FIELD one of"),
+    ("model_widths=(1,", "model_widths must be a sequence of integers"),
+])
+def test_parse_assignments_names_what_is_wrong(pair, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_assignments([pair])
+
+
+def test_resolve_rejects_unknown_profiles_and_bad_values():
+    with pytest.raises(ValueError, match="unknown profile 'gpu'; choose one of paper, cnn"):
+        resolve("gpu")
+    with pytest.raises(ValueError, match="epochs must be an integer"):
+        resolve("cnn", ["epochs=2.5"])

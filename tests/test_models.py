@@ -1,4 +1,4 @@
-"""Tests of bkd_core.models: the official hybrid PreResNet18 (method.md quirk 9), the small CNN, the MLP."""
+"""Tests of bkd_core.models: the official PreResNet18, the whitened (airbench-class) CNN, the small CNN, the MLP."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from bkd_core.models import (
     OfficialPreResNet18,
     PreActBlock,
     SmallCNN,
+    WhitenedCNN,
     build_model,
     count_parameters,
 )
@@ -30,7 +31,7 @@ def _bn(c: int) -> int:
 
 
 def _expected_preresnet18(num_classes: int) -> int:
-    """Sum of layer shapes from method.md quirk 9, computed without the model.
+    """Sum of layer shapes of the official network, computed without the model.
 
     conv3x3 3->64 + BN stem; per stage two pre-activation blocks (BN(in), conv3x3 in->out with
     the stage stride, BN(out), conv3x3 out->out, 1x1 conv in->out without BN when the shape
@@ -205,7 +206,7 @@ def test_build_model_unknown_name_lists_valid_names():
     assert "resnet50" in message
     for name in ("preresnet18", "small_cnn", "mlp"):
         assert name in message
-    assert set(MODEL_NAMES) == {"preresnet18", "small_cnn", "mlp"}
+    assert set(MODEL_NAMES) == {"preresnet18", "whitened_cnn", "small_cnn", "mlp"}
 
 
 def test_count_parameters_counts_only_trainable():
@@ -290,3 +291,76 @@ def test_mlp_arguments_are_checked():
         model(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"\[B, 4\]"):
         model(torch.randn(2, 3, 32, 32))  # images instead of feature vectors
+
+
+def _whitened(widths=(8, 16, 24), num_classes=10, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("whitened_cnn", num_classes, widths)
+    model.init_whitening(torch.randn(64, 3, 32, 32) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1))
+    return model
+
+
+def test_whitened_cnn_structure_and_count():
+    w0, w1, w2 = 8, 16, 24
+    model = _whitened((w0, w1, w2), num_classes=7)
+    assert isinstance(model, WhitenedCNN)
+    whiten = 24 * 3 * 2 * 2 + 24  # 24 filters of 2x2x3 (12 whitening directions and their negatives) and a bias
+    groups = sum(_conv(a, b, 3) + _bn(b) + _conv(b, b, 3) + _bn(b) for a, b in ((24, w0), (w0, w1), (w1, w2)))
+    assert sum(p.numel() for p in model.parameters()) == whiten + groups + w2 * 7 + 7
+    assert count_parameters(model) == whiten + groups + w2 * 7 + 7 - 24 * 12  # the filters are not trained
+    assert sum(p.numel() for p in build_model("whitened_cnn", 10).parameters()) == 295_106  # widths (32, 64, 128)
+    seen = {}
+    model.linear.register_forward_hook(lambda m, inp, out: seen.__setitem__("in", inp[0]))
+    out = model.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7) and out.dtype == torch.float32 and seen["in"].shape == (2, w2)
+
+
+def test_whitening_filters_whiten_the_patches_they_were_computed_from():
+    torch.manual_seed(0)
+    mix = torch.randn(3, 3) + 2 * torch.eye(3)  # correlated colour channels
+    images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(200, 3, 32, 32))
+    images = images + 0.5 * images.roll(1, dims=3)  # and correlated neighbouring pixels
+    model = build_model("whitened_cnn", 10, (8, 8, 8))
+    model.init_whitening(images)
+    weight = model.whiten.weight.detach()
+    assert not model.whiten.weight.requires_grad and torch.equal(weight[:12], -weight[12:])
+    with torch.no_grad():
+        responses = model.whiten(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = responses.T @ responses / len(responses)
+    # unit variance along each whitening direction, uncorrelated (eps = 5e-4 shrinks the variances slightly)
+    torch.testing.assert_close(cov, torch.eye(12, dtype=torch.float64), atol=0.03, rtol=0)
+    assert torch.equal(model.whiten.bias, torch.zeros(24))
+
+
+def test_whitened_cnn_channels_last_gradients_and_training_leaves_filters():
+    model = _whitened()
+    filters = model.whiten.weight.detach().clone()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out = model.eval()(x)
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), out, rtol=1e-4, atol=1e-4)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+    assert model.whiten.weight.grad is None and torch.equal(model.whiten.weight, filters)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_whitened_cnn_is_deterministic_and_restores_from_its_state():
+    a, b = _whitened(seed=3), _whitened(seed=3)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(a.eval()(x), b.eval()(x))
+    c = build_model("whitened_cnn", 10, (8, 16, 24))  # other initial weights, no whitening yet
+    c.load_state_dict(a.state_dict())
+    assert torch.equal(c.eval()(x), a(x))
+
+
+@pytest.mark.parametrize("widths", [(32, 64), (0, 16, 32)])
+def test_whitened_cnn_rejects_bad_widths_and_images(widths):
+    with pytest.raises(ValueError, match="three positive"):
+        build_model("whitened_cnn", 10, widths)
+    with pytest.raises(ValueError, match="normalized images"):
+        build_model("whitened_cnn", 10).init_whitening(torch.zeros(4, 32, 32))
