@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["detection_scores", "detection_metrics", "detector_summary", "flag_all_f1", "ranking_auc", "run_header"]
+__all__ = ["detection_scores", "detection_metrics", "detector_summary", "epoch_curves", "flag_all_f1", "rank_auc",
+           "ranking_auc", "run_header"]
 
 
 def _as_bool_array(mask, name: str) -> np.ndarray:
@@ -118,3 +119,70 @@ def ranking_auc(quality, is_noisy) -> float:
     if truth.all() or not truth.any():
         return float("nan")
     return float(roc_auc_score(truth, -score))
+
+
+def rank_auc(quality: np.ndarray, is_noisy: np.ndarray) -> float | None:
+    """:func:`ranking_auc` in NumPy alone (the Mann-Whitney statistic on average ranks, ties counted half), for
+    the training path, which does not import scikit-learn; None when every sample is clean or every one noisy.
+
+    ``quality`` float ``[N]`` (low = likely mislabelled), ``is_noisy`` bool ``[N]``.
+    """
+    truth = _as_bool_array(is_noisy, "is_noisy")
+    score = -np.asarray(quality, dtype=np.float64)
+    n_pos = int(truth.sum())
+    n_neg = len(truth) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="stable")
+    sorted_scores = score[order]
+    ranks = np.empty(len(score), dtype=np.float64)
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0  # 1-based average rank of each group of ties
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+#: per-sample keys of an epoch file that say whether a network predicts the given label (BKD: the teacher)
+FIT_KEYS = ("train_teacher_fits", "train_predicts_label")
+
+
+def epoch_curves(history: dict[str, list[float]], epochs: list[dict[str, np.ndarray]], is_noisy: np.ndarray,
+                 train_rows: np.ndarray) -> dict[str, list[float | None]]:
+    """A run's per-epoch curves, small enough to commit beside its metrics and plot without retraining.
+
+    The clean labels enter here only, to evaluate: the shares of the mislabelled and of the correctly labelled
+    training images whose given label the network predicts in the training pass (``fit_mislabelled``,
+    ``fit_clean``: memorisation shows as the first rising), and the ROC-AUC of the eval-mode agreement score
+    for mislabelled against clean samples (``agreement_auc``, epochs that scored every sample).
+
+    Parameters
+    ----------
+    history : dict of str to list of float
+        The trainer's per-epoch scalars (loss, mean_max_student, test_acc, ...), each ``[E]``.
+    epochs : list of dict
+        Each epoch's per-sample arrays (``train_*`` over the training rows ``[n_train]``, ``eval_agreement``
+        over all samples ``[N]``), ``E`` of them.
+    is_noisy : bool ndarray, shape (N,)
+    train_rows : int ndarray, shape (n_train,)
+        The rows of the samples the ``train_*`` arrays are about.
+
+    Returns
+    -------
+    dict of str to list
+        ``epoch`` (from 1) and one list ``[E]`` per curve, None where an epoch has no value.
+    """
+    def clean(values: list[float]) -> list[float | None]:
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    curves: dict[str, list[float | None]] = {"epoch": [float(e + 1) for e in range(len(epochs))]}
+    curves.update({key: clean(values) for key, values in history.items()})
+    noisy_train = np.asarray(is_noisy, dtype=bool)[train_rows]
+    fits: dict[str, list[float | None]] = {"fit_mislabelled": [], "fit_clean": []}
+    auc: list[float | None] = []
+    for arrays in epochs:
+        fit = next((arrays[k].astype(np.float64) for k in FIT_KEYS if k in arrays), None)
+        for name, rows in (("fit_mislabelled", noisy_train), ("fit_clean", ~noisy_train)):
+            fits[name].append(float(fit[rows].mean()) if fit is not None and rows.any() else None)
+        scores = arrays.get("eval_agreement")
+        auc.append(rank_auc(scores, is_noisy) if scores is not None and np.isfinite(scores).all() else None)
+    return {**curves, **fits, "agreement_auc": auc}

@@ -42,8 +42,11 @@ CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 METRICS = "metrics.json"
 SCORES = "scores.npz"
+CURVES = "curves.json"
+#: the tipping epoch's agreement scores in float16 (small enough to commit beside a batch's metrics)
+TIPPING_SCORES = "tipping_scores.npz"
 #: Files that mark a folder as a run's (``config.json`` aside).
-RUN_FILES = (METRICS, SCORES, CHECKPOINT, "samples.csv", "samples.csv.gz", "highlights.csv")
+RUN_FILES = (METRICS, SCORES, CURVES, TIPPING_SCORES, CHECKPOINT, "samples.csv", "samples.csv.gz", "highlights.csv")
 T = TypeVar("T")
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # bkd_core.io's temporary names
 
@@ -384,8 +387,14 @@ class RunDir:
     def finished(self) -> bool:
         return all((self.path / name).is_file() for name in (METRICS, SCORES))
 
-    def save_outputs(self, metrics: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """``scores.npz`` then ``metrics.json`` (so a run with ``metrics.json`` has its scores)."""
+    def save_outputs(self, metrics: dict[str, Any], arrays: dict[str, np.ndarray], *,
+                     curves: dict[str, Any] | None = None, tipping_scores: dict[str, np.ndarray] | None = None) -> None:
+        """``scores.npz`` (and ``curves.json``, ``tipping_scores.npz``) then ``metrics.json`` (so a run with
+        ``metrics.json`` has the others)."""
+        if curves is not None:
+            atomic_write_json(self.path / CURVES, curves)
+        if tipping_scores is not None:
+            atomic_save_npz(self.path / TIPPING_SCORES, **tipping_scores)
         atomic_save_npz(self.path / SCORES, **arrays)
         atomic_write_json(self.path / METRICS, metrics)
 

@@ -38,7 +38,13 @@ A run directory holds:
 - ``checkpoint.pt``: the latest epoch's state (weights, optimizer, RNG, history); model weights,
   never to be committed;
 - ``epochs/epoch_XXX.npz``: per-sample scores of each epoch (float16);
-- ``metrics.json`` and ``scores.npz`` once the run has finished.
+- ``metrics.json`` and ``scores.npz`` once the run has finished, with ``curves.json`` (the per-epoch curves:
+  losses, the student's confidence, accuracies, how much of the mislabelled and of the clean training images
+  the network fits, the agreement score's ROC-AUC) and, once a tipping point was found, ``tipping_scores.npz``
+  (its agreement scores in float16): small files a batch commits so that figures need no retraining.
+
+A loss or logit that is not finite stops the run within the batch (:meth:`Trainer.require_finite`) with one
+sentence; nothing of the diverged epoch is written.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ from .config import BKDConfig, stored_fingerprint
 from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import agreement_probability, bkd_step, detect, group_alpha, tipping_point
-from .metrics import detection_metrics, detector_summary, run_header
+from .metrics import detection_metrics, detector_summary, epoch_curves, run_header
 from .models import WhitenedCNN, build_model
 from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
 
@@ -302,6 +308,10 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(config, self.networks.values(), self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.history: dict[str, list[float]] = {}
+        # divergence guard (watch / require_finite): a host sync every batch on the CPU, every 50 on CUDA
+        self.finite_every = 50 if self.device.type == "cuda" else 1
+        self.nonfinite: torch.Tensor | None = None
+        self.watched: tuple[str, ...] = ()
         self.epoch = 0  # number of finished epochs
         self.checkpoint_epoch = 0  # number of finished epochs in the last checkpoint written or loaded
         self.last_checkpoint_time = time.monotonic()
@@ -322,11 +332,14 @@ class Trainer:
         per_sample = {key: torch.zeros(n, device=self.device) for key in self.per_sample_keys}
         sums = torch.zeros(len(self.sum_keys), device=self.device)
         self.begin_epoch()
-        for pos, step in self.training_batches(n):
+        batches = list(self.training_batches(n))
+        for i, (pos, step) in enumerate(batches):
             values, batch_sums = self.train_step(pos, step=step)
             for key, value in values.items():
                 per_sample[key][pos] = value
             sums += batch_sums
+            if (i + 1) % self.finite_every == 0 or i + 1 == len(batches):
+                self.require_finite(i + 1, len(batches))
         return EpochOutput(per_sample, self.epoch_scalars(dict(zip(self.sum_keys, (sums / n).unbind()))))
 
     # -- hooks for subclasses -------------------------------------------------------------------
@@ -375,6 +388,38 @@ class Trainer:
         raise NotImplementedError
 
     # -- shared pieces ---------------------------------------------------------------------------
+    def watch(self, **tensors: torch.Tensor) -> None:
+        """Note whether any of these tensors of a training step (the networks' logits, the loss) holds an
+        infinite or NaN value; :meth:`require_finite` stops the run on it. No host sync here."""
+        flags = torch.stack([~torch.isfinite(t.detach()).all() for t in tensors.values()])
+        self.nonfinite = flags if self.nonfinite is None else self.nonfinite | flags
+        self.watched = tuple(tensors)
+
+    def require_finite(self, batch: int, batches: int) -> None:
+        """Stop a diverging run at once: raise :class:`DivergedError` if a watched tensor of the batches since
+        the last call was not finite (a host sync: every batch on the CPU, every :attr:`finite_every` on CUDA).
+
+        Nothing of the epoch is saved, so the run directory keeps the last finite epoch's checkpoint.
+        """
+        if self.nonfinite is None or not bool(self.nonfinite.any()):
+            return
+        names = [name for name, bad in zip(self.watched, self.nonfinite.tolist()) if bad]
+        what = " and ".join(f"the {n}'s logits" if n in self.network_names else f"the {n}" for n in names)
+        self.nonfinite = None
+        raise self.diverged(f"training diverged in epoch {self.epoch + 1}, within batches "
+                            f"{max(batch - self.finite_every + 1, 1)}-{batch} of {batches}: {what} became "
+                            "infinite or NaN")
+
+    def diverged(self, what: str) -> DivergedError:
+        """The one sentence of a diverged run: what diverged, what to try, what is kept."""
+        cfg = self.config
+        return DivergedError(
+            f"{what}. The likely cause is a learning rate too high for this model "
+            f"(lr={cfg.lr:g}, batch_size={cfg.batch_size}); train with a lower lr (e.g. --set lr={cfg.lr / 2:g}) "
+            f"into another run directory. No result was written: "
+            + (f"{self.rundir.path} keeps the checkpoint of epoch {self.checkpoint_epoch} (a finite one)"
+               if self.checkpoint_epoch else "nothing of this run was saved"))
+
     def autocast(self) -> Any:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                               enabled=self.autocast_dtype is not None)
@@ -582,22 +627,15 @@ class Trainer:
                and not np.isfinite(self.history[k][self.epoch])]
         bad += [k for k, v in per_sample.items() if not np.isfinite(v).all()]
         if bad:
-            cfg = self.config
             values = ", ".join(f"{k}={self.history[k][self.epoch]:.3g}" for k in bad if k in self.history)
-            raise DivergedError(
-                f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite"
-                f"{f' ({values})' if values else ''}. "
-                f"The likely cause is a learning rate too high for this model "
-                f"(lr={cfg.lr:g}, batch_size={cfg.batch_size}); "
-                f"train with a lower lr into another run directory. "
-                + (f"{self.rundir.path} keeps the checkpoint of epoch {self.checkpoint_epoch} (a finite one)"
-                   if self.checkpoint_epoch else "Nothing of this run was saved"))
+            raise self.diverged(f"training diverged in epoch {self.epoch + 1}: {', '.join(bad)} not finite"
+                                f"{f' ({values})' if values else ''}")
 
-    def stacked_history(self) -> dict[str, np.ndarray]:
-        """Scalar history as float arrays [E] and per-sample history as float16 arrays [E, n]."""
+    def stacked_history(self, epochs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Scalar history as float arrays [E] and per-sample history (``epochs``, each epoch's arrays) as
+        float16 arrays [E, n]."""
         arrays: dict[str, np.ndarray] = {f"history_{k}": np.asarray(v, dtype=np.float64)
                                          for k, v in self.history.items()}
-        epochs = [self.load_epoch(e) for e in range(self.epoch)]
         keys = sorted({k for e in epochs for k in e})
         for key in keys:
             size = next(len(e[key]) for e in epochs if key in e)
@@ -631,8 +669,14 @@ class Trainer:
             "train_rows": self.prep.train_idx.astype(np.int64),
             "val_rows": self.prep.val_idx.astype(np.int64),
         })
-        arrays.update(self.stacked_history())
-        self.rundir.save_outputs(metrics, arrays)
+        epochs = [self.load_epoch(e) for e in range(self.epoch)]
+        arrays.update(self.stacked_history(epochs))
+        curves = epoch_curves(self.history, epochs, data.is_noisy, self.prep.train_idx)
+        tipping = None
+        if metrics.get("tipping_epoch") is not None:  # the detection's scores, for a histogram without retraining
+            tipping = {"agreement": quality.astype(np.float16), "is_noisy": np.packbits(data.is_noisy),
+                       "num_samples": np.int64(len(quality))}
+        self.rundir.save_outputs(metrics, arrays, curves=curves, tipping_scores=tipping)
         return self.load_result()
 
     def load_result(self) -> RunResult:
@@ -679,6 +723,7 @@ class BKDTrainer(Trainer):
             out = bkd_step(z_t.float(), z_s.float(), self.train_labels[pos],
                            alpha=None if self.alpha is None else self.alpha[pos], detach_teacher=cfg.detach_teacher,
                            reduction=cfg.loss_reduction, detach_robust_target=cfg.detach_robust_target)
+        self.watch(teacher=z_t, student=z_s, loss=out.loss)
         if step:
             self.optimizer_step(out.loss)
         n = len(pos)
@@ -784,6 +829,7 @@ class CETrainer(Trainer):
                 logits = nets["model"](x)
             logits = logits.float()
             loss = F.cross_entropy(logits, y)
+        self.watch(model=logits, loss=loss)
         if step:
             self.optimizer_step(loss)
         with torch.no_grad():

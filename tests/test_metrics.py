@@ -114,3 +114,15 @@ def test_detector_summary_and_run_header_give_the_metrics_json_fields():
     assert run_header("knn", data, config) == {"kind": "knn", "dataset": "cifar10", "split": "worst",
                                                "profile": "features", "seed": 2, "num_samples": 5,
                                                "true_noise_rate": 0.4}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rank_auc_is_sklearns_roc_auc_without_sklearn(seed):
+    from bkd_core.metrics import rank_auc, ranking_auc
+
+    rng = np.random.default_rng(seed)
+    is_noisy = rng.random(500) < 0.3
+    quality = np.round(rng.random(500) - 0.3 * is_noisy, 2)  # rounded: many ties
+    assert rank_auc(quality, is_noisy) == pytest.approx(ranking_auc(quality, is_noisy), abs=1e-12)
+    assert rank_auc(quality, np.zeros(500, bool)) is None and rank_auc(quality, np.ones(500, bool)) is None
+    assert rank_auc(np.where(is_noisy, 0.0, 1.0), is_noisy) == 1.0

@@ -152,13 +152,65 @@ def test_read_only_folder_is_answered_before_training(data, tmp_path, monkeypatc
 
 
 def test_diverging_run_stops_with_the_epoch_and_cause(data, tmp_path):
-    with pytest.raises(DivergedError, match=r"diverged in epoch \d+: .*not finite.*lr=1e\+06") as exc:
+    with pytest.raises(DivergedError, match=r"diverged in epoch \d+, within batches 1-1 of 2: .*infinite or NaN"
+                                            r".*lr=1e\+06") as exc:
         train_bkd(data, TINY.replace(lr=1e6, epochs=4), tmp_path / "run", progress=False)
-    assert "lower lr" in str(exc.value)
-    epoch = int(str(exc.value).split("diverged in epoch ")[1].split(":")[0])
+    assert "lower lr" in str(exc.value) and "No result was written" in str(exc.value)
+    epoch = int(str(exc.value).split("diverged in epoch ")[1].split(",")[0])
     assert not (tmp_path / "run" / "metrics.json").exists()
     saved = sorted((tmp_path / "run" / "epochs").glob("*.npz")) if (tmp_path / "run" / "epochs").exists() else []
     assert len(saved) == epoch - 1  # the diverged epoch is not saved: the checkpoint is the last finite one
+
+
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_a_non_finite_logit_stops_the_run_within_its_batch(data, tmp_path, monkeypatch, network):
+    """One infinite logit of one network in the second epoch's second batch: the run stops right there, names
+    that network and batch, and keeps the first epoch's checkpoint (no optimizer step ran on the bad batch)."""
+    from bkd_core.train import BKDTrainer
+
+    calls = {"n": 0}
+    original = BKDTrainer.train_step
+
+    def poisoned(self, pos, *, step=True):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 108 training rows, batch 64: two batches an epoch
+            forward = self.networks[network].forward
+            self.networks[network].forward = lambda x: forward(x).index_fill(1, torch.tensor([0]), float("inf"))
+            try:
+                return original(self, pos, step=step)
+            finally:
+                del self.networks[network].forward
+        return original(self, pos, step=step)
+
+    monkeypatch.setattr(BKDTrainer, "train_step", poisoned)
+    with pytest.raises(DivergedError) as exc:
+        train_bkd(data, TINY.replace(epochs=3), tmp_path / "run", progress=False)
+    message = str(exc.value)
+    assert message.startswith(f"training diverged in epoch 2, within batches 2-2 of 2: the {network}'s logits")
+    assert "checkpoint of epoch 1" in message and calls["n"] == 4
+    assert sorted(p.name for p in (tmp_path / "run" / "epochs").glob("*.npz")) == ["epoch_000.npz"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_finished_run_writes_its_curves_and_tipping_scores(data, tmp_path):
+    from bkd_core.metrics import rank_auc
+
+    cfg = TINY.replace(epochs=8, tipping_fallback=1, tipping_window=1)
+    result = train_bkd(data, cfg, tmp_path / "run", progress=False)
+    curves = json.loads((tmp_path / "run" / "curves.json").read_text())
+    assert curves["epoch"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0][:result.metrics["epochs"]]
+    for key in ("mean_max_student", "loss", "test_acc", "fit_mislabelled", "fit_clean", "agreement_auc"):
+        assert len(curves[key]) == len(curves["epoch"]), key
+    assert all(0 <= v <= 1 for v in curves["fit_mislabelled"] + curves["fit_clean"])
+    tip = result.metrics["tipping_epoch"]
+    assert tip is not None
+    with np.load(tmp_path / "run" / "tipping_scores.npz") as f:
+        agreement, n = f["agreement"], int(f["num_samples"])
+        is_noisy = np.unpackbits(f["is_noisy"])[:n].astype(bool)
+    assert agreement.dtype == np.float16 and n == len(data.train_labels)
+    np.testing.assert_array_equal(is_noisy, data.is_noisy)
+    np.testing.assert_allclose(agreement, result.label_quality, atol=1e-3)
+    assert curves["agreement_auc"][tip] == pytest.approx(rank_auc(result.label_quality, data.is_noisy), abs=1e-9)
 
 
 # -- damaged and missing files ------------------------------------------------------------------------
