@@ -28,7 +28,8 @@ On CUDA (``--device cuda``) the comparison is like for like: both pipelines run 
 bf16) and channels_last networks; two more rows show the official pipeline as published (fp32, NCHW)
 and bkd_core in fp32, i.e. what precision adds. A pass is a full epoch of the ``paper`` profile's
 45,000 training rows by default (short passes are dominated by the DataLoader's worker start-up).
-``BENCH_PRECISION=fp32|bf16|fp16`` and ``BENCH_CHANNELS_LAST=0|1`` set a variant's precision and layout.
+``BENCH_PRECISION=fp32|bf16|fp16`` and ``BENCH_CHANNELS_LAST=0|1`` set a variant's precision and layout,
+``BENCH_COMPILE=1`` compiles bkd_core's networks (``torch.compile``).
 
 Also reported: model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``)
 turned into achieved FLOP/s, against the measured matmul peak of the device the passes ran on (on
@@ -42,6 +43,8 @@ Usage (from the repository root)::
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --passive
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --batch-size 32 --passive
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model preresnet18 --passive
+    BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model whitened_cnn --images 4096 --no-rss \
+        --variant bkd_core_bf16=bkd_core:BENCH_PRECISION=bf16
     BKD_DATA_DIR=/work/data .venv/bin/python benchmarks/bench_epoch.py --model small_cnn --profile --repeats 0
 
 Without ``BKD_DATA_DIR`` the images are random uint8 (a note is printed); speed does not depend
@@ -142,6 +145,8 @@ class BKDCorePipeline:
             cfg = cfg.replace(precision=os.environ["BENCH_PRECISION"])
         if os.environ.get("BENCH_CHANNELS_LAST") in ("0", "1"):
             cfg = cfg.replace(channels_last=os.environ["BENCH_CHANNELS_LAST"] == "1")
+        if os.environ.get("BENCH_COMPILE") == "1":
+            cfg = cfg.replace(compile=True)
         self.trainer = BKDTrainer(data, cfg, run_dir, progress=False)
         self.device = self.trainer.device
 
@@ -498,8 +503,8 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("small_cnn", "preresnet18"), default="small_cnn")
-    parser.add_argument("--widths", type=int, nargs=3, default=(32, 64, 128), help="small_cnn widths")
+    parser.add_argument("--model", choices=("small_cnn", "whitened_cnn", "preresnet18"), default="small_cnn")
+    parser.add_argument("--widths", type=int, nargs=3, default=(32, 64, 128), help="small_cnn / whitened_cnn widths")
     parser.add_argument("--images", type=int, default=None,
                         help="images per timed pass (default: the cpu profile's train_size, i.e. one epoch of its "
                              "subset, for small_cnn; --batches x --batch-size for preresnet18)")

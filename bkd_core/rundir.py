@@ -398,6 +398,28 @@ class RunDir:
         atomic_save_npz(self.path / SCORES, **arrays)
         atomic_write_json(self.path / METRICS, metrics)
 
+    def load_tipping_scores(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The detection's agreement scores (float32 [N]) and which samples are mislabelled (bool [N]) from
+        ``tipping_scores.npz``, or None when the run wrote none (no tipping point, or an older run).
+
+        Raises:
+            DamagedFileError: the file is damaged.
+        """
+        path = self.path / TIPPING_SCORES
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                n = int(f["num_samples"])
+                agreement = f["agreement"].astype(np.float32)
+                is_noisy = np.unpackbits(f["is_noisy"])[:n].astype(bool)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise DamagedFileError(f"{path} is damaged ({_first_line(exc)}); delete it and rerun the run") from exc
+        if agreement.shape != (n,) or is_noisy.shape != (n,):
+            raise DamagedFileError(f"{path} holds {agreement.shape} scores for {n} samples; delete it and rerun "
+                                   "the run")
+        return agreement, is_noisy
+
     def load_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(metrics, arrays)`` of a finished run.
 

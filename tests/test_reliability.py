@@ -205,12 +205,14 @@ def test_a_finished_run_writes_its_curves_and_tipping_scores(data, tmp_path):
     tip = result.metrics["tipping_epoch"]
     assert tip is not None
     with np.load(tmp_path / "run" / "tipping_scores.npz") as f:
-        agreement, n = f["agreement"], int(f["num_samples"])
-        is_noisy = np.unpackbits(f["is_noisy"])[:n].astype(bool)
-    assert agreement.dtype == np.float16 and n == len(data.train_labels)
+        assert f["agreement"].dtype == np.float16
+    agreement, is_noisy = RunDir(tmp_path / "run").load_tipping_scores()
     np.testing.assert_array_equal(is_noisy, data.is_noisy)
     np.testing.assert_allclose(agreement, result.label_quality, atol=1e-3)
     assert curves["agreement_auc"][tip] == pytest.approx(rank_auc(result.label_quality, data.is_noisy), abs=1e-9)
+    (tmp_path / "run" / "tipping_scores.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DamagedFileError, match="tipping_scores.npz is damaged"):
+        RunDir(tmp_path / "run").load_tipping_scores()
 
 
 # -- damaged and missing files ------------------------------------------------------------------------
