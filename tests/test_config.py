@@ -267,7 +267,7 @@ def test_cnn_profile_is_the_official_protocol_with_another_network():
             "tipping_fallback", "detach_teacher", "detach_robust_target", "loss_reduction", "score_views",
             "train_size", "test_size", "noisy_groups", "otsu_criterion", "otsu_bins")
     assert {f: getattr(CNN, f) for f in same} == {f: getattr(official, f) for f in same}
-    assert CNN.lr_step is None  # a constant learning rate in phase 1
+    assert (CNN.epochs, CNN.lr_step, CNN.lr_gamma) == (40, 30, 0.1)  # the official step, at 3/4 of the run
 
 
 def test_parse_assignments_types_values_by_the_fields():
