@@ -95,8 +95,8 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     ``keep_runs_on_drive`` Google Drive (mounted at ``/content/drive``; runs in ``MyDrive/bkd-book/runs``),
     where they outlive the runtime and a later session reuses them. A value set before is kept.
     Downloads the images with their CIFAR-N labels of ``images`` and the label files alone of
-    ``labels`` (validated, see :func:`bkd_core.data.download` and :func:`~bkd_core.data.download_labels`),
-    then shows where everything is and how to keep the runs.
+    ``labels`` (staged and checked, :func:`bkd_core.data.ensure_data`), then shows where everything is and how to
+    keep the runs.
 
     With ``features`` (a chapter whose default profile is ``features``) it also sets ``$BKD_FEATURE_CACHE``,
     where the first training run keeps the label-free feature vectors it computes once (a few minutes):
@@ -109,10 +109,18 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     Returns the folders used: ``{"data": ..., "runs": ..., "features": ..., "results": ...}`` (``runs`` only
     when ``trains``, ``features`` only with ``features``, ``results`` only with ``results``).
 
+    Outside Colab it refuses at once, before anything is written, downloaded or cloned: on your own machine the
+    data folder is yours to choose (``BKD_DATA_DIR``, ``python -m bkd_core data``).
+
     Raises:
-        RuntimeError: with ``results``, the repository could not be cloned (says what to check).
+        RuntimeError: not inside Google Colab; or with ``results``, the repository could not be cloned (says
+            what to check).
     """
-    from ..data import download, download_labels
+    if not in_colab():
+        raise RuntimeError("setup_colab() sets up a Google Colab runtime (it writes into /content) and runs only "
+                           "inside Colab; on your own machine, set BKD_DATA_DIR to a data folder and run "
+                           "`python -m bkd_core data` (or `make book`)")
+    from ..data import ensure_data
 
     on_drive = trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ
     if on_drive:
@@ -129,11 +137,7 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
                                                     COLAB_DRIVE_FEATURES if on_drive else COLAB_FEATURES)
     if results:
         folders["results"] = _clone_repository()
-    for dataset in images:
-        download(dataset)
-    for dataset in labels:
-        if dataset not in images:
-            download_labels(dataset)
+    ensure_data(images=images, labels=labels)
     _show_markdown(colab_note(folders, images, labels))
     return folders
 
