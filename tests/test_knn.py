@@ -66,7 +66,7 @@ def test_quality_and_vote_by_hand():
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(k=0), "k must"), (dict(k=4), "k must"),
-                                           (dict(num_classes=1), "labels must lie")])
+                                           (dict(num_classes=1), "num_classes must be an integer >= 2")])
 def test_arguments_are_checked(kwargs, match):
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match=match):
@@ -106,3 +106,20 @@ def test_the_neighbour_graph_is_cached_once_per_feature_matrix(tmp_path, monkeyp
     np.testing.assert_array_equal(res.label_issues, direct.label_issues)
     with pytest.raises(ValueError, match="neighbours must be"):
         knn.knn_label_issues(x, labels, k=4, neighbours=graph)
+
+
+@pytest.mark.parametrize("features, labels, num_classes, match", [
+    (np.eye(20, 3), np.zeros(20, np.int64), 2, "labels hold one class only"),
+    (np.eye(20, 3), np.arange(20) % 4, 99_999, "num_classes=99,999 is far more than the labels need"),
+    (np.ma.masked_array(np.eye(20, 3), mask=np.eye(20, 3) > 0), np.arange(20) % 4, None,
+     "features is a masked array with 3 masked entries"),
+    (np.eye(20, 3), np.arange(20) % 4 * 1000, None, "most class ids .* are unused"),
+], ids=["one class", "huge num_classes", "masked", "sparse ids"])
+def test_knn_and_bkd_refuse_the_same_inputs_with_the_same_sentence(features, labels, num_classes, match):
+    from bkd_core.label_issues import find_label_issues
+
+    with pytest.raises(ValueError, match=match) as knn_error:
+        knn_label_issues(features, labels, k=3, num_classes=num_classes)
+    with pytest.raises(ValueError, match=match) as bkd_error:
+        find_label_issues(features, labels, num_classes=num_classes, progress=False)
+    assert str(knn_error.value) == str(bkd_error.value)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..validation import check_features, check_features_and_labels
+
 if TYPE_CHECKING:
     from ..config import BKDConfig
     from ..data import NoisyCIFAR
@@ -63,12 +65,8 @@ class KNNLabelIssues:
 
 
 def _as_tensor(features) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))  # also a reversed view
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"features must be a float array [N, D] with N >= 2, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("features contain NaN or infinite values")
-    return x
+    """Checked features (:func:`bkd_core.validation.check_features`, at least 2 rows) as a float32 tensor."""
+    return torch.from_numpy(check_features(features, min_samples=2))  # also a reversed view, copied
 
 
 def nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048) -> np.ndarray:
@@ -165,13 +163,14 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     Parameters
     ----------
     features : array_like
-        float ``[N, D]`` feature vectors (e.g. :func:`bkd_core.features.cached_features`).
+        float ``[N, D]`` feature vectors, ``N >= 2`` (e.g. :func:`bkd_core.features.cached_features`).
     labels : array_like
-        int ``[N]`` given (possibly noisy) labels in ``[0, C)``.
+        int ``[N]`` given (possibly noisy) labels in ``[0, C)``, of at least two classes.
     k : int
         Neighbours per sample (cosine similarity, itself excluded).
     num_classes : int, optional
-        C; default ``labels.max() + 1``.
+        C; default ``labels.max() + 1``. Features, labels and ``num_classes`` are checked as
+        :func:`bkd_core.label_issues.find_label_issues` checks them (:mod:`bkd_core.validation`).
     batch_size : int
         Rows per block of the similarity matrix.
     neighbours : np.ndarray, optional
@@ -185,15 +184,9 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
         ``ranked`` int64 ``[N]`` (worst first), ``vote`` int64 ``[N]``, ``neighbour_counts``
         int64 ``[N, C]``.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be an integer array [N], got dtype {y.dtype} shape {y.shape}")
-    y = y.astype(np.int64)
-    c = int(num_classes) if num_classes is not None else int(y.max()) + 1
-    if len(y) and (y.min() < 0 or y.max() >= c):
-        raise ValueError(f"labels must lie in [0, {c}), found [{y.min()}, {y.max()}]")
+    x, y, c = check_features_and_labels(features, labels, num_classes, min_samples=2)
     if neighbours is None:
-        neighbours = nearest_neighbours(features, k=k, batch_size=batch_size)
+        neighbours = _nearest(torch.from_numpy(x), k, batch_size)
     else:
         neighbours = np.asarray(neighbours)
         if neighbours.ndim != 2 or neighbours.shape[1] != k:
