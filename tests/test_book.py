@@ -20,7 +20,8 @@ COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
 # -- overrides ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("given", [{"otsu_criterion": "classic", "model_widths": [8, 16, 16]},
-                                   '{"otsu_criterion": "classic", "model_widths": [8, 16, 16]}'])
+                                   '{"otsu_criterion": "classic", "model_widths": [8, 16, 16]}',
+                                   ["otsu_criterion=classic", "model_widths=8,16,16"]])
 def test_overrides_as_dict_or_json_text(given):
     config = book.chapter_config("cpu", overrides=given)
     assert config.otsu_criterion == "classic" and config.model_widths == (8, 16, 16)

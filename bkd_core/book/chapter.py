@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PROFILES, BKDConfig, get_profile
+from ..config import PROFILES, BKDConfig, parse_assignments, resolve
 from ..data import NoisyCIFAR, load_cifar_n
 from .results import summary_cell, table_rows
 
@@ -208,35 +208,38 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
 
 def chapter_config(profile: str = "cpu", *, seed: int = 0, train_size: int | None = None,
                    epochs: int | None = None, device: str = "auto",
-                   overrides: dict[str, Any] | str | None = None) -> BKDConfig:
+                   overrides: dict[str, Any] | str | Sequence[str] | None = None) -> BKDConfig:
     """The run configuration of a chapter: the named profile with the parameters cell's overrides.
 
     ``train_size`` / ``epochs`` None keep the profile's values; ``overrides`` may set any other
     :class:`~bkd_core.config.BKDConfig` field (lists are accepted for tuples), as a dict or as JSON
-    text (what ``papermill -p overrides '{"otsu_criterion": "classic"}'`` passes). Chapters that pass
-    the same arguments get the same configuration, hence the same cached runs.
+    text (what ``papermill -p overrides '{"otsu_criterion": "classic"}'`` passes), or as ``FIELD=VALUE``
+    assignments as the command line's ``--set`` takes them. The one resolver, :func:`bkd_core.config.resolve`,
+    checks every field. Chapters that pass the same arguments get the same configuration, hence the same cached
+    runs.
     """
     changes: dict[str, Any] = {"seed": seed, "device": device}
     if train_size is not None:
         changes["train_size"] = train_size
     if epochs is not None:
         changes["epochs"] = epochs
-    for key, value in parse_overrides(overrides).items():
-        changes[key] = tuple(value) if isinstance(value, list) else value
-    return get_profile(profile, **changes)
+    return resolve(profile, {**changes, **parse_overrides(overrides)})
 
 
-def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
+def parse_overrides(overrides: dict[str, Any] | str | Sequence[str] | None) -> dict[str, Any]:
     """``overrides`` of a parameters cell as a dict: a dict as it is, JSON text (papermill's ``-p``
-    passes text) parsed, None or ``""`` as ``{}``.
+    passes text) parsed, a list of ``FIELD=VALUE`` assignments typed by
+    :func:`bkd_core.config.parse_assignments`, None or ``""`` as ``{}``.
 
     Raises:
-        ValueError: text that is not a JSON object, or another type (says what was given).
+        ValueError: text that is not a JSON object, a bad assignment, or another type (says what was given).
     """
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
+    if isinstance(overrides, (list, tuple)) and all(isinstance(pair, str) for pair in overrides):
+        return parse_assignments(overrides, option="overrides")
     if isinstance(overrides, str):
         if not overrides.strip():
             return {}
@@ -248,7 +251,8 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
         if not isinstance(parsed, dict):
             raise ValueError(f"overrides must be a JSON object (field: value), got {overrides!r}")
         return parsed
-    raise ValueError(f"overrides must be a dict or JSON text, got {type(overrides).__name__}: {overrides!r}")
+    raise ValueError("overrides must be a dict or JSON text (or a list of FIELD=VALUE assignments), got "
+                     f"{type(overrides).__name__}: {overrides!r}")
 
 
 def _package_dir() -> Path:
