@@ -39,20 +39,29 @@ class BKDLabelIssues:
 
     Attributes
     ----------
+    The names of the first four outputs mean what they mean in every result of ``bkd_core`` (a training run's
+    :class:`~bkd_core.train.RunResult`, :class:`~bkd_core.detectors.knn.KNNLabelIssues`): ``label_issues`` the
+    samples the detector reports, ``label_quality`` lower = more likely wrong, ``ranked_indices`` worst first,
+    ``estimated_noise_rate`` the detector's estimate of the fraction of wrong labels. ``ranked`` and
+    ``noise_rate`` are older names of the same two outputs, kept for code written against them.
+
+    Attributes
+    ----------
     label_issues : np.ndarray
-        bool ``[N]``: the mask ``flag`` chose, ``g4`` or ``below_threshold``.
+        bool ``[N]``: the samples reported as mislabelled, the mask ``flag`` names: by default (as
+        :func:`find_label_issues` chooses) ``below_threshold``, else ``g4``, the official output.
     label_quality : np.ndarray
         float32 ``[N]`` in ``[0, 1]``: the agreement probability of the given label at the tipping
         epoch (lower = worse).
-    ranked : np.ndarray
+    ranked_indices : np.ndarray
         int64 ``[N]``: indices from the lowest quality to the highest.
     groups : np.ndarray
         int64 ``[N]`` in ``{1, 2, 3, 4}`` (chapter 08, "Groups"); all 0 when no tipping epoch was chosen.
     threshold : float
-        The Otsu threshold; ``noise_rate`` is the fraction of scores below it (NaN when no tipping epoch
-        was chosen).
-    noise_rate : float
-        Estimated fraction of wrong labels (the official estimate).
+        The Otsu threshold (NaN when no tipping epoch was chosen).
+    estimated_noise_rate : float
+        Estimated fraction of wrong labels, the official estimate: the fraction of scores below the threshold,
+        whichever mask ``label_issues`` is (NaN when no tipping epoch was chosen).
     tipping_epoch : int or None
         0-based epoch whose scores were used; None when no peak was found and ``tipping_fallback=None``.
     tipping_found : bool
@@ -63,7 +72,7 @@ class BKDLabelIssues:
         bool ``[N]``: group G4, the official output (``groups == 4``).
     below_threshold : np.ndarray
         bool ``[N]``: ``label_quality < threshold`` (groups G3 and G4).
-    flag : str
+    flag : {"below_threshold", "g4"}
         Which mask ``label_issues`` is.
     tipping_rule : str or None
         ``"peak"``, ``"fallback"``, ``"highest"`` (:func:`bkd_core.method.tipping_point`) or None.
@@ -78,18 +87,28 @@ class BKDLabelIssues:
 
     label_issues: np.ndarray
     label_quality: np.ndarray
-    ranked: np.ndarray
+    ranked_indices: np.ndarray
     groups: np.ndarray
     threshold: float
-    noise_rate: float
+    estimated_noise_rate: float
     tipping_epoch: int | None
     tipping_found: bool
     epoch_statistic: list[float] = field(default_factory=list)
     g4: np.ndarray | None = None
     below_threshold: np.ndarray | None = None
-    flag: str = "g4"
+    flag: str = "below_threshold"
     tipping_rule: str | None = None
     separation: float = float("nan")
+
+    @property
+    def ranked(self) -> np.ndarray:
+        """The older name of :attr:`ranked_indices`."""
+        return self.ranked_indices
+
+    @property
+    def noise_rate(self) -> float:
+        """The older name of :attr:`estimated_noise_rate`."""
+        return self.estimated_noise_rate
 
 
 _FLAGS = ("g4", "below_threshold")
@@ -197,8 +216,8 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     -------
     BKDLabelIssues
         ``label_issues`` bool ``[N]``, ``g4`` and ``below_threshold`` bool ``[N]``, ``label_quality``
-        float32 ``[N]``, ``ranked`` int64 ``[N]`` (worst first), ``groups`` int64 ``[N]``, the
-        threshold, noise estimate, tipping epoch and rule, and the ``separation`` diagnostic.
+        float32 ``[N]``, ``ranked_indices`` int64 ``[N]`` (worst first), ``groups`` int64 ``[N]``, the
+        threshold, ``estimated_noise_rate``, tipping epoch and rule, and the ``separation`` diagnostic.
 
     Raises
     ------
@@ -276,8 +295,9 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     if point is None:
         none = np.zeros(len(quality), dtype=bool)
         return BKDLabelIssues(label_issues=none, label_quality=quality.astype(np.float32),
-                              ranked=np.argsort(quality, kind="stable"), groups=np.zeros(len(quality), np.int64),
-                              threshold=float("nan"), noise_rate=float("nan"), tipping_epoch=None,
+                              ranked_indices=np.argsort(quality, kind="stable"),
+                              groups=np.zeros(len(quality), np.int64), threshold=float("nan"),
+                              estimated_noise_rate=float("nan"), tipping_epoch=None,
                               tipping_found=False, epoch_statistic=stats, g4=none, below_threshold=none.copy(),
                               flag=flag, tipping_rule=None)
     detection = detect(quality)
@@ -286,8 +306,8 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
                        / np.hypot(split.lower_std, split.upper_std))
     issues = detection.label_issues if flag == "g4" else detection.below_threshold
     return BKDLabelIssues(label_issues=issues, label_quality=quality.astype(np.float32),
-                          ranked=np.argsort(quality, kind="stable"), groups=detection.groups,
-                          threshold=float(split.threshold), noise_rate=detection.estimated_noise_rate,
+                          ranked_indices=np.argsort(quality, kind="stable"), groups=detection.groups,
+                          threshold=float(split.threshold), estimated_noise_rate=detection.estimated_noise_rate,
                           tipping_epoch=int(point.epoch), tipping_found=point.rule == "peak", epoch_statistic=stats,
                           g4=detection.label_issues, below_threshold=detection.below_threshold, flag=flag,
                           tipping_rule=point.rule, separation=separation)

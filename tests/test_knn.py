@@ -39,12 +39,13 @@ def test_detects_flipped_labels():
     res = knn_label_issues(x, noisy, k=10)
     truth = noisy != clean
     assert res.label_issues.shape == (200,) and res.label_issues.dtype == bool
-    assert res.label_quality.dtype == np.float32 and res.ranked.dtype == np.int64
+    assert res.label_quality.dtype == np.float32 and res.ranked_indices.dtype == np.int64
     # separated clusters with 15% noise: nearly every flip is found, nearly nothing else
     assert res.label_issues[truth].mean() >= 0.9
     assert res.label_issues[~truth].mean() <= 0.05
     assert res.label_quality[truth].mean() < 0.3 < 0.7 < res.label_quality[~truth].mean()
-    assert len(set(res.ranked[:30].tolist()) & set(flipped.tolist())) >= 27  # worst first
+    assert len(set(res.ranked_indices[:30].tolist()) & set(flipped.tolist())) >= 27  # worst first
+    assert res.estimated_noise_rate == res.label_issues.mean() and res.ranked is res.ranked_indices
     found = truth & res.label_issues
     assert (res.vote[found] == clean[found]).mean() >= 0.9  # the vote recovers the clean label
     assert (res.vote[res.label_issues] != noisy[res.label_issues]).all()

@@ -44,13 +44,15 @@ def test_outputs_and_that_wrong_labels_score_lower():
     assert res.label_issues.shape == (n,) and res.label_issues.dtype == bool
     assert res.label_quality.shape == (n,) and res.label_quality.dtype == np.float32
     assert ((res.label_quality >= 0) & (res.label_quality <= 1)).all()
-    np.testing.assert_array_equal(np.sort(res.ranked), np.arange(n))
-    assert (np.diff(res.label_quality[res.ranked]) >= 0).all()  # worst first
+    np.testing.assert_array_equal(np.sort(res.ranked_indices), np.arange(n))
+    assert (np.diff(res.label_quality[res.ranked_indices]) >= 0).all()  # worst first
     assert set(np.unique(res.groups)) <= {1, 2, 3, 4}
     np.testing.assert_array_equal(res.label_issues, res.label_quality < res.threshold)  # the default mask
     np.testing.assert_array_equal(res.g4, res.groups == 4)
     assert 0 <= res.tipping_epoch < len(res.epoch_statistic) <= 12
-    assert res.noise_rate == pytest.approx(float((res.label_quality < res.threshold).mean()))
+    assert res.estimated_noise_rate == pytest.approx(float((res.label_quality < res.threshold).mean()))
+    # the older names read the same outputs
+    assert res.noise_rate == res.estimated_noise_rate and res.ranked is res.ranked_indices
     # separated clusters, 30% wrong labels: the agreement score ranks wrong labels far below
     assert _auc(res.label_quality[wrong], res.label_quality[~wrong]) >= 0.85
     precision = (res.label_issues & wrong).sum() / max(res.label_issues.sum(), 1)

@@ -42,15 +42,21 @@ __all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours", "cached_n
 class KNNLabelIssues:
     """Result of :func:`knn_label_issues` (N samples, C classes).
 
+    ``label_issues``, ``label_quality``, ``ranked_indices`` and ``estimated_noise_rate`` mean what they mean in
+    :class:`~bkd_core.label_issues.BKDLabelIssues` and :class:`~bkd_core.train.RunResult`; ``ranked`` is the older
+    name of ``ranked_indices``.
+
     Attributes
     ----------
     label_issues : np.ndarray
         bool ``[N]``, True where the neighbours' majority label differs from the given label.
     label_quality : np.ndarray
         float32 ``[N]``, fraction of the k neighbours carrying the given label (lower = worse).
-    ranked : np.ndarray
+    ranked_indices : np.ndarray
         int64 ``[N]``, sample indices from the lowest quality to the highest (stable: ties keep
         index order).
+    estimated_noise_rate : float
+        The fraction of samples flagged (``label_issues.mean()``).
     vote : np.ndarray
         int64 ``[N]``, the neighbours' majority label (the given label where it ties for first).
     neighbour_counts : np.ndarray
@@ -59,9 +65,15 @@ class KNNLabelIssues:
 
     label_issues: np.ndarray
     label_quality: np.ndarray
-    ranked: np.ndarray
+    ranked_indices: np.ndarray
+    estimated_noise_rate: float
     vote: np.ndarray
     neighbour_counts: np.ndarray
+
+    @property
+    def ranked(self) -> np.ndarray:
+        """The older name of :attr:`ranked_indices`."""
+        return self.ranked_indices
 
 
 def _as_tensor(features) -> torch.Tensor:
@@ -181,8 +193,8 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     -------
     KNNLabelIssues
         ``label_issues`` bool ``[N]``, ``label_quality`` float32 ``[N]`` (lower = worse),
-        ``ranked`` int64 ``[N]`` (worst first), ``vote`` int64 ``[N]``, ``neighbour_counts``
-        int64 ``[N, C]``.
+        ``ranked_indices`` int64 ``[N]`` (worst first), ``estimated_noise_rate``, ``vote`` int64 ``[N]``,
+        ``neighbour_counts`` int64 ``[N, C]``.
     """
     x, y, c = check_features_and_labels(features, labels, num_classes, min_samples=2)
     if neighbours is None:
@@ -200,8 +212,9 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     quality = (own / k).astype(np.float32)
     top = counts.max(1)
     vote = np.where(own == top, y, counts.argmax(1))
-    return KNNLabelIssues(label_issues=own < top, label_quality=quality,
-                          ranked=np.argsort(quality, kind="stable"), vote=vote, neighbour_counts=counts)
+    issues = own < top
+    return KNNLabelIssues(label_issues=issues, label_quality=quality, ranked_indices=np.argsort(quality, kind="stable"),
+                          estimated_noise_rate=float(issues.mean()), vote=vote, neighbour_counts=counts)
 
 
 #: Neighbours per sample of the k-nearest-neighbour detector (SimiFeat / Docta use about 10).
@@ -239,13 +252,12 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
         out = knn_label_issues(subset.train_features, subset.train_labels, k=k, num_classes=subset.num_classes,
                                neighbours=graph)
         wall = time.perf_counter() - start
-        estimate = float(out.label_issues.mean())
-        metrics = {**run_header("knn", subset, config), "k": k, "estimated_noise_rate": estimate,
+        metrics = {**run_header("knn", subset, config), "k": k, "estimated_noise_rate": out.estimated_noise_rate,
                    **detector_summary(out.label_issues, subset.is_noisy),
                    "vote_acc_clean": float((out.vote == subset.clean_labels).mean()),
                    "wall_time_s": round(wall, 2), "device": "cpu", "command": " ".join(sys.argv)}
         arrays = {"label_issues": out.label_issues, "label_quality": out.label_quality.astype(np.float32),
-                  "ranked_indices": np.argsort(out.label_quality, kind="stable").astype(np.int64),
+                  "ranked_indices": out.ranked_indices.astype(np.int64),
                   "indices": subset.indices.astype(np.int64), "predicted_labels": out.vote.astype(np.int64)}
         rundir.save_outputs(metrics, arrays)
 
