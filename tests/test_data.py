@@ -853,3 +853,12 @@ def test_download_labels_refuses_an_invalid_download(tmp_path, monkeypatch):
     with pytest.raises(D.DataError, match="not a valid CIFAR-N label file"):
         D.download_labels("cifar100", tmp_path)
     assert not (tmp_path / D.LABEL_FILES["cifar100"]).exists() and _leftovers(tmp_path) == []
+
+
+def test_data_and_feature_cache_errors_are_bkd_errors_and_keep_their_kinds():
+    from bkd_core.errors import BKDError
+    from bkd_core.features import FeatureCacheError
+
+    for error in (D.DataError, D.DataNotFoundError, FeatureCacheError):
+        assert issubclass(error, BKDError) and issubclass(error, ValueError)
+    assert issubclass(D.DataNotFoundError, FileNotFoundError) and issubclass(D.DataNotFoundError, D.DataError)
