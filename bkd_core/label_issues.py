@@ -131,9 +131,10 @@ def _check_widths(widths, *, in_features: int, num_classes: int, kept: int, devi
         except (ValueError, OSError, AttributeError):  # not on POSIX: no check
             return widths
     if need > have:
+        where = str(device) if device.type == "cuda" else "this machine"
         raise ValueError(f"widths={widths} with {in_features} features and {num_classes} classes make two networks "
                          f"of {params:,} parameters each, about {need / 2**30:,.1f} GiB with their gradients, "
-                         f"momentum and kept copies, more than the {have / 2**30:,.1f} GiB of memory of {device}; "
+                         f"momentum and kept copies, more than {where}'s {have / 2**30:,.1f} GiB of memory; "
                          f"choose smaller hidden widths (the default is {FEATURES.model_widths})")
     return widths
 

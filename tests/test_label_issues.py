@@ -280,7 +280,7 @@ def test_labels_of_one_class_are_refused(no_training):
 
 def test_hidden_widths_that_cannot_fit_in_memory_are_refused(no_training):
     x, given, _ = _noisy_clusters(n_per=5)
-    with pytest.raises(ValueError, match=r"widths=\(100000000,\) .* GiB .* more than the .* GiB of memory of cpu"):
+    with pytest.raises(ValueError, match=r"widths=\(100000000,\) .* GiB .* more than this machine's .* GiB of memory"):
         find_label_issues(x, given, widths=(10**8,), device="cpu", progress=False)
     for bad in [(0,), (8.5,), "64", 64]:
         with pytest.raises(ValueError, match="width"):
