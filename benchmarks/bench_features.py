@@ -29,7 +29,6 @@ on the next run (then the time shown is the time to read them).
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import os
 import platform
@@ -46,17 +45,6 @@ def _peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _parse_set(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def train_classifier(xtr, ytr, xte, yte, widths, *, epochs, seed=0, batch_norm=False):
@@ -141,9 +129,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from bkd_core.data import load_cifar_n
+    from bkd_core.config import parse_assignments
     from bkd_core.features import PatchFeatureSettings, cached_features, extract_features
 
-    settings = dataclasses.replace(PatchFeatureSettings(), **_parse_set(args.set))
+    try:
+        changes = parse_assignments(args.set, fields=PatchFeatureSettings)
+    except ValueError as exc:
+        parser.error(str(exc))
+    settings = dataclasses.replace(PatchFeatureSettings(), **changes)
     data = load_cifar_n("cifar10", "clean", args.data_dir)
     ntr = args.train_size or len(data.train_images)
     nte = args.test_size or len(data.test_images)

@@ -124,7 +124,7 @@ def run_bkd(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, save: Path | None =
         "recall_g4": float((res.g4 & noisy).sum() / max(noisy.sum(), 1)),
         "precision_below": float((res.below_threshold & noisy).sum() / max(res.below_threshold.sum(), 1)),
         "recall_below": float((res.below_threshold & noisy).sum() / max(noisy.sum(), 1)),
-        "auc_bkd": auc(res.label_quality.astype(np.float64), noisy), "estimate": res.noise_rate,
+        "auc_bkd": auc(res.label_quality.astype(np.float64), noisy), "estimate": res.estimated_noise_rate,
         "separation": res.separation, "bimodality": bimodality_coefficient(res.label_quality),
         "flag_g4_fraction": float(res.g4.mean()), "flag_below_fraction": float(res.below_threshold.mean()),
     }

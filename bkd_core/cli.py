@@ -1,4 +1,4 @@
-"""Command line: ``python -m bkd_core {train,train-ce,reproduce,results,check,download,data} ...``."""
+"""Command line: ``python -m bkd_core {train,train-ce,reproduce,results,check,data} ...``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, get_profile, parse_assignments
-from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, download, load_cifar_n
+from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, DATASETS, ensure_data, load_cifar_n
 from .errors import BKDError
 from .detectors import METHODS
 
@@ -203,73 +203,20 @@ def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
 # `data`: the data the book reads, downloaded when missing (the first step of `make book`)
 # --------------------------------------------------------------------------------------------
 
-#: What the book reads: the images with their CIFAR-N labels of ``BOOK_IMAGES``, the label files alone of
-#: ``BOOK_LABELS`` (the introduction shows CIFAR-100N's noise rates).
-BOOK_IMAGES: tuple[str, ...] = ("cifar10",)
-BOOK_LABELS: tuple[str, ...] = ("cifar100",)
-#: Folder inside the data folder where a download is staged until it is complete and checked.
-STAGING = ".download"
-#: The split whose labels are the images' own (loading it checks the label file against the images).
-SPLITS_CLEAN: dict[str, str] = {"cifar10": "clean", "cifar100": "clean100"}
-
-
-def ensure_data(root: str | Path | None = None, *, images: Sequence[str] = BOOK_IMAGES,
-                labels: Sequence[str] = BOOK_LABELS) -> Path:
-    """Make sure the data folder holds the book's data; download what is missing, check what is there.
-
-    Images are downloaded with torchvision (progress bar, checksums) into ``<data folder>/.download``,
-    checked with :func:`bkd_core.data.load_cifar_n`, and only then moved into the data folder, one rename
-    per file or folder: an interrupted download leaves the data folder as it was, and the next call
-    resumes from the staged archive. Label files are fetched, validated and written atomically by
-    :func:`bkd_core.data.download_labels`. Images already there are checked, never replaced; a label
-    file that is not valid is fetched again. A missing ``labels`` file that cannot be fetched is only a warning.
-
-    Returns:
-        The data folder (``root``, else ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``).
-
-    Raises:
-        bkd_core.data.DataError: a download failed or a file is unusable (the message says how to fix it).
-    """
-    import os
-    import shutil
-
-    from .data import (IMAGE_FILES, LABEL_FILES, TORCHVISION_FOLDERS, DataError, download_labels, load_cifar_n,
-                       resolve_data_dir)
-    from .data import download as download_dataset
-
-    data_dir = resolve_data_dir(root)
-    for ds in images:
-        has_images = (data_dir / IMAGE_FILES[ds]).is_file() or (data_dir / TORCHVISION_FOLDERS[ds]).is_dir()
-        if not has_images:
-            print(f"The {ds} images are not in {data_dir}: downloading them there (CIFAR-10: about 170 MB). "
-                  f"To use a copy you already have, set BKD_DATA_DIR to its folder ({IMAGE_FILES[ds]} or "
-                  f"{TORCHVISION_FOLDERS[ds]}/, and {LABEL_FILES[ds]}) and rerun.", file=sys.stderr)
-            staging = data_dir / STAGING
-            download_dataset(ds, staging)
-            load_cifar_n(ds, SPLITS_CLEAN[ds], staging)  # images and labels read and agree
-            for name in (TORCHVISION_FOLDERS[ds], LABEL_FILES[ds]):
-                if not (data_dir / name).exists():
-                    os.replace(staging / name, data_dir / name)
-            shutil.rmtree(staging)
-        download_labels(ds, data_dir)  # a valid file is kept; a missing one is fetched
-        load_cifar_n(ds, SPLITS_CLEAN[ds], data_dir)
-    for ds in labels:
-        if ds not in images:
-            try:
-                download_labels(ds, data_dir)
-            except DataError as exc:  # optional: the book leaves these rows out without the file
-                print(f"warning: {describe_error(exc)}; the book shows no {ds} label statistics without it",
-                      file=sys.stderr)
-    print(f"data ready in {data_dir}")
-    return data_dir
-
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else ~/.cache/bkd_core/data)")
+    p.add_argument("--dataset", action="append", default=None, choices=list(DATASETS),
+                   help="a dataset to get, images and CIFAR-N labels (repeatable); default: what the book reads, "
+                        "the CIFAR-10 images with the CIFAR-10N labels and the CIFAR-100N labels")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
 
 
 def _data(args: argparse.Namespace) -> int:
-    ensure_data(args.root)
+    if args.dataset:
+        data_dir = ensure_data(args.data_dir, images=tuple(dict.fromkeys(args.dataset)), labels=())
+    else:
+        data_dir = ensure_data(args.data_dir)
+    print(f"data ready in {data_dir}")
     return 0
 
 
@@ -303,18 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_chk.add_argument("--data-dir", default=None,
                        help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
     p_chk.add_argument("--no-progress", action="store_true")
-    p_dl = sub.add_parser("download", help="download CIFAR images and the CIFAR-N label file")
-    p_dl.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
-    p_dl.add_argument("--root", default=None, help="data folder (default: $BKD_DATA_DIR, else a user cache folder)")
-    _add_data_args(sub.add_parser("data", help="check the data the book reads; download what is missing"))
+    _add_data_args(sub.add_parser("data", help="check the data the book reads (or --dataset's); download what is "
+                                               "missing"))
     args = parser.parse_args(argv)
     try:
         _refuse_empty_paths(args)
         if args.command == "data":
             return _data(args)
-        if args.command == "download":
-            print(f"data in {download(args.dataset, args.root)}")
-            return 0
         if args.command == "reproduce":
             return _reproduce(args)
         if args.command == "results":
@@ -342,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _refuse_empty_paths(args: argparse.Namespace) -> None:
     """An empty folder argument (often an unset shell variable) would mean the working directory: refuse it."""
     flags = {"out": "--out" if args.command in ("train", "train-ce", "reproduce") else "OUT (the batch folder)",
-             "rerun": "--rerun", "reference": "--reference", "data_dir": "--data-dir", "root": "--root"}
+             "rerun": "--rerun", "reference": "--reference", "data_dir": "--data-dir"}
     for name, flag in flags.items():
         if getattr(args, name, None) == "":
             raise ValueError(f"{flag} is empty; give a folder path (is a shell variable unset?)")

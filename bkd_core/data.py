@@ -7,12 +7,16 @@ Data folder (``root``): the ``root`` argument, else ``$BKD_DATA_DIR``, else the 
 
 * the images, either as ``cifar10.npz`` / ``cifar100.npz`` (keys ``x_train`` uint8 [50000, 32, 32, 3],
   ``y_train`` [50000], ``x_test`` uint8 [10000, 32, 32, 3], ``y_test`` [10000]; RGB, HWC, original
-  order: what ``shared/data/unpack.py`` writes) or as torchvision's own folders
+  order) or as torchvision's own folders
   (``cifar-10-batches-py`` / ``cifar-100-python``, read with ``torchvision.datasets.CIFAR10/100``);
 * the CIFAR-N label file ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` (a ``torch.save`` archive of a
   dict of int64 numpy arrays of length 50,000, in the original training order).
 
-Every problem with the data raises :class:`DataError` (a ``ValueError``), or
+Getting the data: :func:`ensure_data` (what ``python -m bkd_core data`` runs) downloads what is missing and
+checks what is there; :func:`download` and :func:`download_labels` fetch one dataset. Every download is staged,
+checked and only then put in place, one rename per file or folder, under a lock on the data folder.
+
+Every problem with the data raises :class:`DataError` (a :class:`~bkd_core.errors.BKDError` and a ``ValueError``), or
 :class:`DataNotFoundError` (also a ``FileNotFoundError``) when a file is missing. Each message names
 the file, says what is wrong and how to fix it. Bad arguments (unknown dataset or split, bad sizes)
 raise a plain ``ValueError`` that lists the valid choices.
@@ -25,15 +29,19 @@ import os
 import pickle
 import re
 import shutil
+import stat
+import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .errors import BKDError
 from .io import atomic_path, user_cache_dir
 
 __all__ = [
@@ -60,6 +68,10 @@ __all__ = [
     "load_cifar_n_labels",
     "download",
     "download_labels",
+    "ensure_data",
+    "BOOK_IMAGES",
+    "BOOK_LABELS",
+    "STAGING",
     "train_val_split",
     "missing_data",
 ]
@@ -134,7 +146,7 @@ _CIFAR100_CLASSES = [
 # --------------------------------------------------------------------------------------------
 
 
-class DataError(ValueError):
+class DataError(BKDError, ValueError):
     """A data file is present but unusable (corrupt, truncated, wrong keys/shape/range, misordered)."""
 
 
@@ -207,32 +219,19 @@ def resolve_data_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def _how_to_get(dataset: str, data_dir: Path) -> str:
-    lines = [
-        "How to get the data:",
-        f"  - online: load_cifar_n(..., download=True), or "
-        f"`python -m bkd_core download --dataset {dataset} --root {data_dir}`;",
-    ]
-    if dataset == "cifar10":
-        lines.append(
-            f"  - offline (CIFAR-10 images and both label files): "
-            f"`python shared/data/unpack.py --out {data_dir}`;"
-        )
-    else:
-        lines.append(
-            "  - offline: shared/data/unpack.py provides only the CIFAR-100N label file, not the "
-            f"CIFAR-100 images; put a {IMAGE_FILES[dataset]} (keys {', '.join(NPZ_KEYS)}; uint8 HWC, "
-            "original order) or torchvision's cifar-100-python folder there;"
-        )
-    lines.append("  - or set BKD_DATA_DIR (or pass root=) to a folder that already holds the files.")
-    return "\n".join(lines)
+    return (
+        f"How to get the data: `python -m bkd_core data --dataset {dataset} --data-dir {data_dir}` (or "
+        f"load_cifar_n(..., download=True)) downloads and checks it; offline, put {IMAGE_FILES[dataset]} (keys "
+        f"{', '.join(NPZ_KEYS)}; uint8 HWC, original order) or torchvision's {TORCHVISION_FOLDERS[dataset]}/ folder, "
+        f"and {LABEL_FILES[dataset]}, into that folder, or set BKD_DATA_DIR (or pass root=) to a folder that "
+        "holds them."
+    )
 
 
 def _refetch_hint(dataset: str, data_dir: Path) -> str:
     return (
         "Delete it and get a good copy: "
-        f"`python -m bkd_core download --dataset {dataset} --root {data_dir}` (or download=True)"
-        + (f", or `python shared/data/unpack.py --out {data_dir} --force`" if dataset == "cifar10" else "")
-        + "."
+        f"`python -m bkd_core data --dataset {dataset} --data-dir {data_dir}` (or download=True)."
     )
 
 
@@ -337,13 +336,16 @@ def load_cifar_n_labels(path: str | os.PathLike, dataset: str | None = None) -> 
     path = Path(path)
     ds = canonical_dataset(dataset) if dataset is not None else None
     hint_ds = ds or ("cifar100" if "100" in path.name else "cifar10")
-    where = f"label file {path}"
-    fix = _refetch_hint(hint_ds, path.parent)
     if not path.is_file():
         raise DataNotFoundError(
-            f"{where} not found{' (it is a folder)' if path.exists() else ''}.\n"
+            f"label file {path} not found{' (it is a folder)' if path.exists() else ''}.\n"
             + _how_to_get(hint_ds, path.parent)
         )
+    return _read_label_file(path, ds, where=f"label file {path}", fix=_refetch_hint(hint_ds, path.parent))
+
+
+def _read_label_file(path: Path, ds: str | None, *, where: str, fix: str) -> dict[str, np.ndarray]:
+    """:func:`load_cifar_n_labels` of an existing file; ``where`` names it and ``fix`` says what to do in messages."""
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -375,7 +377,6 @@ def load_cifar_n_labels(path: str | os.PathLike, dataset: str | None = None) -> 
                 f"{where}: cannot tell CIFAR-10N from CIFAR-100N: keys are {sorted(keys)}; expected "
                 f"{sorted(CIFAR10_SPLITS.values())} or {sorted(CIFAR100_SPLITS.values())}. {fix}"
             )
-        fix = _refetch_hint(ds, path.parent)
     required = sorted(set(SPLITS[ds].values()))
     missing = [k for k in required if k not in obj]
     if missing:
@@ -606,6 +607,90 @@ class NoisyCIFAR:
 # --------------------------------------------------------------------------------------------
 
 
+#: What the book reads: the images with their CIFAR-N labels of ``BOOK_IMAGES``, the label files alone of
+#: ``BOOK_LABELS`` (the introduction shows CIFAR-100N's noise rates).
+BOOK_IMAGES: tuple[str, ...] = ("cifar10",)
+BOOK_LABELS: tuple[str, ...] = ("cifar100",)
+#: The folder inside the data folder where images are downloaded until they are complete and checked. bkd_core
+#: makes it itself (a file :data:`STAGING_MARK` inside says so) and never uses or removes a folder of that name it
+#: did not make; it is removed once its contents are in place, kept after a failure so that a rerun reuses a
+#: complete archive.
+STAGING = ".bkd_core-download"
+STAGING_MARK = "made-by-bkd_core"
+#: The split whose labels are the images' own (loading it checks the label file against the images).
+SPLITS_CLEAN: dict[str, str] = {"cifar10": "clean", "cifar100": "clean100"}
+
+
+@contextmanager
+def _data_folder_lock(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the data folder itself (no file is written for it) while data is fetched into
+    it: a second process waits for the first, saying so once, and then finds the first's files in place."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    fd = os.open(data_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another process is fetching data into {data_dir}; waiting for it to finish", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some network mounts): no lock
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _data_folder(root: str | os.PathLike | None) -> Path:
+    """The data folder (:func:`resolve_data_dir`), created if needed, or one :class:`DataError`."""
+    data_dir, source = _resolve_with_source(root)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise DataError(f"cannot create the data folder {data_dir} (chosen by {source}): {reason}; choose a folder "
+                        "you can write to (--data-dir, root=, or BKD_DATA_DIR)") from None
+    return data_dir
+
+
+def _is_plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _staging_folder(data_dir: Path) -> Path:
+    """``data_dir/STAGING``, made now (exclusively) or by an earlier download of bkd_core; anything else there is
+    refused with one :class:`DataError`, untouched."""
+    staging = data_dir / STAGING
+    mark = staging / STAGING_MARK
+    try:
+        os.mkdir(staging)
+    except FileExistsError:
+        info = os.lstat(staging)
+        if stat.S_ISLNK(info.st_mode):
+            what = "a symbolic link"
+        elif not stat.S_ISDIR(info.st_mode):
+            what = "a file"
+        elif _is_plain_file(mark) or not any(os.scandir(staging)):  # ours, or empty: nothing to lose
+            what = ""
+        else:
+            what = "a folder bkd_core did not make"
+        if what:
+            raise DataError(f"{staging} is in the way: bkd_core downloads into a folder of that name that it makes "
+                            f"itself, and this is {what}; move or rename it, then rerun") from None
+    if not _is_plain_file(mark):
+        with open(mark, "x") as f:
+            f.write("A download of bkd_core (python -m bkd_core data) is staged here until it is complete and "
+                    "checked; it is removed then. Safe to delete.\n")
+    return staging
+
+
 def _fetch_label_file(dataset: str, dest: Path) -> None:
     """Download the CIFAR-N label file to ``dest`` atomically (temporary file, validate, replace)."""
     url = LABEL_URLS[dataset]
@@ -615,40 +700,17 @@ def _fetch_label_file(dataset: str, dest: Path) -> None:
                 with urllib.request.urlopen(url, timeout=60) as response:
                     shutil.copyfileobj(response, f)
             except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
                 raise DataError(
-                    f"could not download {url} to {dest} ({type(e).__name__}: {e}).\n"
-                    + _how_to_get(dataset, dest.parent)
+                    f"could not download {url} to {dest} ({type(e).__name__}: {reason}); check the internet "
+                    "connection and rerun. " + _how_to_get(dataset, dest.parent)
                 ) from e
             f.flush()
             os.fsync(f.fileno())
-        try:  # refuse to install a bad download (an HTML error page, a truncated transfer...)
-            load_cifar_n_labels(tmp, dataset)
-        except DataError as e:
-            raise DataError(
-                f"the file downloaded from {url} is not a valid CIFAR-N label file, so {dest} was "
-                f"not written: {e}"
-            ) from e
-
-
-def _download_into(ds: str, data_dir: Path) -> Path:
-    """Implementation of :func:`download` for a canonical dataset name and a resolved folder."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-
-    if not (data_dir / IMAGE_FILES[ds]).is_file():
-        from torchvision import datasets as tv_datasets
-
-        cls = tv_datasets.CIFAR10 if ds == "cifar10" else tv_datasets.CIFAR100
-        try:
-            for train in (True, False):
-                cls(root=str(data_dir), train=train, download=True)
-        except Exception as e:
-            raise DataError(
-                f"could not download the {ds} images into {data_dir / TORCHVISION_FOLDERS[ds]} with "
-                f"torchvision ({type(e).__name__}: {e}).\n" + _how_to_get(ds, data_dir)
-            ) from e
-
-    _ensure_label_file(ds, data_dir)
-    return data_dir
+        # refuse to install a bad download (an HTML error page, a truncated transfer...)
+        _read_label_file(tmp, dataset, where=f"the file downloaded from {url}",
+                         fix=f"It is not a valid CIFAR-N label file, so {dest} was not written; rerun later, or "
+                             f"fetch that file yourself into {dest}.")
 
 
 def _ensure_label_file(ds: str, data_dir: Path) -> None:
@@ -664,20 +726,80 @@ def _ensure_label_file(ds: str, data_dir: Path) -> None:
         _fetch_label_file(ds, label_path)
 
 
-def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
-    """Fetch the images (torchvision) and the CIFAR-N label file (urllib) into the data folder.
+def _has_images(ds: str, data_dir: Path) -> bool:
+    return (data_dir / IMAGE_FILES[ds]).is_file() or (data_dir / TORCHVISION_FOLDERS[ds]).is_dir()
 
-    Files already present are kept: the images are skipped when ``cifar10.npz`` / ``cifar100.npz``
-    exists (else torchvision verifies or downloads its folder); the label file is fetched when it is
-    missing or invalid, written atomically and validated before it is put in place.
+
+def _stage_images(ds: str, data_dir: Path) -> None:
+    """Download ``ds``'s images with torchvision into the staging folder, check them against the label file of
+    ``data_dir`` and only then move torchvision's folder into ``data_dir``; remove the staging folder."""
+    from torchvision import datasets as tv_datasets
+
+    staging = _staging_folder(data_dir)
+    target = data_dir / TORCHVISION_FOLDERS[ds]
+    label_path = data_dir / LABEL_FILES[ds]
+    cls = tv_datasets.CIFAR10 if ds == "cifar10" else tv_datasets.CIFAR100
+    try:
+        for train in (True, False):
+            cls(root=str(staging), train=train, download=True)
+    except Exception as e:  # no network, a truncated transfer (md5), a full disk...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        raise DataError(
+            f"could not download the {ds} images into {data_dir} ({type(e).__name__}: {reason}); check the internet "
+            f"connection and rerun the same command (a complete archive already fetched is reused, nothing in "
+            f"{data_dir} was changed). " + _how_to_get(ds, data_dir)
+        ) from e
+    staged_labels = staging / LABEL_FILES[ds]
+    staged_labels.unlink(missing_ok=True)
+    try:
+        os.link(label_path, staged_labels)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(label_path, staged_labels)
+    try:
+        load_cifar_n(ds, SPLITS_CLEAN[ds], staging)  # images and labels read and agree
+    except DataError as e:
+        raise DataError(
+            f"the {ds} images just downloaded do not pass their check against {label_path} "
+            f"({_first_line(e).replace(str(staging), 'the download')}); nothing in {data_dir} was changed: if that "
+            f"label file is not the CIFAR-N release's, delete it and rerun"
+        ) from e
+    if target.exists() or target.is_symlink():
+        raise DataError(f"{target} is in the way of the downloaded {ds} images: move or rename it, then rerun")
+    os.replace(staging / TORCHVISION_FOLDERS[ds], target)
+    shutil.rmtree(staging)
+
+
+def _download(ds: str, data_dir: Path) -> Path:
+    """:func:`download` of a canonical dataset name into an existing data folder."""
+    with _data_folder_lock(data_dir):
+        _ensure_label_file(ds, data_dir)
+        if not _has_images(ds, data_dir):  # images there are checked when loaded, never replaced
+            print(f"The {ds} images are not in {data_dir}: downloading them there (about 170 MB). "
+                  f"To use a copy you already have, set BKD_DATA_DIR to its folder ({IMAGE_FILES[ds]} or "
+                  f"{TORCHVISION_FOLDERS[ds]}/, and {LABEL_FILES[ds]}) and rerun.", file=sys.stderr)
+            _stage_images(ds, data_dir)
+    return data_dir
+
+
+def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """Fetch what is missing of ``dataset``: its images (torchvision) and its CIFAR-N label file (urllib).
+
+    Files already there are kept: the images are skipped when ``cifar10.npz`` / ``cifar100.npz`` or
+    torchvision's folder is there (they are checked when loaded); the label file is fetched when it is missing
+    or invalid, validated before it is put in place. Images are downloaded into a staging folder
+    (:data:`STAGING`), checked against the label file and only then moved into the data folder, in one rename:
+    an interrupted download leaves the data folder as it was. A second process fetching into the same folder
+    waits for the first.
 
     Returns:
         The data folder (see :func:`resolve_data_dir`), created if needed.
 
     Raises:
-        DataError: a download failed (the message says how to get the data offline).
+        DataError: a download failed, or something not made by bkd_core is in the way (the message says what
+            to do).
     """
-    return _download_into(canonical_dataset(dataset), resolve_data_dir(root))
+    ds = canonical_dataset(dataset)
+    return _download(ds, _data_folder(root))
 
 
 def download_labels(dataset: str, root: str | os.PathLike | None = None) -> Path:
@@ -694,10 +816,51 @@ def download_labels(dataset: str, root: str | os.PathLike | None = None) -> Path
         DataError: the download failed or is not a valid label file (the message says how to get it).
     """
     ds = canonical_dataset(dataset)
-    data_dir = resolve_data_dir(root)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _ensure_label_file(ds, data_dir)
+    data_dir = _data_folder(root)
+    with _data_folder_lock(data_dir):
+        _ensure_label_file(ds, data_dir)
     return data_dir / LABEL_FILES[ds]
+
+
+def ensure_data(root: str | os.PathLike | None = None, *, images: Sequence[str] = BOOK_IMAGES,
+                labels: Sequence[str] = BOOK_LABELS) -> Path:
+    """Make sure the data folder holds ``images`` (with their label files) and ``labels``; download what is
+    missing (:func:`download`), check what is there.
+
+    Parameters
+    ----------
+    root : path, optional
+        The data folder; default ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
+    images : sequence of str
+        Datasets whose images and CIFAR-N label file are needed, each then loaded once as a check (the
+        images against the label file's ``clean_label``). Default: what the book reads, CIFAR-10.
+    labels : sequence of str
+        Datasets whose label file alone is wanted; one that cannot be fetched is only a warning (on stderr).
+        Default: CIFAR-100 (the book's introduction shows its noise rates).
+
+    Returns
+    -------
+    Path
+        The data folder.
+
+    Raises
+    ------
+    DataError
+        A download failed or a file is unusable (the message names the file and says how to fix it).
+    """
+    wanted = [canonical_dataset(ds) for ds in images]
+    data_dir = _data_folder(root)
+    for ds in wanted:
+        _download(ds, data_dir)
+        load_cifar_n(ds, SPLITS_CLEAN[ds], data_dir)
+    for ds in (canonical_dataset(d) for d in labels):
+        if ds not in wanted:
+            try:
+                download_labels(ds, data_dir)
+            except DataError as exc:  # optional: the book leaves these rows out without the file
+                print(f"warning: {' '.join(str(exc).split())}; the book shows no {ds} label statistics without it",
+                      file=sys.stderr)
+    return data_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,7 +920,7 @@ def load_cifar_n(
     sp = canonical_split(ds, split)
     data_dir, source = _resolve_with_source(root)
     if download:
-        _download_into(ds, data_dir)
+        _download(ds, _data_folder(root))
 
     label_path = data_dir / LABEL_FILES[ds]
     missing = _missing_files(ds, data_dir)

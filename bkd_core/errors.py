@@ -1,5 +1,10 @@
 """Errors a user can fix. Each message says what is wrong, where, and how to fix it; the command line
-prints it as one line (``error: ...``) with a non-zero exit status instead of a traceback."""
+prints it as one line (``error: ...``) with a non-zero exit status instead of a traceback.
+
+Every such error is a :class:`BKDError`: those below, and those defined beside the code that raises them,
+:class:`bkd_core.data.DataError` (a data file; :class:`~bkd_core.data.DataNotFoundError` when it is missing),
+:class:`bkd_core.features.FeatureCacheError` and :class:`bkd_core.io.FolderNotWritableError`.
+"""
 
 from __future__ import annotations
 

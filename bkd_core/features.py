@@ -51,6 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import BKDError
+
 __all__ = [
     "FEATURE_FORMAT_VERSION",
     "EXTRACTORS",
@@ -716,7 +718,7 @@ def extract_features(images: Any, test_images: Any = None, *, settings: Settings
 # --------------------------------------------------------------------------------------------
 # the cache
 # --------------------------------------------------------------------------------------------
-class FeatureCacheError(ValueError):
+class FeatureCacheError(BKDError, ValueError):
     """A cached feature file is damaged or does not belong to its key."""
 
 

@@ -13,6 +13,7 @@ run here; to *train* a robust classifier use :func:`bkd_core.train.train_bkd`.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -23,10 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import ordered_batches, shuffled_batches
-from .config import FEATURES, BKDConfig
+from .config import FEATURES, BKDConfig, resolve
 from .errors import DivergedError
 from .method import BKDStep, agreement_probability, bkd_step, detect, tipping_point
-from .train import BKDTrainer, build_networks, build_optimizer
+from .train import build_networks, build_optimizer
+from .validation import check_features_and_labels, check_int
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
 
@@ -37,20 +39,29 @@ class BKDLabelIssues:
 
     Attributes
     ----------
+    The names of the first four outputs mean what they mean in every result of ``bkd_core`` (a training run's
+    :class:`~bkd_core.train.RunResult`, :class:`~bkd_core.detectors.knn.KNNLabelIssues`): ``label_issues`` the
+    samples the detector reports, ``label_quality`` lower = more likely wrong, ``ranked_indices`` worst first,
+    ``estimated_noise_rate`` the detector's estimate of the fraction of wrong labels. ``ranked`` and
+    ``noise_rate`` are older names of the same two outputs, kept for code written against them.
+
+    Attributes
+    ----------
     label_issues : np.ndarray
-        bool ``[N]``: the mask ``flag`` chose, ``g4`` or ``below_threshold``.
+        bool ``[N]``: the samples reported as mislabelled, the mask ``flag`` names: by default (as
+        :func:`find_label_issues` chooses) ``below_threshold``, else ``g4``, the official output.
     label_quality : np.ndarray
         float32 ``[N]`` in ``[0, 1]``: the agreement probability of the given label at the tipping
         epoch (lower = worse).
-    ranked : np.ndarray
+    ranked_indices : np.ndarray
         int64 ``[N]``: indices from the lowest quality to the highest.
     groups : np.ndarray
         int64 ``[N]`` in ``{1, 2, 3, 4}`` (chapter 08, "Groups"); all 0 when no tipping epoch was chosen.
     threshold : float
-        The Otsu threshold; ``noise_rate`` is the fraction of scores below it (NaN when no tipping epoch
-        was chosen).
-    noise_rate : float
-        Estimated fraction of wrong labels (the official estimate).
+        The Otsu threshold (NaN when no tipping epoch was chosen).
+    estimated_noise_rate : float
+        Estimated fraction of wrong labels, the official estimate: the fraction of scores below the threshold,
+        whichever mask ``label_issues`` is (NaN when no tipping epoch was chosen).
     tipping_epoch : int or None
         0-based epoch whose scores were used; None when no peak was found and ``tipping_fallback=None``.
     tipping_found : bool
@@ -61,7 +72,7 @@ class BKDLabelIssues:
         bool ``[N]``: group G4, the official output (``groups == 4``).
     below_threshold : np.ndarray
         bool ``[N]``: ``label_quality < threshold`` (groups G3 and G4).
-    flag : str
+    flag : {"below_threshold", "g4"}
         Which mask ``label_issues`` is.
     tipping_rule : str or None
         ``"peak"``, ``"fallback"``, ``"highest"`` (:func:`bkd_core.method.tipping_point`) or None.
@@ -76,94 +87,56 @@ class BKDLabelIssues:
 
     label_issues: np.ndarray
     label_quality: np.ndarray
-    ranked: np.ndarray
+    ranked_indices: np.ndarray
     groups: np.ndarray
     threshold: float
-    noise_rate: float
+    estimated_noise_rate: float
     tipping_epoch: int | None
     tipping_found: bool
     epoch_statistic: list[float] = field(default_factory=list)
     g4: np.ndarray | None = None
     below_threshold: np.ndarray | None = None
-    flag: str = "g4"
+    flag: str = "below_threshold"
     tipping_rule: str | None = None
     separation: float = float("nan")
 
+    @property
+    def ranked(self) -> np.ndarray:
+        """The older name of :attr:`ranked_indices`."""
+        return self.ranked_indices
+
+    @property
+    def noise_rate(self) -> float:
+        """The older name of :attr:`estimated_noise_rate`."""
+        return self.estimated_noise_rate
+
 
 _FLAGS = ("g4", "below_threshold")
-_MAX_CLASSES = 100_000
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value >= high):
-        bound = f">= {low}" if high is None else f"in [{low}, 2**{high.bit_length() - 1})"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
-
-
-def _checked_features(features) -> np.ndarray:
-    """The features as a C-contiguous float32 array [N, D] (a copy of a reversed or strided view), or one
-    clear ValueError."""
-    if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().numpy()
-    raw = np.asarray(features)
-    if raw.ndim != 2:
-        raise ValueError(f"features must be [N, D] (one row per sample), got shape {raw.shape}")
-    if raw.shape[0] == 0 or raw.shape[1] == 0:
-        raise ValueError(f"features has shape {raw.shape}: at least one sample and one feature column are needed")
-    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)
-            or raw.dtype == np.bool_):
-        raise ValueError(f"features must be numbers, got dtype {raw.dtype}")
-    if np.issubdtype(raw.dtype, np.floating):
-        bad_rows = int((~np.isfinite(raw)).any(1).sum())
-        if bad_rows:
-            raise ValueError(f"features contain NaN or infinite values in {bad_rows} of {len(raw)} rows; "
-                             "remove or impute those rows first")
-    biggest = float(np.abs(raw).max())
-    limit = float(np.finfo(np.float32).max)
-    if biggest > limit:
-        raise ValueError(f"features hold values up to {biggest:.3g} in magnitude, beyond float32's range "
-                         f"({limit:.3g}): they would overflow to infinity; rescale (e.g. standardise) the columns")
-    x = np.ascontiguousarray(raw, dtype=np.float32)
-    if (x == x[:1]).all():
-        warnings.warn(f"all {len(x)} feature vectors are identical (every column has zero variance): the "
-                      "networks cannot tell the samples apart and the scores say nothing about the labels; "
-                      "pass informative features", RuntimeWarning, stacklevel=3)
-    return x
-
-
-def _checked_labels(labels, n: int, num_classes) -> tuple[np.ndarray, int]:
-    """The labels as int64 [N] and the number of classes C, or one clear ValueError."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    y = np.asarray(labels)
-    if y.shape != (n,):
-        raise ValueError(f"features must be [N, D] and labels [N], got {n} feature rows and labels of shape "
-                         f"{y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    lo, hi = int(y.min()), int(y.max())  # Python ints: no wrap-around of uint64 values
-    if lo < 0:
-        raise ValueError(f"labels must be class indices >= 0, found {lo}")
-    if num_classes is None:
-        distinct = len(np.unique(y))
-        if hi + 1 > _MAX_CLASSES or distinct < (hi + 1) / 2:
-            raise ValueError(f"labels use {distinct} distinct values between 0 and {hi}, so most class ids in "
-                             f"[0, {hi + 1}) are unused: map them to 0..{distinct - 1} first "
-                             "(np.unique(labels, return_inverse=True)[1]), or pass num_classes if the unused "
-                             "classes are meant")
-        c = hi + 1
+def _check_widths(widths, *, in_features: int, num_classes: int, kept: int, device: torch.device) -> tuple[int, ...]:
+    """``widths`` as a tuple of positive ints, refused (one ValueError) when the two MLPs, with their gradients,
+    momentum and the ``kept`` copies of their weights, would not fit in the device's memory."""
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths must be a sequence of hidden widths (positive integers), got {widths!r}")
+    widths = tuple(check_int("each hidden width", w, 1) for w in widths)
+    sizes = (in_features, *widths, num_classes)
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # one MLP's weights and biases
+    need = 2 * params * 4 * (3 + kept)  # two float32 networks: weights, gradients, momentum and kept copies
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
     else:
-        c = _check_int("num_classes", num_classes, 2)
-    if c > _MAX_CLASSES:
-        raise ValueError(f"num_classes={c:,} is more than the {_MAX_CLASSES:,} classes supported (two output "
-                         "layers of that width would not fit in memory); map the labels to 0..K-1 for the K "
-                         "classes present")
-    if hi >= c or c < 2:
-        raise ValueError(f"labels must lie in [0, {c}) with at least 2 classes, found values in [{lo}, {hi}]")
-    return y.astype(np.int64), c
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not on POSIX: no check
+            return widths
+    if need > have:
+        where = str(device) if device.type == "cuda" else "this machine"
+        raise ValueError(f"widths={widths} with {in_features} features and {num_classes} classes make two networks "
+                         f"of {params:,} parameters each, about {need / 2**30:,.1f} GiB with their gradients, "
+                         f"momentum and kept copies, more than {where}'s {have / 2**30:,.1f} GiB of memory; "
+                         f"choose smaller hidden widths (the default is {FEATURES.model_widths})")
+    return widths
 
 
 def _train_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -203,14 +176,17 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     ----------
     features : array_like
         float ``[N, D]`` (numpy array, torch tensor or nested sequence; a strided view is copied).
-        Standardised columns work best (the patch features are). Values must fit in float32.
+        Standardised columns work best (the patch features are). Values must fit in float32. A masked array
+        with masked entries is refused (every sample is scored, so a mask cannot be honoured).
     labels : array_like
-        int ``[N]``, the given labels in ``[0, C)``.
+        int ``[N]``, the given labels in ``[0, C)``, of at least two classes.
     num_classes : int, optional
-        C; default ``labels.max() + 1``, refused when most ids below it are unused (remap sparse ids).
+        C; default ``labels.max() + 1``, refused when most ids below it are unused (remap sparse ids). Given, it
+        may leave a few classes without a sample, up to ``max(labels.max() + 1, 2 * classes present)``
+        (:mod:`bkd_core.validation`).
     widths : sequence of int
         Hidden widths of both MLPs; default the ``features`` profile's (``bkd_core.config.FEATURES``: one
-        hidden layer of 1,024 units).
+        hidden layer of 1,024 units). Refused when the two networks would not fit in the device's memory.
     epochs : int
         Maximum phase-1 epochs; training stops as soon as the tipping rule fires.
     batch_size, lr, momentum, weight_decay : optional
@@ -241,37 +217,45 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     -------
     BKDLabelIssues
         ``label_issues`` bool ``[N]``, ``g4`` and ``below_threshold`` bool ``[N]``, ``label_quality``
-        float32 ``[N]``, ``ranked`` int64 ``[N]`` (worst first), ``groups`` int64 ``[N]``, the
-        threshold, noise estimate, tipping epoch and rule, and the ``separation`` diagnostic.
+        float32 ``[N]``, ``ranked_indices`` int64 ``[N]`` (worst first), ``groups`` int64 ``[N]``, the
+        threshold, ``estimated_noise_rate``, tipping epoch and rule, and the ``separation`` diagnostic.
 
     Raises
     ------
     ValueError
-        Bad inputs, each named before any training: features not ``[N, D]`` with ``N, D >= 1``, not
-        finite or beyond float32; labels not integers in ``[0, C)``, sparse class ids, more than 100,000
-        classes; ``epochs`` too few for the tipping rule; a non-integer ``num_classes``, ``epochs``,
+        Bad inputs, each named in one sentence before anything is allocated or trained
+        (:func:`bkd_core.validation.check_features_and_labels`): features not ``[N, D]`` with ``N, D >= 1``, not
+        finite or beyond float32, or masked; labels not integers in ``[0, C)``, of one class only, sparse class
+        ids; ``num_classes`` far above what the labels use, or more than 100,000; hidden widths that would not fit
+        in memory; ``epochs`` too few for the tipping rule; a non-integer ``num_classes``, ``epochs``,
         ``batch_size`` or ``seed``; an unknown ``flag`` or ``tipping_fallback``.
     bkd_core.errors.DivergedError
         The training turned non-finite (usually a learning rate too high for the feature scale).
     """
     if flag not in _FLAGS:
         raise ValueError(f"flag must be 'g4' or 'below_threshold', got {flag!r}")
-    tipping_window = _check_int("tipping_window", tipping_window, 1)
-    epochs = _check_int("epochs", epochs, 1)
+    tipping_window = check_int("tipping_window", tipping_window, 1)
+    epochs = check_int("epochs", epochs, 1)
     if epochs < 2 * tipping_window + 2:
         raise ValueError(f"epochs must be >= {2 * tipping_window + 2} for the tipping rule, got {epochs}")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0, 2**63)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0, 2**63)
     tipping_point([], window=tipping_window, fallback=tipping_fallback)  # checks tipping_fallback
-    x_np = _checked_features(features)
-    y_np, c = _checked_labels(labels, len(x_np), num_classes)
-    # the networks, the optimiser and the batch order come from the trainer's own helpers
-    config = FEATURES.replace(model_widths=tuple(widths), epochs=epochs, batch_size=batch_size, lr=lr,
-                              momentum=momentum, weight_decay=weight_decay, tipping_window=tipping_window,
-                              seed=seed, device=device)
+    x_np, y_np, c = check_features_and_labels(features, labels, num_classes)
+    if (x_np == x_np[:1]).all():
+        warnings.warn(f"all {len(x_np)} feature vectors are identical (every column has zero variance): the "
+                      "networks cannot tell the samples apart and the scores say nothing about the labels; "
+                      "pass informative features", RuntimeWarning, stacklevel=2)
+    # the configuration the trainer would use (the features profile with these settings), so that the networks,
+    # the optimiser and the batch order come from the trainer's own helpers
+    config = resolve("features", dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                                      weight_decay=weight_decay, tipping_window=tipping_window, seed=seed,
+                                      device=device))
     dev = config.resolved_device()
+    widths = _check_widths(widths, in_features=x_np.shape[1], num_classes=c, kept=tipping_window + 3, device=dev)
+    config = config.replace(model_widths=widths)
     x, y = torch.from_numpy(x_np).to(dev), torch.from_numpy(y_np).to(dev)
-    teacher, student = build_networks(config, BKDTrainer.network_names, c, dev, in_features=x.shape[1]).values()
+    teacher, student = build_networks(config, ("teacher", "student"), c, dev, in_features=x.shape[1]).values()
     opt, _ = build_optimizer(config, (teacher, student), dev)
     generator = torch.Generator(device=dev).manual_seed(seed)
     stats: list[float] = []
@@ -312,8 +296,9 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
     if point is None:
         none = np.zeros(len(quality), dtype=bool)
         return BKDLabelIssues(label_issues=none, label_quality=quality.astype(np.float32),
-                              ranked=np.argsort(quality, kind="stable"), groups=np.zeros(len(quality), np.int64),
-                              threshold=float("nan"), noise_rate=float("nan"), tipping_epoch=None,
+                              ranked_indices=np.argsort(quality, kind="stable"),
+                              groups=np.zeros(len(quality), np.int64), threshold=float("nan"),
+                              estimated_noise_rate=float("nan"), tipping_epoch=None,
                               tipping_found=False, epoch_statistic=stats, g4=none, below_threshold=none.copy(),
                               flag=flag, tipping_rule=None)
     detection = detect(quality)
@@ -322,8 +307,8 @@ def find_label_issues(features, labels, *, num_classes: int | None = None,
                        / np.hypot(split.lower_std, split.upper_std))
     issues = detection.label_issues if flag == "g4" else detection.below_threshold
     return BKDLabelIssues(label_issues=issues, label_quality=quality.astype(np.float32),
-                          ranked=np.argsort(quality, kind="stable"), groups=detection.groups,
-                          threshold=float(split.threshold), noise_rate=detection.estimated_noise_rate,
+                          ranked_indices=np.argsort(quality, kind="stable"), groups=detection.groups,
+                          threshold=float(split.threshold), estimated_noise_rate=detection.estimated_noise_rate,
                           tipping_epoch=int(point.epoch), tipping_found=point.rule == "peak", epoch_statistic=stats,
                           g4=detection.label_issues, below_threshold=detection.below_threshold, flag=flag,
                           tipping_rule=point.rule, separation=separation)

@@ -87,9 +87,10 @@ from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name
 class RunResult:
     """What a finished run returns (and writes to ``run_dir``).
 
-    ``label_issues`` bool [N], ``label_quality`` float [N] (lower = more likely mislabelled),
-    ``ranked_indices`` int64 [N] (rows, most suspicious first) and ``indices`` int64 [N] (each
-    row's position in the 50,000-image training set) follow cleanlab's conventions.
+    ``label_issues`` bool [N] (the samples the method reports: BKD's group G4, the official output),
+    ``label_quality`` float [N] (lower = more likely mislabelled), ``ranked_indices`` int64 [N] (rows, most
+    suspicious first), ``estimated_noise_rate`` and ``indices`` int64 [N] (each row's position in the
+    50,000-image training set) follow cleanlab's conventions, with the names every result of ``bkd_core`` uses.
     """
 
     run_dir: Path
@@ -106,6 +107,11 @@ class RunResult:
     @property
     def tipping_epoch(self) -> int | None:
         return self.metrics.get("tipping_epoch")
+
+    @property
+    def estimated_noise_rate(self) -> float | None:
+        """The run's estimate of the fraction of wrong labels (``metrics["estimated_noise_rate"]``)."""
+        return self.metrics.get("estimated_noise_rate")
 
     @classmethod
     def load(cls, rundir: RunDir, config: BKDConfig, networks: dict[str, nn.Module] | None = None) -> "RunResult":

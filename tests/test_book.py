@@ -20,7 +20,8 @@ COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
 # -- overrides ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("given", [{"otsu_criterion": "classic", "model_widths": [8, 16, 16]},
-                                   '{"otsu_criterion": "classic", "model_widths": [8, 16, 16]}'])
+                                   '{"otsu_criterion": "classic", "model_widths": [8, 16, 16]}',
+                                   ["otsu_criterion=classic", "model_widths=8,16,16"]])
 def test_overrides_as_dict_or_json_text(given):
     config = book.chapter_config("cpu", overrides=given)
     assert config.otsu_criterion == "classic" and config.model_widths == (8, 16, 16)
@@ -139,8 +140,10 @@ def colab(monkeypatch, tmp_path):
     from bkd_core import data
 
     calls = []
-    monkeypatch.setattr(data, "download", lambda d, root=None: calls.append(("images", d)))
-    monkeypatch.setattr(data, "download_labels", lambda d, root=None: calls.append(("labels", d)))
+    def ensure_data(root=None, *, images, labels):
+        calls.extend([("images", d) for d in images] + [("labels", d) for d in labels if d not in images])
+
+    monkeypatch.setattr(data, "ensure_data", ensure_data)
     # setup_colab writes these into os.environ itself: set them first so that the fixture's undo removes
     # them again (a delenv of an unset variable records nothing, and the value would leak into later tests)
     for name in ("BKD_DATA_DIR", "BKD_RUN_CACHE", "BKD_FEATURE_CACHE"):

@@ -155,24 +155,27 @@ def test_main_usage_errors_exit_2(argv, capsys):
     assert "usage:" in capsys.readouterr().err
 
 
-def test_main_download_command(monkeypatch, capsys, tmp_path):
+def test_main_data_command(monkeypatch, capsys, tmp_path):
     calls = []
 
-    def fake_download(dataset, root):
-        calls.append((dataset, root))
+    def fake_ensure_data(root, *, images=("cifar10",), labels=("cifar100",)):
+        calls.append((root, tuple(images), tuple(labels)))
         return tmp_path
 
-    monkeypatch.setattr(cli, "download", fake_download)
-    assert main(["download", "--dataset", "cifar100", "--root", str(tmp_path)]) == 0
-    assert calls == [("cifar100", str(tmp_path))]
+    monkeypatch.setattr(cli, "ensure_data", fake_ensure_data)
+    assert main(["data", "--dataset", "cifar100", "--data-dir", str(tmp_path)]) == 0
+    assert main(["data"]) == 0
+    assert calls == [(str(tmp_path), ("cifar100",), ()), (None, ("cifar10",), ("cifar100",))]
     assert str(tmp_path) in capsys.readouterr().out
 
-    def failing_download(dataset, root):
+    def failing_ensure_data(root, **kwargs):
         raise DataError(f"could not download into {root}")
 
-    monkeypatch.setattr(cli, "download", failing_download)
-    assert main(["download", "--root", str(tmp_path)]) == 2
+    monkeypatch.setattr(cli, "ensure_data", failing_ensure_data)
+    assert main(["data", "--data-dir", str(tmp_path)]) == 2
     assert f"could not download into {tmp_path}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one data command
+        main(["download", "--dataset", "cifar10"])
 
 
 def test_help_exits_0_and_lists_commands(capsys):
@@ -180,7 +183,7 @@ def test_help_exits_0_and_lists_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "train-ce", "download"):
+    for command in ("train", "train-ce", "data"):
         assert command in out
 
 

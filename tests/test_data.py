@@ -49,7 +49,7 @@ CIFAR100_RATES = {"clean100": 0.0, "noisy100": 0.40}
 
 
 def make_arrays(dataset: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Image arrays in the unpack.py format (uint8 HWC, uint8 labels), small sizes."""
+    """Image arrays in the cifar10.npz format (uint8 HWC, uint8 labels), small sizes."""
     rng = np.random.default_rng(seed)
     k = D.NUM_CLASSES[dataset]
     return {
@@ -202,7 +202,7 @@ def test_corrupt_torchvision_folder(tmp_path, small_sizes, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Broken)
     with pytest.raises(D.DataError, match="cifar-10-batches-py") as e:
         D.load_cifar_n("cifar10", "aggre", root)
-    assert "md5" in str(e.value) and "bkd_core download" in str(e.value)
+    assert "md5" in str(e.value) and "bkd_core data --dataset cifar10" in str(e.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_corrupt_npz(root10, how):
         D.load_cifar_n("cifar10", "aggre", root10)
     msg = str(e.value)
     assert str(path) in msg and ("truncated or corrupt" in msg)
-    assert "bkd_core download" in msg and "unpack.py" in msg
+    assert "bkd_core data" in msg and "unpack.py" not in msg
 
 
 def test_npz_wrong_keys(root10):
@@ -363,7 +363,7 @@ def test_corrupt_label_file(root10, how):
     with pytest.raises(D.DataError) as e:
         D.load_cifar_n("cifar10", "aggre", root10)
     msg = str(e.value)
-    assert str(path) in msg and "truncated or corrupt" in msg and "bkd_core download" in msg
+    assert str(path) in msg and "truncated or corrupt" in msg and "bkd_core data" in msg
 
 
 def _labels10(**changes):
@@ -474,8 +474,7 @@ def test_missing_everything_message(tmp_path):
         "the root argument",
         "the folder does not exist",
         "download=True",
-        f"python -m bkd_core download --dataset cifar10 --root {where}",
-        f"unpack.py --out {where}",
+        f"python -m bkd_core data --dataset cifar10 --data-dir {where}",
         "BKD_DATA_DIR",
     ):
         assert part in msg, part
@@ -489,12 +488,12 @@ def test_missing_label_file_only(root10):
     assert str(root10 / "CIFAR-10_human.pt") in msg and "cifar10.npz" not in msg.split("\n")[0]
 
 
-def test_missing_cifar100_images_says_unpack_cannot_help(tmp_path, small_sizes):
+def test_missing_cifar100_images_says_how_to_get_them(tmp_path, small_sizes):
     write_labels(tmp_path / "CIFAR-100_human.pt", make_labels("cifar100", np.zeros(N_TRAIN, np.int64)))
     with pytest.raises(D.DataNotFoundError) as e:
         D.load_cifar_n("cifar100", "noisy100", tmp_path)
     msg = str(e.value)
-    assert str(tmp_path / "cifar100.npz") in msg and "not the CIFAR-100 images" in msg
+    assert str(tmp_path / "cifar100.npz") in msg and "data --dataset cifar100" in msg and "unpack" not in msg
     assert "CIFAR-100_human.pt" not in msg.split("\n")[0]  # the label file is there
 
 
@@ -744,7 +743,10 @@ def test_failed_label_download_leaves_no_file(tmp_path, small_sizes, monkeypatch
         D.download("cifar10", root)
     assert not dest.exists() and _leftovers(root) == []
     if pattern == "could not download":
-        assert D.LABEL_URLS["cifar10"] in str(e.value) and "unpack.py" in str(e.value)
+        assert D.LABEL_URLS["cifar10"] in str(e.value) and str(dest) in str(e.value)
+    else:  # names what the user has (the URL, the file not written), not the temporary file already gone
+        assert D.LABEL_URLS["cifar10"] in str(e.value) and f"{dest} was not written" in str(e.value)
+        assert ".tmp" not in str(e.value)
 
 
 def test_failed_image_download_message(tmp_path, small_sizes, monkeypatch):
@@ -755,20 +757,22 @@ def test_failed_image_download_message(tmp_path, small_sizes, monkeypatch):
             raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    _fake_urlopen(monkeypatch, [_FakeResponse(_label_bytes("cifar10", make_arrays("cifar10")["y_train"]))], [])
     with pytest.raises(D.DataError) as e:
         D.download("cifar10", tmp_path / "x")
     msg = str(e.value)
     assert "could not download the cifar10 images" in msg and "no network" in msg
-    assert f"unpack.py --out {tmp_path / 'x'}" in msg
+    assert f"--data-dir {tmp_path / 'x'}" in msg and D.STAGING not in msg
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [D.STAGING, "CIFAR-10_human.pt"]  # checked labels
 
 
 # --------------------------------------------------------------------------------------------
-# Real data ($BKD_DATA_DIR, e.g. the output of shared/data/unpack.py)
+# Real data ($BKD_DATA_DIR)
 # --------------------------------------------------------------------------------------------
 
 REAL = pytest.mark.skipif(
     not os.environ.get("BKD_DATA_DIR"),
-    reason="BKD_DATA_DIR is unset: point it at the unpacked data (python shared/data/unpack.py --out DIR)",
+    reason="BKD_DATA_DIR is unset: point it at a folder with the CIFAR-10 images and both CIFAR-N label files",
 )
 
 # method.md section 4: noise rate of each split (fraction of labels != clean_label)
@@ -849,3 +853,12 @@ def test_download_labels_refuses_an_invalid_download(tmp_path, monkeypatch):
     with pytest.raises(D.DataError, match="not a valid CIFAR-N label file"):
         D.download_labels("cifar100", tmp_path)
     assert not (tmp_path / D.LABEL_FILES["cifar100"]).exists() and _leftovers(tmp_path) == []
+
+
+def test_data_and_feature_cache_errors_are_bkd_errors_and_keep_their_kinds():
+    from bkd_core.errors import BKDError
+    from bkd_core.features import FeatureCacheError
+
+    for error in (D.DataError, D.DataNotFoundError, FeatureCacheError):
+        assert issubclass(error, BKDError) and issubclass(error, ValueError)
+    assert issubclass(D.DataNotFoundError, FileNotFoundError) and issubclass(D.DataNotFoundError, D.DataError)

@@ -22,7 +22,8 @@ import torchvision.datasets
 from test_data import N_TEST, N_TRAIN, make_arrays, make_labels, write_labels, write_npz
 
 from bkd_core import data as D
-from bkd_core.cli import STAGING, main
+from bkd_core.cli import main
+from bkd_core.data import STAGING
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -96,7 +97,7 @@ def server(tmp_path, small, monkeypatch):
 def test_downloads_into_an_empty_folder_then_does_nothing(tmp_path, server, capsys):
     _, requested, arrays = server
     root = tmp_path / "fresh" / "data"
-    assert main(["data", "--root", str(root)]) == 0
+    assert main(["data", "--data-dir", str(root)]) == 0
     out, err = capsys.readouterr()
     assert f"data ready in {root}" in out
     assert str(root) in err and "BKD_DATA_DIR" in err  # says where, and how to use a local copy instead
@@ -107,7 +108,7 @@ def test_downloads_into_an_empty_folder_then_does_nothing(tmp_path, server, caps
 
     # everything there: checked, nothing fetched
     fetched = len(requested)
-    assert main(["data", "--root", str(root)]) == 0
+    assert main(["data", "--data-dir", str(root)]) == 0
     assert len(requested) == fetched
 
 
@@ -125,13 +126,15 @@ def test_a_bad_download_leaves_the_folder_unchanged_and_a_rerun_finishes(tmp_pat
     root = tmp_path / "data"
     root.mkdir()
     (root / "mine.txt").write_text("kept")
-    assert main(["data", "--root", str(root)]) == 2
+    assert main(["data", "--data-dir", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "cifar10" in err[-1]
-    assert sorted(p.name for p in root.iterdir()) == [STAGING, "mine.txt"]  # nothing half-written in place
+    # nothing half-written in place: the checked label file, the staging folder kept for a rerun
+    assert sorted(p.name for p in root.iterdir()) == [STAGING, "CIFAR-10_human.pt", "mine.txt"]
+    assert str(root) in err[-1] and STAGING not in err[-1]
 
     archive.write_bytes(good)
-    assert main(["data", "--root", str(root)]) == 0
+    assert main(["data", "--data-dir", str(root)]) == 0
     assert sorted(p.name for p in root.iterdir()) == ["CIFAR-100_human.pt", "CIFAR-10_human.pt",
                                                       "cifar-10-batches-py", "mine.txt"]
 
@@ -146,7 +149,7 @@ def test_local_copy_is_checked_without_network(tmp_path, small, monkeypatch, cap
     write_labels(tmp_path / "CIFAR-10_human.pt", make_labels("cifar10", arrays["y_train"]))
     write_labels(tmp_path / "CIFAR-100_human.pt", make_labels("cifar100", make_arrays("cifar100")["y_train"]))
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    assert main(["data", "--root", str(tmp_path)]) == 0
+    assert main(["data", "--data-dir", str(tmp_path)]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
 
 
@@ -158,7 +161,7 @@ def test_a_missing_optional_label_file_is_a_warning(tmp_path, small, monkeypatch
     arrays = make_arrays("cifar10")
     write_npz(tmp_path / "cifar10.npz", arrays)
     write_labels(tmp_path / "CIFAR-10_human.pt", make_labels("cifar10", arrays["y_train"]))
-    assert main(["data", "--root", str(tmp_path)]) == 0
+    assert main(["data", "--data-dir", str(tmp_path)]) == 0
     assert "warning: " in capsys.readouterr().err
     assert not (tmp_path / "CIFAR-100_human.pt").exists()
 
@@ -170,7 +173,95 @@ def test_a_damaged_local_copy_is_reported_not_replaced(tmp_path, small, capsys):
     write_labels(tmp_path / "CIFAR-10_human.pt", make_labels("cifar10", make_arrays("cifar10")["y_train"]))
     write_labels(tmp_path / "CIFAR-100_human.pt", make_labels("cifar100", make_arrays("cifar100")["y_train"]))
     before = (tmp_path / "cifar10.npz").read_bytes()
-    assert main(["data", "--root", str(tmp_path)]) == 2
+    assert main(["data", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "cifar10" in err[0]
     assert (tmp_path / "cifar10.npz").read_bytes() == before
+
+
+# -- the staging folder and the lock: never a folder bkd_core did not make, one writer per data folder ----------
+
+
+def test_a_users_download_folder_is_left_alone(tmp_path, server, capsys):
+    root = tmp_path / "data"
+    (root / ".download").mkdir(parents=True)  # the staging name of older versions: now the user's own folder
+    (root / ".download" / "notes.txt").write_text("mine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / ".download" / "link").symlink_to(outside)
+    assert main(["data", "--data-dir", str(root)]) == 0
+    assert sorted(p.name for p in (root / ".download").iterdir()) == ["link", "notes.txt"]
+    assert (root / ".download" / "notes.txt").read_text() == "mine" and list(outside.iterdir()) == []
+    assert not (root / STAGING).exists()  # its own staging folder is gone once the data is in place
+
+
+@pytest.mark.parametrize("kind", ["symlink", "users-folder", "file"])
+def test_a_staging_name_bkd_core_did_not_make_is_refused_untouched(tmp_path, server, capsys, kind):
+    _, requested, _ = server
+    root = tmp_path / "data"
+    root.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    staging = root / STAGING
+    if kind == "symlink":
+        staging.symlink_to(target)
+    elif kind == "users-folder":
+        staging.mkdir()
+        (staging / "thesis.tex").write_text("mine")
+    else:
+        staging.write_text("mine")
+    assert main(["data", "--data-dir", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and f"{staging} is in the way" in err[-1] and "move or rename it" in err[-1]
+    assert "/cifar-10-python.tar.gz" not in requested  # nothing downloaded through it
+    assert list(target.iterdir()) == []  # nothing written through the link
+    if kind == "users-folder":
+        assert [p.name for p in staging.iterdir()] == ["thesis.tex"] and (staging / "thesis.tex").read_text() == "mine"
+    elif kind == "file":
+        assert staging.read_text() == "mine"
+    else:
+        assert staging.is_symlink()
+
+
+def test_a_second_data_run_waits_for_the_first(tmp_path, small):
+    """A real second process on a data folder another one holds: it says so in one line, touches nothing, and
+    finishes once the first is done, never calling the first's half-staged download corrupt."""
+    import fcntl
+    import os
+    import select
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    root.mkdir()
+    held = os.open(root, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the first `data` run, half-way through its download
+    staging = root / STAGING
+    staging.mkdir()
+    (staging / D.STAGING_MARK).write_text("")
+    (staging / "cifar-10-python.tar.gz").write_bytes(b"half an archive")
+    script = ("import sys; from bkd_core import data as D; from bkd_core.cli import main; "
+              f"D.CIFAR_TRAIN_SIZE, D.CIFAR_TEST_SIZE = {N_TRAIN}, {N_TEST}; "
+              f"sys.exit(main(['data', '--data-dir', {str(root)!r}]))")
+    second = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        ready, _, _ = select.select([second.stderr], [], [], 300)  # a safety net, not a timing
+        assert ready, "the second run neither waited nor said so"
+        line = second.stderr.readline()
+        assert line.strip() == f"another process is fetching data into {root}; waiting for it to finish"
+        assert sorted(p.name for p in root.iterdir()) == [STAGING]
+        assert (staging / "cifar-10-python.tar.gz").read_bytes() == b"half an archive"
+        # the first run finishes: its checked files in place, its staging folder removed, the lock released
+        arrays = make_arrays("cifar10")
+        write_npz(root / "cifar10.npz", arrays)
+        write_labels(root / "CIFAR-10_human.pt", make_labels("cifar10", arrays["y_train"]))
+        write_labels(root / "CIFAR-100_human.pt", make_labels("cifar100", make_arrays("cifar100")["y_train"]))
+        for path in staging.iterdir():
+            path.unlink()
+        staging.rmdir()
+    finally:
+        os.close(held)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert out.strip() == f"data ready in {root}" and "corrupt" not in err and "error" not in err

@@ -757,3 +757,60 @@ def test_check_threads_below_1_exit_2(batch, capsys):
 def test_check_of_a_run_whose_metrics_json_is_a_list_is_named(batch, capsys):
     (batch / RUN / "metrics.json").write_text("[]")
     _input_error(["check", str(batch), RUN, "--no-progress"], capsys, "metrics.json", "not a run's metrics")
+
+
+# -- the book's run cache and Colab set-up ---------------------------------------------------------------
+
+CACHED = BKDConfig(model="small_cnn", model_widths=(4, 8, 8), epochs=1, batch_size=64, lr_step=None, augment=False,
+                   train_size=120, test_size=40, eval_batch_size=256, seed=0)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "scores.npz"])
+def test_a_cached_run_whose_outputs_were_edited_is_refused(tmp_path, monkeypatch, name):
+    import json
+
+    from bkd_core import train as train_module
+    from bkd_core.book import cache
+    from bkd_core.errors import RunDirError
+    from bkd_core.synthetic import make_synthetic_cifar_n
+
+    data = make_synthetic_cifar_n(n_train=160, n_test=40, noise_rate=0.3, seed=0)
+    first = cache.cached_run("ce", data, CACHED, tmp_path, progress=False)
+    path = first.run_dir / name
+    original = path.read_bytes()
+    if name == "metrics.json":
+        metrics = json.loads(original)
+        metrics["test_acc"] = 0.999  # a better number, by hand
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+    else:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays["label_quality"] = arrays["label_quality"][::-1].copy()
+        np.savez_compressed(path, **arrays)
+    edited = path.read_bytes()
+    monkeypatch.setattr(train_module.CETrainer, "train_epoch", lambda self: pytest.fail("retrained"))
+    with pytest.raises(RunDirError, match=rf"{name} was changed after the run wrote it .* restore the file, or "
+                                          "delete the folder"):
+        cache.cached_run("ce", data, CACHED, tmp_path, progress=False)
+    assert path.read_bytes() == edited  # nothing overwritten
+    path.write_bytes(original)  # restored: returned again, unchanged
+    assert cache.cached_run("ce", data, CACHED, tmp_path, progress=False).metrics == first.metrics
+
+
+def test_setup_colab_outside_colab_writes_downloads_and_clones_nothing(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from bkd_core import data
+    from bkd_core.book import chapter
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    for name in ("COLAB_DATA", "COLAB_RUNS", "COLAB_FEATURES", "COLAB_CLONE"):
+        monkeypatch.setattr(chapter, name, str(tmp_path / "content" / name.lower()))
+    monkeypatch.setattr(data, "ensure_data", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("cloned"))
+    before = {name: os.environ.get(name) for name in ("BKD_DATA_DIR", "BKD_RUN_CACHE", "BKD_FEATURE_CACHE")}
+    with pytest.raises(RuntimeError, match=r"runs only inside Colab; on your own machine, set BKD_DATA_DIR"):
+        chapter.setup_colab(images=["cifar10"], labels=["cifar100"], features=True, results=True)
+    assert not (tmp_path / "content").exists()
+    assert {name: os.environ.get(name) for name in before} == before

@@ -39,12 +39,13 @@ def test_detects_flipped_labels():
     res = knn_label_issues(x, noisy, k=10)
     truth = noisy != clean
     assert res.label_issues.shape == (200,) and res.label_issues.dtype == bool
-    assert res.label_quality.dtype == np.float32 and res.ranked.dtype == np.int64
+    assert res.label_quality.dtype == np.float32 and res.ranked_indices.dtype == np.int64
     # separated clusters with 15% noise: nearly every flip is found, nearly nothing else
     assert res.label_issues[truth].mean() >= 0.9
     assert res.label_issues[~truth].mean() <= 0.05
     assert res.label_quality[truth].mean() < 0.3 < 0.7 < res.label_quality[~truth].mean()
-    assert len(set(res.ranked[:30].tolist()) & set(flipped.tolist())) >= 27  # worst first
+    assert len(set(res.ranked_indices[:30].tolist()) & set(flipped.tolist())) >= 27  # worst first
+    assert res.estimated_noise_rate == res.label_issues.mean() and res.ranked is res.ranked_indices
     found = truth & res.label_issues
     assert (res.vote[found] == clean[found]).mean() >= 0.9  # the vote recovers the clean label
     assert (res.vote[res.label_issues] != noisy[res.label_issues]).all()
@@ -66,7 +67,7 @@ def test_quality_and_vote_by_hand():
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(k=0), "k must"), (dict(k=4), "k must"),
-                                           (dict(num_classes=1), "labels must lie")])
+                                           (dict(num_classes=1), "num_classes must be an integer >= 2")])
 def test_arguments_are_checked(kwargs, match):
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match=match):
@@ -106,3 +107,20 @@ def test_the_neighbour_graph_is_cached_once_per_feature_matrix(tmp_path, monkeyp
     np.testing.assert_array_equal(res.label_issues, direct.label_issues)
     with pytest.raises(ValueError, match="neighbours must be"):
         knn.knn_label_issues(x, labels, k=4, neighbours=graph)
+
+
+@pytest.mark.parametrize("features, labels, num_classes, match", [
+    (np.eye(20, 3), np.zeros(20, np.int64), 2, "labels hold one class only"),
+    (np.eye(20, 3), np.arange(20) % 4, 99_999, "num_classes=99,999 is far more than the labels need"),
+    (np.ma.masked_array(np.eye(20, 3), mask=np.eye(20, 3) > 0), np.arange(20) % 4, None,
+     "features is a masked array with 3 masked entries"),
+    (np.eye(20, 3), np.arange(20) % 4 * 1000, None, "most class ids .* are unused"),
+], ids=["one class", "huge num_classes", "masked", "sparse ids"])
+def test_knn_and_bkd_refuse_the_same_inputs_with_the_same_sentence(features, labels, num_classes, match):
+    from bkd_core.label_issues import find_label_issues
+
+    with pytest.raises(ValueError, match=match) as knn_error:
+        knn_label_issues(features, labels, k=3, num_classes=num_classes)
+    with pytest.raises(ValueError, match=match) as bkd_error:
+        find_label_issues(features, labels, num_classes=num_classes, progress=False)
+    assert str(knn_error.value) == str(bkd_error.value)

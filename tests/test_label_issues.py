@@ -44,13 +44,15 @@ def test_outputs_and_that_wrong_labels_score_lower():
     assert res.label_issues.shape == (n,) and res.label_issues.dtype == bool
     assert res.label_quality.shape == (n,) and res.label_quality.dtype == np.float32
     assert ((res.label_quality >= 0) & (res.label_quality <= 1)).all()
-    np.testing.assert_array_equal(np.sort(res.ranked), np.arange(n))
-    assert (np.diff(res.label_quality[res.ranked]) >= 0).all()  # worst first
+    np.testing.assert_array_equal(np.sort(res.ranked_indices), np.arange(n))
+    assert (np.diff(res.label_quality[res.ranked_indices]) >= 0).all()  # worst first
     assert set(np.unique(res.groups)) <= {1, 2, 3, 4}
     np.testing.assert_array_equal(res.label_issues, res.label_quality < res.threshold)  # the default mask
     np.testing.assert_array_equal(res.g4, res.groups == 4)
     assert 0 <= res.tipping_epoch < len(res.epoch_statistic) <= 12
-    assert res.noise_rate == pytest.approx(float((res.label_quality < res.threshold).mean()))
+    assert res.estimated_noise_rate == pytest.approx(float((res.label_quality < res.threshold).mean()))
+    # the older names read the same outputs
+    assert res.noise_rate == res.estimated_noise_rate and res.ranked is res.ranked_indices
     # separated clusters, 30% wrong labels: the agreement score ranks wrong labels far below
     assert _auc(res.label_quality[wrong], res.label_quality[~wrong]) >= 0.85
     precision = (res.label_issues & wrong).sum() / max(res.label_issues.sum(), 1)
@@ -256,3 +258,42 @@ def test_zero_variance_features_are_warned_about():
                               progress=False)
         except ValueError as exc:  # the scores may be too few distinct values for an Otsu split
             assert "no split" in str(exc)
+
+
+# -- inputs refused before anything is allocated or trained ---------------------------------------------------
+
+def test_num_classes_far_above_what_the_labels_use_is_refused(no_training):
+    x, given, _ = _noisy_clusters(n_per=5)  # 20 samples of 4 classes
+    with pytest.raises(ValueError, match=r"num_classes=99,999 is far more than the labels need: they use 4 classes"):
+        find_label_issues(x, given, num_classes=99_999, progress=False)
+    with pytest.raises(ValueError, match="num_classes=9 is far more"):
+        find_label_issues(x, given, num_classes=9, progress=False)
+    with pytest.raises(AssertionError, match="training started"):  # a few classes without a sample are fine
+        find_label_issues(x, given, num_classes=8, progress=False)
+
+
+def test_labels_of_one_class_are_refused(no_training):
+    x, _, _ = _noisy_clusters(n_per=5)
+    with pytest.raises(ValueError, match=r"labels hold one class only \(0\) in all 20 samples"):
+        find_label_issues(x, np.zeros(20, np.int64), num_classes=2, progress=False)
+
+
+def test_hidden_widths_that_cannot_fit_in_memory_are_refused(no_training):
+    x, given, _ = _noisy_clusters(n_per=5)
+    with pytest.raises(ValueError, match=r"widths=\(100000000,\) .* GiB .* more than this machine's .* GiB of memory"):
+        find_label_issues(x, given, widths=(10**8,), device="cpu", progress=False)
+    for bad in [(0,), (8.5,), "64", 64]:
+        with pytest.raises(ValueError, match="width"):
+            find_label_issues(x, given, widths=bad, device="cpu", progress=False)
+
+
+def test_a_masked_array_is_refused_not_silently_unmasked(no_training):
+    x, given, _ = _noisy_clusters(n_per=5)
+    mask = np.zeros_like(x, dtype=bool)
+    mask[3, 1] = True
+    with pytest.raises(ValueError, match="features is a masked array with 1 masked entries"):
+        find_label_issues(np.ma.masked_array(x, mask=mask), given, progress=False)
+    with pytest.raises(ValueError, match="labels is a masked array with 2 masked entries"):
+        find_label_issues(x, np.ma.masked_array(given, mask=np.arange(20) < 2), progress=False)
+    with pytest.raises(AssertionError, match="training started"):  # nothing masked: read as its data
+        find_label_issues(np.ma.masked_array(x), np.ma.masked_array(given), progress=False)

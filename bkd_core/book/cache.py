@@ -1,17 +1,28 @@
 """A run cache: runs that several chapters need are trained once, keyed by their configuration and
-by the code that trains them (:func:`bkd_core.provenance.code_hash`)."""
+by the code that trains them (:func:`bkd_core.provenance.code_hash`).
+
+The cache records the sha256 of each finished run's ``metrics.json`` and ``scores.npz`` (in the run's
+``cache_record.json``) the first time it returns the run, and refuses the run later if either file no longer has
+it: a number edited by hand is never shown as the run's.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from ..config import BKDConfig
 from ..data import NoisyCIFAR
-from ..io import user_cache_dir
+from ..errors import RunDirError
+from ..io import atomic_write_json, read_json, user_cache_dir
 from ..detectors import METHODS
 from ..provenance import code_hash
+from ..rundir import METRICS, SCORES
 from ..train import RunResult
+
+#: File in a cached run's folder with the sha256 of its outputs as the cache first returned them.
+RECORD = "cache_record.json"
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # bkd_core/book/cache.py -> the checkout
 
@@ -62,6 +73,54 @@ def cached_run(kind: str, data: NoisyCIFAR, config: BKDConfig,
         raise ValueError(f"cached_run trains {choices} runs, not {kind!r}: its result is not one training run "
                          f"keyed by the configuration alone; train it into a run folder of your own with "
                          f"bkd_core.detectors.METHODS[{kind!r}].train(data, config, run_dir, folds=..., progress=...)")
+    folder = cache_dir(root) / run_key(kind, data, config)
+    recorded = _check_unedited(folder)
     # a single run has no folds: the registry's train ignores them
-    return METHODS[kind].train(data, config, cache_dir(root) / run_key(kind, data, config), folds=1,
-                               progress=progress)
+    result = METHODS[kind].train(data, config, folder, folds=1, progress=progress)
+    digests = _digests(folder)
+    if digests and digests != recorded:  # first returned (or recomputed after a file was deleted): record it
+        try:
+            atomic_write_json(folder / RECORD, digests)
+        except OSError:  # a read-only cache: nothing can be edited through bkd_core either
+            pass
+    return result
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of the run's outputs that exist, by file name."""
+    out = {}
+    for name in (METRICS, SCORES):
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            out[name] = digest.hexdigest()
+    return out
+
+
+def _check_unedited(folder: Path) -> dict[str, str] | None:
+    """The record of ``folder`` (None if there is none), after checking that no recorded output was changed.
+
+    Raises:
+        RunDirError: ``metrics.json`` or ``scores.npz`` no longer has the sha256 recorded when the cache first
+            returned the run (or the record itself is damaged).
+    """
+    path = folder / RECORD
+    if not path.is_file():
+        return None
+    try:
+        recorded = read_json(path)
+    except (ValueError, OSError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise RunDirError(f"{path} is damaged, so it cannot be told whether the cached run's numbers are its own; "
+                          f"delete the folder {folder} to train the run again")
+    now = _digests(folder)
+    for name, digest in recorded.items():
+        if name in now and now[name] != digest:
+            raise RunDirError(f"{folder / name} was changed after the run wrote it (its sha256 is not the one "
+                              f"recorded in {RECORD}), so its numbers are not the run's; restore the file, or delete "
+                              f"the folder {folder} to train the run again")
+    return recorded

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PROFILES, BKDConfig, get_profile
+from ..config import PROFILES, BKDConfig, parse_assignments, resolve
 from ..data import NoisyCIFAR, load_cifar_n
 from .results import summary_cell, table_rows
 
@@ -95,8 +95,8 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     ``keep_runs_on_drive`` Google Drive (mounted at ``/content/drive``; runs in ``MyDrive/bkd-book/runs``),
     where they outlive the runtime and a later session reuses them. A value set before is kept.
     Downloads the images with their CIFAR-N labels of ``images`` and the label files alone of
-    ``labels`` (validated, see :func:`bkd_core.data.download` and :func:`~bkd_core.data.download_labels`),
-    then shows where everything is and how to keep the runs.
+    ``labels`` (staged and checked, :func:`bkd_core.data.ensure_data`), then shows where everything is and how to
+    keep the runs.
 
     With ``features`` (a chapter whose default profile is ``features``) it also sets ``$BKD_FEATURE_CACHE``,
     where the first training run keeps the label-free feature vectors it computes once (a few minutes):
@@ -109,10 +109,18 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     Returns the folders used: ``{"data": ..., "runs": ..., "features": ..., "results": ...}`` (``runs`` only
     when ``trains``, ``features`` only with ``features``, ``results`` only with ``results``).
 
+    Outside Colab it refuses at once, before anything is written, downloaded or cloned: on your own machine the
+    data folder is yours to choose (``BKD_DATA_DIR``, ``python -m bkd_core data``).
+
     Raises:
-        RuntimeError: with ``results``, the repository could not be cloned (says what to check).
+        RuntimeError: not inside Google Colab; or with ``results``, the repository could not be cloned (says
+            what to check).
     """
-    from ..data import download, download_labels
+    if not in_colab():
+        raise RuntimeError("setup_colab() sets up a Google Colab runtime (it writes into /content) and runs only "
+                           "inside Colab; on your own machine, set BKD_DATA_DIR to a data folder and run "
+                           "`python -m bkd_core data` (or `make book`)")
+    from ..data import ensure_data
 
     on_drive = trains and keep_runs_on_drive and "BKD_RUN_CACHE" not in os.environ
     if on_drive:
@@ -129,11 +137,7 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
                                                     COLAB_DRIVE_FEATURES if on_drive else COLAB_FEATURES)
     if results:
         folders["results"] = _clone_repository()
-    for dataset in images:
-        download(dataset)
-    for dataset in labels:
-        if dataset not in images:
-            download_labels(dataset)
+    ensure_data(images=images, labels=labels)
     _show_markdown(colab_note(folders, images, labels))
     return folders
 
@@ -204,35 +208,38 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
 
 def chapter_config(profile: str = "cpu", *, seed: int = 0, train_size: int | None = None,
                    epochs: int | None = None, device: str = "auto",
-                   overrides: dict[str, Any] | str | None = None) -> BKDConfig:
+                   overrides: dict[str, Any] | str | Sequence[str] | None = None) -> BKDConfig:
     """The run configuration of a chapter: the named profile with the parameters cell's overrides.
 
     ``train_size`` / ``epochs`` None keep the profile's values; ``overrides`` may set any other
     :class:`~bkd_core.config.BKDConfig` field (lists are accepted for tuples), as a dict or as JSON
-    text (what ``papermill -p overrides '{"otsu_criterion": "classic"}'`` passes). Chapters that pass
-    the same arguments get the same configuration, hence the same cached runs.
+    text (what ``papermill -p overrides '{"otsu_criterion": "classic"}'`` passes), or as ``FIELD=VALUE``
+    assignments as the command line's ``--set`` takes them. The one resolver, :func:`bkd_core.config.resolve`,
+    checks every field. Chapters that pass the same arguments get the same configuration, hence the same cached
+    runs.
     """
     changes: dict[str, Any] = {"seed": seed, "device": device}
     if train_size is not None:
         changes["train_size"] = train_size
     if epochs is not None:
         changes["epochs"] = epochs
-    for key, value in parse_overrides(overrides).items():
-        changes[key] = tuple(value) if isinstance(value, list) else value
-    return get_profile(profile, **changes)
+    return resolve(profile, {**changes, **parse_overrides(overrides)})
 
 
-def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
+def parse_overrides(overrides: dict[str, Any] | str | Sequence[str] | None) -> dict[str, Any]:
     """``overrides`` of a parameters cell as a dict: a dict as it is, JSON text (papermill's ``-p``
-    passes text) parsed, None or ``""`` as ``{}``.
+    passes text) parsed, a list of ``FIELD=VALUE`` assignments typed by
+    :func:`bkd_core.config.parse_assignments`, None or ``""`` as ``{}``.
 
     Raises:
-        ValueError: text that is not a JSON object, or another type (says what was given).
+        ValueError: text that is not a JSON object, a bad assignment, or another type (says what was given).
     """
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
+    if isinstance(overrides, (list, tuple)) and all(isinstance(pair, str) for pair in overrides):
+        return parse_assignments(overrides, option="overrides")
     if isinstance(overrides, str):
         if not overrides.strip():
             return {}
@@ -244,7 +251,8 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
         if not isinstance(parsed, dict):
             raise ValueError(f"overrides must be a JSON object (field: value), got {overrides!r}")
         return parsed
-    raise ValueError(f"overrides must be a dict or JSON text, got {type(overrides).__name__}: {overrides!r}")
+    raise ValueError("overrides must be a dict or JSON text (or a list of FIELD=VALUE assignments), got "
+                     f"{type(overrides).__name__}: {overrides!r}")
 
 
 def _package_dir() -> Path:

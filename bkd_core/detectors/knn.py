@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..validation import check_features, check_features_and_labels
+
 if TYPE_CHECKING:
     from ..config import BKDConfig
     from ..data import NoisyCIFAR
@@ -40,15 +42,21 @@ __all__ = ["KNNLabelIssues", "knn_label_issues", "nearest_neighbours", "cached_n
 class KNNLabelIssues:
     """Result of :func:`knn_label_issues` (N samples, C classes).
 
+    ``label_issues``, ``label_quality``, ``ranked_indices`` and ``estimated_noise_rate`` mean what they mean in
+    :class:`~bkd_core.label_issues.BKDLabelIssues` and :class:`~bkd_core.train.RunResult`; ``ranked`` is the older
+    name of ``ranked_indices``.
+
     Attributes
     ----------
     label_issues : np.ndarray
         bool ``[N]``, True where the neighbours' majority label differs from the given label.
     label_quality : np.ndarray
         float32 ``[N]``, fraction of the k neighbours carrying the given label (lower = worse).
-    ranked : np.ndarray
+    ranked_indices : np.ndarray
         int64 ``[N]``, sample indices from the lowest quality to the highest (stable: ties keep
         index order).
+    estimated_noise_rate : float
+        The fraction of samples flagged (``label_issues.mean()``).
     vote : np.ndarray
         int64 ``[N]``, the neighbours' majority label (the given label where it ties for first).
     neighbour_counts : np.ndarray
@@ -57,18 +65,20 @@ class KNNLabelIssues:
 
     label_issues: np.ndarray
     label_quality: np.ndarray
-    ranked: np.ndarray
+    ranked_indices: np.ndarray
+    estimated_noise_rate: float
     vote: np.ndarray
     neighbour_counts: np.ndarray
 
+    @property
+    def ranked(self) -> np.ndarray:
+        """The older name of :attr:`ranked_indices`."""
+        return self.ranked_indices
+
 
 def _as_tensor(features) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))  # also a reversed view
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"features must be a float array [N, D] with N >= 2, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("features contain NaN or infinite values")
-    return x
+    """Checked features (:func:`bkd_core.validation.check_features`, at least 2 rows) as a float32 tensor."""
+    return torch.from_numpy(check_features(features, min_samples=2))  # also a reversed view, copied
 
 
 def nearest_neighbours(features, *, k: int = 10, batch_size: int = 2048) -> np.ndarray:
@@ -165,13 +175,14 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     Parameters
     ----------
     features : array_like
-        float ``[N, D]`` feature vectors (e.g. :func:`bkd_core.features.cached_features`).
+        float ``[N, D]`` feature vectors, ``N >= 2`` (e.g. :func:`bkd_core.features.cached_features`).
     labels : array_like
-        int ``[N]`` given (possibly noisy) labels in ``[0, C)``.
+        int ``[N]`` given (possibly noisy) labels in ``[0, C)``, of at least two classes.
     k : int
         Neighbours per sample (cosine similarity, itself excluded).
     num_classes : int, optional
-        C; default ``labels.max() + 1``.
+        C; default ``labels.max() + 1``. Features, labels and ``num_classes`` are checked as
+        :func:`bkd_core.label_issues.find_label_issues` checks them (:mod:`bkd_core.validation`).
     batch_size : int
         Rows per block of the similarity matrix.
     neighbours : np.ndarray, optional
@@ -182,18 +193,12 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     -------
     KNNLabelIssues
         ``label_issues`` bool ``[N]``, ``label_quality`` float32 ``[N]`` (lower = worse),
-        ``ranked`` int64 ``[N]`` (worst first), ``vote`` int64 ``[N]``, ``neighbour_counts``
-        int64 ``[N, C]``.
+        ``ranked_indices`` int64 ``[N]`` (worst first), ``estimated_noise_rate``, ``vote`` int64 ``[N]``,
+        ``neighbour_counts`` int64 ``[N, C]``.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be an integer array [N], got dtype {y.dtype} shape {y.shape}")
-    y = y.astype(np.int64)
-    c = int(num_classes) if num_classes is not None else int(y.max()) + 1
-    if len(y) and (y.min() < 0 or y.max() >= c):
-        raise ValueError(f"labels must lie in [0, {c}), found [{y.min()}, {y.max()}]")
+    x, y, c = check_features_and_labels(features, labels, num_classes, min_samples=2)
     if neighbours is None:
-        neighbours = nearest_neighbours(features, k=k, batch_size=batch_size)
+        neighbours = _nearest(torch.from_numpy(x), k, batch_size)
     else:
         neighbours = np.asarray(neighbours)
         if neighbours.ndim != 2 or neighbours.shape[1] != k:
@@ -207,8 +212,9 @@ def knn_label_issues(features, labels, *, k: int = 10, num_classes: int | None =
     quality = (own / k).astype(np.float32)
     top = counts.max(1)
     vote = np.where(own == top, y, counts.argmax(1))
-    return KNNLabelIssues(label_issues=own < top, label_quality=quality,
-                          ranked=np.argsort(quality, kind="stable"), vote=vote, neighbour_counts=counts)
+    issues = own < top
+    return KNNLabelIssues(label_issues=issues, label_quality=quality, ranked_indices=np.argsort(quality, kind="stable"),
+                          estimated_noise_rate=float(issues.mean()), vote=vote, neighbour_counts=counts)
 
 
 #: Neighbours per sample of the k-nearest-neighbour detector (SimiFeat / Docta use about 10).
@@ -246,13 +252,12 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
         out = knn_label_issues(subset.train_features, subset.train_labels, k=k, num_classes=subset.num_classes,
                                neighbours=graph)
         wall = time.perf_counter() - start
-        estimate = float(out.label_issues.mean())
-        metrics = {**run_header("knn", subset, config), "k": k, "estimated_noise_rate": estimate,
+        metrics = {**run_header("knn", subset, config), "k": k, "estimated_noise_rate": out.estimated_noise_rate,
                    **detector_summary(out.label_issues, subset.is_noisy),
                    "vote_acc_clean": float((out.vote == subset.clean_labels).mean()),
                    "wall_time_s": round(wall, 2), "device": "cpu", "command": " ".join(sys.argv)}
         arrays = {"label_issues": out.label_issues, "label_quality": out.label_quality.astype(np.float32),
-                  "ranked_indices": np.argsort(out.label_quality, kind="stable").astype(np.int64),
+                  "ranked_indices": out.ranked_indices.astype(np.int64),
                   "indices": subset.indices.astype(np.int64), "predicted_labels": out.vote.astype(np.int64)}
         rundir.save_outputs(metrics, arrays)
 
