@@ -69,3 +69,10 @@ def test_split_verdicts_pair_seeds_and_say_ties_and_losses_as_wins():
     against_floor = split_verdicts(_table(), "bkd", "bkd", "f1", "floor", splits=["worst", "aggre"])
     assert against_floor == {"worst": "beats", "aggre": "beats"}
     assert verdict_text({}) == "beats on none, ties on none and loses on none"
+
+
+def test_verdict_text_gives_each_outcome_its_numbers():
+    text = verdict_text({"aggre": "ties", "worst": "loses", "rand1": "loses"},
+                        details={"worst": "68.0 against 73.2", "aggre": "76.2 against 76.0"})
+    assert text == ("beats on none, ties on 1 (aggre: 76.2 against 76.0) and "
+                    "loses on 2 (worst: 68.0 against 73.2; rand1)")

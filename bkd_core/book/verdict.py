@@ -20,7 +20,7 @@ pairing). The rule needs at least two seeds: one run has no spread to judge a di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -103,10 +103,22 @@ def verdict_counts(verdicts: dict[str, str]) -> dict[str, list[str]]:
     return {outcome: [split for split, v in verdicts.items() if v == outcome] for outcome in OUTCOMES}
 
 
-def verdict_text(verdicts: dict[str, str]) -> str:
-    """Wins, ties and losses in the same words, e.g. ``"beats it on 3 (rand1, rand2, rand3), ties on 1 (aggre)
-    and loses on 1 (worst)"``; an outcome with no split is said as "on none"."""
+def verdict_text(verdicts: dict[str, str], details: Mapping[str, str] | None = None) -> str:
+    """Wins, ties and losses in the same words, e.g. ``"beats on 3 (rand1, rand2, rand3), ties on 1 (aggre)
+    and loses on 1 (worst)"``; an outcome with no split is said as "on none".
+
+    ``details``: split -> a note shown after its name, e.g. ``{"worst": "68.0 against 73.2"}`` gives
+    ``"loses on 1 (worst: 68.0 against 73.2)"``.
+    """
+    details = details or {}
     counts = verdict_counts(verdicts)
-    parts = [f"{outcome} on {len(splits)} ({', '.join(splits)})" if splits else f"{outcome} on none"
+
+    def named(split: str) -> str:
+        return f"{split}: {details[split]}" if split in details else split
+
+    def listed(splits: list[str]) -> str:  # "; " between splits when a note holds commas of its own
+        return ("; " if any(s in details for s in splits) else ", ").join(map(named, splits))
+
+    parts = [f"{outcome} on {len(splits)} ({listed(splits)})" if splits else f"{outcome} on none"
              for outcome, splits in counts.items()]
     return f"{parts[0]}, {parts[1]} and {parts[2]}"
