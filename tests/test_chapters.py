@@ -199,7 +199,7 @@ def test_chapter_shape(name):
     # second code cell: papermill parameters, plain literals only, each with a type annotation that
     # papermill --help-notebook shows (its pattern takes names, brackets and commas: no "int | None")
     params = code[1]
-    assert params.metadata.get("tags") == ["parameters", "hide-input"]  # collapsed in the HTML
+    assert params.metadata.get("tags") == ["parameters", "remove-cell"]  # the notebook's, not the page's
     names, defaults = [], {}
     for stmt in ast.parse(params.source).body:
         assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value, ast.dump(stmt)
@@ -236,10 +236,29 @@ def test_chapter_shape(name):
             assert CONCLUSION_FIELD.search(text) and "{glue" not in text, text[:80]
             for paragraph in text.split("\n\n"):
                 assert " ".join(paragraph.split()) not in prose, f"written twice: {paragraph[:80]}"
+    _check_first_screen(nb)
     # no hard-coded repository address elsewhere, no leftover debugging
     for cell in code[1:]:
         assert "github.com/" not in cell.source
         assert not re.search(r"^\s*print\(", cell.source, re.M), f"print in {name}: {cell.source[:80]}"
+
+
+def _check_first_screen(nb) -> None:
+    """The finding and the main figure open the page: one code cell tagged ``finding`` states a conclusion, only
+    the title comes before it in the page (every code cell before it is removed from the HTML, no prose between),
+    and the next cell draws the main figure with its code removed."""
+    cells = nb.cells
+    findings = [i for i, c in enumerate(cells) if "finding" in c.metadata.get("tags", [])]
+    assert len(findings) == 1, f"one cell tagged finding, got {len(findings)}"
+    k = findings[0]
+    assert cells[k].cell_type == "code" and "book.conclusion(" in cells[k].source
+    assert "remove-input" in cells[k].metadata["tags"]
+    for cell in cells[1:k]:
+        assert cell.cell_type == "code" and "remove-cell" in cell.metadata.get("tags", []), (
+            f"shown before the finding: {cell.source[:80]}")
+    figure = cells[k + 1]
+    assert figure.cell_type == "code" and "fig = plots." in figure.source, figure.source[:80]
+    assert figure.metadata.get("tags") == ["remove-input"]
 
 
 def _conclusion_calls(source: str) -> list[tuple[str, set[str]]]:
@@ -361,16 +380,17 @@ def _check_outputs(nb) -> int:
 
 
 EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
-    "01_intro": ({"worst_rate", "aggre_rate", "top_pct", "worst_class", "profile_name", "setup_text"}, 3),
+    "01_intro": ({"worst_rate", "aggre_rate", "top_pct", "worst_class", "profile_name", "setup_text", "claims_box"}, 4),
     "02_memorization": ({"n_train", "noise_pct", "p_noisy_last", "mem_noisy_last", "peak_acc", "verdict"}, 1),
     "03_blind_teacher": ({"t_mem", "s_mem", "t_noisy", "s_noisy", "verdict"}, 3),
     "04_tipping_point": ({"tip_sentence", "prominence_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
-    "07_results": ({"code_text", "n_runs", "n_floor", "n_cleanlab", "n_acc", "top_noisy", "paper_pflop", "hi_floor",
-                    "auc_bkd", "n_auc", "lose_text", "cfg_setup", "cpu_batch_text", "cpu_compare_text"}, 6),
-    "08_differences": ({"q3_ratio", "q8_train_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic",
-                        "groups_text"}, 0),
+    "07_results": ({"code_text", "n_runs", "floor_text", "cleanlab_text", "below_text", "acc_text", "peak_text",
+                    "top_noisy", "paper_pflop", "floor_sentence", "auc_bkd", "auc_cl_verdict", "cfg_setup",
+                    "cpu_batch_text", "cpu_compare_text"}, 6),
+    "08_differences": ({"q3_ratio", "q8_train_f1", "q8_val_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic",
+                        "groups_text"}, 1),
     "09_pixels": ({"setup_text", "tip_sentence", "batch_tip_text", "est_rate", "true_rate", "g4_f1", "all_f1",
                    "bkd_last", "ce_last", "verdict", "features_text"}, 4),
 }
@@ -504,4 +524,8 @@ def test_results_chapter_runs_from_any_directory(tmp_path):
     shown = " ".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
                      for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
     assert re.search(r"Code version: 18 of 18 ", shown), shown[:500]
-    assert re.search(r"In short: of the \d noisy splits, BKD's G4 mask beats flagging everything", shown), shown[:500]
+    # every comparison by book.verdict's rule: ties and losses said as wins are, with their numbers
+    assert re.search(r"On the 5 noisy splits, BKD's G4 mask \(its official output\) against flagging\s+everything "
+                     r"beats on 5", shown), shown[:800]
+    assert "loses on 1 (worst: 68.0 against 73.2)" in shown  # confident learning's F1 on worst
+    assert "ties on 1 (aggre: 76.2 against 76.0) and loses on 1 (clean: 76.9 against 78.6)" in shown  # accuracy
