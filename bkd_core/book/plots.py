@@ -843,7 +843,7 @@ def plot_seen_vs_held_out(table) -> Figure:
         bars = ax.bar(x + (k - 0.5) * 0.38, values, width=0.36, color=colour,
                       label=f"{name} ({int(table.loc[name, 'images']):,} images)")
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set(xticks=x, xticklabels=metrics, ylim=(0, 1.08), ylabel="G4 as a detector",
+    ax.set(xticks=x, xticklabels=metrics, ylim=(0, 1.08), ylabel="G4 as a detector", xlabel="measure",
            title="Detection on images trained on vs held out")
     _legend_below(fig, ax, ncols=2)
     return fig
@@ -859,7 +859,8 @@ def plot_detection_by_confusion(table) -> Figure:
     ax.barh(y - 0.2, 100 * table["clean flagged"], height=0.38, color=CLEAN,
             label="correct labels of the given class flagged")
     ax.set(yticks=y, yticklabels=[f"{c} ({n:,})" for c, n in zip(table["confusion"], table["images"])],
-           xlabel="%", xlim=(0, 100), title="Which human confusions BKD finds")
+           xlabel="%", ylabel="true class labelled as (mislabelled images)", xlim=(0, 100),
+           title="Which human confusions BKD finds")
     _legend_below(fig, ax, ncols=1)
     return fig
 
