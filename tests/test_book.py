@@ -370,3 +370,23 @@ def test_claims_table_says_each_claim_with_its_numbers_negatives_included():
     assert "above the true noise rate on 6 of 6 splits" in found["estimate"]
     claims = analysis.claims_table({"features": table, "again": table})
     assert list(claims.columns) == ["the paper claims", "features", "again"] and len(claims) == len(analysis.CLAIMS)
+
+
+def test_the_readme_verdict_quotes_the_committed_batch():
+    """The README's first lines say what chapter 01's claim table says: the same losses and ties, the same numbers."""
+    pytest.importorskip("pandas")
+    import re
+    from pathlib import Path
+
+    from bkd_core.book import analysis, results
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    found = analysis.claim_findings(results.collect_results(book.find_results_dir("reproductions/features")))
+    for key, pattern in (("detection", r"loses on 1 \(worst: ([\d.]+ against [\d.]+)\)"),
+                         ("robust", r"ties on 1 \(aggre: ([\d.]+ against [\d.]+)\)"),
+                         ("robust", r"loses on 1 \(clean: ([\d.]+ against [\d.]+)\)"),
+                         ("memorization", r"peaks at ([\d.]+%) and ends at"),
+                         ("tipping", r"fires in (\d+ of \d+) runs")):
+        quoted = re.search(pattern, found[key]).group(1)
+        assert quoted in readme, (key, quoted)
+    assert "**loses**" in readme and "**ties**" in readme
