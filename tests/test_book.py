@@ -366,8 +366,8 @@ def test_claims_table_says_each_claim_with_its_numbers_negatives_included():
     assert set(found) == set(analysis.CLAIMS)
     assert "loses on 1 (worst: 68.0 against 73.2)" in found["detection"]  # confident learning on worst
     assert "ties on 1 (aggre: 76.2 against 76.0) and loses on 1 (clean: 76.9 against 78.6)" in found["robust"]
-    assert "fires on the clean split too" in found["tipping"] and "18 of 18" in found["tipping"]
-    assert "above the true noise rate on 6 of 6 splits" in found["estimate"]
+    assert "and on the clean split too" in found["tipping"] and "18 of 18" in found["tipping"]
+    assert "Above the true noise rate on 6 of 6 splits" in found["estimate"]
     claims = analysis.claims_table({"features": table, "again": table})
     assert list(claims.columns) == ["the paper claims", "features", "again"] and len(claims) == len(analysis.CLAIMS)
 

@@ -76,3 +76,11 @@ def test_verdict_text_gives_each_outcome_its_numbers():
                         details={"worst": "68.0 against 73.2", "aggre": "76.2 against 76.0"})
     assert text == ("beats on none, ties on 1 (aggre: 76.2 against 76.0) and "
                     "loses on 2 (worst: 68.0 against 73.2; rand1)")
+
+
+
+def test_brief_verdict_text_leaves_out_empty_outcomes_only():
+    assert verdict_text({"aggre": "beats", "worst": "beats"}, brief=True) == "beats on 2 (aggre, worst)"
+    assert verdict_text({"aggre": "beats", "worst": "loses"}, {"worst": "68.0 against 73.2"}, brief=True) == (
+        "beats on 1 (aggre) and loses on 1 (worst: 68.0 against 73.2)")
+    assert verdict_text({}, brief=True) == "has no split to compare on"

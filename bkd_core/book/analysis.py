@@ -382,7 +382,7 @@ def claim_findings(table) -> dict[str, str]:
         verdicts = split_verdicts(table, method, rival, metric, rival_metric, splits=among or noisy)
         details = {s: f"{m(s, method, metric, scale):.1f} against {m(s, rival, rival_metric or metric, scale):.1f}"
                    for s, v in verdicts.items() if v != "beats"}
-        return verdict_text(verdicts, details)
+        return verdict_text(verdicts, details, brief=True)
 
     out = {}
     if hardest is not None and np.isfinite(m(hardest, "ce", "best_test_acc", 1)):
@@ -391,7 +391,7 @@ def claim_findings(table) -> dict[str, str]:
         out["memorization"] = (f"Cross-entropy's test accuracy on {hardest} peaks at "
                                f"{m(hardest, 'ce', 'best_test_acc', 1):.1f}% and ends at "
                                f"{m(hardest, 'ce', 'test_acc', 1):.1f}%, {drops[hardest]:.1f} points lower"
-                               + (f"; on the other splits the later epochs cost {min(others):.1f} to "
+                               + (f"; elsewhere the later epochs cost {min(others):.1f} to "
                                   f"{max(others):.1f} points." if others else "."))
     else:
         out["memorization"] = "This batch has no cross-entropy run on a noisy split."
@@ -401,33 +401,34 @@ def claim_findings(table) -> dict[str, str]:
     clean_text = ""
     if "clean" in tips and len(tips["clean"]):
         clean_fired = int((bkd.loc[bkd["split"] == "clean", "tipping_rule"] == "peak").sum())
-        clean_text = (f"; it fires on the clean split too, where no label is wrong (epoch {tips['clean'].mean():.1f}, "
-                      f"{clean_fired} of {len(tips['clean'])} runs), so the peak is not evidence of wrong labels alone")
+        clean_text = (f", and on the clean split too, where no label is wrong (epoch {tips['clean'].mean():.1f}, "
+                      f"{clean_fired} of {len(tips['clean'])} runs)")
     noisy_tips = np.concatenate([tips[s].to_numpy() for s in noisy]) if noisy else np.array([])
     span = f", on the noisy splits at epoch {noisy_tips.min():.0f} to {noisy_tips.max():.0f}" if len(noisy_tips) else ""
     out["tipping"] = f"The official peak rule fires in {fired} of {len(bkd)} runs{span}{clean_text}."
+    shown = [s for s in (hardest, "aggre", "clean") if s in splits]  # the noisiest, the majority vote, the control
     est = [f"{s} {m(s, 'bkd', 'estimated_noise_rate'):.1f}% (true {m(s, 'bkd', 'true_noise_rate'):.1f}%)"
-           for s in splits]
+           for s in dict.fromkeys(shown)]
     over = sum(m(s, "bkd", "estimated_noise_rate") > m(s, "bkd", "true_noise_rate") for s in splits)
-    out["estimate"] = f"The estimate is above the true noise rate on {over} of {len(splits)} splits: {', '.join(est)}."
+    out["estimate"] = f"Above the true noise rate on {over} of {len(splits)} splits: {', '.join(est)}."
     floor = judged("bkd", "bkd", "detection_f1", "flag_all_f1")
     if "cleanlab" in set(table["method"]):
         out["detection"] = (f"BKD's G4 mask against flagging everything {floor}; against confident learning it "
-                            f"{judged('bkd', 'cleanlab', 'detection_f1')} (F1, %).")
+                            f"{judged('bkd', 'cleanlab', 'detection_f1')}.")
     else:
-        out["detection"] = f"BKD's G4 mask against flagging everything {floor} (F1, %); no confident-learning run."
+        out["detection"] = f"BKD's G4 mask against flagging everything {floor}; no confident-learning run."
     accuracy = judged("bkd", "ce", "test_acc", among=splits, scale=1.0)
-    out["robust"] = f"BKD's last-epoch test accuracy against cross-entropy's {accuracy} (%)."
+    out["robust"] = f"BKD's last epoch against cross-entropy's {accuracy}."
     return out
 
 
 #: BKD's claims (the paper's abstract, in this book's words), by the keys of :func:`claim_findings`.
 CLAIMS = {
-    "memorization": "Networks generalize first and memorize wrong labels later.",
-    "tipping": "The blind student's confidence reveals the tipping point from generalizing to memorizing.",
-    "estimate": "At the tipping point, Otsu's threshold estimates the noise rate ...",
-    "detection": "... and picks out the mislabelled images.",
-    "robust": "Training on with softened targets makes the network robust.",
+    "memorization": "Memorization: networks generalize first, memorize wrong labels later",
+    "tipping": "Tipping point: the blind student's confidence marks it",
+    "estimate": "Noise estimate: Otsu's threshold at the tipping point",
+    "detection": "Detection: the mislabelled images, picked out (F1)",
+    "robust": "Robust training: softened targets (test accuracy)",
 }
 
 

@@ -531,12 +531,13 @@ def conclusion(text: str, **values: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def hide_injected_parameters(path: str | os.PathLike, tag: str = "hide-cell") -> int:
+def hide_injected_parameters(path: str | os.PathLike, tag: str = "remove-cell") -> int:
     """Tag papermill's ``injected-parameters`` cells of a notebook with ``tag`` (in place).
 
     For building HTML from notebooks executed with papermill: MyST-NB shows every cell unless
-    tagged, and papermill's injected cell only carries ``injected-parameters``. Returns the number
-    of cells tagged.
+    tagged, and papermill's injected cell only carries ``injected-parameters``. The default removes it
+    from the page, as the chapters' own parameters cell is, so that nothing stands before a chapter's finding.
+    Returns the number of cells tagged.
     """
     import nbformat
 

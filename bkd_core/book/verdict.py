@@ -103,12 +103,13 @@ def verdict_counts(verdicts: dict[str, str]) -> dict[str, list[str]]:
     return {outcome: [split for split, v in verdicts.items() if v == outcome] for outcome in OUTCOMES}
 
 
-def verdict_text(verdicts: dict[str, str], details: Mapping[str, str] | None = None) -> str:
+def verdict_text(verdicts: dict[str, str], details: Mapping[str, str] | None = None, *, brief: bool = False) -> str:
     """Wins, ties and losses in the same words, e.g. ``"beats on 3 (rand1, rand2, rand3), ties on 1 (aggre)
     and loses on 1 (worst)"``; an outcome with no split is said as "on none".
 
     ``details``: split -> a note shown after its name, e.g. ``{"worst": "68.0 against 73.2"}`` gives
-    ``"loses on 1 (worst: 68.0 against 73.2)"``.
+    ``"loses on 1 (worst: 68.0 against 73.2)"``. ``brief``: leave out the outcomes with no split
+    (``"beats on 5 (...)"`` alone when there is no tie and no loss).
     """
     details = details or {}
     counts = verdict_counts(verdicts)
@@ -120,5 +121,7 @@ def verdict_text(verdicts: dict[str, str], details: Mapping[str, str] | None = N
         return ("; " if any(s in details for s in splits) else ", ").join(map(named, splits))
 
     parts = [f"{outcome} on {len(splits)} ({listed(splits)})" if splits else f"{outcome} on none"
-             for outcome, splits in counts.items()]
-    return f"{parts[0]}, {parts[1]} and {parts[2]}"
+             for outcome, splits in counts.items() if splits or not brief]
+    if not parts:
+        return "has no split to compare on"
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
