@@ -369,7 +369,7 @@ def test_claims_table_says_each_claim_with_its_numbers_negatives_included():
     assert "and on the clean split too" in found["tipping"] and "18 of 18" in found["tipping"]
     assert "Above the true noise rate on 6 of 6 splits" in found["estimate"]
     claims = analysis.claims_table({"features": table, "again": table})
-    assert list(claims.columns) == ["the paper claims", "features", "again"] and len(claims) == len(analysis.CLAIMS)
+    assert list(claims.columns) == ["claim", "features", "again"] and len(claims) == len(analysis.CLAIMS)
 
 
 def test_the_readme_verdict_quotes_the_committed_batch():
