@@ -11,7 +11,10 @@ For each HTML page (``_static`` and ``_sources`` left out) it checks that
 * no error output: no traceback, error or docutils system-message block, no "Traceback (most recent
   call last)" in the text;
 * every internal link resolves: the file exists and, for ``page.html#anchor``, the anchor is an id on
-  that page.
+  that page;
+* a chapter page (one with notebook cells) opens with its finding and its main figure: at the desktop size of
+  1280 x 1000 pixels, the cell tagged ``finding`` and the first figure of a cell's output start within the first
+  screen (``--first-screen``, 1000 px from the top of the page).
 
 With ``--toc``, every chapter listed in the jupyter-book table of contents must have a built page. With
 ``--log``, the build's warnings about a glued value, a role or a citation that was not found fail too (they
@@ -43,6 +46,11 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 LOAD_TIMEOUT = 60.0
 SKIPPED_FOLDERS = ("_static", "_sources", "_images")
 
+#: The desktop viewport every page is laid out in (CSS pixels), and how far down the finding and the first
+#: figure of a chapter may start: the first screen.
+VIEWPORT = {"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": False}
+FIRST_SCREEN = 1000
+
 #: Runs in the page after its load event; returns what the checks need as JSON.
 PAGE_PROBE = r"""
 (async () => {
@@ -50,6 +58,8 @@ PAGE_PROBE = r"""
   images.forEach(img => { img.loading = "eager"; });
   await Promise.all(images.map(img => img.decode().catch(() => null)));
   const text = document.body ? document.body.innerText : "";
+  // where an element starts, in CSS pixels from the top of the page (null: no such element)
+  const top = el => el === null ? null : Math.round(el.getBoundingClientRect().top + window.scrollY);
   const errorBlocks = Array.from(document.querySelectorAll(
       ".output.traceback, .highlight-ipythontb, .output.error, .output_error, div.system-message, .system-message"))
     .map(el => el.innerText.trim().slice(0, 160));
@@ -65,6 +75,9 @@ PAGE_PROBE = r"""
     errorBlocks: errorBlocks.concat(stderrErrors),
     links: Array.from(document.querySelectorAll("a[href]")).map(a => a.href),
     ids: Array.from(document.querySelectorAll("[id], a[name]")).map(el => el.id || el.getAttribute("name")),
+    notebook: document.querySelector("div.cell") !== null,
+    findingTop: top(document.querySelector(".tag_finding")),
+    figureTop: top(document.querySelector(".cell_output img")),
   });
 })()
 """
@@ -164,6 +177,7 @@ class Chromium:
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         try:
             self.send("Page.enable", session=session)
+            self.send("Emulation.setDeviceMetricsOverride", VIEWPORT, session=session)
             self.events = [e for e in self.events if e.get("sessionId") != session]
             nav = self.send("Page.navigate", {"url": url}, session=session)
             if nav.get("errorText"):
@@ -238,9 +252,27 @@ def _link_target(href: str, site: Path) -> tuple[Path, str] | None:
     return path, unquote(parts.fragment)
 
 
+def first_screen_problems(info: dict, first_screen: int = FIRST_SCREEN) -> list[str]:
+    """What keeps a chapter page (a page with notebook cells) from showing its finding and its main figure in the
+    first ``first_screen`` pixels, from the page probe's ``notebook``, ``findingTop`` and ``figureTop``."""
+    if not info.get("notebook"):
+        return []
+    where = f"below the first screen ({first_screen} px at {VIEWPORT['width']} px wide)"
+    problems = []
+    for key, what, missing in (("findingTop", "the finding (the cell tagged finding)",
+                                "no finding on this chapter page (tag its cell finding)"),
+                               ("figureTop", "the first figure", "no figure on this chapter page")):
+        if info.get(key) is None:
+            problems.append(missing)
+        elif info[key] > first_screen:
+            problems.append(f"{what} starts at {info[key]} px, {where}")
+    return problems
+
+
 def check_site(site: str | os.PathLike, *, toc: str | os.PathLike | None = None,
-               chromium: str | None = None) -> list[str]:
-    """Problems found in the built site ``site`` (a folder of HTML), one line each; [] when all is well."""
+               chromium: str | None = None, first_screen: int = FIRST_SCREEN) -> list[str]:
+    """Problems found in the built site ``site`` (a folder of HTML), one line each; [] when all is well.
+    ``first_screen``: how far down (px) a chapter page's finding and first figure may start."""
     site = Path(site).resolve()
     problems: list[str] = []
     pages = pages_of(site)
@@ -277,6 +309,7 @@ def check_site(site: str | os.PathLike, *, toc: str | os.PathLike | None = None,
                 where = info["text"].index(role)
                 snippet = " ".join(info["text"][where:where + 60].split())
                 problems.append(f"{name}: raw {role} role text: {snippet!r}")
+        problems += [f"{name}: {problem}" for problem in first_screen_problems(info, first_screen)]
         if "Traceback (most recent call last)" in info["text"]:
             problems.append(f"{name}: a traceback is shown")
         for block in info["errorBlocks"]:
@@ -317,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", default=None, help="Chromium executable (default: chromium on PATH)")
     parser.add_argument("--log", default=None,
                         help="the build's output: its warnings about glue and citations fail too")
+    parser.add_argument("--first-screen", type=int, default=FIRST_SCREEN,
+                        help=f"how far down (px, at {VIEWPORT['width']} px wide) a chapter's finding and first figure "
+                             f"may start (default {FIRST_SCREEN})")
     args = parser.parse_args(argv)
     try:
-        problems = check_site(args.site, toc=args.toc, chromium=args.chromium)
+        problems = check_site(args.site, toc=args.toc, chromium=args.chromium, first_screen=args.first_screen)
     except ChromiumError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -356,3 +356,40 @@ def test_batch_summary_of_the_committed_cpu_batch():
     summary = book.batch_summary("reproductions/cpu", "worst")
     assert summary is not None and book.peak_rule_runs(summary, "worst")[1] == 3
     assert book.batch_summary("reproductions/cpu", "no-such-split") is None
+
+
+def test_claims_table_says_each_claim_with_its_numbers_negatives_included():
+    """Chapter 01's claim -> finding table, on the committed features batch: wins, ties and losses in the same
+    words (bkd_core.book.verdict), one column per batch."""
+    pytest.importorskip("pandas")
+    from bkd_core.book import analysis, results
+
+    table = results.collect_results(book.find_results_dir("reproductions/features"))
+    found = analysis.claim_findings(table)
+    assert set(found) == set(analysis.CLAIMS)
+    assert "loses on 1 (worst: 68.0 against 73.2)" in found["detection"]  # confident learning on worst
+    assert "ties on 1 (aggre: 76.2 against 76.0) and loses on 1 (clean: 76.9 against 78.6)" in found["robust"]
+    assert "and on the clean split too" in found["tipping"] and "18 of 18" in found["tipping"]
+    assert "Above the true noise rate on 6 of 6 splits" in found["estimate"]
+    claims = analysis.claims_table({"features": table, "again": table})
+    assert list(claims.columns) == ["claim", "features", "again"] and len(claims) == len(analysis.CLAIMS)
+
+
+def test_the_readme_verdict_quotes_the_committed_batch():
+    """The README's first lines say what chapter 01's claim table says: the same losses and ties, the same numbers."""
+    pytest.importorskip("pandas")
+    import re
+    from pathlib import Path
+
+    from bkd_core.book import analysis, results
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    found = analysis.claim_findings(results.collect_results(book.find_results_dir("reproductions/features")))
+    for key, pattern in (("detection", r"loses on 1 \(worst: ([\d.]+ against [\d.]+)\)"),
+                         ("robust", r"ties on 1 \(aggre: ([\d.]+ against [\d.]+)\)"),
+                         ("robust", r"loses on 1 \(clean: ([\d.]+ against [\d.]+)\)"),
+                         ("memorization", r"peaks at ([\d.]+%) and ends at"),
+                         ("tipping", r"fires in (\d+ of \d+) runs")):
+        quoted = re.search(pattern, found[key]).group(1)
+        assert quoted in readme, (key, quoted)
+    assert "**loses**" in readme and "**ties**" in readme

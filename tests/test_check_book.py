@@ -1,7 +1,8 @@
 """The browser check of the built book (``.ci/check_book.py``) on a tiny hand-made site.
 
 A good page passes; a page with a missing image, a raw ``{glue:text}`` role, a traceback, a dead link
-and a link to a missing anchor fails with one problem each. Skipped where Chromium is not installed
+and a link to a missing anchor fails with one problem each; a chapter page whose finding or first figure starts
+below the first screen (1000 px at 1280 px wide) fails. Skipped where Chromium is not installed
 (CI installs it: ``.ci/run``).
 """
 
@@ -138,3 +139,41 @@ def test_build_log_warnings_about_glue_and_citations(tmp_path):
     assert len(problems) == 2
     assert "No key 'g4_f1' found in glue" in problems[0] and "\x1b" not in problems[0]
     assert "kaiser2022" in problems[1]
+
+
+def _chapter(spacer_px: int = 0, *, finding: bool = True, figure: bool = True) -> str:
+    """A page laid out as MyST-NB lays out a chapter: the title, removed set-up cells, the finding (a cell tagged
+    finding), then the figure's cell output, with ``spacer_px`` pixels of prose before them."""
+    spacer = f'<div style="height:{spacer_px}px">set-up text</div>' if spacer_px else ""
+    found = ('<div class="cell tag_remove-input tag_finding"><div class="cell_output"><p>BKD beats cleanlab on 4 '
+             'of 5 splits.</p></div></div>') if finding else ""
+    drawn = ('<div class="cell tag_remove-input"><div class="cell_output">'
+             '<img src="../_images/figure.png" alt="the figure" style="width:600px;height:400px"></div></div>'
+             if figure else "")
+    later = '<div class="cell tag_hide-input"><div class="cell_input"><pre>book.table(summary)</pre></div></div>'
+    return _page("Chapter", f"<h1>A chapter</h1>{spacer}{found}{drawn}<p>The rest of the chapter.</p>{later}")
+
+
+@needs_chromium
+def test_a_chapter_shows_its_finding_and_figure_in_the_first_screen(tmp_path):
+    site = _site(tmp_path / "html", bad=False)
+    (site / "chapters" / "first.html").write_text(_chapter())
+    (site / "chapters" / "late.html").write_text(_chapter(spacer_px=1200))
+    (site / "chapters" / "bare.html").write_text(_chapter(finding=False, figure=False))
+    problems = check_book.check_site(site)
+    late = [p for p in problems if p.startswith("chapters/late.html")]
+    assert len(late) == 2 and all("below the first screen (1000 px at 1280 px wide)" in p for p in late), problems
+    assert any("the finding (the cell tagged finding) starts at 1" in p for p in late)
+    bare = sorted(p for p in problems if p.startswith("chapters/bare.html"))
+    assert bare == ["chapters/bare.html: no figure on this chapter page",
+                    "chapters/bare.html: no finding on this chapter page (tag its cell finding)"]
+    assert not [p for p in problems if p.startswith("chapters/first.html")]
+    # a taller first screen lets the late page pass
+    assert not [p for p in check_book.check_site(site, first_screen=2000) if p.startswith("chapters/late.html")]
+
+
+def test_first_screen_problems_only_on_chapter_pages():
+    assert check_book.first_screen_problems({"notebook": False}) == []
+    assert check_book.first_screen_problems({"notebook": True, "findingTop": 180, "figureTop": 420}) == []
+    assert check_book.first_screen_problems({"notebook": True, "findingTop": 180, "figureTop": 1001}) == [
+        "the first figure starts at 1001 px, below the first screen (1000 px at 1280 px wide)"]

@@ -358,7 +358,10 @@ def test_noise_estimates_one_point_per_run_and_detector(methods):
     assert all(len(c.get_offsets()) == 9 for c in points)  # 3 splits x 3 seeds
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("kNN" in x for x in legend) == ("knn" in methods)
-    assert len(ax.texts) == 9  # one split label per run, beside BKD's point
+    labels = sorted(ax.texts, key=lambda t: t.xyann[1])
+    assert [t.get_text() for t in labels] == ["clean", "aggre", "worst"]  # one label per split, at its mean
+    heights = [t.xyann[1] for t in labels]
+    assert min(np.diff(heights)) >= 0.045 * 50 - 1e-9  # moved apart: no two labels overprint
     plt.close(fig)
 
 
@@ -392,4 +395,90 @@ def test_estimate_error_vs_accuracy_plots_one_series_per_batch_with_the_errors()
     (points,) = ax.collections  # one series: the empty batch is skipped, the CE row left out
     np.testing.assert_allclose(points.get_offsets(), [[70.0, 6.0], [50.0, 20.0]], atol=1e-9)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["cpu (2 runs)", "5 points"]
+    plt.close(fig)
+
+
+
+def test_label_splits_moves_close_labels_apart():
+    fig, ax = plt.subplots()
+    true = [17.2, 17.2, 18.1, 18.1, 17.6, 17.6]
+    est = [30.2, 30.3, 30.9, 31.0, 30.5, 30.6]  # three splits within one point: their labels would overprint
+    plots._label_splits(ax, true, est, ["rand1", "rand1", "rand2", "rand2", "rand3", "rand3"])
+    ys = sorted(t.xyann[1] for t in ax.texts)
+    assert len(ys) == 3 and min(np.diff(ys)) >= 0.045 * 50 - 1e-9
+    plt.close(fig)
+
+
+def test_precision_recall_markers_that_coincide_stay_visible():
+    scores, noisy = RNG.random(300), RNG.random(300) < 0.3
+    fig = plots.plot_precision_recall(scores, noisy, {"G4": (0.5, 0.6), "G3 + G4": (0.5, 0.6), "classic": (0.7, 0.4)})
+    markers = [line for line in fig.axes[0].lines if line.get_marker() not in (None, "None", "")]
+    sizes = [line.get_markersize() for line in markers]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3  # each drawn smaller over the one before
+    assert all(line.get_markerfacecolor() == "none" for line in markers)  # open: the one below shows through
+    plt.close(fig)
+
+
+def test_seen_vs_held_out_and_its_figure():
+    is_noisy = np.array([1, 1, 0, 0, 1, 0, 1, 0], dtype=bool)
+    mask = np.array([1, 0, 1, 0, 1, 0, 1, 0], dtype=bool)
+    table = analysis.seen_vs_held_out(mask, is_noisy, train_rows=np.arange(4), val_rows=np.arange(4, 8))
+    assert list(table.index) == ["trained on", "held out"]
+    assert table.loc["trained on", "precision"] == pytest.approx(0.5) and table.loc["trained on", "recall"] == 0.5
+    assert table.loc["held out", "F1"] == pytest.approx(1.0) and table.loc["held out", "images"] == 4
+    fig = plots.plot_seen_vs_held_out(table)
+    _labelled(fig)
+    heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches)
+    assert heights == sorted(round(v, 6) for v in table[["precision", "recall", "F1"]].to_numpy().ravel())
+    plt.close(fig)
+
+
+def test_estimate_bias_against_the_clean_control_model():
+    pd = pytest.importorskip("pandas")
+    rows = [{"method": "bkd", "split": "clean", "seed": 0, "true_noise_rate": 0.0, "estimated_noise_rate": 0.2},
+            {"method": "bkd", "split": "worst", "seed": 0, "true_noise_rate": 0.4, "estimated_noise_rate": 0.52},
+            {"method": "ce", "split": "worst", "seed": 0, "true_noise_rate": 0.4, "estimated_noise_rate": None}]
+    bias = analysis.estimate_bias(pd.DataFrame(rows))
+    assert bias.attrs["control_rate"] == pytest.approx(20.0) and list(bias["split"]) == ["clean", "worst"]
+    # worst: 0.4 + 0.6 * 0.2 = 0.52, so the model explains the error exactly
+    assert bias["error"].tolist() == pytest.approx([20.0, 12.0])
+    assert bias["modelled error"].tolist() == pytest.approx([20.0, 12.0])
+    assert analysis.modelled_estimate([0.0, 1.0], 0.3) == pytest.approx([0.3, 1.0])
+    fig = plots.plot_estimate_bias({"features": bias, "cnn": bias})  # a second batch: its own points and line
+    _labelled(fig)
+    models = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+    assert len(fig.axes[0].collections) == 2 and len(models) == 2
+    plt.close(fig)
+
+
+def test_detection_by_confusion_finds_each_pair():
+    clean = np.array([3] * 6 + [1] * 4 + [5] * 5)
+    given = np.array([5] * 6 + [9] * 4 + [5] * 5)  # six cats labelled dog, four cars labelled truck, five right dogs
+    mask = np.array([1, 1, 1, 0, 0, 0] + [1, 1, 1, 1] + [1, 0, 0, 0, 0], dtype=bool)
+    names = D.class_names("cifar10")
+    table = analysis.detection_by_confusion(mask, clean, given, names, min_images=2)
+    assert table["confusion"].tolist() == ["cat labelled dog", "automobile labelled truck"]
+    assert table["found"].tolist() == pytest.approx([0.5, 1.0])
+    assert table["clean flagged"].iloc[0] == pytest.approx(0.2) and np.isnan(table["clean flagged"].iloc[1])
+    assert analysis.detection_by_confusion(mask, clean, given, names, min_images=5)["images"].tolist() == [6]
+    fig = plots.plot_detection_by_confusion(table)
+    _labelled(fig)
+    plt.close(fig)
+
+
+def test_detection_by_epoch_scores_every_recorded_epoch():
+    rng = np.random.default_rng(1)
+    truth = rng.random(400) < 0.3
+    scores = np.full((5, 400), np.nan)
+    for e, spread in enumerate((0.5, 0.3, 0.15, 0.05)):  # the last epoch has no scores (phase 2)
+        scores[e] = np.clip(np.where(truth, 0.3, 0.7) + rng.normal(0, spread, 400), 0, 1)
+    table = analysis.detection_by_epoch(scores, truth)
+    assert table["epoch"].tolist() == [1, 2, 3, 4]
+    assert table["auc"].iloc[0] < 0.85 and table["auc"].iloc[-1] > 0.99  # the populations part as the spread shrinks
+    assert ((0 <= table["f1"]) & (table["f1"] <= 1)).all() and table["f1"].iloc[-1] > table["f1"].iloc[0] + 0.1
+    fig = plots.plot_detection_by_epoch(table, tipping=2, val_pick=3, fixed=None)
+    _labelled(fig)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "tipping point (peak rule): epoch 3" in legend and "best noisy-validation accuracy: epoch 4" in legend
+    assert not any("fixed" in x for x in legend)
     plt.close(fig)

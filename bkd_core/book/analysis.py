@@ -38,6 +38,14 @@ __all__ = [
     "otsu_comparison",
     "group_table",
     "detection_table",
+    "seen_vs_held_out",
+    "modelled_estimate",
+    "estimate_bias",
+    "detection_by_confusion",
+    "CLAIMS",
+    "claim_findings",
+    "claims_table",
+    "detection_by_epoch",
 ]
 
 
@@ -251,3 +259,218 @@ def detection_table(masks: dict[str, np.ndarray], is_noisy: np.ndarray):
     assert abs(rows[-1]["F1"] - flag_all_f1(float(is_noisy.mean()))) < 1e-9
     return pd.DataFrame(rows).set_index("flagged")
 
+
+
+# --------------------------------------------------------------------------------------------
+# Questions a reader of the paper asks, answered on recorded runs
+# --------------------------------------------------------------------------------------------
+
+
+def seen_vs_held_out(mask: np.ndarray, is_noisy: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray):
+    """Detection on the images the networks trained on against the held-out ones (never seen with their labels).
+
+    Args:
+        mask: bool [N], the flagged images (e.g. group G4) over all rows of the run.
+        is_noisy: bool [N], the truth (given label differs from the clean one).
+        train_rows, val_rows: int indices into the N rows: trained on, and held out for validation.
+
+    Returns:
+        DataFrame indexed ``"trained on"`` / ``"held out"``: ``images``, ``true noise rate``, ``flagged``
+        (share), ``precision``, ``recall``, ``F1``.
+    """
+    import pandas as pd
+
+    mask, is_noisy = np.asarray(mask, dtype=bool), np.asarray(is_noisy, dtype=bool)
+    rows = {}
+    for name, index in (("trained on", np.asarray(train_rows)), ("held out", np.asarray(val_rows))):
+        scores = detection_scores(mask[index], is_noisy[index]) if len(index) else {}
+        rows[name] = {"images": len(index), "true noise rate": float(is_noisy[index].mean()) if len(index) else np.nan,
+                      "flagged": float(mask[index].mean()) if len(index) else np.nan,
+                      "precision": scores.get("precision", np.nan), "recall": scores.get("recall", np.nan),
+                      "F1": scores.get("f1", np.nan)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def modelled_estimate(true_rate: np.ndarray | float, control_rate: float) -> np.ndarray:
+    """The noise estimate if the threshold flags every mislabelled image plus the share ``control_rate`` of the
+    clean ones (the share it flags on the clean split, where no label is wrong): ``r + (1 - r) * control_rate``.
+
+    Args:
+        true_rate: float or float [K], true noise rates in [0, 1].
+        control_rate: the estimate on the clean split, in [0, 1].
+    """
+    r = np.asarray(true_rate, dtype=np.float64)
+    return r + (1 - r) * float(control_rate)
+
+
+def estimate_bias(table):
+    """BKD's signed noise-estimate error per run of a batch, beside :func:`modelled_estimate`'s prediction.
+
+    ``table``: :func:`bkd_core.book.results.collect_results`. The control rate is the mean estimate over the
+    batch's clean-split runs (NaN without them). Returns a DataFrame, one row per BKD run: ``split``, ``seed``,
+    ``true`` and ``estimated`` noise rate (%), ``error`` (estimated - true, points) and ``modelled error``
+    (points), and ``attrs["control_rate"]`` (%).
+    """
+    import pandas as pd
+
+    bkd = table[table["method"] == "bkd"]
+    true = pd.to_numeric(bkd["true_noise_rate"], errors="coerce").to_numpy(dtype=np.float64)
+    est = pd.to_numeric(bkd["estimated_noise_rate"], errors="coerce").to_numpy(dtype=np.float64)
+    clean = est[(true == 0) & np.isfinite(est)]
+    control = float(clean.mean()) if len(clean) else float("nan")
+    out = pd.DataFrame({"split": bkd["split"].to_numpy(), "seed": bkd["seed"].to_numpy(), "true": 100 * true,
+                        "estimated": 100 * est, "error": 100 * (est - true),
+                        "modelled error": 100 * (modelled_estimate(true, control) - true)})
+    out.attrs["control_rate"] = 100 * control
+    return out
+
+
+def detection_by_confusion(mask: np.ndarray, clean: np.ndarray, given: np.ndarray, names: Sequence[str],
+                           top: int = 8, min_images: int = 50):
+    """Which human confusions a detector finds: recall per (true class, given class) pair of the mislabelled images.
+
+    Args:
+        mask: bool [N], flagged images; clean, given: int [N], the clean and the given labels.
+        names: class names.
+        top: the ``top`` most frequent confusions are returned.
+        min_images: pairs with fewer mislabelled images are left out.
+
+    Returns:
+        DataFrame, one row per pair, most frequent first: ``confusion`` ("cat labelled dog"), ``images`` (mislabelled
+        images of the pair), ``found`` (recall), and ``clean flagged``: the share of the *correctly* labelled images
+        of the given class that are flagged (false alarms on the label the confusion produces).
+    """
+    import pandas as pd
+
+    mask, clean, given = np.asarray(mask, dtype=bool), np.asarray(clean), np.asarray(given)
+    wrong = clean != given
+    rows = []
+    for (c, g), count in pd.Series(list(zip(clean[wrong], given[wrong]))).value_counts().items():
+        if count < min_images:
+            continue
+        pair = wrong & (clean == c) & (given == g)
+        right = ~wrong & (given == g)
+        rows.append({"confusion": f"{names[int(c)]} labelled {names[int(g)]}", "images": int(count),
+                     "found": float(mask[pair].mean()),
+                     "clean flagged": float(mask[right].mean()) if right.any() else float("nan")})
+        if len(rows) == top:
+            break
+    return pd.DataFrame(rows, columns=["confusion", "images", "found", "clean flagged"])
+
+
+def claim_findings(table) -> dict[str, str]:
+    """What a batch measured on each of BKD's claims, one sentence each, with its numbers, negatives included.
+
+    ``table``: :func:`bkd_core.book.results.collect_results` of a batch that ran BKD and cross-entropy (and
+    confident learning) on CIFAR-10N splits, with at least two seeds (wins, ties and losses are decided by
+    :func:`bkd_core.book.verdict.verdict`). Returns ``{claim key: sentence}`` for the keys ``memorization``,
+    ``tipping``, ``estimate``, ``detection`` and ``robust``; a claim the batch cannot speak to gets a sentence
+    that says so.
+    """
+    from .results import mean_of, ordered_splits, summarize
+    from .verdict import split_verdicts, verdict_text
+
+    summary = summarize(table)
+    splits = ordered_splits(table["split"])
+    noisy = [s for s in splits if mean_of(summary, s, "bkd", "true_noise_rate") > 0]
+    hardest = max(noisy, key=lambda s: mean_of(summary, s, "bkd", "true_noise_rate")) if noisy else None
+
+    def m(split, method, metric, scale=100.0):
+        return scale * mean_of(summary, split, method, metric)
+
+    def judged(method, rival, metric, rival_metric=None, among=None, scale=100.0):
+        verdicts = split_verdicts(table, method, rival, metric, rival_metric, splits=among or noisy)
+        details = {s: f"{m(s, method, metric, scale):.1f} against {m(s, rival, rival_metric or metric, scale):.1f}"
+                   for s, v in verdicts.items() if v != "beats"}
+        return verdict_text(verdicts, details, brief=True)
+
+    out = {}
+    if hardest is not None and np.isfinite(m(hardest, "ce", "best_test_acc", 1)):
+        drops = {s: m(s, "ce", "best_test_acc", 1) - m(s, "ce", "test_acc", 1) for s in splits}
+        others = [v for s, v in drops.items() if s != hardest]
+        out["memorization"] = (f"Cross-entropy's test accuracy on {hardest} peaks at "
+                               f"{m(hardest, 'ce', 'best_test_acc', 1):.1f}% and ends at "
+                               f"{m(hardest, 'ce', 'test_acc', 1):.1f}%"
+                               + (f"; elsewhere it ends {min(others):.1f} to {max(others):.1f} points below its peak."
+                                  if others else "."))
+    else:
+        out["memorization"] = "This batch has no cross-entropy run on a noisy split."
+    bkd = table[table["method"] == "bkd"]
+    fired = int((bkd["tipping_rule"] == "peak").sum())
+    tips = {s: 1 + bkd.loc[bkd["split"] == s, "tipping_epoch"].astype(float) for s in splits}
+    clean_text = ""
+    if "clean" in tips and len(tips["clean"]):
+        clean_fired = int((bkd.loc[bkd["split"] == "clean", "tipping_rule"] == "peak").sum())
+        clean_text = (f", and on the clean split too, where no label is wrong (epoch {tips['clean'].mean():.1f}, "
+                      f"{clean_fired} of {len(tips['clean'])} runs)")
+    noisy_tips = np.concatenate([tips[s].to_numpy() for s in noisy]) if noisy else np.array([])
+    span = f", at epoch {noisy_tips.min():.0f} to {noisy_tips.max():.0f} on the noisy splits" if len(noisy_tips) else ""
+    out["tipping"] = f"The peak rule fires in {fired} of {len(bkd)} runs{span}{clean_text}."
+    shown = [s for s in (hardest, "aggre", "clean") if s in splits]  # the noisiest, the majority vote, the control
+    est = [f"{s} {m(s, 'bkd', 'estimated_noise_rate'):.1f}% (true {m(s, 'bkd', 'true_noise_rate'):.1f}%)"
+           for s in dict.fromkeys(shown)]
+    over = sum(m(s, "bkd", "estimated_noise_rate") > m(s, "bkd", "true_noise_rate") for s in splits)
+    out["estimate"] = f"Above the true noise rate on {over} of {len(splits)} splits: {', '.join(est)}."
+    floor = judged("bkd", "bkd", "detection_f1", "flag_all_f1")
+    if "cleanlab" in set(table["method"]):
+        out["detection"] = (f"BKD's G4 mask against flagging everything {floor}; against confident learning it "
+                            f"{judged('bkd', 'cleanlab', 'detection_f1')}.")
+    else:
+        out["detection"] = f"BKD's G4 mask against flagging everything {floor}; no confident-learning run."
+    accuracy = judged("bkd", "ce", "test_acc", among=splits, scale=1.0)
+    out["robust"] = f"BKD's last epoch against cross-entropy's {accuracy}."
+    return out
+
+
+#: BKD's claims (the paper's abstract; chapter 01 states them in full), by the keys of :func:`claim_findings`.
+CLAIMS = {
+    "memorization": "Memorization",
+    "tipping": "Tipping point",
+    "estimate": "Noise estimate",
+    "detection": "Detection (F1)",
+    "robust": "Robust training",
+}
+
+
+def claims_table(tables: dict):
+    """BKD's claims against what each batch measured: :data:`CLAIMS` as rows, one column per batch.
+
+    ``tables``: column label -> :func:`bkd_core.book.results.collect_results` of a batch, e.g.
+    ``{"features (MLP, 50,000 feature vectors)": table}``; a second batch adds a column.
+    """
+    import pandas as pd
+
+    columns = {label: claim_findings(table) for label, table in tables.items()}
+    frame = pd.DataFrame({"claim": list(CLAIMS.values()),
+                          **{label: [found[key] for key in CLAIMS] for label, found in columns.items()}})
+    return frame
+
+
+def detection_by_epoch(scores: np.ndarray, is_noisy: np.ndarray, *, bins: int = 1000, criterion: str = "bkd",
+                       groups: Sequence[int] = (4,)):
+    """Detection as it would have been at every recorded epoch: the ranking's ROC-AUC and the F1 of the
+    official mask (Otsu split of that epoch's scores, ``groups`` flagged).
+
+    Args:
+        scores: float [E, N], each epoch's agreement scores (NaN rows: epochs without scores).
+        is_noisy: bool [N].
+
+    Returns:
+        DataFrame, one row per epoch with scores: ``epoch`` (from 1), ``auc``, ``f1``, ``estimate`` (share below
+        the threshold).
+    """
+    import pandas as pd
+
+    from ..metrics import ranking_auc
+
+    scores = np.asarray(scores, dtype=np.float64)
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    rows = []
+    for e in range(scores.shape[0]):
+        if not np.isfinite(scores[e]).all():
+            continue
+        d = detect(scores[e], bins=bins, criterion=criterion)
+        mask = np.isin(d.groups, list(groups))
+        rows.append({"epoch": e + 1, "auc": ranking_auc(scores[e], is_noisy) if is_noisy.any() else np.nan,
+                     "f1": detection_scores(mask, is_noisy)["f1"], "estimate": float(d.below_threshold.mean())})
+    return pd.DataFrame(rows, columns=["epoch", "auc", "f1", "estimate"])

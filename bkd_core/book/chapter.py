@@ -37,11 +37,6 @@ __all__ = [
     "repository_root",
     "find_results_dir",
     "batch_summary",
-    "PAPER_RESULTS",
-    "paper_runs",
-    "paper_setting_note",
-    "paper_run",
-    "paper_tipping_args",
     "COMPARISON_ROWS",
     "profile_comparison",
     "peak_rule_runs",
@@ -313,84 +308,6 @@ def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
     return summary
 
 
-#: Where the runs of the ``paper`` setting are committed: what a GPU session returns (benchmarks/DEVICE.md).
-PAPER_RESULTS = "reproductions/paper"
-
-
-def paper_runs(results_dir: str | os.PathLike = PAPER_RESULTS) -> dict[str, dict[str, Any]]:
-    """The ``paper``-setting runs in ``results_dir`` (found as :func:`find_results_dir` finds it), by split:
-    each run's ``metrics.json`` (``methods``; per-epoch ``curves``; the ``agreement_histogram`` at the tipping
-    epoch). ``{}`` when the folder is absent or holds no run with BKD's metrics."""
-    from ..io import read_json
-
-    try:
-        folder = find_results_dir(results_dir)
-    except FileNotFoundError:
-        return {}
-    runs = {}
-    for path in sorted(folder.glob("*/metrics.json")):
-        run = read_json(path)
-        if isinstance(run, dict) and isinstance(run.get("methods"), dict) and "bkd" in run["methods"]:
-            runs[str(run.get("split"))] = run
-    return runs
-
-
-def paper_setting_note(runs: Mapping[str, Mapping[str, Any]]) -> str:
-    """One sentence on what the ``paper``-setting results are (:func:`paper_runs`): the device, the splits and
-    seeds, phase 1 only, whether bit-reproducible; or that there are none yet."""
-    if not runs:
-        return (f"No run of the `paper` setting is in `{PAPER_RESULTS}` yet: it needs a GPU, so nothing is shown "
-                "here (`benchmarks/DEVICE.md` runs the six CIFAR-10N splits in one GPU session).")
-    bkd = [run["methods"]["bkd"] for run in runs.values()]
-    configs = [run.get("config") or {} for run in runs.values()]
-    devices = ", ".join(sorted({str(m.get("device", "an unrecorded device")) for m in bkd}))
-    seeds = ", ".join(str(s) for s in sorted({run.get("seed") for run in runs.values()}, key=str))
-    phase = ("phase 1 only (each run stops once its detection is final)"
-             if all(c.get("stop_after_detection") for c in configs) else "both phases")
-    exact = ("deterministic, so a rerun on the same GPU and software repeats it bit for bit"
-             if all(c.get("deterministic") for c in configs) else
-             "`deterministic=False` (cuDNN's fastest kernels), so a rerun agrees in distribution, not bit for bit")
-    from .results import ordered_splits
-
-    splits = ", ".join(ordered_splits(runs))
-    return (f"The `paper` profile on {devices}: {len(runs)} split(s) ({splits}), seed {seeds}, {phase}, "
-            f"{exact}.")
-
-
-def paper_run(split: str, dataset: str = "cifar10",
-              results_dir: str | os.PathLike = PAPER_RESULTS) -> tuple[dict[str, Any] | None, str]:
-    """The ``paper``-setting run on ``split`` (:func:`paper_runs`) and :func:`paper_setting_note` on it, or
-    ``(None, the sentence that says why there is none)``: for a chapter that shows it beside its own run."""
-    runs = paper_runs(results_dir) if dataset == "cifar10" else {}
-    if split in runs:
-        return runs[split], paper_setting_note({split: runs[split]})
-    if not runs:
-        return None, paper_setting_note({})
-    return None, (f"The `paper`-setting runs in `{PAPER_RESULTS}` include none on {split} "
-                  f"(only {', '.join(sorted(runs))}), so nothing is shown here.")
-
-
-def paper_tipping_args(run: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`bkd_core.book.plots.plot_tipping`'s arguments for a ``paper``-setting run (:func:`paper_run`): BKD's
-    student curve and tipping point, and the cross-entropy run's memorization and test accuracy where the
-    run has one."""
-    from .analysis import memorization_onset, peak_epoch
-
-    def floats(values: Sequence[float | None]) -> np.ndarray:  # a stored curve: None where a value was not finite
-        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-
-    bkd, curves = run["methods"]["bkd"], run.get("curves", {})
-    args: dict[str, Any] = {"mean_max_student": floats(curves["bkd"]["mean_max_student"]),
-                            "tipping": bkd.get("tipping_epoch"), "found_at": bkd.get("tipping_found_at_epoch"),
-                            "rule": bkd.get("tipping_rule")}
-    ce = curves.get("ce") or {}
-    if ce.get("memorized_noisy"):
-        memorized, test_acc = floats(ce["memorized_noisy"]), floats(ce["test_acc"])
-        args.update(ce_noisy_memorized=100 * memorized, ce_test_acc=test_acc, onset=memorization_onset(memorized),
-                    ce_peak=peak_epoch(test_acc))
-    return args
-
-
 #: Rows of :func:`profile_comparison`: those of :data:`bkd_core.book.results.SPLIT_TABLE_ROWS` with these labels.
 COMPARISON_ROWS = table_rows((
     "true noise rate (%)", "BKD estimated noise rate (%)", "BKD tipping point from the peak rule (runs)",
@@ -622,12 +539,13 @@ def conclusion(text: str, **values: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def hide_injected_parameters(path: str | os.PathLike, tag: str = "hide-cell") -> int:
+def hide_injected_parameters(path: str | os.PathLike, tag: str = "remove-cell") -> int:
     """Tag papermill's ``injected-parameters`` cells of a notebook with ``tag`` (in place).
 
     For building HTML from notebooks executed with papermill: MyST-NB shows every cell unless
-    tagged, and papermill's injected cell only carries ``injected-parameters``. Returns the number
-    of cells tagged.
+    tagged, and papermill's injected cell only carries ``injected-parameters``. The default removes it
+    from the page, as the chapters' own parameters cell is, so that nothing stands before a chapter's finding.
+    Returns the number of cells tagged.
     """
     import nbformat
 

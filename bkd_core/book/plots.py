@@ -41,6 +41,10 @@ __all__ = [
     "plot_accuracy_by_split",
     "plot_noise_estimates",
     "show_label_issues",
+    "plot_estimate_bias",
+    "plot_seen_vs_held_out",
+    "plot_detection_by_confusion",
+    "plot_detection_by_epoch",
 ]
 
 CLEAN = "#0072B2"  # blue
@@ -550,8 +554,11 @@ def plot_precision_recall(scores: np.ndarray, is_noisy: np.ndarray,
     ax.plot(recall, precision, color=BKD, label=f"low score = mislabelled (AP {ap:.3f})")
     ax.axhline(noisy.mean(), color="0.5", linestyle=":", label=f"flag at random ({100 * noisy.mean():.1f}%)")
     markers = ["o", "s", "D", "^"]
+    colours = [ACCENT, TEACHER, CLEAN, "black"]
+    # open markers, each smaller than the one before: points that coincide stay visible
     for k, (name, (r, p)) in enumerate((points or {}).items()):
-        ax.plot([r], [p], marker=markers[k % 4], ms=8, linestyle="none", markeredgecolor="black", label=name)
+        ax.plot([r], [p], marker=markers[k % 4], ms=13 - 3 * (k % 4), linestyle="none", markerfacecolor="none",
+                markeredgewidth=2, markeredgecolor=colours[k % 4], label=name, zorder=3 + k)
     ax.set(xlabel="recall (share of mislabelled images flagged)", ylabel="precision (share of flags that are right)",
            xlim=(0, 1.01), ylim=(0, 1.02), title="Detecting mislabelled images")
     _legend_below(fig, ax, ncols=2)
@@ -731,6 +738,28 @@ def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: 
     return fig
 
 
+def _label_splits(ax, x, y, splits, min_gap: float = 0.045) -> None:
+    """One label per split at the mean of its points, to the right, moved apart vertically so that no two labels
+    overprint (``min_gap``: the least distance between labels, as a share of the y range), each with a thin line
+    to its points."""
+    import pandas as pd
+
+    means = pd.DataFrame({"x": np.asarray(x, float), "y": np.asarray(y, float), "split": list(splits)}).dropna()
+    means = means.groupby("split", sort=False)[["x", "y"]].mean().sort_values("y")
+    if means.empty:
+        return
+    ax.figure.canvas.draw_idle()
+    low, high = float(means["y"].min()), float(means["y"].max())
+    gap = min_gap * max(high - low, 1.0) if len(means) > 1 else 0.0
+    gap = max(gap, min_gap * 50)  # at least min_gap of a 50-point range
+    placed: list[float] = []
+    for split, row in means.iterrows():
+        target = row["y"] if not placed else max(row["y"], placed[-1] + gap)
+        placed.append(target)
+        ax.annotate(split, (row["x"], row["y"]), xytext=(row["x"] + 4, target), textcoords="data", fontsize=7.5,
+                    color="0.25", va="center", arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6})
+
+
 def plot_noise_estimates(table) -> Figure:
     """Estimated against true noise rate (%), one point per run: BKD (below the Otsu threshold),
     cleanlab (flagged share) and, when the batch has kNN runs, kNN label voting (flagged share), with the
@@ -745,9 +774,8 @@ def plot_noise_estimates(table) -> Figure:
         true = 100 * rows["true_noise_rate"].astype(float)
         est = 100 * rows["estimated_noise_rate"].astype(float)
         ax.scatter(true, est, color=colour, marker=marker, label=label, edgecolor="black", linewidth=0.5, zorder=3)
-        for t, e, split in zip(true, est, rows["split"]):
-            if np.isfinite(e) and method == "bkd":  # one label per run, beside BKD's point
-                ax.annotate(split, (t, e), textcoords="offset points", xytext=(4, 3), fontsize=7.5, color="0.3")
+        if method == "bkd":
+            _label_splits(ax, true, est, rows["split"])
     top = max(5.0, float(np.nanmax(100 * table["estimated_noise_rate"].astype(float).to_numpy(), initial=0)),
               float(np.nanmax(100 * table["true_noise_rate"].astype(float).to_numpy(), initial=0))) * 1.08
     ax.plot([0, top], [0, top], color="0.5", linestyle=":", label="estimate = truth")
@@ -770,4 +798,91 @@ def show_label_issues(images: np.ndarray, given: np.ndarray, clean: np.ndarray, 
     fig = _image_grid(images, titles, clean != given, ncols, (1.3, 1.95), 7.5)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Questions a reader of the paper asks
+# --------------------------------------------------------------------------------------------
+
+
+def plot_estimate_bias(biases: Mapping[str, object]) -> Figure:
+    """BKD's signed noise-estimate error against the true noise rate, one point per run and one colour per batch,
+    with each batch's model ``(1 - r) * c`` (the threshold flags every wrong label plus the share ``c`` of the
+    clean ones that it flags on the clean split) as a line.
+
+    ``biases``: label -> :func:`bkd_core.book.analysis.estimate_bias` of a batch (e.g. ``{"features": ...}``);
+    a second batch adds its points and its line.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colours, markers = (BKD, CE, NOISY, CLEAN), ("o", "s", "^", "D")
+    for i, (label, bias) in enumerate(biases.items()):
+        colour = colours[i % len(colours)]
+        ax.scatter(bias["true"], bias["error"], color=colour, marker=markers[i % len(markers)], s=30, alpha=0.8,
+                   edgecolor="black", linewidth=0.4, zorder=3, label=f"{label}: measured")
+        control = bias.attrs.get("control_rate", float("nan"))
+        if np.isfinite(control):
+            r = np.linspace(0, max(50.0, float(np.nanmax(bias["true"])) + 5), 50)
+            ax.plot(r, (100 - r) * control / 100, color=colour, linestyle="--",
+                    label=f"{label}: model, {control:.1f}% of clean images flagged")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set(xlabel="true noise rate (%)", ylabel="estimated - true noise rate (points)",
+           title="Why the noise estimate is too high")
+    _legend_below(fig, ax, ncols=1)
+    return fig
+
+
+def plot_seen_vs_held_out(table) -> Figure:
+    """Precision, recall and F1 of a detector on the images the networks trained on against the held-out ones.
+    ``table``: :func:`bkd_core.book.analysis.seen_vs_held_out`."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.2))
+    metrics = ["precision", "recall", "F1"]
+    x = np.arange(len(metrics))
+    for k, (name, colour) in enumerate(zip(table.index, (CE, BKD))):
+        values = [float(table.loc[name, m]) for m in metrics]
+        bars = ax.bar(x + (k - 0.5) * 0.38, values, width=0.36, color=colour,
+                      label=f"{name} ({int(table.loc[name, 'images']):,} images)")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set(xticks=x, xticklabels=metrics, ylim=(0, 1.08), ylabel="G4 as a detector", xlabel="measure",
+           title="Detection on images trained on vs held out")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def plot_detection_by_confusion(table) -> Figure:
+    """Per human confusion (true class labelled as another), the share of its mislabelled images a detector finds,
+    beside the share of correctly labelled images of the given class it flags. ``table``:
+    :func:`bkd_core.book.analysis.detection_by_confusion`."""
+    fig, ax = plt.subplots(figsize=(7.0, 0.42 * max(len(table), 2) + 1.4))
+    y = np.arange(len(table))[::-1]
+    ax.barh(y + 0.2, 100 * table["found"], height=0.38, color=NOISY, label="mislabelled images found (recall)")
+    ax.barh(y - 0.2, 100 * table["clean flagged"], height=0.38, color=CLEAN,
+            label="correct labels of the given class flagged")
+    ax.set(yticks=y, yticklabels=[f"{c} ({n:,})" for c, n in zip(table["confusion"], table["images"])],
+           xlabel="%", ylabel="true class labelled as (mislabelled images)", xlim=(0, 100),
+           title="Which human confusions BKD finds")
+    _legend_below(fig, ax, ncols=1)
+    return fig
+
+
+def plot_detection_by_epoch(by_epoch, *, tipping: int | None = None, val_pick: int | None = None,
+                            fixed: int | None = None) -> Figure:
+    """Ranking ROC-AUC and G4 F1 of every epoch's scores, with the epochs a rule would pick marked.
+
+    Args:
+        by_epoch: :func:`bkd_core.book.analysis.detection_by_epoch` (epochs from 1).
+        tipping, val_pick, fixed: 0-based epochs picked by the peak rule, by the best noisy-validation accuracy,
+            and a fixed epoch; None: not marked.
+    """
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    ax.plot(by_epoch["epoch"], by_epoch["auc"], color=BKD, marker="o", ms=3, label="ranking ROC-AUC")
+    ax.plot(by_epoch["epoch"], by_epoch["f1"], color=NOISY, marker="s", ms=3, label="F1 of G4")
+    for index, label, colour, style in ((tipping, "tipping point (peak rule)", ACCENT, "--"),
+                                        (val_pick, "best noisy-validation accuracy", CLEAN, ":"),
+                                        (fixed, "a fixed epoch", "0.4", "-.")):
+        if index is not None:
+            ax.axvline(index + 1, color=colour, linestyle=style, label=f"{label}: epoch {index + 1}")
+    ax.set(xlabel="epoch", ylabel="detection", title="Detection at every epoch, the pair kept in phase 1")
+    _integer_epochs(ax)
+    _legend_below(fig, ax, ncols=2)
     return fig
