@@ -1,5 +1,6 @@
-"""The reproduction batch: confident learning, one run (``run_one``), the batch runner with its
-executors (local pool, submitit's local executor), the results tables and the CLI.
+"""The reproduction batch (``bkd_core.batch``): confident learning, one run (``run_one``), the batch runner with
+its executors (local pool, submitit's local executor), the batch folder, checks of its runs, the results tables
+and the CLI.
 
 Batch-runner tests execute a tiny stand-in run notebook (no training) so they take seconds; one test
 executes the real run notebook with tiny parameters on real CIFAR-10N (skipped without
@@ -16,11 +17,13 @@ import numpy as np
 import pytest
 
 from bkd_core import cli
-from bkd_core.book import reproduce
+import bkd_core.batch
+from bkd_core.batch import check as batch_check
+from bkd_core.batch import runner
 from bkd_core.config import BKDConfig
 from bkd_core.detectors.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.metrics import ranking_auc
-from bkd_core.book.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
+from bkd_core.batch.runner import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
 from bkd_core.book.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,
                               read_highlights, read_samples, run_times, summarize)
 from bkd_core.synthetic import make_synthetic_cifar_n
@@ -126,13 +129,14 @@ def test_batch_options_checks(tmp_path):
 
 
 def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    loader = lambda *a, **k: synthetic  # noqa: E731  (the batch's data seam)
     overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}  # every synthetic image
     for seed in (0, 1):
         run_dir = tmp_path / "batch" / f"cifar10-synthetic-seed{seed}"
-        summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False)
+        summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False,
+                          loader=loader)
         assert set(summary["methods"]) == {"bkd", "ce", "cleanlab"}
-        assert reproduce.is_finished(run_dir, ("bkd", "ce", "cleanlab"))
+        assert runner.is_finished(run_dir, ("bkd", "ce", "cleanlab"))
         samples = read_samples(run_dir)
         assert len(samples) == len(synthetic)
         np.testing.assert_array_equal(samples["index"], synthetic.indices)
@@ -288,31 +292,31 @@ def _fake_epochs(folder: Path, n: int) -> None:
 
 def test_run_work_counts_network_epochs_from_disk(tmp_path):
     run = tmp_path / "cifar10-worst-seed0"
-    assert reproduce.run_work(run, 4) == (0.0, 20.0)  # bkd 2 x 4, ce 1 x 4, cleanlab 3 folds x 2/3 x 4
+    assert runner.run_work(run, 4) == (0.0, 20.0)  # bkd 2 x 4, ce 1 x 4, cleanlab 3 folds x 2/3 x 4
     _fake_epochs(run / "bkd", 3)
     (run / "ce").mkdir(parents=True)
     (run / "ce" / "metrics.json").write_text("{}")
     (run / "cleanlab" / "fold_0").mkdir(parents=True)
     (run / "cleanlab" / "fold_0" / "metrics.json").write_text("{}")
     _fake_epochs(run / "cleanlab" / "fold_1", 2)
-    done, total = reproduce.run_work(run, 4)
+    done, total = runner.run_work(run, 4)
     assert total == pytest.approx(20.0) and done == pytest.approx(2 * 3 + 4 + 4 * 2 / 3 + 2 * 2 / 3)
-    assert reproduce.run_work(run, 4, methods=("ce",)) == (4.0, 4.0)
+    assert runner.run_work(run, 4, methods=("ce",)) == (4.0, 4.0)
     (run / "cleanlab" / "metrics.json").write_text("{}")  # a finished method counts in full
-    assert reproduce.run_work(run, 4, methods=("cleanlab",)) == pytest.approx((8.0, 8.0))
+    assert runner.run_work(run, 4, methods=("cleanlab",)) == pytest.approx((8.0, 8.0))
 
 
 def test_time_left_from_the_rate_since_the_batch_started(tmp_path, monkeypatch):
     clock = iter([100.0, 100.0, 160.0, 160.0, 160.0, 160.0])
-    monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(clock))
     first, second = tmp_path / "a", tmp_path / "b"
     _fake_epochs(first / "bkd", 2)  # resumed: 4 of its network-epochs were done before this batch
-    left = reproduce.TimeLeft([first, second], 10, ("bkd",), 3)  # 40 network-epochs in all
+    left = runner.TimeLeft([first, second], 10, ("bkd",), 3)  # 40 network-epochs in all
     assert str(left) == ""  # no work done since the start: no estimate
     _fake_epochs(first / "bkd", 5)  # 6 more in 60 s: 30 left at 6 per minute
     assert left.minutes() == pytest.approx(5.0)
     assert str(left) == "~5 min left"
-    assert reproduce.TimeLeft([first], None, ("bkd",), 3).minutes() is None
+    assert runner.TimeLeft([first], None, ("bkd",), 3).minutes() is None
 
 
 def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
@@ -322,7 +326,7 @@ def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
         seen.update(specs=specs, options=options, **kwargs)
         return [RunOutcome(specs[0].name, "done", 60.0), RunOutcome(specs[1].name, "failed", 1.0, "boom")]
 
-    monkeypatch.setattr(reproduce, "run_batch", fake_run_batch)
+    monkeypatch.setattr(bkd_core.batch, "run_batch", fake_run_batch)
     argv = ["reproduce", "--splits", "worst", "--seeds", "0", "1", "--out", str(tmp_path), "--jobs", "2",
             "--set", "epochs=5", "--executor", "slurm", "--slurm", "slurm_partition=gpu", "--slurm", "timeout_min=600"]
     assert cli.main(argv) == 1
@@ -393,10 +397,10 @@ def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
     metrics = tmp_path / spec.name / "metrics.json"
     this_batch = get_profile("cpu", seed=0, epochs=5).fingerprint()
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": this_batch})
-    assert reproduce._settled(spec, options).status == "finished-before"
+    assert runner._settled(spec, options).status == "finished-before"
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}},
                                 "fingerprint": get_profile("cpu", seed=0).fingerprint()})
-    outcome = reproduce._settled(spec, options)
+    outcome = runner._settled(spec, options)
     assert outcome.status == "failed"
     assert "another configuration" in outcome.reason and this_batch in outcome.reason and "--out" in outcome.reason
 
@@ -424,11 +428,11 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     from bkd_core.book import results
     from bkd_core.provenance import code_hash
 
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    loader = lambda *a, **k: synthetic  # noqa: E731  (the batch's data seam)
     out = tmp_path / "batch"
     overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}
     run_one("cifar10", "synthetic", 0, out / "cifar10-synthetic-seed0", overrides=overrides, methods=("bkd", "ce"),
-            threads=1, progress=False)
+            threads=1, progress=False, loader=loader)
     (out / "summary.json").write_text(json.dumps({"options": {"overrides": overrides, "threads": 1}, "runs": []}))
     # as if an older training code had made the run: the rerun with this code tells whether it still holds
     path = out / "cifar10-synthetic-seed0" / "metrics.json"
@@ -437,7 +441,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     path.write_text(json.dumps({**stored, "code_hash": "0123456789ab"}))
     assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
 
-    check = reproduce.check_run(out, "cifar10-synthetic-seed0", progress=False)
+    check = batch_check.check_run(out, "cifar10-synthetic-seed0", progress=False, loader=loader)
     assert check["differences"] == [] and check["identical"] and check["code_hash"] == code_hash()
     assert check["recorded_code_hash"] == "0123456789ab"
     versions = results.code_versions(out)
@@ -446,7 +450,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     # the same from a batch already rerun into another folder: compared, not trained again
     other = tmp_path / "other"
     run_one("cifar10", "synthetic", 0, other / "cifar10-synthetic-seed0", overrides=overrides, methods=("bkd", "ce"),
-            threads=1, progress=False)
+            threads=1, progress=False, loader=loader)
     (out / "code_checks.json").unlink()
     assert cli.main(["check", str(out), "--rerun", str(other)]) == 0
     assert results.code_versions(out)["code"].tolist() == [results.CODE_REPRODUCED]
@@ -460,7 +464,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     stored = json.loads(bkd_metrics.read_text())
     stored["test_acc"] += 1.0
     bkd_metrics.write_text(json.dumps(stored))
-    check = reproduce.check_run(out, "cifar10-synthetic-seed0", progress=False)
+    check = batch_check.check_run(out, "cifar10-synthetic-seed0", progress=False, loader=loader)
     assert not check["identical"]
     assert any(line.startswith("metrics.json: methods.bkd.detection_f1:") for line in check["differences"])
     assert any(line.startswith("bkd/metrics.json: test_acc:") for line in check["differences"])
@@ -468,7 +472,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     assert len(results.read_code_checks(out)) == 1  # the same run and code: the newer check replaces the older
     assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
     with pytest.raises(FileNotFoundError, match="not a finished run"):
-        reproduce.check_run(out, "cifar10-synthetic-seed9", progress=False)
+        batch_check.check_run(out, "cifar10-synthetic-seed9", progress=False, loader=loader)
 
 
 def test_check_side_by_side_chains_code_versions_across_machines(synthetic, tmp_path, monkeypatch):
@@ -480,11 +484,11 @@ def test_check_side_by_side_chains_code_versions_across_machines(synthetic, tmp_
     from bkd_core.book import results
     from bkd_core.provenance import code_hash
 
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    loader = lambda *a, **k: synthetic  # noqa: E731  (the batch's data seam)
     overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}
     name = "cifar10-synthetic-seed0"
     run_one("cifar10", "synthetic", 0, tmp_path / "older" / name, overrides=overrides, methods=("bkd", "ce"),
-            threads=1, progress=False)
+            threads=1, progress=False, loader=loader)
     for folder in ("out", "now"):
         shutil.copytree(tmp_path / "older", tmp_path / folder)
     summary = json.dumps({"options": {"overrides": overrides, "threads": 1}, "runs": []})
