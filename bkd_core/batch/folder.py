@@ -180,15 +180,19 @@ class BatchFolder:
         return own
 
     def is_finished(self, name: str, methods: Sequence[str]) -> bool:
-        """Does run ``name`` have a readable :data:`METRICS` whose ``methods`` hold every method of ``methods``?
-        (A batch never trains over such a run; :meth:`run` checks the rest of the file when it is read.)"""
+        """Does run ``name`` have a readable :data:`METRICS` whose ``methods`` hold every method of ``methods``, none
+        of them stopped by its deadline? (A batch never trains over such a run; :meth:`run` checks the rest of the
+        file when it is read.)"""
         if not self.has_run(name):
             return False
         try:
             run = read_run_json(self.metrics_path(name))
         except (FileNotFoundError, ValueError):
             return False
-        return isinstance(run, dict) and isinstance(run.get("methods"), dict) and set(methods) <= set(run["methods"])
+        if not (isinstance(run, dict) and isinstance(run.get("methods"), dict) and set(methods) <= set(run["methods"])):
+            return False
+        # a method that ended at its deadline (config.deadline_s) goes on when the batch is run again
+        return not any(isinstance(m, dict) and m.get("stopped_by") == "deadline" for m in run["methods"].values())
 
     def write_run(self, name: str, metrics: dict[str, Any], samples: "pd.DataFrame") -> None:
         """Write run ``name``'s per-sample tables (:func:`bkd_core.batch.samples.write_tables`), then its
