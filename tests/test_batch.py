@@ -795,3 +795,13 @@ def test_a_bad_scores_npz_is_named(tmp_path, capsys):
     assert cli.main(["check", str(out), "--rerun", str(new)]) == 2
     err = capsys.readouterr().err
     assert str(out / RUN / "bkd" / "scores.npz") in err and len(err.strip().splitlines()) == 1
+
+
+def test_code_version_text_names_the_runs_reproduced_within_tolerance():
+    from bkd_core.book import results
+
+    rows = [{"run": "r0", "code_hash": "0123456789ab", "code": results.CODE_TOLERANCE},
+            {"run": "r1", "code_hash": "0123456789ab", "code": results.CODE_OTHER}]
+    text = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
+    assert "2 of 2 by other code" in text and "1 (r0) were reproduced by the current code within tolerance" in text
+    assert "test accuracy within 1 point, noise estimate within 3 points" in text and "bit for bit" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Sequence
 
-from ..batch.check import IDENTICAL, WITHIN_TOLERANCE, run_verdicts, verdict_of
+from ..batch.check import IDENTICAL, TOLERANCES, WITHIN_TOLERANCE, run_verdicts, verdict_of
 from ..batch.folder import SPLIT_ORDER, BatchFolder
 # a run's per-sample tables and what the results chapter asks of them, as results.* for the chapters
 from ..batch.folder import COLUMNS, METHOD_ORDER, configuration_of  # noqa: F401
@@ -367,6 +367,14 @@ def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame"
     return pd.DataFrame(rows, columns=["run", "code_hash", "code", "chained", "verdict"])
 
 
+def tolerance_text() -> str:
+    """The tolerances of a "reproduced within tolerance" verdict (:data:`bkd_core.batch.check.TOLERANCES`) as
+    words: ``"test accuracy within 1 point, noise estimate within 3 points, ..."``."""
+    return ", ".join(f"{label} within {scale * TOLERANCES[key]:g}{unit}" for label, key, scale, unit in (
+        ("test accuracy", "test_acc", 1, " point"), ("noise estimate", "estimated_noise_rate", 100, " points"),
+        ("F1", "detection_f1", 100, " point"), ("ranking ROC-AUC", "ranking_auc", 1, "")))
+
+
 def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> str:
     """One sentence (plain text, for ``{glue:text}``) on :func:`code_versions`: how many runs were produced by
     this code, by other code (and which of those the current code reproduced exactly), or by code whose
@@ -377,13 +385,14 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
 
     current = current or code_hash()
     n = len(versions)
-    counts = {s: int((versions["code"] == s).sum()) for s in (CODE_CURRENT, CODE_REPRODUCED, CODE_OTHER, CODE_UNKNOWN)}
+    counts = {s: int((versions["code"] == s).sum())
+              for s in (CODE_CURRENT, CODE_REPRODUCED, CODE_TOLERANCE, CODE_OTHER, CODE_UNKNOWN)}
     if not n:
         return "No finished run to check."
     parts = []
     if counts[CODE_CURRENT]:
         parts.append(f"{counts[CODE_CURRENT]} of {n} runs were produced by the current training code ({current})")
-    older = versions[versions["code"].isin([CODE_OTHER, CODE_REPRODUCED])]
+    older = versions[versions["code"].isin([CODE_OTHER, CODE_REPRODUCED, CODE_TOLERANCE])]
     if len(older):
         hashes = ", ".join(sorted(set(older["code_hash"])))
         text = f"{len(older)} of {n} by other code ({hashes}; the training code changed since, now {current})"
@@ -400,8 +409,12 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
                 text += (f" ({chained} of them through a chain of such checks: older code reproduced the run on "
                          "the machine that made it, and the current code reproduced the older code's rerun side "
                          "by side on another machine, whose floats differ from the first's in the last digits)")
+        if counts[CODE_TOLERANCE]:
+            names = ", ".join(versions.loc[versions["code"] == CODE_TOLERANCE, "run"])
+            text += (f"; {counts[CODE_TOLERANCE]} ({names}) were reproduced by the current code within tolerance on "
+                     f"another kind of CPU ({tolerance_text()}), not bit for bit")
         if counts[CODE_OTHER]:
-            if counts[CODE_REPRODUCED]:
+            if counts[CODE_REPRODUCED] or counts[CODE_TOLERANCE]:
                 names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
                 text += (f"; the other {counts[CODE_OTHER]} ({names}) were not reproduced by the current code (not "
                          "rerun, or the rerun differed or did not finish): their numbers may be stale")
