@@ -135,7 +135,7 @@ class BatchFolder:
         if not self.path.is_dir():
             return []
         return sorted(entry.name for entry in os.scandir(self.path)
-                      if entry.is_dir(follow_symlinks=False) and lexists(Path(entry.path) / METRICS))
+                      if entry.is_dir() and lexists(Path(entry.path) / METRICS))
 
     def run(self, name: str) -> dict[str, Any]:
         """Run ``name``'s :data:`METRICS`, read safely and checked: a dict with :data:`RUN_KEYS`, whose
