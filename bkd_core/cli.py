@@ -107,7 +107,7 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .book.reproduce import BatchOptions, format_outcomes, plan, run_batch
+    from .batch import SUMMARY, BatchOptions, format_outcomes, plan, run_batch
 
     overrides = parse_overrides(args.set)
     for name, value, least in (("--jobs", args.jobs, 1), ("--threads", args.threads, 1), ("--folds", args.folds, 2)):
@@ -130,27 +130,29 @@ def _reproduce(args: argparse.Namespace) -> int:
     outcomes = run_batch(specs, options, jobs=args.jobs, executor=args.executor,
                          submitit_parameters=submitit_parameters, progress=not args.no_progress)
     print(format_outcomes(outcomes))
-    print(f"wrote {options.out}/summary.json and results.csv")
+    print(f"wrote {Path(options.out) / SUMMARY} and the results table beside it")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def _results(out: str) -> int:
-    from .book.results import batch_problems, collect_results, markdown_results
+    from .batch import METRICS, BatchFolder
+    from .book.results import markdown_results
 
-    table = collect_results(out)
+    folder = BatchFolder(out)
+    table = folder.results_table()
     if not len(table):
         absent = "" if Path(out).is_dir() else " (the folder does not exist)"
-        raise FileNotFoundError(f"no finished run (*/metrics.json) in {out}{absent}; "
+        raise FileNotFoundError(f"no finished run (RUN/{METRICS}) in {out}{absent}; "
                                 f"write one with: python -m bkd_core reproduce --out {out}")
     text = markdown_results(table)  # refuses a seed held twice before printing anything
-    for problem in batch_problems(out):
+    for problem in folder.problems():
         print(f"warning: {problem}", file=sys.stderr)
     print(text)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .book.reproduce import check_run, record_check
+    from .batch import CODE_CHECKS, IDENTICAL, check_reruns, check_run
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -161,28 +163,23 @@ def _check(args: argparse.Namespace) -> int:
         raise ValueError("name the run to rerun (e.g. cifar10-worst-seed0), or pass --rerun OTHER_OUT to compare "
                          "the runs of a batch already rerun into OTHER_OUT")
     if args.rerun is not None:
-        runs = args.runs or sorted(p.parent.name for p in Path(args.rerun).glob("*/metrics.json")
-                                   if (Path(args.out) / p.parent.name / "metrics.json").is_file())
-        if not runs:
-            raise FileNotFoundError(f"no finished run of {args.out} is in {args.rerun}: rerun the batch there first "
-                                    f"(reproduce with the same options and --out {args.rerun})")
-        if args.reference is not None:
-            runs = [r for r in runs if (Path(args.reference) / r / "metrics.json").is_file()] if not args.runs else runs
-        checks = [record_check(args.out, run, Path(args.rerun) / run, threads=args.threads,
-                               reference=None if args.reference is None else Path(args.reference) / run)
-                  for run in runs]
+        checks = check_reruns(args.out, args.rerun, runs=args.runs, reference=args.reference, threads=args.threads)
     else:
         checks = [check_run(args.out, run, data_dir=args.data_dir, threads=args.threads, progress=not args.no_progress)
                   for run in args.runs]
     for check in checks:
         change = f"code {check['recorded_code_hash']} -> {check['code_hash']}"
         base = "the reference rerun" if check.get("side_by_side") else "the recorded run"
-        if check["identical"]:
+        if check["verdict"] == IDENTICAL:
             print(f"{check['run']}: identical to {base} ({change})")
         else:
-            print(f"{check['run']}: differs from {base} ({change}):\n  " + "\n  ".join(check["differences"]))
-    print(f"{sum(c['identical'] for c in checks)} of {len(checks)} identical; recorded in {args.out}/code_checks.json")
-    return 0 if all(c["identical"] for c in checks) else 1
+            print(f"{check['run']}: {check['verdict']} against {base} ({change}):\n  "
+                  + "\n  ".join(check["differences"]))
+    identical = sum(c["verdict"] == IDENTICAL for c in checks)
+    others = {v: sum(c["verdict"] == v for c in checks) for v in {c["verdict"] for c in checks} - {IDENTICAL}}
+    rest = "".join(f", {n} {verdict}" for verdict, n in sorted(others.items()))
+    print(f"{identical} of {len(checks)} identical{rest}; recorded in {Path(args.out) / CODE_CHECKS}")
+    return 0 if checks and identical == len(checks) else 1
 
 
 def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:

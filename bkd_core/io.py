@@ -3,6 +3,7 @@ Also where bkd_core keeps its caches (:func:`user_cache_dir`)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -80,9 +81,32 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically.
+
+    Raises:
+        OSError: ENOSPC (naming ``path``) when the file system has no room for it: ``torch.save`` itself
+            reports a full disk as a ``RuntimeError`` from its zip writer, not as an ``OSError``.
+    """
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            if not _no_room_for(obj, Path(tmp).parent):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+
+
+def _no_room_for(obj: Any, folder: Path) -> bool:
+    """Would ``torch.save(obj)`` need more bytes than ``folder``'s file system has free?"""
+    import io
+    import shutil
+
+    try:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.tell() > shutil.disk_usage(folder).free
+    except (RuntimeError, OSError):
+        return False
 
 
 def read_json(path: str | os.PathLike) -> Any:

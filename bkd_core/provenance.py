@@ -1,7 +1,7 @@
 """Which code produced a run: a hash of the ``bkd_core`` sources that affect training.
 
 :func:`code_hash` is part of every cached run's key (:func:`bkd_core.book.cache.run_key`) and is
-recorded in every reproduction run's ``metrics.json`` (:func:`bkd_core.book.reproduce.run_one`), so that
+recorded in every reproduction run's ``metrics.json`` (:func:`bkd_core.batch.run_one`), so that
 a change to the method or the training code retrains the cached runs instead of reusing numbers
 produced by older code, and the results chapter can say which committed runs came from other code.
 

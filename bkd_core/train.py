@@ -322,6 +322,8 @@ class Trainer:
         self.checkpoint_epoch = 0  # number of finished epochs in the last checkpoint written or loaded
         self.last_checkpoint_time = time.monotonic()
         self.elapsed = 0.0
+        self.started = self.epoch_started = time.perf_counter()  # config.deadline_s counts from here
+        self._stop: tuple[int, str | None] = (-1, None)  # (epochs started, why training ends after the last)
 
     # -- the epoch loop -------------------------------------------------------------------------
     def train_epoch(self, rows: int | None = None) -> EpochOutput:
@@ -375,9 +377,36 @@ class Trainer:
         return False
 
     def stops_early(self) -> bool:
-        """Does training end after the current epoch (checked once its :meth:`after_epoch` ran) before
-        ``config.epochs``: with ``stop_after_detection``, once :meth:`detection_final`."""
-        return self.config.stop_after_detection and self.detection_final()
+        """Does training end after the current epoch (checked once its :meth:`after_epoch` ran)?
+        :meth:`stop_reason` says why."""
+        return self.stop_reason() is not None
+
+    def stop_reason(self) -> str | None:
+        """Why training ends after the epoch in progress (or, between epochs, the last one), decided once per
+        epoch when first asked after its :meth:`after_epoch`: ``"detection"`` (``stop_after_detection`` and
+        :meth:`detection_final`), ``"epochs"`` (it is the last of ``config.epochs``), ``"deadline"`` (one more
+        epoch, as long as the longest of the last three, would end more than ``config.deadline_s`` seconds
+        after this trainer started), or None: training goes on."""
+        started = len(self.history.get("lr", []))  # epochs started (lr is recorded first in each)
+        if self._stop[0] != started:
+            self._stop = (started, self._decide_stop(started))
+        return self._stop[1]
+
+    def _decide_stop(self, started: int) -> str | None:
+        cfg = self.config
+        if started == 0:
+            return None
+        if cfg.stop_after_detection and self.detection_final():
+            return "detection"
+        if started >= cfg.epochs:
+            return "epochs"
+        if cfg.deadline_s is not None:
+            now = time.perf_counter()
+            times = [t for t in self.history.get("epoch_time", [])[-3:] if np.isfinite(t)]
+            estimate = max([*times, now - self.epoch_started if started > self.epoch else 0.0])
+            if now + 1.2 * estimate > self.started + cfg.deadline_s:
+                return "deadline"
+        return None
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores of normalized images [B, 3, H, W] -> [B, C]; argmax is the prediction."""
@@ -593,7 +622,7 @@ class Trainer:
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=desc, unit="epoch", disable=not self.progress,
                    dynamic_ncols=True)
         while self.epoch < self.config.epochs and not self.stops_early():
-            start = time.perf_counter()
+            start = self.epoch_started = time.perf_counter()
             for net in self.networks.values():
                 net.train()
             self.record("lr", self.optimizer.param_groups[0]["lr"])
@@ -662,6 +691,7 @@ class Trainer:
             "val_acc": self.history["val_acc"][-1],
             "best_val_acc": float(np.nanmax(self.history["val_acc"])),
             "wall_time_s": round(self.elapsed, 2),
+            "stopped_by": self.stop_reason() or "epochs",
             "device": _device_name(self.device),
             "versions": _versions(),
             "command": " ".join(sys.argv),

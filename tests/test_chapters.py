@@ -328,18 +328,13 @@ def _results_parameters(folder: Path) -> dict:
         first = COMMITTED_BATCH if (COMMITTED_BATCH / "summary.json").is_file() else COMMITTED_CPU_BATCH
         return {"results_dir": str(first), "cpu_results_dir": str(COMMITTED_CPU_BATCH)}
     from bkd_core import book
-    from bkd_core.book import reproduce
+    from bkd_core.batch import runner as reproduce
 
     data = book.load_data("synthetic")
     overrides = {"train_size": 300, "epochs": 4, "test_size": 100, "model_widths": (8, 16, 16), "tipping_fallback": 1}
-    real_load = reproduce.load_cifar_n
-    reproduce.load_cifar_n = lambda *args, **kwargs: data
-    try:
-        for seed in (0, 1):
-            reproduce.run_one("cifar10", "synthetic", seed, folder / f"cifar10-synthetic-seed{seed}",
-                              overrides=overrides, folds=2, progress=False)
-    finally:
-        reproduce.load_cifar_n = real_load
+    for seed in (0, 1):
+        reproduce.run_one("cifar10", "synthetic", seed, folder / f"cifar10-synthetic-seed{seed}",
+                          overrides=overrides, folds=2, progress=False, loader=lambda *args, **kwargs: data)
     outcomes = [reproduce.RunOutcome(f"cifar10-synthetic-seed{seed}", "done", 1.0) for seed in (0, 1)]
     outcomes.append(reproduce.RunOutcome("cifar100-noisy100-seed0", "skipped", reason="cifar100 data not found"))
     reproduce.write_batch_summary(folder, outcomes,

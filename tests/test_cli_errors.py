@@ -156,6 +156,32 @@ def test_disk_full_while_writing(tiny, tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "run").rglob("*.tmp"))  # nothing half-written
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real file system of 32 KiB (tmpfs): room for a run's first small files, not for its checkpoint."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for a real full disk needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # also while a failed test holds a file
+
+
+def test_a_real_full_disk_inside_torch_save_is_one_line(tiny, small_tmpfs, capsys):
+    """torch.save reports a full disk as a RuntimeError from its zip writer: answered as ENOSPC, one line
+    naming the checkpoint, and no temporary file left behind."""
+    line = _fails(_train(small_tmpfs / "run"), capsys, "No space left on device", "checkpoint.pt", "free some space")
+    assert "RuntimeError" not in line and "enforce fail" not in line
+    assert not list(small_tmpfs.rglob("*.tmp"))
+
+
 # -- settings --------------------------------------------------------------------------------------------
 
 

@@ -294,12 +294,11 @@ def batch(synthetic, tmp_path, monkeypatch):
     """A batch folder with one finished run (bkd and ce, 3 epochs, 1 thread), as ``reproduce`` leaves it."""
     import json
 
-    from bkd_core.book import reproduce
+    from bkd_core.batch import run_one
 
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
     out = tmp_path / "batch"
-    reproduce.run_one("cifar10", "synthetic", 0, out / RUN, overrides=TINY_OVERRIDES, methods=("bkd", "ce"),
-                      threads=1, progress=False)
+    run_one("cifar10", "synthetic", 0, out / RUN, overrides=TINY_OVERRIDES, methods=("bkd", "ce"), threads=1,
+            progress=False, loader=lambda *a, **k: synthetic)
     (out / "summary.json").write_text(json.dumps({"options": {"overrides": TINY_OVERRIDES, "threads": 1},
                                                   "runs": [{"name": RUN, "status": "done"}]}))
     return out
@@ -312,7 +311,7 @@ def _snapshot(folder) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", ["ABSOLUTE", "../batch/" + RUN, RUN + "/", "./" + RUN, ".", "..", "", "a/b"])
 def test_check_names_a_run_by_its_folder_name_only(batch, name):
-    from bkd_core.book import reproduce
+    from bkd_core.batch import check as reproduce
 
     before = _snapshot(batch)
     run = str(batch / RUN) if name == "ABSOLUTE" else name
@@ -339,7 +338,7 @@ def test_check_of_an_absolute_path_on_the_command_line_exits_2_and_leaves_the_ru
 
 
 def test_check_never_writes_into_the_recorded_folder(batch):
-    from bkd_core.book import reproduce
+    from bkd_core.batch import check as reproduce
 
     before = _snapshot(batch)
     for work_dir in (batch, batch / RUN / "inside"):
@@ -350,15 +349,15 @@ def test_check_never_writes_into_the_recorded_folder(batch):
     assert _snapshot(batch) == before
 
 
-def test_check_reruns_with_the_runs_own_config_and_threads_not_the_latest_batch(batch):
+def test_check_reruns_with_the_runs_own_config_and_threads_not_the_latest_batch(batch, synthetic):
     """seeds 0-1 with epochs=3, then a batch with epochs=4 and other threads into the same folder."""
     import json
 
-    from bkd_core.book import reproduce
+    from bkd_core.batch import check as reproduce
 
     (batch / "summary.json").write_text(json.dumps({
         "options": {"overrides": {**TINY_OVERRIDES, "epochs": 4}, "threads": 2}, "runs": [{"name": RUN}]}))
-    check = reproduce.check_run(batch, RUN, progress=False)
+    check = reproduce.check_run(batch, RUN, progress=False, loader=lambda *a, **k: synthetic)
     assert check["identical"], check["differences"]
     assert check["threads"] == 1
 
@@ -366,7 +365,7 @@ def test_check_reruns_with_the_runs_own_config_and_threads_not_the_latest_batch(
 def test_check_refuses_a_run_whose_recorded_config_was_edited(batch):
     import json
 
-    from bkd_core.book import reproduce
+    from bkd_core.batch import check as reproduce
 
     path = batch / RUN / "metrics.json"
     edited = json.loads(path.read_text())
@@ -745,7 +744,7 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, command):
 
 
 def test_a_seed_given_twice_runs_once():
-    from bkd_core.book.reproduce import plan
+    from bkd_core.batch import plan
 
     assert [s.name for s in plan(["worst"], [1, 0, 1])] == ["cifar10-worst-seed1", "cifar10-worst-seed0"]
 

@@ -137,15 +137,15 @@ def test_an_edited_source_file_changes_the_cache_key(package_copy, monkeypatch):
 def test_reproduce_records_the_code_hash_and_results_tell_other_code(tmp_path, monkeypatch):
     import json
 
-    from bkd_core.book import reproduce, results
+    from bkd_core.batch import run_one
+    from bkd_core.book import results
 
     data = make_synthetic_cifar_n(n_train=160, n_test=40, noise_rate=0.3, seed=0)
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: data)
     overrides = {"model_widths": (4, 8, 8), "epochs": 1, "augment": False, "lr_step": None, "train_size": None,
                  "test_size": 40}
     for seed in (0, 1, 2):
-        summary = reproduce.run_one("cifar10", "synthetic", seed, tmp_path / f"cifar10-synthetic-seed{seed}",
-                                    overrides=overrides, methods=("ce",), progress=False)
+        summary = run_one("cifar10", "synthetic", seed, tmp_path / f"cifar10-synthetic-seed{seed}",
+                          overrides=overrides, methods=("ce",), progress=False, loader=lambda *a, **k: data)
         assert summary["code_hash"] == code_hash()
     # seed 1 as if made by older code, seed 2 as if made before the hash was recorded
     for seed, change in ((1, "0123456789ab"), (2, None)):

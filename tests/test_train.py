@@ -379,6 +379,7 @@ def test_stop_after_detection_ends_the_run_with_the_same_detection(tiny_data, tm
     found = full.metrics["tipping_found_at_epoch"]
     assert found is not None and found + 1 < cfg.epochs
     assert stopped.metrics["epochs"] == found + 1
+    assert (stopped.metrics["stopped_by"], full.metrics["stopped_by"]) == ("detection", "epochs")
     for key in _DETECTION_KEYS:
         assert stopped.metrics[key] == full.metrics[key], key
     np.testing.assert_array_equal(stopped.arrays["groups"], full.arrays["groups"])
@@ -408,3 +409,21 @@ def test_stop_after_detection_leaves_a_run_without_detection_to_its_epochs(tiny_
     a = train_ce(tiny_data, cfg, tmp_path / "a", progress=False)
     b = train_ce(tiny_data, cfg.replace(stop_after_detection=True), tmp_path / "b", progress=False)
     assert a.metrics["epochs"] == b.metrics["epochs"] == 2
+    assert a.metrics["stopped_by"] == b.metrics["stopped_by"] == "epochs"
+
+
+def test_a_deadline_ends_the_run_between_epochs_and_a_rerun_goes_on_exactly(tiny_data, tmp_path):
+    """``deadline_s`` ends a run before an epoch that would not finish in time (a deadline shorter than any
+    epoch: after the first), records why, and is no part of the fingerprint: the same run without it resumes
+    from the last checkpoint and ends as an uninterrupted run. The trainer is not subclassed for it."""
+    cfg = TINY.replace(epochs=3)
+    assert cfg.replace(deadline_s=1e-9).fingerprint() == cfg.fingerprint()
+    cut = train_bkd(tiny_data, cfg.replace(deadline_s=1e-9), tmp_path / "run", progress=False)
+    assert (cut.metrics["epochs"], cut.metrics["stopped_by"]) == (1, "deadline")
+    assert np.isfinite(cut.history["test_acc"][-1])  # the last epoch trained is evaluated
+    resumed = train_bkd(tiny_data, cfg, tmp_path / "run", progress=False)
+    assert (resumed.metrics["epochs"], resumed.metrics["stopped_by"]) == (3, "epochs")
+    train_bkd(tiny_data, cfg, tmp_path / "uninterrupted", progress=False)
+    _same_outputs(tmp_path / "run", tmp_path / "uninterrupted")
+    with pytest.raises(ValueError, match="deadline_s must be None or > 0"):
+        cfg.replace(deadline_s=0)

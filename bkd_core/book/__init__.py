@@ -6,9 +6,8 @@
 - :mod:`~bkd_core.book.analysis`: what a chapter measures on a run (arrays in, numbers and DataFrames out).
 - :mod:`~bkd_core.book.plots`: the chapters' figures.
 - :mod:`~bkd_core.book.cache`: the run cache, so chapters with the same parameters share their runs.
-- :mod:`~bkd_core.book.reproduce`: the reproduction batch (``bkd reproduce``) and the rerun of one run
-  (``bkd check``); its run notebook is ``templates/reproduce_run.ipynb``.
-- :mod:`~bkd_core.book.results`: the batch's tables.
+- :mod:`~bkd_core.book.results`: the tables of a reproduction batch (:mod:`bkd_core.batch`, which runs it,
+  reads and writes its folder, and checks its runs).
 - :mod:`~bkd_core.book.published`: the paper's CIFAR-N numbers with their protocol.
 
 The training code (method, trainer, models, data, features, configuration, run folders, detectors) lives at

@@ -267,27 +267,29 @@ def repository_root(start: str | os.PathLike | None = None) -> Path | None:
 
 
 def find_results_dir(results_dir: str | os.PathLike) -> Path:
-    """The reproduction batch folder ``results_dir`` (holding ``summary.json``) from any working directory.
+    """The reproduction batch folder ``results_dir`` (holding a batch summary) from any working directory.
 
     An absolute path is used as it is; a relative one is looked up in the working directory first,
     then in the repository (:func:`repository_root`), so the results chapter's default
     ``reproductions/cpu`` works with papermill from the repository, from ``chapters/`` or elsewhere.
 
     Raises:
-        FileNotFoundError: no ``summary.json`` there; says where it looked and how to fix it.
+        FileNotFoundError: no batch summary there; says where it looked and how to fix it.
     """
     path = Path(results_dir).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path]
     root = repository_root()
     if not path.is_absolute() and root is not None:
         candidates.append(root / path)
+    from ..batch import SUMMARY, BatchFolder
+
     for candidate in candidates:
-        if (candidate / "summary.json").is_file():
+        if BatchFolder(candidate).has_summary():
             return candidate.resolve()
     looked = ", ".join(str(c) for c in candidates)
     hint = "" if root is not None else (" (no repository found from the working directory or from bkd_core's location "
                                         f"{_package_dir()}: clone it, or pass an absolute path)")
-    raise FileNotFoundError(f"no reproduction batch (summary.json) for results_dir={str(results_dir)!r}: looked in "
+    raise FileNotFoundError(f"no reproduction batch ({SUMMARY}) for results_dir={str(results_dir)!r}: looked in "
                             f"{looked}{hint}. Pass the folder written by `bkd reproduce --out DIR`, e.g. "
                             f"papermill -p results_dir /path/to/reproductions/cpu")
 

@@ -3,7 +3,7 @@
 Every method writes an ordinary run directory (``bkd_core.rundir``) with ``metrics.json`` and
 ``scores.npz`` holding cleanlab-style outputs: ``label_issues`` bool [N], ``label_quality`` float [N]
 (lower = more likely mislabelled), ``ranked_indices`` and ``predicted_labels``. The command line,
-the batch (``bkd_core.book.reproduce``) and the results tables read :data:`METHODS`.
+the batch (``bkd_core.batch``) and the results tables read :data:`METHODS`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The reproduction batch: confident learning, one run (``run_one``), the batch runner with its
-executors (local pool, submitit's local executor), the results tables and the CLI.
+"""The reproduction batch (``bkd_core.batch``): confident learning, one run (``run_one``), the batch runner with
+its executors (local pool, submitit's local executor), the batch folder, checks of its runs, the results tables
+and the CLI.
 
 Batch-runner tests execute a tiny stand-in run notebook (no training) so they take seconds; one test
 executes the real run notebook with tiny parameters on real CIFAR-10N (skipped without
@@ -16,11 +17,13 @@ import numpy as np
 import pytest
 
 from bkd_core import cli
-from bkd_core.book import reproduce
+import bkd_core.batch
+from bkd_core.batch import check as batch_check
+from bkd_core.batch import runner
 from bkd_core.config import BKDConfig
 from bkd_core.detectors.confident_learning import stratified_folds, train_confident_learning
 from bkd_core.metrics import ranking_auc
-from bkd_core.book.reproduce import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
+from bkd_core.batch.runner import BatchOptions, RunOutcome, RunSpec, parse_splits, plan, run_batch, run_one
 from bkd_core.book.results import (HIGHLIGHT_ROWS, SAMPLES, collect_results, disagreements, most_suspicious,
                               read_highlights, read_samples, run_times, summarize)
 from bkd_core.synthetic import make_synthetic_cifar_n
@@ -126,13 +129,14 @@ def test_batch_options_checks(tmp_path):
 
 
 def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    loader = lambda *a, **k: synthetic  # noqa: E731  (the batch's data seam)
     overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}  # every synthetic image
     for seed in (0, 1):
         run_dir = tmp_path / "batch" / f"cifar10-synthetic-seed{seed}"
-        summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False)
+        summary = run_one("cifar10", "synthetic", seed, run_dir, overrides=overrides, folds=2, progress=False,
+                          loader=loader)
         assert set(summary["methods"]) == {"bkd", "ce", "cleanlab"}
-        assert reproduce.is_finished(run_dir, ("bkd", "ce", "cleanlab"))
+        assert runner.is_finished(run_dir, ("bkd", "ce", "cleanlab"))
         samples = read_samples(run_dir)
         assert len(samples) == len(synthetic)
         np.testing.assert_array_equal(samples["index"], synthetic.indices)
@@ -288,31 +292,31 @@ def _fake_epochs(folder: Path, n: int) -> None:
 
 def test_run_work_counts_network_epochs_from_disk(tmp_path):
     run = tmp_path / "cifar10-worst-seed0"
-    assert reproduce.run_work(run, 4) == (0.0, 20.0)  # bkd 2 x 4, ce 1 x 4, cleanlab 3 folds x 2/3 x 4
+    assert runner.run_work(run, 4) == (0.0, 20.0)  # bkd 2 x 4, ce 1 x 4, cleanlab 3 folds x 2/3 x 4
     _fake_epochs(run / "bkd", 3)
     (run / "ce").mkdir(parents=True)
     (run / "ce" / "metrics.json").write_text("{}")
     (run / "cleanlab" / "fold_0").mkdir(parents=True)
     (run / "cleanlab" / "fold_0" / "metrics.json").write_text("{}")
     _fake_epochs(run / "cleanlab" / "fold_1", 2)
-    done, total = reproduce.run_work(run, 4)
+    done, total = runner.run_work(run, 4)
     assert total == pytest.approx(20.0) and done == pytest.approx(2 * 3 + 4 + 4 * 2 / 3 + 2 * 2 / 3)
-    assert reproduce.run_work(run, 4, methods=("ce",)) == (4.0, 4.0)
+    assert runner.run_work(run, 4, methods=("ce",)) == (4.0, 4.0)
     (run / "cleanlab" / "metrics.json").write_text("{}")  # a finished method counts in full
-    assert reproduce.run_work(run, 4, methods=("cleanlab",)) == pytest.approx((8.0, 8.0))
+    assert runner.run_work(run, 4, methods=("cleanlab",)) == pytest.approx((8.0, 8.0))
 
 
 def test_time_left_from_the_rate_since_the_batch_started(tmp_path, monkeypatch):
     clock = iter([100.0, 100.0, 160.0, 160.0, 160.0, 160.0])
-    monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(clock))
     first, second = tmp_path / "a", tmp_path / "b"
     _fake_epochs(first / "bkd", 2)  # resumed: 4 of its network-epochs were done before this batch
-    left = reproduce.TimeLeft([first, second], 10, ("bkd",), 3)  # 40 network-epochs in all
+    left = runner.TimeLeft([first, second], 10, ("bkd",), 3)  # 40 network-epochs in all
     assert str(left) == ""  # no work done since the start: no estimate
     _fake_epochs(first / "bkd", 5)  # 6 more in 60 s: 30 left at 6 per minute
     assert left.minutes() == pytest.approx(5.0)
     assert str(left) == "~5 min left"
-    assert reproduce.TimeLeft([first], None, ("bkd",), 3).minutes() is None
+    assert runner.TimeLeft([first], None, ("bkd",), 3).minutes() is None
 
 
 def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
@@ -322,7 +326,7 @@ def test_cli_reproduce_exit_status(monkeypatch, tmp_path, capsys):
         seen.update(specs=specs, options=options, **kwargs)
         return [RunOutcome(specs[0].name, "done", 60.0), RunOutcome(specs[1].name, "failed", 1.0, "boom")]
 
-    monkeypatch.setattr(reproduce, "run_batch", fake_run_batch)
+    monkeypatch.setattr(bkd_core.batch, "run_batch", fake_run_batch)
     argv = ["reproduce", "--splits", "worst", "--seeds", "0", "1", "--out", str(tmp_path), "--jobs", "2",
             "--set", "epochs=5", "--executor", "slurm", "--slurm", "slurm_partition=gpu", "--slurm", "timeout_min=600"]
     assert cli.main(argv) == 1
@@ -393,10 +397,10 @@ def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
     metrics = tmp_path / spec.name / "metrics.json"
     this_batch = get_profile("cpu", seed=0, epochs=5).fingerprint()
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": this_batch})
-    assert reproduce._settled(spec, options).status == "finished-before"
+    assert runner._settled(spec, options).status == "finished-before"
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}},
                                 "fingerprint": get_profile("cpu", seed=0).fingerprint()})
-    outcome = reproduce._settled(spec, options)
+    outcome = runner._settled(spec, options)
     assert outcome.status == "failed"
     assert "another configuration" in outcome.reason and this_batch in outcome.reason and "--out" in outcome.reason
 
@@ -424,11 +428,11 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     from bkd_core.book import results
     from bkd_core.provenance import code_hash
 
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    loader = lambda *a, **k: synthetic  # noqa: E731  (the batch's data seam)
     out = tmp_path / "batch"
     overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}
     run_one("cifar10", "synthetic", 0, out / "cifar10-synthetic-seed0", overrides=overrides, methods=("bkd", "ce"),
-            threads=1, progress=False)
+            threads=1, progress=False, loader=loader)
     (out / "summary.json").write_text(json.dumps({"options": {"overrides": overrides, "threads": 1}, "runs": []}))
     # as if an older training code had made the run: the rerun with this code tells whether it still holds
     path = out / "cifar10-synthetic-seed0" / "metrics.json"
@@ -437,7 +441,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     path.write_text(json.dumps({**stored, "code_hash": "0123456789ab"}))
     assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
 
-    check = reproduce.check_run(out, "cifar10-synthetic-seed0", progress=False)
+    check = batch_check.check_run(out, "cifar10-synthetic-seed0", progress=False, loader=loader)
     assert check["differences"] == [] and check["identical"] and check["code_hash"] == code_hash()
     assert check["recorded_code_hash"] == "0123456789ab"
     versions = results.code_versions(out)
@@ -446,7 +450,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     # the same from a batch already rerun into another folder: compared, not trained again
     other = tmp_path / "other"
     run_one("cifar10", "synthetic", 0, other / "cifar10-synthetic-seed0", overrides=overrides, methods=("bkd", "ce"),
-            threads=1, progress=False)
+            threads=1, progress=False, loader=loader)
     (out / "code_checks.json").unlink()
     assert cli.main(["check", str(out), "--rerun", str(other)]) == 0
     assert results.code_versions(out)["code"].tolist() == [results.CODE_REPRODUCED]
@@ -460,7 +464,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     stored = json.loads(bkd_metrics.read_text())
     stored["test_acc"] += 1.0
     bkd_metrics.write_text(json.dumps(stored))
-    check = reproduce.check_run(out, "cifar10-synthetic-seed0", progress=False)
+    check = batch_check.check_run(out, "cifar10-synthetic-seed0", progress=False, loader=loader)
     assert not check["identical"]
     assert any(line.startswith("metrics.json: methods.bkd.detection_f1:") for line in check["differences"])
     assert any(line.startswith("bkd/metrics.json: test_acc:") for line in check["differences"])
@@ -468,7 +472,7 @@ def test_check_run_reruns_a_run_and_records_whether_it_is_identical(synthetic, t
     assert len(results.read_code_checks(out)) == 1  # the same run and code: the newer check replaces the older
     assert results.code_versions(out)["code"].tolist() == [results.CODE_OTHER]
     with pytest.raises(FileNotFoundError, match="not a finished run"):
-        reproduce.check_run(out, "cifar10-synthetic-seed9", progress=False)
+        batch_check.check_run(out, "cifar10-synthetic-seed9", progress=False, loader=loader)
 
 
 def test_check_side_by_side_chains_code_versions_across_machines(synthetic, tmp_path, monkeypatch):
@@ -480,11 +484,11 @@ def test_check_side_by_side_chains_code_versions_across_machines(synthetic, tmp_
     from bkd_core.book import results
     from bkd_core.provenance import code_hash
 
-    monkeypatch.setattr(reproduce, "load_cifar_n", lambda *a, **k: synthetic)
+    loader = lambda *a, **k: synthetic  # noqa: E731  (the batch's data seam)
     overrides = {**TINY_OVERRIDES, "train_size": None, "test_size": None}
     name = "cifar10-synthetic-seed0"
     run_one("cifar10", "synthetic", 0, tmp_path / "older" / name, overrides=overrides, methods=("bkd", "ce"),
-            threads=1, progress=False)
+            threads=1, progress=False, loader=loader)
     for folder in ("out", "now"):
         shutil.copytree(tmp_path / "older", tmp_path / folder)
     summary = json.dumps({"options": {"overrides": overrides, "threads": 1}, "runs": []})
@@ -577,3 +581,227 @@ def test_batch_runs_do_not_log_the_kernels_tcp_warning(stand_in, tmp_path, capfd
     assert [o.status for o in run_batch(plan(["worst"], [0]), options, progress=False)] == ["done"]
     captured = capfd.readouterr()
     assert "without encryption" not in captured.err + captured.out
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch folder against hostile inputs: hand-made runs (no training), real FIFOs and links
+# ----------------------------------------------------------------------------------------------
+
+RUN = "cifar10-worst-seed0"
+
+
+def _fake_run(folder, name=RUN, *, seed=0, cpu="CPU model A", threads=1, **config_changes):
+    """A finished run as the batch writes it, by hand: its metrics.json with a valid recorded configuration."""
+    from bkd_core.config import get_profile
+    from bkd_core.io import atomic_write_json
+
+    config = get_profile("cpu", seed=seed, **{"epochs": 3, **config_changes})
+    methods = {m: {"detection_f1": 0.5, "estimated_noise_rate": 0.4, "test_acc": 60.0, "ranking_auc": 0.8,
+                   "wall_time_s": 1.0, "device": f"cpu (x86_64, {threads} threads)"} for m in ("bkd", "cleanlab")}
+    methods["cleanlab"]["cleanlab"] = "2.9.0"  # the library's version: volatile at this path only
+    run = {"dataset": "cifar10", "split": "worst", "seed": seed, "profile": "cpu", "fingerprint": config.fingerprint(),
+           "code_hash": "aaaaaaaaaaaa", "config": config.to_dict(), "folds": 3, "threads": threads,
+           "machine": {"arch": "x86_64", "cpu": cpu, "cores": 2}, "methods": methods}
+    atomic_write_json(Path(folder) / name / "metrics.json", run)
+    return Path(folder) / name / "metrics.json"
+
+
+def _edit(path, change):
+    run = json.loads(Path(path).read_text())
+    change(run)
+    Path(path).write_text(json.dumps(run))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link", "folder", "oversized"])
+def test_a_run_file_that_is_no_regular_file_is_named_by_every_reader(tmp_path, kind, capsys):
+    """A real FIFO (reading it would wait forever), a real link to /dev/zero (reading it would fill the memory),
+    a folder, a file over the size cap: each reader of a batch folder answers with one sentence naming it."""
+    from bkd_core.batch import BatchFolder, open_run_file
+    from bkd_core.book import chapter, results
+
+    out = tmp_path / "out"
+    _fake_run(out, "cifar10-worst-seed1", seed=1)  # a good run after it
+    path = out / RUN / "metrics.json"
+    path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero-link":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        with open(path, "wb") as f:  # sparse: 65 MiB without writing them
+            f.truncate(65 * 2**20)
+    (out / "summary.json").write_text(json.dumps({"options": {}, "runs": [{"name": RUN, "status": "done"}]}))
+    what = {"fifo": "a FIFO", "dev-zero-link": "a symbolic link", "folder": "a folder", "oversized": "bytes, more"}
+    with pytest.raises(ValueError, match=f"{path}.*{what[kind]}"):
+        open_run_file(path).close()
+    for read in (lambda: results.collect_results(out), lambda: results.batch_problems(out),
+                 lambda: results.run_times(out), lambda: results.code_versions(out),
+                 lambda: chapter.batch_summary(out), lambda: BatchFolder(out).first_config()):
+        with pytest.raises(ValueError, match=str(path)):
+            read()
+    for argv in (["results", str(out)], ["check", str(out), RUN]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["summary.json", "code_checks.json", "cifar10-aggre-seed0/highlights.csv"])
+def test_a_fifo_among_the_batch_files_is_refused_not_waited_on(tmp_path, name):
+    from bkd_core.book import results
+
+    out = tmp_path / "out"
+    _fake_run(out, "cifar10-aggre-seed0")
+    os.mkfifo(out / name)
+    read = {"summary.json": results.read_batch_summary, "code_checks.json": results.read_code_checks,
+            "cifar10-aggre-seed0/highlights.csv": lambda o: results.read_highlights(o / "cifar10-aggre-seed0")}[name]
+    with pytest.raises(ValueError, match="a FIFO"):
+        read(out)
+
+
+def test_check_rerun_pairs_must_rerun_the_recorded_runs(tmp_path, capsys):
+    """OUT made with epochs=3; NEW and OLD with epochs=2 by two code versions are not reruns of OUT's runs:
+    refused with one sentence, exit 2, nothing recorded. With OUT's configuration and seed they are compared."""
+    out, new, old = tmp_path / "out", tmp_path / "new", tmp_path / "old"
+    _fake_run(out)
+    for folder, code in ((new, "cccccccccccc"), (old, "bbbbbbbbbbbb")):
+        _edit(_fake_run(folder, epochs=2), lambda run: run.update(code_hash=code))
+    for argv in (["check", str(out), "--rerun", str(new), "--reference", str(old)],
+                 ["check", str(out), "--rerun", str(new)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is not a rerun of" in err and "configuration fingerprint" in err and len(err.splitlines()) == 1
+    assert not (out / "code_checks.json").exists()
+    _fake_run(new, seed=1)  # the seed of another run
+    assert cli.main(["check", str(out), "--rerun", str(new)]) == 2
+    assert "seed 1 instead of 0" in capsys.readouterr().err
+    _fake_run(new)
+    _fake_run(old)
+    assert cli.main(["check", str(out), "--rerun", str(new), "--reference", str(old)]) == 0
+    assert "1 of 1 identical" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("reference", ["missing", "file", "empty"])
+def test_check_refuses_a_reference_that_is_no_batch(tmp_path, reference, capsys):
+    out, new = tmp_path / "out", tmp_path / "new"
+    _fake_run(out)
+    _fake_run(new)
+    path = tmp_path / reference
+    if reference == "file":
+        path.write_text("{}")
+    elif reference == "empty":
+        path.mkdir()
+    assert cli.main(["check", str(out), "--rerun", str(new), "--reference", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--reference {path}" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "code_checks.json").exists()
+    assert cli.main(["check", str(out), "--rerun", str(path)]) == 2  # the same for --rerun
+
+
+def test_check_on_another_cpu_gives_the_tolerance_verdict_with_its_tolerances(tmp_path, capsys):
+    """Float sums differ between CPU models: a rerun there that agrees within the stated tolerances is
+    "reproduced within tolerance" (exit 1: not identical), one beyond them "differs", and the same CPU gives
+    no tolerance at all."""
+    from bkd_core.batch import DIFFERS, TOLERANCES, WITHIN_TOLERANCE, run_verdicts
+    from bkd_core.book import results
+
+    assert TOLERANCES["test_acc"] == 1.0 and TOLERANCES["estimated_noise_rate"] == 0.03
+    assert TOLERANCES["detection_f1"] == 0.01 and TOLERANCES["ranking_auc"] == 0.01
+    out, new = tmp_path / "out", tmp_path / "new"
+    _fake_run(out)
+    rerun = _fake_run(new, cpu="CPU model B")
+    _edit(rerun, lambda run: run.update(code_hash="cccccccccccc"))
+    _edit(rerun, lambda run: run["methods"]["bkd"].update(test_acc=60.6, detection_f1=0.505))
+    assert cli.main(["check", str(out), "--rerun", str(new)]) == 1
+    assert "0 of 1 identical, 1 reproduced within tolerance" in capsys.readouterr().out
+    check = results.read_code_checks(out)[-1]
+    assert check["verdict"] == WITHIN_TOLERANCE and check["tolerances"] == TOLERANCES
+    assert run_verdicts(out, current="cccccccccccc") == {RUN: WITHIN_TOLERANCE}
+    assert results.code_versions(out, current="cccccccccccc")["code"].tolist() == [results.CODE_TOLERANCE]
+    _edit(rerun, lambda run: run["methods"]["bkd"].update(test_acc=61.5))  # 1.5 points: beyond 1.0
+    assert cli.main(["check", str(out), "--rerun", str(new)]) == 1
+    assert results.read_code_checks(out)[-1]["verdict"] == DIFFERS
+    assert run_verdicts(out, current="cccccccccccc") == {RUN: ""}
+    _edit(rerun, lambda run: run.update(machine={"cpu": "CPU model A"}, methods={
+        **run["methods"], "bkd": {**run["methods"]["bkd"], "test_acc": 60.6}}))
+    assert cli.main(["check", str(out), "--rerun", str(new)]) == 1  # same CPU: no tolerance
+    assert results.read_code_checks(out)[-1]["verdict"] == DIFFERS
+
+
+def test_compare_runs_compares_cleanlab_and_skips_only_the_volatile_paths(tmp_path):
+    from bkd_core.batch import compare_runs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fake_run(a)
+    path = _fake_run(b, cpu="elsewhere", threads=1)
+    _edit(path, lambda run: (run["methods"]["cleanlab"].update(cleanlab="3.0", wall_time_s=9.0, device="x"),
+                             run.update(code_hash="dddddddddddd", wall_time_s=99.0)))
+    assert compare_runs(a / RUN, b / RUN)[1] == []  # versions, times, the machine: not results
+    _edit(path, lambda run: run["methods"]["cleanlab"].update(detection_f1=0.51))
+    assert compare_runs(a / RUN, b / RUN)[1] == ["metrics.json: methods.cleanlab.detection_f1: 0.5 != 0.51"]
+    _edit(path, lambda run: run["methods"]["cleanlab"].update(detection_f1=0.5))
+    _edit(path, lambda run: run["methods"]["bkd"].update(cleanlab="3.0"))  # "cleanlab" elsewhere is compared
+    assert compare_runs(a / RUN, b / RUN)[1] == ["metrics.json: methods.bkd.cleanlab: None != '3.0'"]
+
+
+def test_results_warns_on_an_edited_ranking_auc_of_any_method(tmp_path, capsys):
+    from bkd_core.batch import BatchFolder, RunOutcome
+    from bkd_core.book import results
+
+    out = tmp_path / "out"
+    path = _fake_run(out)
+    for method in ("bkd", "cleanlab"):  # each method's own metrics.json, as its run wrote it
+        own = {k: v for k, v in json.loads(path.read_text())["methods"][method].items() if k != "ranking_auc"}
+        (out / RUN / method).mkdir()
+        (out / RUN / method / "metrics.json").write_text(json.dumps(own))
+    BatchFolder(out).write_summary([RunOutcome(RUN, "done", 1.0)], {}, ("done",))
+    assert results.batch_problems(out) == []
+    _edit(path, lambda run: run["methods"]["cleanlab"].update(ranking_auc=0.95))
+    problems = results.batch_problems(out)
+    assert len(problems) == 1 and "methods.cleanlab.ranking_auc is 0.95 but 0.8 in results.csv" in problems[0]
+    assert cli.main(["results", str(out)]) == 0
+    assert "ranking_auc" in capsys.readouterr().err
+
+
+def test_check_takes_threads_from_structured_fields_bounded_by_the_cores(tmp_path):
+    from bkd_core.batch import recorded_run
+
+    out = tmp_path / "out"
+    path = _fake_run(out, threads=64)
+    _edit(path, lambda run: run["methods"]["bkd"].update(device="cpu (x86_64, 640 threads)"))
+    assert recorded_run(out, RUN)["threads"] == min(64, os.cpu_count())
+    _edit(path, lambda run: run.pop("threads"))  # an older run: the batch's threads option
+    (out / "summary.json").write_text(json.dumps({"options": {"threads": 1}, "runs": []}))
+    assert recorded_run(out, RUN)["threads"] == 1
+    (out / "summary.json").write_text(json.dumps({"options": {"threads": "64 threads"}, "runs": []}))
+    assert recorded_run(out, RUN)["threads"] == 1  # not a number: one thread
+
+
+def test_check_of_a_run_without_methods_is_one_sentence(tmp_path, capsys):
+    out = tmp_path / "out"
+    _edit(_fake_run(out), lambda run: run.pop("methods"))
+    assert cli.main(["check", str(out), RUN]) == 2
+    err = capsys.readouterr().err
+    assert "lacks methods" in err and "metrics.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_scores_npz_is_named(tmp_path, capsys):
+    out, new = tmp_path / "out", tmp_path / "new"
+    for folder in (out, new):
+        _fake_run(folder)
+        (folder / RUN / "bkd").mkdir()
+        (folder / RUN / "bkd" / "scores.npz").write_bytes(b"not an npz")
+    assert cli.main(["check", str(out), "--rerun", str(new)]) == 2
+    err = capsys.readouterr().err
+    assert str(out / RUN / "bkd" / "scores.npz") in err and len(err.strip().splitlines()) == 1
+
+
+def test_code_version_text_names_the_runs_reproduced_within_tolerance():
+    from bkd_core.book import results
+
+    rows = [{"run": "r0", "code_hash": "0123456789ab", "code": results.CODE_TOLERANCE},
+            {"run": "r1", "code_hash": "0123456789ab", "code": results.CODE_OTHER}]
+    text = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
+    assert "2 of 2 by other code" in text and "1 (r0) were reproduced by the current code within tolerance" in text
+    assert "test accuracy within 1 point, noise estimate within 3 points" in text and "bit for bit" in text

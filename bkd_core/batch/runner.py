@@ -1,4 +1,4 @@
-"""Batch reproduction: every CIFAR-N split and seed, one papermill-executed run notebook each.
+"""The batch runner: every CIFAR-N split and seed, one papermill-executed run notebook each.
 
 Each (dataset, split, seed) is a *run*: the notebook ``templates/reproduce_run.ipynb`` executed
 with papermill into ``OUT/{dataset}-{split}-seed{seed}/run.ipynb``. It calls :func:`run_one`, which
@@ -17,28 +17,29 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-import re
+import platform
 import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, get_args
 
 from ..data import CIFAR10_SPLITS, CIFAR100_SPLITS, canonical_split, load_cifar_n, missing_data
-from ..errors import RunDirError
-from ..io import atomic_write_json, is_folder_name, read_json
 from ..detectors import METHODS as METHOD_REGISTRY
 from ..detectors import methods_for
-from .results import HIGHLIGHTS, SAMPLES, highlights, ranking_aucs
+from ..errors import RunDirError
 from ..rundir import RunDir, folder_lock
+from .files import read_run_json
+from .folder import ERROR, METHOD_METRICS, NOTEBOOK, BatchFolder, run_name
+from .samples import ranking_aucs, samples_table
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from ..config import BKDConfig
+    from ..data import NoisyCIFAR
+
+#: What loads a run's data: ``loader(dataset, split, data_dir, download=...)`` (:func:`bkd_core.data.load_cifar_n`).
+Loader = Callable[..., "NoisyCIFAR"]
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "reproduce_run.ipynb"
 METHODS = tuple(METHOD_REGISTRY)  # every detector's name (bkd_core.detectors)
@@ -63,7 +64,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.split}-seed{self.seed}"
+        return run_name(self.dataset, self.split, self.seed)
 
 
 @dataclass
@@ -151,14 +152,8 @@ def plan(splits: Sequence[str], seeds: Sequence[int]) -> list[RunSpec]:
 
 
 def is_finished(run_dir: Path, methods: Sequence[str]) -> bool:
-    """True when ``run_dir/metrics.json`` exists and holds every method of ``methods``."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return False
-    try:
-        return set(methods) <= set(read_json(path).get("methods", {}))
-    except ValueError:
-        return False
+    """True when the batch run in ``run_dir`` finished every method of ``methods`` (:meth:`BatchFolder.is_finished`)."""
+    return BatchFolder(run_dir.parent).is_finished(run_dir.name, methods)
 
 
 def _saved_epochs(run_dir: Path) -> int:
@@ -174,12 +169,12 @@ def run_progress(run_dir: Path, epochs: int | None = None) -> str:
         stage_dir = run_dir / stage
         if not stage_dir.is_dir():
             continue
-        if (stage_dir / "metrics.json").is_file():
+        if (stage_dir / METHOD_METRICS).is_file():
             parts.append(f"{stage} done")
             continue
         folds = sorted(stage_dir.glob("fold_*"))
         if folds:
-            done = sum((f / "metrics.json").is_file() for f in folds)
+            done = sum((f / METHOD_METRICS).is_file() for f in folds)
             parts.append(f"{stage} fold {done + 1 if done < len(folds) else done} ep {_saved_epochs(folds[-1])}{of}")
         else:
             parts.append(f"{stage} ep {_saved_epochs(stage_dir)}{of}")
@@ -201,10 +196,10 @@ def run_work(run_dir: Path, epochs: int, methods: Sequence[str] = METHODS, folds
         stage_dir = run_dir / stage
         weight = _stage_weight(stage, folds)
         units = [stage_dir / f"fold_{k}" for k in range(folds)] if stage == "cleanlab" else [stage_dir]
-        finished = (stage_dir / "metrics.json").is_file()
+        finished = (stage_dir / METHOD_METRICS).is_file()
         for unit_dir in units:
             total += weight * epochs
-            if finished or (unit_dir / "metrics.json").is_file():
+            if finished or (unit_dir / METHOD_METRICS).is_file():
                 done += weight * epochs
             else:
                 done += weight * min(epochs, _saved_epochs(unit_dir))
@@ -250,15 +245,19 @@ def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None,
 def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
             overrides: dict[str, Any] | None = None, methods: Sequence[str] | None = None, folds: int = 3,
             data_dir: str | None = None, download: bool = False, device: str = "auto",
-            threads: int | None = None, progress: bool = True, exit_with_parent: bool = False) -> dict[str, Any]:
+            threads: int | None = None, progress: bool = True, exit_with_parent: bool = False,
+            loader: Loader = load_cifar_n) -> dict[str, Any]:
     """Train ``methods`` on one split and seed into ``out_dir``; write and return its ``metrics.json``.
 
     ``out_dir/bkd``, ``out_dir/ce`` and ``out_dir/cleanlab`` are ordinary run directories (resumable).
     ``out_dir/metrics.json`` holds each method's metrics under ``"methods"`` (with its ``ranking_auc``);
     ``out_dir/samples.csv.gz`` one row per training sample of the subset (:func:`samples_table`; not
     committed: 50,000 rows are about 0.8 MB) and ``out_dir/highlights.csv`` the few rows of it the
-    results chapter shows (:func:`write_tables`). ``exit_with_parent``: end this process
+    results chapter shows (:func:`bkd_core.batch.samples.write_tables`). ``exit_with_parent``: end this process
     when the process that started it dies (the batch's run notebooks set it, see :func:`exit_when_parent_dies`).
+    ``loader``: what loads the data (``loader(dataset, split, data_dir, download=...)``; tests pass a stand-in).
+    The run records the torch threads it used (``threads``) and the machine (:func:`machine`): float sums
+    depend on both, and ``check`` reruns a run with its threads.
     """
     import torch
 
@@ -271,7 +270,7 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
         torch.set_num_threads(int(threads))
     out_dir = Path(out_dir)
     config = run_config(profile, seed, overrides, device)
-    data = load_cifar_n(dataset, split, data_dir, download=download)
+    data = loader(dataset, split, data_dir, download=download)
     methods = methods_for(config) if methods is None else methods
     data = with_config_features(data, config, progress=progress)  # once for every method of the run
     results = {}
@@ -283,247 +282,29 @@ def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, 
     aucs = ranking_aucs(samples)
     summary = {"dataset": data.dataset, "split": data.split, "seed": int(seed), "profile": profile,
                "fingerprint": config.fingerprint(), "code_hash": code_hash(), "config": config.to_dict(),
-               "folds": folds,
+               "folds": folds, "threads": torch.get_num_threads(), "machine": machine(),
                "wall_time_s": round(sum(r.metrics["wall_time_s"] for r in results.values()), 2),
                "methods": {m: {**r.metrics, "ranking_auc": aucs[m]} for m, r in results.items()}}
-    write_tables(out_dir, samples)
-    atomic_write_json(out_dir / "metrics.json", summary)
+    BatchFolder(out_dir.parent).write_run(out_dir.name, summary, samples)
     return summary
 
 
-#: What a rerun may change without changing what the run computed: times, the machine, the command line, the code.
-VOLATILE_KEYS = frozenset({"wall_time_s", "elapsed", "epoch_time", "device", "command", "versions", "cleanlab",
-                           "code_hash"})
+def machine() -> dict[str, Any]:
+    """This machine as a run records it: ``{"arch": "x86_64", "cpu": <CPU model or "">, "cores": N}`` (float
+    results can differ between CPU models in their last digits)."""
+    return {"arch": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count() or 1}
 
 
-def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Where two runs of one (split, seed) differ: every value of the batch run's ``metrics.json`` (each
-    method's metrics, ranking AUC included), of each method's own ``metrics.json`` (per-epoch histories
-    included), ``highlights.csv`` cell for cell, and, where the recorded run still has them (they are
-    not committed), each method's ``scores.npz`` array for array (per-image scores, per-epoch curves);
-    floats compared exactly. :data:`VOLATILE_KEYS` and per-epoch times are left out, a configuration
-    field removed since (:data:`bkd_core.config.RETIRED_FIELDS`) at its one value is ignored, and so are
-    cleanlab's fold runs (their outputs are compared through cleanlab's).
-
-    Returns:
-        ``(compared, differences)``: the files compared, and one line per difference
-        (``"bkd/metrics.json: test_acc: 61.2 != 61.3"``), ``[]`` when the runs are identical.
-    """
-    from ..config import without_retired
-
-    recorded, rerun = Path(recorded), Path(rerun)
-
-    def diff(where: str, a: Any, b: Any) -> list[str]:
-        if where.split(".")[-1] == "config" and isinstance(a, dict) and isinstance(b, dict):
-            a, b = without_retired(a), without_retired(b)  # a field that was removed since, at its one value
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [line for key in sorted(set(a) | set(b), key=str) if key not in VOLATILE_KEYS
-                    for line in diff(f"{where}.{key}" if where else str(key), a.get(key), b.get(key))]
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff(f"{where}[{i}]", x, y)]
-        same = a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
-        return [] if same else [f"{where or 'the file'}: {a!r} != {b!r}"]
-
-    def read(folder: Path, name: str) -> Any:
-        return read_json(folder / name) if (folder / name).is_file() else None
-
-    methods = list(read_json(recorded / "metrics.json")["methods"])
-    names = ["metrics.json", *(f"{m}/metrics.json" for m in methods if (recorded / m / "metrics.json").is_file())]
-    found = [f"{name}: {line}" for name in names for line in diff("", read(recorded, name), read(rerun, name))]
-    if (recorded / HIGHLIGHTS).is_file():
-        names.append(HIGHLIGHTS)
-        rerun_rows = (rerun / HIGHLIGHTS).read_text() if (rerun / HIGHLIGHTS).is_file() else ""
-        if (recorded / HIGHLIGHTS).read_text() != rerun_rows:
-            found.append(f"{HIGHLIGHTS}: the rows or their values differ")
-    for name in (f"{m}/scores.npz" for m in methods):  # not committed: compared where the recorded run has it
-        if (recorded / name).is_file():
-            names.append(name)
-            with np.load(recorded / name) as a, np.load(rerun / name) as b:
-                for key in sorted((set(a.files) | set(b.files)) - {"history_epoch_time"}):
-                    if key not in a.files or key not in b.files or not np.array_equal(a[key], b[key], equal_nan=True):
-                        found.append(f"{name}: {key} differs")
-    return names, found
-
-
-def run_folder(out: str | os.PathLike, run: str) -> Path:
-    """``out/run`` for a run of a batch named by its folder name (``"cifar10-worst-seed0"``).
-
-    Raises:
-        ValueError: ``run`` is a path (absolute, with a separator, ``.`` or ``..``) rather than a folder name.
-    """
-    if not is_folder_name(run):
-        raise ValueError(f"name a run by its folder name in {out} (e.g. cifar10-worst-seed0), not by a path; "
-                         f"got {run!r}")
-    return Path(out) / run
-
-
-def _refuse_inside(rerun: Path, recorded: Path) -> None:
-    """Refuse a rerun folder that is the recorded run's folder, lies inside it, or holds it."""
-    a, b = rerun.resolve(), recorded.resolve()
-    if a == b or b in a.parents or a in b.parents:
-        raise ValueError(f"the rerun folder {rerun} is or overlaps the recorded run {recorded}: a check never writes "
-                         "into a recorded run nor compares a run with itself; rerun into another folder")
-
-
-_THREADS = re.compile(r"(\d+) threads")
-
-
-def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
-    """What a finished run of a batch was trained with, from its own ``metrics.json`` (not ``summary.json``,
-    which the latest batch into the folder rewrites): ``dataset``, ``split``, ``seed``, ``profile``,
-    ``overrides`` (every field of its recorded configuration but seed and device), ``device``, ``methods``,
-    ``folds`` and ``threads`` (the torch threads its methods record, as ``"cpu (..., N threads)"``; the
-    batch's threads per run for a run that records none, e.g. on CUDA).
-
-    Raises:
-        FileNotFoundError: ``out/run`` holds no finished run.
-        ValueError: ``run`` is a path, or the recorded configuration is missing, invalid or was edited
-            (it no longer gives the recorded fingerprint).
-    """
-    from ..config import BKDConfig, without_retired
-
-    path = run_folder(out, run) / "metrics.json"
-    metrics = _finished_metrics(Path(out), run)
-    recorded = metrics.get("config")
-    fix = "restore the file from the batch's copy (e.g. git checkout), or rerun the batch"
-    if not isinstance(recorded, dict) or not isinstance(metrics.get("methods"), dict):
-        raise ValueError(f"{path} records no configuration or methods, so the run cannot be rerun as it was; {fix}")
-    try:
-        config = BKDConfig.from_dict(recorded)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path} records an invalid configuration ({exc}); {fix}") from exc
-    if metrics.get("fingerprint") is not None and metrics["fingerprint"] != config.fingerprint():
-        raise ValueError(f"{path} was edited: its configuration gives fingerprint {config.fingerprint()}, the run "
-                         f"recorded {metrics['fingerprint']}; {fix}")
-    found = {int(m.group(1)) for method in metrics["methods"].values() if isinstance(method, dict)
-             for m in [_THREADS.search(str(method.get("device", "")))] if m}
-    threads = max(found) if found else _batch_options(Path(out)).get("threads")
-    return {"dataset": metrics["dataset"], "split": metrics["split"], "seed": int(metrics["seed"]),
-            "profile": metrics.get("profile", config.profile),
-            "overrides": {k: v for k, v in without_retired(recorded).items() if k not in ("seed", "device")},
-            "device": config.device, "methods": list(metrics["methods"]), "folds": int(metrics.get("folds", 3)),
-            "threads": int(threads) if threads else None}
-
-
-def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,
-              data_dir: str | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Rerun one finished run of a batch with the current code and record whether it came out identical.
-
-    The run (``out/run``, named by its folder name) is trained again from scratch with its own recorded
-    settings (:func:`recorded_run`: configuration, methods, folds and torch threads, since the number of
-    threads changes float sums) into ``work_dir/run`` (default: a temporary folder, deleted afterwards),
-    then :func:`record_check`. Nothing in the recorded run's folder is written.
-
-    Returns:
-        The recorded check (:func:`record_check`).
-
-    Raises:
-        FileNotFoundError: ``out/run`` holds no finished run.
-        ValueError: ``run`` is a path, its recorded configuration was edited, or ``work_dir/run`` is (or
-            overlaps) the recorded run's folder.
-    """
-    import shutil
-    import tempfile
-
-    out = Path(out)
-    settings = recorded_run(out, run)
-    threads = threads or settings["threads"] or 1
-    if work_dir is not None:
-        _refuse_inside(Path(work_dir) / run, out / run)
-    scratch = Path(tempfile.mkdtemp(prefix="bkd-check-")) if work_dir is None else Path(work_dir)
-    try:
-        run_one(settings["dataset"], settings["split"], settings["seed"], scratch / run, profile=settings["profile"],
-                overrides=settings["overrides"], methods=settings["methods"], folds=settings["folds"],
-                data_dir=data_dir, device=settings["device"], threads=threads, progress=progress)
-        return record_check(out, run, scratch / run, threads=threads)
-    finally:
-        if work_dir is None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
-                 threads: int | None = None, reference: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Compare a batch run (``out/run``) with a rerun of it (:func:`compare_runs`) and append the outcome to
-    ``out/code_checks.json`` (:data:`bkd_core.book.results.CODE_CHECKS`), which the results chapter reads: a run
-    made by older code that newer code reproduced exactly is reported as such
-    (:func:`bkd_core.book.results.code_versions`). The rerun is :func:`check_run`'s, or a run of a whole batch
-    rerun into another folder (``reproduce --out OTHER`` with the same options, then ``check OUT --rerun
-    OTHER``); the check is credited to the code that made the rerun (its ``metrics.json``'s ``code_hash``).
-
-    ``reference``: another rerun of the same run, made on this machine by older code; the rerun is compared
-    with it instead of with ``out/run``. Float results differ between CPUs in their last digits, so a run
-    made on another machine is never reproduced bit for bit here, but two versions of the code can still be
-    compared exactly side by side on one machine. The check records that the code of ``reference`` and the
-    code of ``rerun`` compute the same (``recorded_code_hash`` is the reference's); identical checks chain
-    (:func:`bkd_core.book.results.code_versions`).
-
-    Returns:
-        The recorded check: ``run``, ``recorded_code_hash``, ``code_hash`` (the rerun's), ``identical``,
-        ``compared`` (the files), ``differences`` (at most 20 lines), ``threads``, ``device``, ``machine``,
-        ``checked_at``.
-
-    Raises:
-        FileNotFoundError: ``out/run`` or the rerun is not a finished run.
-        ValueError: ``run`` is a path, or ``rerun`` is (or overlaps) the recorded run's folder.
-    """
-    import platform
-    from datetime import datetime, timezone
-
-    from .results import CODE_CHECKS, read_code_checks
-
-    out, rerun = Path(out), Path(rerun)
-    _refuse_inside(rerun, run_folder(out, run))
-    recorded = _finished_metrics(out, run)
-    again = _finished_metrics(rerun.parent, rerun.name)
-    base = out / run
-    if reference is not None:
-        base = Path(reference)
-        _refuse_inside(base, run_folder(out, run))
-        _refuse_inside(rerun, base)
-        recorded = _finished_metrics(base.parent, base.name)
-    compared, differences = compare_runs(base, rerun)
-    check = {"run": run, "recorded_code_hash": recorded.get("code_hash"), "code_hash": again.get("code_hash"),
-             "identical": not differences, "compared": compared, "differences": differences[:20],
-             "threads": threads or _batch_options(rerun.parent).get("threads"),
-             "device": next(iter(again["methods"].values()), {}).get("device", ""),
-             "machine": f"{platform.machine()}, {os.cpu_count()} cores{_cpu_model()}",
-             "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if reference is not None:
-        check["side_by_side"] = True  # both codes rerun on this machine; out/run itself was not compared
-    key = (run, check["recorded_code_hash"], check["code_hash"])
-    checks = [c for c in read_code_checks(out) if (c["run"], c.get("recorded_code_hash"), c["code_hash"]) != key]
-    atomic_write_json(out / CODE_CHECKS, {"checks": [*checks, check]})
-    return check
-
-
-def _cpu_model() -> str:
-    """``", <CPU model>"`` from ``/proc/cpuinfo`` (float results can differ between CPUs), or ``""``."""
+def cpu_model() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (``"Intel(R) Xeon(R) Processor"``), or ``""`` where it is not known."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.lower().startswith("model name"):
-                    return ", " + " ".join(line.partition(":")[2].split())
+                    return " ".join(line.partition(":")[2].split())
     except OSError:
         pass
     return ""
-
-
-def _finished_metrics(out: Path, run: str) -> dict[str, Any]:
-    path = run_folder(out, run) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.parent} holds no metrics.json: not a finished run of the batch in {out}; "
-                                "name a run folder the batch finished (e.g. cifar10-worst-seed0)")
-    metrics = read_json(path)
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{path} holds a {type(metrics).__name__}, not a run's metrics; rerun the batch to rewrite it")
-    return metrics
-
-
-def _batch_options(out: Path) -> dict[str, Any]:
-    path = Path(out) / "summary.json"
-    summary = read_json(path) if path.is_file() else {}
-    options = summary.get("options", {}) if isinstance(summary, dict) else {}
-    return options if isinstance(options, dict) else {}
 
 
 def exit_when_parent_dies(interval: float = 0.5) -> None:
@@ -544,37 +325,6 @@ def exit_when_parent_dies(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="bkd-exit-with-parent", daemon=True).start()
 
 
-def samples_table(subset: Any, results: dict[str, Any]) -> "pd.DataFrame":
-    """One row per training sample of ``subset``: ``index`` (into the 50,000 images), ``given_label``,
-    ``clean_label``, and each method's ``{method}_quality`` (rounded to 5 decimals), ``{method}_issue``
-    (0/1), ``{method}_prediction`` (and ``bkd_group``), from the method ``results`` of :func:`run_one`."""
-    import pandas as pd
-
-    table: dict[str, np.ndarray] = {"index": subset.indices, "given_label": subset.train_labels,
-                                    "clean_label": subset.clean_labels}
-    for method, result in results.items():
-        arrays = result.arrays
-        if not np.array_equal(arrays["indices"], subset.indices):
-            raise RuntimeError(f"{method} run in {result.run_dir} holds other samples than this run's subset")
-        table[f"{method}_quality"] = np.round(arrays["label_quality"].astype(np.float64), 5)
-        table[f"{method}_issue"] = arrays["label_issues"].astype(np.int8)
-        table[f"{method}_prediction"] = arrays["predicted_labels"]
-        if method == "bkd" and "groups" in arrays:
-            table["bkd_group"] = arrays["groups"]
-    return pd.DataFrame(table)
-
-
-def write_tables(out_dir: Path, samples: "pd.DataFrame") -> None:
-    """A run's per-sample tables: the full one as ``samples.csv.gz`` (not committed) and its
-    :func:`~bkd_core.book.results.highlights` as ``highlights.csv`` (committed), both atomically."""
-    from ..io import atomic_path
-
-    with atomic_path(out_dir / SAMPLES) as tmp:  # mtime 0 in the gzip header: the same table gives the same bytes
-        samples.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
-    with atomic_path(out_dir / HIGHLIGHTS) as tmp:
-        highlights(samples).to_csv(tmp, index=False)
-
-
 # -- executing runs ------------------------------------------------------------------------------
 
 def _settled(spec: RunSpec, options: BatchOptions) -> RunOutcome | None:
@@ -593,7 +343,11 @@ def _other_config(run_dir: Path, spec: RunSpec, options: BatchOptions) -> str:
         expected = run_config(options.profile, spec.seed, options.overrides).fingerprint()
     except (ValueError, TypeError):
         return ""  # an invalid --set fails, with its own message, when the run executes
-    found = read_json(run_dir / "metrics.json").get("fingerprint")
+    try:  # the finished run's own file (BatchFolder.is_finished read it): its fingerprint, if it records one
+        run = read_run_json(BatchFolder(run_dir.parent).metrics_path(run_dir.name))
+    except (FileNotFoundError, ValueError):
+        return ""
+    found = run.get("fingerprint") if isinstance(run, dict) else None
     if found in (None, expected):
         return ""
     return (f"finished earlier with another configuration (fingerprint {found}; this batch's is {expected}): "
@@ -615,7 +369,7 @@ def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
                   "device": options.device, "threads": options.threads, "exit_with_parent": True}
     try:
         with RunDir(run_dir).lock():  # one writer per run folder: a second batch on the same --out is refused
-            papermill.execute_notebook(options.template, str(run_dir / "run.ipynb"), parameters=parameters,
+            papermill.execute_notebook(options.template, str(run_dir / NOTEBOOK), parameters=parameters,
                                        progress_bar=False, kernel_name="python3", cwd=str(run_dir),
                                        extra_arguments=list(KERNEL_ARGUMENTS))
     except RunDirError as exc:
@@ -623,10 +377,10 @@ def execute_run(spec: RunSpec, options: BatchOptions) -> RunOutcome:
     except Exception as exc:  # a failing run must not stop the batch: record it and go on
         message = str(exc).strip().splitlines()
         detail = next((line for line in reversed(message) if line.strip()), type(exc).__name__)
-        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        (run_dir / ERROR).write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
         return RunOutcome(spec.name, "failed", time.perf_counter() - start,
-                          f"{detail[:300]} (see {run_dir / 'run.ipynb'} and error.txt)")
-    (run_dir / "error.txt").unlink(missing_ok=True)
+                          f"{detail[:300]} (see {run_dir / NOTEBOOK} and {ERROR})")
+    (run_dir / ERROR).unlink(missing_ok=True)
     return RunOutcome(spec.name, "done", time.perf_counter() - start)
 
 
@@ -766,26 +520,9 @@ def _run_submitit(todo: Sequence[RunSpec], options: BatchOptions, jobs: int, exe
 
 
 def write_batch_summary(out: Path, outcomes: Sequence[RunOutcome], options: BatchOptions) -> None:
-    """``summary.json`` (the options, this batch's counts, and each run's outcome, merged with what
-    earlier batches into ``out`` reported: a run finished before keeps an earlier ``done`` entry, with its
-    time, and replaces any other) and ``results.csv`` (every finished run in ``out``)."""
-    from .results import collect_results, read_batch_summary
-
-    runs = {r["name"]: r for r in read_batch_summary(out)["runs"]}  # what earlier batches reported
-    for o in outcomes:
-        if o.status != "finished-before" or runs.get(o.name, {}).get("status") not in ("done", "finished-before"):
-            runs[o.name] = asdict(o)
-    atomic_write_json(out / "summary.json", {
-        "options": {k: v for k, v in asdict(options).items() if k != "template"},
-        "runs": list(runs.values()),
-        "counts": {s: sum(o.status == s for o in outcomes) for s in STATUSES},
-    })
-    table = collect_results(out)
-    if len(table):
-        from ..io import atomic_path
-
-        with atomic_path(out / "results.csv") as tmp:
-            table.to_csv(tmp, index=False)
+    """The batch folder's summary and results table (:meth:`BatchFolder.write_summary`) for ``outcomes``."""
+    BatchFolder(out).write_summary(outcomes, {k: v for k, v in asdict(options).items() if k != "template"},
+                                   STATUSES)
 
 
 def format_outcomes(outcomes: Sequence[RunOutcome]) -> str:

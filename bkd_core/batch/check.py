@@ -1,0 +1,455 @@
+"""Checking a batch's runs with other code: rerun, compare, record a verdict, chain identical checks.
+
+A run of a batch (``OUT/RUN``) is rerun with the current code, either here (:func:`check_run`) or as part of
+a whole batch rerun into another folder (``reproduce --out NEW``, then :func:`record_check`), and compared
+with the recorded run file for file (:func:`compare_runs`). Each check is appended to the batch folder's
+record of checks (:meth:`bkd_core.batch.BatchFolder.add_code_check`) with one of three verdicts:
+
+- :data:`IDENTICAL`: every compared value is equal, bit for bit;
+- :data:`WITHIN_TOLERANCE`: not identical, but the run and its rerun were made on different CPU models
+  (float results differ between CPUs in their last digits, and training amplifies them), and each number
+  of :data:`TOLERANCES` agrees within its tolerance;
+- :data:`DIFFERS`: anything else.
+
+Two reruns made side by side on one machine by older and by current code compare exactly
+(``reference``), and identical checks chain (:func:`identical_codes`): code A made the run, A's rerun on
+that machine was identical, and the current code's rerun here was identical to A's rerun here.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..data import load_cifar_n
+from .files import MAX_TABLE_BYTES, lexists, load_run_arrays, read_run_bytes, read_run_json
+from .folder import METHOD_METRICS, METHOD_SCORES, METRICS, BatchFolder
+from .runner import Loader, cpu_model, run_one
+from .samples import HIGHLIGHTS
+
+IDENTICAL = "identical"
+WITHIN_TOLERANCE = "reproduced within tolerance"
+DIFFERS = "differs"
+#: The verdicts of a check, strongest first.
+VERDICTS = (IDENTICAL, WITHIN_TOLERANCE, DIFFERS)
+
+#: Largest difference of each method's number (in its batch ``metrics.json``) for :data:`WITHIN_TOLERANCE`, in
+#: the number's own unit: accuracies are in %, so 1.0 is 1 point; noise estimates and F1 scores are fractions,
+#: so 0.03 is 3 points and 0.01 is 1 point; ranking ROC-AUC 0.01.
+TOLERANCES: dict[str, float] = {
+    "test_acc": 1.0, "best_test_acc": 1.0,
+    "estimated_noise_rate": 0.03,
+    "detection_f1": 0.01, "below_threshold_f1": 0.01, "flag_all_f1": 0.01,
+    "ranking_auc": 0.01,
+}
+
+#: Keys of a batch run's ``metrics.json`` that a rerun may change without changing what the run computed.
+RUN_VOLATILE = frozenset({"code_hash", "wall_time_s", "machine", "threads"})
+#: Keys of each method's metrics (in the run's ``metrics.json`` and in the method's own) that a rerun may change:
+#: times, the machine, the command line, library versions.
+METHOD_VOLATILE = frozenset({"wall_time_s", "elapsed", "epoch_time", "device", "command", "versions"})
+#: ... and per method: the cleanlab version confident learning records under the key ``cleanlab``.
+METHOD_VOLATILE_BY_METHOD: dict[str, frozenset[str]] = {"cleanlab": frozenset({"cleanlab"})}
+#: Metrics added after runs were recorded, with the value every run recorded before had: a recorded run
+#: without the key compares equal to a rerun at that value.
+LATER_METRICS: dict[str, Any] = {"stopped_by": "epochs"}
+
+
+def _volatile(path: tuple[str, ...], method_file: str | None) -> bool:
+    """Is the value at ``path`` (keys from the file's top) volatile? ``method_file``: the method whose own
+    ``metrics.json`` the path is in, or None for the run's ``metrics.json``."""
+    if method_file is None:
+        if len(path) == 1:
+            return path[0] in RUN_VOLATILE
+        if len(path) == 3 and path[0] == "methods":
+            method, key = path[1], path[2]
+            return key in METHOD_VOLATILE or key in METHOD_VOLATILE_BY_METHOD.get(method, ())
+        return False
+    return len(path) == 1 and (path[0] in METHOD_VOLATILE or path[0] in METHOD_VOLATILE_BY_METHOD.get(method_file, ()))
+
+
+def _method_level(path: tuple[str, ...], method_file: str | None) -> bool:
+    """Is ``path`` a key of a method's metrics (where :data:`LATER_METRICS` may be absent)?"""
+    return (method_file is not None and len(path) == 1) or (method_file is None and len(path) == 3
+                                                             and path[0] == "methods")
+
+
+def compare_runs(recorded: str | os.PathLike, rerun: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Where two runs of one (split, seed) differ: every value of the run's ``metrics.json`` (each method's
+    metrics, ranking AUC included), of each method's own ``metrics.json`` (per-epoch histories included),
+    ``highlights.csv`` byte for byte, and, where the recorded run still has them (they are not committed),
+    each method's ``scores.npz`` array for array; floats compared exactly. Left out: the volatile keys at
+    their exact paths (:data:`RUN_VOLATILE`, :data:`METHOD_VOLATILE`, :data:`METHOD_VOLATILE_BY_METHOD`),
+    per-epoch times in ``scores.npz``, a configuration field removed since
+    (:data:`bkd_core.config.RETIRED_FIELDS`) at its one value, a metric added since (:data:`LATER_METRICS`) at
+    its value for older runs, and cleanlab's fold runs (compared through cleanlab's outputs). Every file
+    is read safely (:mod:`bkd_core.batch.files`).
+
+    Returns
+    -------
+    tuple of (list of str, list of str)
+        The files compared, and one line per difference (``"bkd/metrics.json: test_acc: 61.2 != 61.3"``),
+        ``[]`` when the runs are identical.
+
+    Raises
+    ------
+    ValueError
+        A file of either run is not a regular file, too large, or not readable (one sentence naming it).
+    """
+    from ..config import without_retired
+
+    recorded, rerun = Path(recorded), Path(rerun)
+    missing = object()
+
+    def diff(path: tuple[str, ...], a: Any, b: Any, method_file: str | None) -> list[str]:
+        where = ".".join(path)
+        if path and _volatile(path, method_file):
+            return []
+        if _method_level(path, method_file) and path[-1] in LATER_METRICS:
+            a = LATER_METRICS[path[-1]] if a is missing else a
+            b = LATER_METRICS[path[-1]] if b is missing else b
+        if path and path[-1] == "config" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = without_retired(a), without_retired(b)  # a field that was removed since, at its one value
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [line for key in sorted(set(a) | set(b), key=str)
+                    for line in diff((*path, str(key)), a.get(key, missing), b.get(key, missing), method_file)]
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            return [line for i, (x, y) in enumerate(zip(a, b))
+                    for line in diff((*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",), x, y, method_file)]
+        a = None if a is missing else a
+        b = None if b is missing else b
+        same = a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+        return [] if same else [f"{where or 'the file'}: {a!r} != {b!r}"]
+
+    def read(folder: Path, name: str) -> Any:
+        return read_run_json(folder / name) if lexists(folder / name) else None
+
+    first = read(recorded, METRICS)
+    methods = list(first["methods"]) if isinstance(first, dict) and isinstance(first.get("methods"), dict) else []
+    names = [METRICS, *(f"{m}/{METHOD_METRICS}" for m in methods if lexists(recorded / m / METHOD_METRICS))]
+    found = []
+    for name in names:
+        method_file = None if name == METRICS else name.split("/")[0]
+        found += [f"{name}: {line}" for line in diff((), read(recorded, name), read(rerun, name), method_file)]
+    if lexists(recorded / HIGHLIGHTS):
+        names.append(HIGHLIGHTS)
+        rerun_rows = read_run_bytes(rerun / HIGHLIGHTS, limit=MAX_TABLE_BYTES) if lexists(rerun / HIGHLIGHTS) else b""
+        if read_run_bytes(recorded / HIGHLIGHTS, limit=MAX_TABLE_BYTES) != rerun_rows:
+            found.append(f"{HIGHLIGHTS}: the rows or their values differ")
+    for name in (f"{m}/{METHOD_SCORES}" for m in methods):  # not committed: compared where the recorded run has it
+        if lexists(recorded / name):
+            names.append(name)
+            if not lexists(rerun / name):
+                found.append(f"{name}: missing from the rerun")
+                continue
+            a, b = load_run_arrays(recorded / name), load_run_arrays(rerun / name)
+            for key in sorted((set(a) | set(b)) - {"history_epoch_time"}):
+                if key not in a or key not in b or not np.array_equal(a[key], b[key], equal_nan=True):
+                    found.append(f"{name}: {key} differs")
+    return names, found
+
+
+def within_tolerance(recorded: dict[str, Any], rerun: dict[str, Any]) -> list[str]:
+    """Where two runs' numbers (their ``metrics.json`` as read) differ by more than :data:`TOLERANCES`: one line
+    per number, ``[]`` when every number of every method agrees within its tolerance."""
+    found = []
+    for method, metrics in recorded["methods"].items():
+        again = rerun["methods"].get(method)
+        if not isinstance(again, dict):
+            found.append(f"methods.{method}: missing from the rerun")
+            continue
+        for key, tolerance in TOLERANCES.items():
+            a, b = metrics.get(key), again.get(key)
+            if a is None and b is None:
+                continue
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not abs(a - b) <= tolerance:
+                found.append(f"methods.{method}.{key}: {a!r} and {b!r} differ by more than {tolerance:g}")
+    return found
+
+
+def rerun_key(run: dict[str, Any], path: str | Path) -> tuple[Any, ...]:
+    """What a rerun must share with the run it reruns: dataset, split, seed, folds, methods, and the fingerprint
+    of its recorded configuration (every field that can change results; :meth:`bkd_core.config.BKDConfig.fingerprint`).
+
+    Raises:
+        ValueError: the run records no configuration, an invalid one, or one edited since (names ``path``).
+    """
+    from ..config import BKDConfig
+
+    fix = "restore the file from the batch's copy (e.g. git checkout), or rerun the batch"
+    config = run.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} records no configuration, so it cannot be told what it reruns; {fix}")
+    try:
+        fingerprint = BKDConfig.from_dict(config).fingerprint()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} records an invalid configuration ({exc}); {fix}") from None
+    if run.get("fingerprint") is not None and run["fingerprint"] != fingerprint:
+        raise ValueError(f"{path} was edited: its configuration gives fingerprint {fingerprint}, the run recorded "
+                         f"{run['fingerprint']}; {fix}")
+    return (run["dataset"], run["split"], run["seed"], run.get("folds", 3), tuple(sorted(run["methods"])), fingerprint)
+
+
+def _require_rerun_of(recorded: dict[str, Any], recorded_path: Path, rerun: dict[str, Any], rerun_path: Path) -> None:
+    """Refuse ``rerun`` unless it reruns ``recorded``: the same :func:`rerun_key`."""
+    want, got = rerun_key(recorded, recorded_path), rerun_key(rerun, rerun_path)
+    if want != got:
+        fields = ("dataset", "split", "seed", "folds", "methods", "configuration fingerprint")
+        what = "; ".join(f"{name} {g!r} instead of {w!r}" for name, w, g in zip(fields, want, got) if w != g)
+        raise ValueError(f"{rerun_path} is not a rerun of {recorded_path} ({what}): rerun the batch with the recorded "
+                         "run's options (reproduce --profile, --set, --folds and --methods as recorded) into a new "
+                         "folder, and check that one")
+
+
+def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
+    """What a finished run of a batch was trained with, from its own ``metrics.json`` (not the batch's summary,
+    which the latest batch into the folder rewrites): ``dataset``, ``split``, ``seed``, ``profile``,
+    ``overrides`` (every field of its recorded configuration but seed and device), ``device``, ``methods``,
+    ``folds`` and ``threads``: the run's recorded ``threads``, else the batch's threads per run, else 1,
+    at most this machine's cores.
+
+    Raises:
+        FileNotFoundError: ``out/run`` holds no finished run.
+        ValueError: ``run`` is a path, the file is not a run's metrics, or the recorded configuration is
+            missing, invalid or was edited (it no longer gives the recorded fingerprint).
+    """
+    from ..config import BKDConfig, without_retired
+
+    folder = BatchFolder(out)
+    metrics = folder.run(run)
+    rerun_key(metrics, folder.metrics_path(run))  # a configuration that is there, valid and not edited
+    recorded = metrics["config"]
+    config = BKDConfig.from_dict(recorded)
+    return {"dataset": metrics["dataset"], "split": metrics["split"], "seed": int(metrics["seed"]),
+            "profile": metrics.get("profile", config.profile),
+            "overrides": {k: v for k, v in without_retired(recorded).items() if k not in ("seed", "device")},
+            "device": config.device, "methods": list(metrics["methods"]), "folds": int(metrics.get("folds", 3)),
+            "threads": recorded_threads(metrics, {} if "threads" in metrics else folder.options())}
+
+
+def recorded_threads(metrics: dict[str, Any], options: dict[str, Any]) -> int:
+    """The torch threads a run was made with, from structured fields only: its ``threads`` (recorded by the
+    run), else its batch's ``threads`` option; 1 when neither is a positive integer; at most this machine's
+    cores (more threads than cores would only slow a rerun down)."""
+    for value in (metrics.get("threads"), options.get("threads")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return min(value, os.cpu_count() or 1)
+    return 1
+
+
+def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike | None = None,
+              data_dir: str | None = None, threads: int | None = None, progress: bool = True,
+              loader: Loader = load_cifar_n) -> dict[str, Any]:
+    """Rerun one finished run of a batch with the current code and record whether it came out identical.
+
+    The run (``out/run``, named by its folder name) is trained again from scratch with its own recorded
+    settings (:func:`recorded_run`: configuration, methods, folds and torch threads, since the number of
+    threads changes float sums) into ``work_dir/run`` (default: a temporary folder, deleted afterwards),
+    then :func:`record_check`. Nothing in the recorded run's folder is written. ``loader`` loads the data
+    (:func:`bkd_core.batch.runner.run_one`).
+
+    Returns:
+        The recorded check (:func:`record_check`).
+
+    Raises:
+        FileNotFoundError: ``out/run`` holds no finished run.
+        ValueError: ``run`` is a path, its recorded configuration was edited, or ``work_dir/run`` is (or
+            overlaps) the recorded run's folder.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    settings = recorded_run(out, run)
+    threads = min(threads or settings["threads"], os.cpu_count() or 1)
+    if work_dir is not None:
+        _refuse_inside(Path(work_dir) / run, out / run)
+    scratch = Path(tempfile.mkdtemp(prefix="bkd-check-")) if work_dir is None else Path(work_dir)
+    try:
+        run_one(settings["dataset"], settings["split"], settings["seed"], scratch / run, profile=settings["profile"],
+                overrides=settings["overrides"], methods=settings["methods"], folds=settings["folds"],
+                data_dir=data_dir, device=settings["device"], threads=threads, progress=progress, loader=loader)
+        return record_check(out, run, scratch / run, threads=threads)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _refuse_inside(rerun: Path, recorded: Path) -> None:
+    """Refuse a rerun folder that is the recorded run's folder, lies inside it, or holds it."""
+    a, b = rerun.resolve(), recorded.resolve()
+    if a == b or b in a.parents or a in b.parents:
+        raise ValueError(f"the rerun folder {rerun} is or overlaps the recorded run {recorded}: a check never writes "
+                         "into a recorded run nor compares a run with itself; rerun into another folder")
+
+
+def require_batch_folder(path: str | os.PathLike, flag: str) -> BatchFolder:
+    """``path`` as a batch folder with at least one finished run, for ``check``'s ``flag`` (``--rerun``).
+
+    Raises:
+        FileNotFoundError: ``path`` is missing, a file, or holds no finished run (one sentence).
+    """
+    folder = BatchFolder(path)
+    if not Path(path).is_dir():
+        what = "is a file" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"{flag} {path} {what}: name a batch folder written by 'python -m bkd_core "
+                                "reproduce --out'")
+    if not folder.run_names():
+        raise FileNotFoundError(f"{flag} {path} holds no finished run: name a batch folder written by "
+                                "'python -m bkd_core reproduce --out' that finished at least one run")
+    return folder
+
+
+def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
+                 threads: int | None = None, reference: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Compare a batch run (``out/run``) with a rerun of it (:func:`compare_runs`), give the verdict and append
+    the check to the batch folder's record (:meth:`BatchFolder.add_code_check`), which the results chapter
+    reads (:func:`run_verdicts`). The rerun is :func:`check_run`'s, or a run of a whole batch rerun into
+    another folder (``reproduce --out NEW`` with the same options, then ``check OUT --rerun NEW``); the check
+    is credited to the code that made the rerun (its ``metrics.json``'s ``code_hash``).
+
+    ``reference``: another rerun of the same run, made on this machine by older code; the rerun is compared
+    with it instead of with ``out/run``. Float results differ between CPUs in their last digits, so a run
+    made on another machine is never reproduced bit for bit here, but two versions of the code can still be
+    compared exactly side by side on one machine. The check records that the code of ``reference`` and the
+    code of ``rerun`` compute the same (``recorded_code_hash`` is the reference's); identical checks chain
+    (:func:`identical_codes`).
+
+    The rerun (and the reference) must be reruns of ``out/run``: the same dataset, split, seed, folds, methods
+    and configuration fingerprint (:func:`rerun_key`); anything else is refused before anything is recorded.
+
+    Verdict: :data:`IDENTICAL` when nothing differs; :data:`WITHIN_TOLERANCE` when the compared runs record
+    different CPU models (or one records none) and every number of :data:`TOLERANCES` agrees within its
+    tolerance; :data:`DIFFERS` otherwise.
+
+    Returns:
+        The recorded check: ``run``, ``recorded_code_hash``, ``code_hash`` (the rerun's), ``identical``,
+        ``verdict``, ``compared`` (the files), ``differences`` (at most 20 lines), ``threads``, ``device``,
+        ``machine``, ``checked_at`` (and ``tolerances`` with a :data:`WITHIN_TOLERANCE` verdict).
+
+    Raises:
+        FileNotFoundError: ``out/run`` or the rerun is not a finished run.
+        ValueError: ``run`` is a path, the rerun (or the reference) is not a rerun of ``out/run``, or it is
+            (or overlaps) the recorded run's folder.
+    """
+    import platform
+
+    batch, rerun = BatchFolder(out), Path(rerun)
+    _refuse_inside(rerun, batch.run_dir(run))
+    original = batch.run(run)
+    again_folder = BatchFolder(rerun.parent)
+    again = again_folder.run(rerun.name)
+    _require_rerun_of(original, batch.metrics_path(run), again, again_folder.metrics_path(rerun.name))
+    base, recorded = batch.run_dir(run), original
+    if reference is not None:
+        base = Path(reference)
+        _refuse_inside(base, batch.run_dir(run))
+        _refuse_inside(rerun, base)
+        recorded = BatchFolder(base.parent).run(base.name)
+        _require_rerun_of(original, batch.metrics_path(run), recorded, base / METRICS)
+    compared, differences = compare_runs(base, rerun)
+    verdict = IDENTICAL if not differences else DIFFERS
+    other_cpu = _cpu(recorded) != _cpu(again) or not _cpu(recorded)
+    if differences and other_cpu and not within_tolerance(recorded, again):
+        verdict = WITHIN_TOLERANCE
+    check = {"run": run, "recorded_code_hash": recorded.get("code_hash"), "code_hash": again.get("code_hash"),
+             "identical": not differences, "verdict": verdict, "compared": compared, "differences": differences[:20],
+             "threads": threads or again.get("threads") or again_folder.options().get("threads"),
+             "device": next(iter(again["methods"].values()), {}).get("device", ""),
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores{', ' + cpu_model() if cpu_model() else ''}",
+             "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if verdict == WITHIN_TOLERANCE:
+        check["tolerances"] = dict(TOLERANCES)
+        check["cpus"] = [_cpu(recorded) or "not recorded", _cpu(again) or "not recorded"]
+    if reference is not None:
+        check["side_by_side"] = True  # both codes rerun on this machine; out/run itself was not compared
+    batch.add_code_check(check)
+    return check
+
+
+def _cpu(run: dict[str, Any]) -> str:
+    """The CPU model a run recorded (``machine.cpu``), ``""`` when it recorded none."""
+    machine = run.get("machine")
+    return str(machine.get("cpu") or "") if isinstance(machine, dict) else ""
+
+
+def verdict_of(check: dict[str, Any]) -> str:
+    """A recorded check's verdict (checks recorded before verdicts existed: from ``identical``)."""
+    verdict = check.get("verdict")
+    if verdict in VERDICTS:
+        return verdict
+    return IDENTICAL if check.get("identical") is True else DIFFERS
+
+
+def identical_codes(checks: list[dict[str, Any]], run: str, recorded: str,
+                    accept: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
+    """Code hashes that computed ``run`` as code ``recorded`` did: reachable from it through checks of the run
+    that ``accept`` (default: identical ones)."""
+    accept = accept or (lambda c: verdict_of(c) == IDENTICAL)
+    reached, frontier = {recorded}, [recorded]
+    while frontier:
+        source = frontier.pop()
+        for c in checks:
+            if c["run"] == run and accept(c) and c.get("recorded_code_hash") == source \
+                    and c["code_hash"] not in reached:
+                reached.add(c["code_hash"])
+                frontier.append(c["code_hash"])
+    return reached
+
+
+def run_verdicts(out: str | os.PathLike, current: str | None = None) -> dict[str, str]:
+    """The verdict on each finished run of ``out`` for the ``current`` code (default: this package's), by run
+    name: :data:`IDENTICAL` when the current code made it or reproduced it bit for bit (directly or through a
+    chain of identical checks, :func:`identical_codes`), else :data:`WITHIN_TOLERANCE` when a chain of checks
+    each identical or within tolerance reaches the current code, else ``""`` (not reproduced by the current
+    code, or the code version was not recorded)."""
+    from ..provenance import code_hash
+
+    current = current or code_hash()
+    folder = BatchFolder(out)
+    checks = folder.code_checks()
+    verdicts = {}
+    for name, run in folder.runs():
+        recorded = run.get("code_hash")
+        if not recorded:
+            verdicts[name] = ""
+        elif recorded == current or current in identical_codes(checks, name, recorded):
+            verdicts[name] = IDENTICAL
+        elif current in identical_codes(checks, name, recorded, lambda c: verdict_of(c) != DIFFERS):
+            verdicts[name] = WITHIN_TOLERANCE
+        else:
+            verdicts[name] = ""
+    return verdicts
+
+
+def check_reruns(out: str | os.PathLike, rerun: str | os.PathLike, *, runs: list[str] | None = None,
+                 reference: str | os.PathLike | None = None, threads: int | None = None) -> list[dict[str, Any]]:
+    """:func:`record_check` for each run of ``runs`` (default: every finished run of ``out`` that ``rerun``, and
+    ``reference`` when given, also hold), after checking every pair first: nothing is recorded when any rerun
+    (or reference) is not a rerun of its run of ``out``.
+
+    Raises:
+        FileNotFoundError: ``rerun`` or ``reference`` is missing, a file or holds no finished run, or no run of
+            ``out`` is in them (one sentence).
+        ValueError: a rerun or a reference is not a rerun of its run of ``out`` (:func:`rerun_key`).
+    """
+    batch = BatchFolder(out)
+    again = require_batch_folder(rerun, "--rerun")
+    base = require_batch_folder(reference, "--reference") if reference is not None else None
+    if not runs:
+        runs = [r for r in again.run_names() if batch.has_run(r) and (base is None or base.has_run(r))]
+        if not runs:
+            where = f"{rerun}" + (f" and {reference}" if reference is not None else "")
+            raise FileNotFoundError(f"no finished run of {out} is in {where}: rerun the batch there first "
+                                    f"(reproduce with the same options and --out {rerun})")
+    for run in runs:  # every pair first: a refusal records nothing
+        original = batch.run(run)
+        for folder in (again, base):
+            if folder is not None:
+                _require_rerun_of(original, batch.metrics_path(run), folder.run(run), folder.metrics_path(run))
+    return [record_check(out, run, again.run_dir(run), threads=threads,
+                         reference=None if base is None else base.run_dir(run)) for run in runs]
