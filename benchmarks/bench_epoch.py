@@ -132,15 +132,15 @@ class BKDCorePipeline:
                  widths: tuple[int, int, int], batch_size: int, run_dir: Path, device: str = "cpu",
                  seed: int = 0) -> None:
         sys.path.insert(0, str(ROOT))
-        from bkd_core.config import get_profile
+        from bkd_core.config import resolve
         from bkd_core.data import NoisyCIFAR
         from bkd_core.train import BKDTrainer
 
         data = NoisyCIFAR(train_images=images, train_labels=labels, clean_labels=clean,
                           test_images=images[:64], test_labels=labels[:64], num_classes=10, dataset="cifar10",
                           split="worst")
-        cfg = get_profile("cpu", model=model, model_widths=widths, batch_size=batch_size, train_size=None,
-                          val_ratio=0.0, test_size=None, augment=True, seed=seed, device=device)
+        cfg = resolve("cpu", dict(model=model, model_widths=widths, batch_size=batch_size, train_size=None,
+                                  val_ratio=0.0, test_size=None, augment=True, seed=seed, device=device))
         if os.environ.get("BENCH_PRECISION"):
             cfg = cfg.replace(precision=os.environ["BENCH_PRECISION"])
         if os.environ.get("BENCH_CHANNELS_LAST") in ("0", "1"):
@@ -435,7 +435,7 @@ def rss_child(epochs: int) -> None:
     import resource
 
     sys.path.insert(0, str(ROOT))
-    from bkd_core.config import get_profile
+    from bkd_core.config import resolve
     from bkd_core.train import train_bkd
 
     after_imports = _status_kib("VmRSS")
@@ -455,7 +455,7 @@ def rss_child(epochs: int) -> None:
     after_data = _status_kib("VmRSS")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        train_bkd(data, get_profile("cpu", epochs=epochs), tmp, progress=False)
+        train_bkd(data, resolve("cpu", {"epochs": epochs}), tmp, progress=False)
     print(json.dumps({"vmhwm_kib": _status_kib("VmHWM"),
                       "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "rss_after_imports_kib": after_imports, "rss_after_data_kib": after_data,
@@ -548,9 +548,9 @@ def main() -> None:
         args.images = 45_000
     if args.images is None and args.model == "small_cnn":  # one epoch of the cpu profile's subset
         sys.path.insert(0, str(ROOT))
-        from bkd_core.config import get_profile
+        from bkd_core.config import resolve
 
-        args.images = get_profile("cpu").train_size
+        args.images = resolve("cpu").train_size
     n_images = args.images or args.batches * args.batch_size
     warm = min(args.warmup * args.batch_size, n_images)
     variants = [("official", "official", {}), ("bkd_core", "bkd_core", {})]

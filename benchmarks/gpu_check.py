@@ -144,13 +144,13 @@ def _data(size: int | None, *, tiny: bool) -> tuple[Any, str]:
 
 
 def _configs(device: torch.device, tiny: bool) -> dict[str, Any]:
-    from bkd_core.config import get_profile
+    from bkd_core.config import resolve
 
     base = dict(device=str(device), epochs=2, seed=0)
     if tiny:  # a minute on the CPU: small CNN, a few hundred images (cf. --set train_size=..., model=small_cnn)
         base.update(model="small_cnn", model_widths=(8, 16, 16), train_size=600, test_size=200, batch_size=64,
                     eval_batch_size=200)
-    paper = get_profile("paper", **base)
+    paper = resolve("paper", base)
     return {"paper (resolved precision, channels_last)": paper,
             "fp32, NCHW": paper.replace(precision="fp32", channels_last=False),
             "compile + drop_last": paper.replace(compile=True, drop_last=True)}

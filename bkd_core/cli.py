@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, get_profile, parse_assignments
+from .config import BKD_ONLY_FIELDS, PROFILES, BKDConfig, parse_assignments, resolve
 from .data import CIFAR10_SPLITS, CIFAR100_SPLITS, DATASETS, ensure_data, load_cifar_n
 from .errors import BKDError
 from .detectors import METHODS
@@ -41,7 +41,7 @@ def build_config(args: argparse.Namespace, kind: str = "bkd") -> BKDConfig:
         if value is not None:
             overrides[name] = value
     try:
-        return get_profile(args.profile, **overrides)
+        return resolve(args.profile, overrides)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"error: {exc}") from exc
 
@@ -119,7 +119,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     submitit_parameters = parse_overrides_raw(args.slurm)
     try:
         for seed in args.seeds:  # fail now, not inside every run (after its feature extraction)
-            get_profile(args.profile, **overrides, seed=seed)
+            resolve(args.profile, {**overrides, "seed": seed})
         specs = plan(args.splits, args.seeds)
         options = BatchOptions(out=args.out, profile=args.profile, overrides=overrides,
                                methods=tuple(args.methods) if args.methods else None,

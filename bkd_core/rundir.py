@@ -51,6 +51,24 @@ T = TypeVar("T")
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # bkd_core.io's temporary names
 
 
+def decode_tipping_scores(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``tipping_scores.npz``'s arrays -> (agreement float32 [N], is_noisy bool [N]); the one reader of its format
+    (written by :meth:`RunDir.save_outputs`: float16 scores, the truth packed into bits, the count).
+
+    Raises:
+        DamagedFileError: arrays missing or of the wrong shapes (names ``path``).
+    """
+    try:
+        n = int(arrays["num_samples"])
+        agreement = np.asarray(arrays["agreement"]).astype(np.float32)
+        is_noisy = np.unpackbits(np.asarray(arrays["is_noisy"], dtype=np.uint8))[:n].astype(bool)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedFileError(f"{path} is damaged ({_first_line(exc)}); delete it and rerun the run") from exc
+    if agreement.shape != (n,) or is_noisy.shape != (n,):
+        raise DamagedFileError(f"{path} holds {agreement.shape} scores for {n} samples; delete it and rerun the run")
+    return agreement, is_noisy
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
@@ -410,15 +428,10 @@ class RunDir:
             return None
         try:
             with np.load(path, allow_pickle=False) as f:
-                n = int(f["num_samples"])
-                agreement = f["agreement"].astype(np.float32)
-                is_noisy = np.unpackbits(f["is_noisy"])[:n].astype(bool)
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(f"{path} is damaged ({_first_line(exc)}); delete it and rerun the run") from exc
-        if agreement.shape != (n,) or is_noisy.shape != (n,):
-            raise DamagedFileError(f"{path} holds {agreement.shape} scores for {n} samples; delete it and rerun "
-                                   "the run")
-        return agreement, is_noisy
+        return decode_tipping_scores(arrays, path)
 
     def load_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(metrics, arrays)`` of a finished run.

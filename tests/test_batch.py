@@ -805,3 +805,29 @@ def test_code_version_text_names_the_runs_reproduced_within_tolerance():
     text = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
     assert "2 of 2 by other code" in text and "1 (r0) were reproduced by the current code within tolerance" in text
     assert "test accuracy within 1 point, noise estimate within 3 points" in text and "bit for bit" in text
+
+
+def test_a_batch_reads_a_runs_committed_curves_and_tipping_scores_safely(tmp_path):
+    """What the trainer writes beside a method's metrics is read back through the batch folder, through the safe
+    reader (a link to /dev/zero is refused), and a run without the files reads as None."""
+    from bkd_core.batch import BatchFolder
+    from bkd_core.errors import DamagedFileError
+    from bkd_core.io import atomic_save_npz, atomic_write_json
+
+    run = tmp_path / "cifar10-worst-seed0" / "bkd"
+    run.mkdir(parents=True)
+    folder = BatchFolder(tmp_path)
+    assert folder.method_curves("cifar10-worst-seed0", "bkd") is None
+    assert folder.method_tipping_scores("cifar10-worst-seed0") is None
+    atomic_write_json(run / "curves.json", {"epoch": [1.0, 2.0], "mean_max_student": [0.2, 0.3]})
+    truth = np.array([True, False, False, True, True])
+    atomic_save_npz(run / "tipping_scores.npz", agreement=np.linspace(0, 1, 5).astype(np.float16),
+                    is_noisy=np.packbits(truth), num_samples=np.int64(5))
+    assert folder.method_curves("cifar10-worst-seed0", "bkd")["mean_max_student"] == [0.2, 0.3]
+    scores, is_noisy = folder.method_tipping_scores("cifar10-worst-seed0")
+    np.testing.assert_array_equal(is_noisy, truth)
+    np.testing.assert_allclose(scores, np.linspace(0, 1, 5), atol=1e-3)
+    (run / "curves.json").unlink()
+    (run / "curves.json").symlink_to("/dev/zero")
+    with pytest.raises(DamagedFileError, match="curves.json"):
+        folder.method_curves("cifar10-worst-seed0", "bkd")

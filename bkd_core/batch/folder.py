@@ -24,7 +24,8 @@ import numpy as np
 from ..detectors import METHODS
 from ..errors import DamagedFileError
 from ..io import atomic_path, atomic_write_json, is_folder_name
-from .files import lexists, read_run_json
+from ..rundir import CURVES, TIPPING_SCORES, decode_tipping_scores
+from .files import lexists, load_run_arrays, read_run_json
 from .samples import write_tables
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ NOTEBOOK = "run.ipynb"
 #: What a run's own folder of a method holds beside its per-epoch files.
 METHOD_METRICS = "metrics.json"
 METHOD_SCORES = "scores.npz"
+#: ... and, written by the trainer and committed with the batch, its per-epoch curves and detection scores
+METHOD_CURVES = CURVES
+METHOD_TIPPING_SCORES = TIPPING_SCORES
 
 #: Columns of :data:`RESULTS` (one row per dataset, split, seed and method), in this order.
 COLUMNS = (
@@ -178,6 +182,25 @@ class BatchFolder:
         if not isinstance(own, dict):
             raise DamagedFileError(f"{path} holds a {type(own).__name__}, not a method's metrics; {_FIX}")
         return own
+
+    def method_curves(self, name: str, method: str) -> dict[str, list] | None:
+        """The per-epoch curves of run ``name``'s ``method`` (``curves.json``: :func:`bkd_core.metrics.epoch_curves`),
+        read safely; None for a run without them (one trained by older code, or a method that trains nothing)."""
+        path = self.run_dir(name) / str(method) / METHOD_CURVES
+        if not lexists(path):
+            return None
+        curves = read_run_json(path)
+        if not isinstance(curves, dict):
+            raise DamagedFileError(f"{path} holds a {type(curves).__name__}, not a run's curves; {_FIX}")
+        return curves
+
+    def method_tipping_scores(self, name: str, method: str = "bkd") -> tuple[np.ndarray, np.ndarray] | None:
+        """The detection's agreement scores (float32 [N]) and the truth (bool [N], mislabelled) of run ``name``'s
+        ``method`` at its tipping epoch, read safely; None for a run without them."""
+        path = self.run_dir(name) / str(method) / METHOD_TIPPING_SCORES
+        if not lexists(path):
+            return None
+        return decode_tipping_scores(load_run_arrays(path), path)
 
     def is_finished(self, name: str, methods: Sequence[str]) -> bool:
         """Does run ``name`` have a readable :data:`METRICS` whose ``methods`` hold every method of ``methods``, none

@@ -237,9 +237,9 @@ class TimeLeft:
 
 def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None, device: str = "auto") -> "BKDConfig":
     """The configuration one run of a batch trains with: ``profile`` with ``overrides`` and the run's seed."""
-    from ..config import get_profile
+    from ..config import resolve
 
-    return get_profile(profile, seed=int(seed), device=device, **(overrides or {}))
+    return resolve(profile, {**(overrides or {}), "seed": int(seed), "device": device})
 
 
 def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
@@ -479,10 +479,10 @@ def _run_batch_locked(specs: Sequence[RunSpec], options: BatchOptions, jobs: int
 
 
 def _profile_epochs(options: BatchOptions) -> int | None:
-    from ..config import get_profile
+    from ..config import resolve
 
     try:
-        return get_profile(options.profile, **options.overrides).epochs
+        return resolve(options.profile, options.overrides).epochs
     except (ValueError, TypeError):
         return None
 
