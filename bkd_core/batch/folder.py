@@ -175,24 +175,21 @@ class BatchFolder:
 
     def method_metrics(self, name: str, method: str) -> dict[str, Any] | None:
         """The ``metrics.json`` of run ``name``'s own folder of ``method``, read safely; None without one."""
-        path = self.run_dir(name) / str(method) / METHOD_METRICS
-        if not lexists(path):
-            return None
-        own = read_run_json(path)
-        if not isinstance(own, dict):
-            raise DamagedFileError(f"{path} holds a {type(own).__name__}, not a method's metrics; {_FIX}")
-        return own
+        return self._method_json(name, method, METHOD_METRICS, "a method's metrics")
 
     def method_curves(self, name: str, method: str) -> dict[str, list] | None:
         """The per-epoch curves of run ``name``'s ``method`` (``curves.json``: :func:`bkd_core.metrics.epoch_curves`),
         read safely; None for a run without them (one trained by older code, or a method that trains nothing)."""
-        path = self.run_dir(name) / str(method) / METHOD_CURVES
+        return self._method_json(name, method, METHOD_CURVES, "a run's curves")
+
+    def _method_json(self, name: str, method: str, file: str, what: str) -> dict[str, Any] | None:
+        path = self.run_dir(name) / str(method) / file
         if not lexists(path):
             return None
-        curves = read_run_json(path)
-        if not isinstance(curves, dict):
-            raise DamagedFileError(f"{path} holds a {type(curves).__name__}, not a run's curves; {_FIX}")
-        return curves
+        data = read_run_json(path)
+        if not isinstance(data, dict):
+            raise DamagedFileError(f"{path} holds a {type(data).__name__}, not {what}; {_FIX}")
+        return data
 
     def method_tipping_scores(self, name: str, method: str = "bkd") -> tuple[np.ndarray, np.ndarray] | None:
         """The detection's agreement scores (float32 [N]) and the truth (bool [N], mislabelled) of run ``name``'s
