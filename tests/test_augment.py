@@ -1,7 +1,7 @@
 """Tests of bkd_core.augment against references built from torch.nn.functional.pad, slicing and flip.
 
-method.md section 2: CIFAR-10 flips, then takes a 32x32 random crop of the 4-pixel *reflect*-padded
-image; CIFAR-100 takes the crop of the *zero*-padded image, then flips.
+The official CIFAR-10 pipeline (blind_knowledge_dist_training.py) flips, then takes a 32x32 random crop of
+the 4-pixel *reflect*-padded image; CIFAR-100 takes the crop of the *zero*-padded image, then flips.
 """
 
 from __future__ import annotations

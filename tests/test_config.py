@@ -1,4 +1,4 @@
-"""Tests of bkd_core.config: defaults = method.md section 2, validation, round trips, fingerprints, profiles."""
+"""Tests of bkd_core.config: the official defaults, validation, round trips, fingerprints, profiles."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bkd_core.config import CNN, CPU, FEATURES, PAPER, PROFILES, BKDConfig, get_
 
 def test_defaults_are_the_official_settings():
     c = BKDConfig()
-    # method.md section 2
+    # the official code's settings (blind_knowledge_dist_training.py)
     assert c.model == "preresnet18"
     assert (c.lr, c.momentum, c.weight_decay) == (0.02, 0.9, 5e-4)
     assert (c.lr_step, c.lr_gamma) == (150, 0.1)
@@ -25,7 +25,7 @@ def test_defaults_are_the_official_settings():
     assert c.otsu_bins == 1000 and c.otsu_criterion == "bkd"
     assert c.noisy_groups == (4,)
     assert c.train_size is None and c.test_size is None and c.augment is True
-    # the official code's quirks are on by default (method.md section 3)
+    # the official code's quirks are on by default (the book's chapter 08)
     assert c.detach_teacher is False and c.detach_robust_target is False
     assert c.loss_reduction == "official" and c.score_views == "augmented"
     assert c.tipping_fallback is None

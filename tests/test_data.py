@@ -775,7 +775,7 @@ REAL = pytest.mark.skipif(
     reason="BKD_DATA_DIR is unset: point it at a folder with the CIFAR-10 images and both CIFAR-N label files",
 )
 
-# method.md section 4: noise rate of each split (fraction of labels != clean_label)
+# the CIFAR-N paper's (Wei et al., 2022) noise rate of each split (fraction of labels != clean_label)
 REAL_RATES = {
     "cifar10": {
         "clean": 0.0, "aggre": 0.0901, "rand1": 0.1723, "rand2": 0.1812, "rand3": 0.1764, "worst": 0.4021,

@@ -1,4 +1,4 @@
-"""Tests of bkd_core.method, each against an independent computation (method.md sections 2-3)."""
+"""Tests of bkd_core.method, each against an independent computation (the official formulas)."""
 
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ RISE_FALL = [0.20, 0.35, 0.50, 0.62, 0.70, 0.68, 0.66, 0.69, 0.64]
 
 
 def _official_rule(x):
-    """method.md: first i >= 2 with x[i] > x[i-2], x[i-1], x[i+1], x[i+2]; needs >= 6 values."""
+    """The official rule: first i >= 2 with x[i] > x[i-2], x[i-1], x[i+1], x[i+2]; needs >= 6 values."""
     if len(x) < 6:
         return None
     for i in range(2, len(x) - 2):
@@ -455,7 +455,7 @@ def _bimodal(n: int, seed: int, noisy_fraction: float = 0.3) -> np.ndarray:
 
 
 def _brute_force_otsu(scores: np.ndarray, bins: int, floor: float, criterion: str = "bkd"):
-    """Straight from method.md, one split at a time (no cumulative sums)."""
+    """Straight from the official Otsu criterion, one split at a time (no cumulative sums)."""
     hist, _ = np.histogram(scores, bins=bins, range=(0, 1))
     values = np.arange(bins) / bins  # bin left edges
     mu = scores.mean()

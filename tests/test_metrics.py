@@ -1,4 +1,4 @@
-"""Tests of bkd_core.metrics against scikit-learn and the numbers of method.md section 5."""
+"""Tests of bkd_core.metrics against scikit-learn and the published flag-all F1 numbers."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_detection_scores_rejects_bad_masks():
         detection_scores(np.zeros((2, 3), bool), np.zeros((2, 3), bool))
 
 
-# method.md section 5: aggre 16.5, rand1 29.4, worst 57.4. It also lists C100N as 57.4, but its own
+# the published flag-all F1: aggre 16.5, rand1 29.4, worst 57.4. It also lists C100N as 57.4, but its own
 # C100N noise rate (40.20%, which the label file confirms: exactly 0.4020) gives 57.35 -> 57.3.
 @pytest.mark.parametrize("rate,percent", [(0.0901, 16.5), (0.1723, 29.4), (0.4021, 57.4),
                                           (0.4020, 57.3), (0.0, 0.0), (1.0, 100.0)])

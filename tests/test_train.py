@@ -154,7 +154,7 @@ def test_checkpoint_seconds_and_the_final_checkpoint(tiny_data, tmp_path, monkey
 
 
 def test_checkpoint_is_loaded_on_the_cpu_whatever_the_device(tiny_data, tmp_path, monkeypatch):
-    """Defect 1 of issue 15: a checkpoint loaded with ``map_location=<cuda device>`` put the generator's
+    """A checkpoint loaded with ``map_location=<cuda device>`` put the generator's
     state on the GPU, and ``Generator.set_state`` takes only a CPU byte tensor. The load must ask for the
     CPU, and every tensor it returns must be there; the generator state then round-trips."""
     import bkd_core.rundir as rundir_module
