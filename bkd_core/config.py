@@ -186,8 +186,10 @@ class BKDConfig:
     def resolved_device(self) -> torch.device:
         """``device`` with ``"auto"`` resolved: CUDA when present, else the CPU.
 
-        Raises:
-            ValueError: a CUDA device was asked for that this machine does not have.
+        Raises
+        ------
+        ValueError
+            a CUDA device was asked for that this machine does not have.
         """
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -318,20 +318,28 @@ def load_cifar_n_labels(path: str | os.PathLike, dataset: str | None = None) -> 
     ``ndarray`` and the numeric dtypes are allow-listed (all that the release's files pickle), so no arbitrary
     object is ever unpickled.
 
-    Args:
-        path: the ``.pt`` file.
-        dataset: ``"cifar10"`` / ``"cifar100"``; ``None`` infers it from the keys.
+    Parameters
+    ----------
+    path : str | os.PathLike
+        the ``.pt`` file.
+    dataset : str | None
+        ``"cifar10"`` / ``"cifar100"``; ``None`` infers it from the keys.
 
-    Returns:
+    Returns
+    -------
+    dict[str, np.ndarray]
         ``{key: int64 array [50000]}``: for CIFAR-10 ``clean_label``, ``aggre_label``,
         ``worse_label``, ``random_label1..3`` (values in [0, 10)); for CIFAR-100 ``clean_label``,
         ``noisy_label`` (fine, [0, 100)) and, when present, ``clean_coarse_label``,
         ``noisy_coarse_label`` ([0, 20)). Other keys are dropped.
 
-    Raises:
-        DataNotFoundError: the file does not exist.
-        DataError: unreadable/truncated file, disallowed objects in the pickle, not a dict,
-            missing keys, wrong length or dtype, labels out of range.
+    Raises
+    ------
+    DataNotFoundError
+        the file does not exist.
+    DataError
+        unreadable/truncated file, disallowed objects in the pickle, not a dict,
+        missing keys, wrong length or dtype, labels out of range.
     """
     path = Path(path)
     ds = canonical_dataset(dataset) if dataset is not None else None
@@ -493,20 +501,32 @@ def _load_images(data_dir: Path, dataset: str, source: str) -> tuple[dict[str, n
 class NoisyCIFAR:
     """A CIFAR training set with one CIFAR-N label split, plus the clean test set.
 
-    Attributes:
-        train_images: uint8 [N, 32, 32, 3], HWC RGB in [0, 255].
-        train_labels: int64 [N], the split's (noisy) labels in [0, num_classes).
-        clean_labels: int64 [N], the original CIFAR labels.
-        test_images: uint8 [T, 32, 32, 3] (T = 10,000 for real data).
-        test_labels: int64 [T].
-        num_classes: 10 or 100.
-        dataset: ``"cifar10"`` or ``"cifar100"``.
-        split: canonical split name (see :data:`CIFAR10_SPLITS`, :data:`CIFAR100_SPLITS`).
-        indices: int64 [N], each row's position in the full 50,000-image training set
-            (``arange(N)`` for the full set; defaults to that when not given).
-        train_features, test_features: optional float32 [N, D] / [T, D] label-free feature vectors of
-            the images (``bkd_core.features.with_features``), carried along by :meth:`subset`.
-        feature_key: the fingerprint of the feature settings that produced them.
+    Attributes
+    ----------
+    train_images : np.ndarray
+        uint8 [N, 32, 32, 3], HWC RGB in [0, 255].
+    train_labels : np.ndarray
+        int64 [N], the split's (noisy) labels in [0, num_classes).
+    clean_labels : np.ndarray
+        int64 [N], the original CIFAR labels.
+    test_images : np.ndarray
+        uint8 [T, 32, 32, 3] (T = 10,000 for real data).
+    test_labels : np.ndarray
+        int64 [T].
+    num_classes : int
+        10 or 100.
+    dataset : str
+        ``"cifar10"`` or ``"cifar100"``.
+    split : str
+        canonical split name (see :data:`CIFAR10_SPLITS`, :data:`CIFAR100_SPLITS`).
+    indices : np.ndarray | None
+        int64 [N], each row's position in the full 50,000-image training set
+        (``arange(N)`` for the full set; defaults to that when not given).
+    train_features, test_features : np.ndarray | None
+        optional float32 [N, D] / [T, D] label-free feature vectors of
+        the images (``bkd_core.features.with_features``), carried along by :meth:`subset`.
+    feature_key : str | None
+        the fingerprint of the feature settings that produced them.
     """
 
     train_images: np.ndarray
@@ -575,8 +595,10 @@ class NoisyCIFAR:
         Rows stay in their original order (sorted indices); ``indices`` maps them back to the full
         training set. ``size`` None or >= N returns ``self``. Same (size, seed) -> same subset.
 
-        Raises:
-            ValueError: ``size`` is not a positive integer.
+        Raises
+        ------
+        ValueError
+            ``size`` is not a positive integer.
         """
         n = len(self)
         if size is None:
@@ -791,12 +813,16 @@ def download(dataset: str, root: str | os.PathLike | None = None) -> Path:
     an interrupted download leaves the data folder as it was. A second process fetching into the same folder
     waits for the first.
 
-    Returns:
+    Returns
+    -------
+    Path
         The data folder (see :func:`resolve_data_dir`), created if needed.
 
-    Raises:
-        DataError: a download failed, or something not made by bkd_core is in the way (the message says what
-            to do).
+    Raises
+    ------
+    DataError
+        a download failed, or something not made by bkd_core is in the way (the message says what
+        to do).
     """
     ds = canonical_dataset(dataset)
     return _download(ds, _data_folder(root))
@@ -809,11 +835,15 @@ def download_labels(dataset: str, root: str | os.PathLike | None = None) -> Path
     introduction shows CIFAR-100N's without its images). Validated and written atomically as in
     :func:`download`; a valid file already there is kept.
 
-    Returns:
+    Returns
+    -------
+    Path
         The path of the label file.
 
-    Raises:
-        DataError: the download failed or is not a valid label file (the message says how to get it).
+    Raises
+    ------
+    DataError
+        the download failed or is not a valid label file (the message says how to get it).
     """
     ds = canonical_dataset(dataset)
     data_dir = _data_folder(root)
@@ -898,23 +928,34 @@ def load_cifar_n(
 ) -> NoisyCIFAR:
     """Load CIFAR-10/100 with one CIFAR-N label split.
 
-    Args:
-        dataset: ``"cifar10"`` or ``"cifar100"``.
-        split: ``clean aggre rand1 rand2 rand3 worst`` (CIFAR-10) or ``clean100 noisy100``
-            (CIFAR-100), or the label-file key (``"worse_label"``...).
-        root: data folder; default ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
-        download: fetch missing files first (see :func:`download`).
+    Parameters
+    ----------
+    dataset : str
+        ``"cifar10"`` or ``"cifar100"``.
+    split : str
+        ``clean aggre rand1 rand2 rand3 worst`` (CIFAR-10) or ``clean100 noisy100``
+        (CIFAR-100), or the label-file key (``"worse_label"``...).
+    root : str | os.PathLike | None
+        data folder; default ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
+    download : bool
+        fetch missing files first (see :func:`download`).
 
-    Returns:
+    Returns
+    -------
+    NoisyCIFAR
         A :class:`NoisyCIFAR` with the full training set (N = 50,000, ``indices = arange(N)``).
         ``train_images`` uint8 [50000, 32, 32, 3]; labels int64; ``test_*`` [10000].
 
-    Raises:
-        ValueError: unknown dataset or split (lists the valid ones).
-        DataNotFoundError: images or label file missing (says where it looked and how to get them).
-        DataError: a file is corrupt, truncated, has wrong keys/shape/dtype/length, labels out of
-            range, or the label file's ``clean_label`` differs from the images' own labels
-            (a misordered copy).
+    Raises
+    ------
+    ValueError
+        unknown dataset or split (lists the valid ones).
+    DataNotFoundError
+        images or label file missing (says where it looked and how to get them).
+    DataError
+        a file is corrupt, truncated, has wrong keys/shape/dtype/length, labels out of
+        range, or the label file's ``clean_label`` differs from the images' own labels
+        (a misordered copy).
     """
     ds = canonical_dataset(dataset)
     sp = canonical_split(ds, split)
@@ -1002,8 +1043,10 @@ def train_val_split(n: int, val_ratio: float, seed: int) -> tuple[np.ndarray, np
     permutation. Returns ``(train_idx, val_idx)``: sorted, disjoint int64 arrays covering
     ``range(n)``. ``val_ratio = 0`` gives all of ``range(n)`` and an empty validation set.
 
-    Raises:
-        ValueError: ``n`` < 0 or ``val_ratio`` outside [0, 1).
+    Raises
+    ------
+    ValueError
+        ``n`` < 0 or ``val_ratio`` outside [0, 1).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")

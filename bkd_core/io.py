@@ -83,9 +83,11 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` to ``path`` atomically.
 
-    Raises:
-        OSError: ENOSPC (naming ``path``) when the file system has no room for it: ``torch.save`` itself
-            reports a full disk as a ``RuntimeError`` from its zip writer, not as an ``OSError``.
+    Raises
+    ------
+    OSError
+        ENOSPC (naming ``path``) when the file system has no room for it: ``torch.save`` itself
+        reports a full disk as a ``RuntimeError`` from its zip writer, not as an ``OSError``.
     """
     with atomic_path(path) as tmp:
         try:
@@ -128,9 +130,11 @@ def check_writable_folder(folder: str | os.PathLike, *, chosen_by: str, fix: str
     ``chosen_by`` says what chose the folder (``"$BKD_FEATURE_CACHE"``) and ``fix`` how to choose
     another (``"set BKD_FEATURE_CACHE to a folder you can write to"``), for the message.
 
-    Raises:
-        FolderNotWritableError: it cannot be created or written; the message names the folder, the
-            reason and ``chosen_by``.
+    Raises
+    ------
+    FolderNotWritableError
+        it cannot be created or written; the message names the folder, the
+        reason and ``chosen_by``.
     """
     folder = Path(folder)
     try:

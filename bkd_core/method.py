@@ -112,20 +112,30 @@ def blind_distillation_loss(
     The label entry is masked out of the sum, so the gradient with respect to both networks'
     label logits is exactly zero: the student never sees the given label through this loss.
 
-    Args:
-        teacher_logits: float ``[B, C]``.
-        student_logits: float ``[B, C]``, same shape, dtype and device as ``teacher_logits``.
-        labels: int ``[B]`` in ``[0, C)`` (the given, possibly noisy labels).
-        detach_teacher: if True the teacher logits are detached and the gradient reaches the
-            student only. Default False = official (the teacher is also pulled to the student,
-            chapter 08, section 1).
-        reduction: ``"official"`` or ``"mean"``.
+    Parameters
+    ----------
+    teacher_logits : Tensor
+        float ``[B, C]``.
+    student_logits : Tensor
+        float ``[B, C]``, same shape, dtype and device as ``teacher_logits``.
+    labels : Tensor
+        int ``[B]`` in ``[0, C)`` (the given, possibly noisy labels).
+    detach_teacher : bool
+        if True the teacher logits are detached and the gradient reaches the
+        student only. Default False = official (the teacher is also pulled to the student,
+        chapter 08, section 1).
+    reduction : str
+        ``"official"`` or ``"mean"``.
 
-    Returns:
+    Returns
+    -------
+    Tensor
         A scalar tensor (>= 0) on the inputs' device.
 
-    Raises:
-        ValueError: unknown ``reduction``, shape mismatch, ``C < 2``, or (CPU) labels out of range.
+    Raises
+    ------
+    ValueError
+        unknown ``reduction``, shape mismatch, ``C < 2``, or (CPU) labels out of range.
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid options: {', '.join(_REDUCTIONS)}")
@@ -153,11 +163,16 @@ def agreement_probability(teacher_logits: Tensor, student_logits: Tensor) -> Ten
     distribution but does not underflow for large logits (the plain product of two softmaxes can
     be 0 in every class, giving 0/0).
 
-    Args:
-        teacher_logits: float ``[B, C]``.
-        student_logits: float ``[B, C]``.
+    Parameters
+    ----------
+    teacher_logits : Tensor
+        float ``[B, C]``.
+    student_logits : Tensor
+        float ``[B, C]``.
 
-    Returns:
+    Returns
+    -------
+    Tensor
         float ``[B, C]`` with entries in ``[0, 1]`` and rows summing to 1, on the inputs' device.
         Gradients flow to both inputs (detach them yourself when only scoring).
         The per-sample BKD score is ``agreement_probability(...)[i, labels[i]]``, and the
@@ -178,16 +193,23 @@ def robust_targets(
 ) -> Tensor:
     """Phase-2 soft targets: ``r = (1-a)*onehot(y) + a*p_S``; ``r = r**(1+a)``; ``r / r.sum(1)``.
 
-    Args:
-        labels: int ``[B]`` in ``[0, C)``.
-        student_probs: float ``[B, C]``, the student's softmax (rows sum to 1).
-        alpha: float ``[B]`` per-sample weight in ``[0, 1]`` (see :func:`group_alpha`), or a
-            Python float used for every sample. ``alpha = 0`` gives the one-hot label.
-        detach_student: if True the targets carry no gradient to ``student_probs``. Default False
-            = official (chapter 08, section 2: in phase 2 the student receives gradients through the
-            targets, which contain the label).
+    Parameters
+    ----------
+    labels : Tensor
+        int ``[B]`` in ``[0, C)``.
+    student_probs : Tensor
+        float ``[B, C]``, the student's softmax (rows sum to 1).
+    alpha : Tensor | float
+        float ``[B]`` per-sample weight in ``[0, 1]`` (see :func:`group_alpha`), or a
+        Python float used for every sample. ``alpha = 0`` gives the one-hot label.
+    detach_student : bool
+        if True the targets carry no gradient to ``student_probs``. Default False
+        = official (chapter 08, section 2: in phase 2 the student receives gradients through the
+        targets, which contain the label).
 
-    Returns:
+    Returns
+    -------
+    Tensor
         float ``[B, C]`` (dtype/device of ``student_probs``), entries in ``[0, 1]``, rows summing to 1.
     """
     if not isinstance(student_probs, Tensor) or student_probs.ndim != 2:
@@ -215,12 +237,17 @@ def robust_targets(
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy with soft targets: batch mean of ``-(targets * log_softmax(logits)).sum(1)``.
 
-    Args:
-        logits: float ``[B, C]``.
-        targets: float ``[B, C]``, rows are probability distributions (e.g. :func:`robust_targets`
-            or a one-hot label, for which this equals ``F.cross_entropy(logits, labels)``).
+    Parameters
+    ----------
+    logits : Tensor
+        float ``[B, C]``.
+    targets : Tensor
+        float ``[B, C]``, rows are probability distributions (e.g. :func:`robust_targets`
+        or a one-hot label, for which this equals ``F.cross_entropy(logits, labels)``).
 
-    Returns:
+    Returns
+    -------
+    Tensor
         A scalar tensor (>= 0 for valid targets). Gradients flow to both arguments.
     """
     if logits.ndim != 2 or logits.shape != targets.shape:
@@ -233,16 +260,24 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 class BKDStep:
     """Result of :func:`bkd_step` for a batch of ``B`` samples.
 
-    Attributes:
-        loss: scalar, ``cross_entropy + compensation``: what the SGD step minimises.
-        cross_entropy: scalar, the teacher's cross-entropy on the given labels (phase 1) or on the
-            robust targets (phase 2).
-        compensation: scalar, :func:`blind_distillation_loss`.
-        agreement: float ``[B]``, the agreement probability of the given label (no gradient).
-        teacher_p: float ``[B]``, the teacher's probability of the given label (no gradient).
-        student_p: float ``[B]``, the student's probability of the given label (no gradient).
-        student_confidence: float ``[B]``, the student's top probability (no gradient); its mean
-            over an epoch is the tipping rule's statistic.
+    Attributes
+    ----------
+    loss : Tensor
+        scalar, ``cross_entropy + compensation``: what the SGD step minimises.
+    cross_entropy : Tensor
+        scalar, the teacher's cross-entropy on the given labels (phase 1) or on the
+        robust targets (phase 2).
+    compensation : Tensor
+        scalar, :func:`blind_distillation_loss`.
+    agreement : Tensor
+        float ``[B]``, the agreement probability of the given label (no gradient).
+    teacher_p : Tensor
+        float ``[B]``, the teacher's probability of the given label (no gradient).
+    student_p : Tensor
+        float ``[B]``, the student's probability of the given label (no gradient).
+    student_confidence : Tensor
+        float ``[B]``, the student's top probability (no gradient); its mean
+        over an epoch is the tipping rule's statistic.
     """
 
     loss: Tensor
@@ -272,17 +307,27 @@ def bkd_step(
     without gradient from the same logits. The trainer (:class:`bkd_core.train.BKDTrainer`) and
     :func:`bkd_core.label_issues.find_label_issues` both call this.
 
-    Args:
-        teacher_logits: float ``[B, C]``.
-        student_logits: float ``[B, C]``.
-        labels: int ``[B]`` in ``[0, C)``, the given labels.
-        alpha: float ``[B]``, each sample's robust-target weight (phase 2, :func:`group_alpha`), or
-            None for phase 1.
-        detach_teacher: see :func:`blind_distillation_loss` (official False).
-        reduction: see :func:`blind_distillation_loss` (official ``"official"``).
-        detach_robust_target: see :func:`robust_targets`' ``detach_student`` (official False).
+    Parameters
+    ----------
+    teacher_logits : Tensor
+        float ``[B, C]``.
+    student_logits : Tensor
+        float ``[B, C]``.
+    labels : Tensor
+        int ``[B]`` in ``[0, C)``, the given labels.
+    alpha : Tensor | None
+        float ``[B]``, each sample's robust-target weight (phase 2, :func:`group_alpha`), or
+        None for phase 1.
+    detach_teacher : bool
+        see :func:`blind_distillation_loss` (official False).
+    reduction : str
+        see :func:`blind_distillation_loss` (official ``"official"``).
+    detach_robust_target : bool
+        see :func:`robust_targets`' ``detach_student`` (official False).
 
-    Returns:
+    Returns
+    -------
+    BKDStep
         :class:`BKDStep`.
     """
     compensation = blind_distillation_loss(teacher_logits, student_logits, labels, detach_teacher=detach_teacher,
@@ -315,17 +360,23 @@ def find_tipping_point(
     or None if there is none (too short, monotone, a plateau: equal values are not strictly
     greater, NaNs never win). The peak can only be seen ``window`` epochs after it happened.
 
-    Args:
-        values: the epoch statistics so far (the student's mean max probability), a sequence of
-            floats, 1-D tensor or array.
-        window: how many neighbours on each side must be smaller (official: 2), ``>= 1``.
-        min_length: return None while ``len(values) < min_length``. Default None means
-            ``2*window + 2``, which for ``window=2`` is the official rule "needs at least 6
-            epochs" (one more than the 5 values a window needs: a peak at index 2 is reported at
-            epoch 5, not 4). Pass 0 for the pure window rule.
+    Parameters
+    ----------
+    values : Sequence[float]
+        the epoch statistics so far (the student's mean max probability), a sequence of
+        floats, 1-D tensor or array.
+    window : int
+        how many neighbours on each side must be smaller (official: 2), ``>= 1``.
+    min_length : int | None
+        return None while ``len(values) < min_length``. Default None means
+        ``2*window + 2``, which for ``window=2`` is the official rule "needs at least 6
+        epochs" (one more than the 5 values a window needs: a peak at index 2 is reported at
+        epoch 5, not 4). Pass 0 for the pure window rule.
 
-    Raises:
-        ValueError: ``window < 1`` or ``min_length < 0``.
+    Raises
+    ------
+    ValueError
+        ``window < 1`` or ``min_length < 0``.
     """
     if isinstance(window, bool) or int(window) != window or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
@@ -381,17 +432,26 @@ def no_peak_fallback(
       statistic; rule ``"highest"``;
     - ``fallback=None`` (official): never; phase 2 does not start and nothing is flagged.
 
-    Args:
-        curve: the per-epoch statistic so far, ``[E]``.
-        window: the peak rule's window (the delay before a peak can be seen), ``>= 1``.
-        fallback: an integer ``>= 0`` (a 0-based epoch), ``"highest"`` or None.
-        final: True after the last epoch of training (no later call will come).
+    Parameters
+    ----------
+    curve : Sequence[float]
+        the per-epoch statistic so far, ``[E]``.
+    window : int
+        the peak rule's window (the delay before a peak can be seen), ``>= 1``.
+    fallback : int | Literal['highest'] | None
+        an integer ``>= 0`` (a 0-based epoch), ``"highest"`` or None.
+    final : bool
+        True after the last epoch of training (no later call will come).
 
-    Returns:
+    Returns
+    -------
+    TippingPoint | None
         :class:`TippingPoint`, or None while (or, with ``final``, because) no rule applies.
 
-    Raises:
-        ValueError: ``fallback`` is none of the above.
+    Raises
+    ------
+    ValueError
+        ``fallback`` is none of the above.
     """
     _check_fallback(fallback)
     if fallback == "highest":
@@ -421,18 +481,27 @@ def tipping_point(
        with a longer curve without a peak it returns None (unless ``final``), as the training loop
        never asks again after it fired.
 
-    Args:
-        curve: the per-epoch statistic so far (the student's mean max probability), ``[E]``: a
-            sequence of floats, 1-D tensor or array.
-        window: neighbours on each side that must be smaller (official 2), ``>= 1``.
-        fallback: see :func:`no_peak_fallback`; None (official) means phase 2 may never start.
-        final: True after the last epoch of training.
+    Parameters
+    ----------
+    curve : Sequence[float]
+        the per-epoch statistic so far (the student's mean max probability), ``[E]``: a
+        sequence of floats, 1-D tensor or array.
+    window : int
+        neighbours on each side that must be smaller (official 2), ``>= 1``.
+    fallback : int | Literal['highest'] | None
+        see :func:`no_peak_fallback`; None (official) means phase 2 may never start.
+    final : bool
+        True after the last epoch of training.
 
-    Returns:
+    Returns
+    -------
+    TippingPoint | None
         :class:`TippingPoint`, or None while neither rule fires.
 
-    Raises:
-        ValueError: ``window < 1`` (from :func:`find_tipping_point`) or a bad ``fallback``.
+    Raises
+    ------
+    ValueError
+        ``window < 1`` (from :func:`find_tipping_point`) or a bad ``fallback``.
     """
     _check_fallback(fallback)
     peak = find_tipping_point(curve, window)
@@ -505,20 +574,29 @@ def otsu_split(
     Vectorized with cumulative sums over the histogram (O(N + bins)); the scores are copied to
     the host as float64 numpy (this runs once per training run, so the transfer is irrelevant).
 
-    Args:
-        scores: 1-D tensor (any device, any float dtype), array or sequence, values in ``[0, 1]``.
-        bins: number of histogram bins (official 1000), ``>= 5``.
-        criterion: ``"bkd"`` (official) or ``"classic"``.
-        variance_floor: lower clamp of each class variance (official 1e-5, see
-            :data:`OTSU_VARIANCE_FLOOR`); 0 disables it.
+    Parameters
+    ----------
+    scores
+        1-D tensor (any device, any float dtype), array or sequence, values in ``[0, 1]``.
+    bins : int
+        number of histogram bins (official 1000), ``>= 5``.
+    criterion : str
+        ``"bkd"`` (official) or ``"classic"``.
+    variance_floor : float
+        lower clamp of each class variance (official 1e-5, see
+        :data:`OTSU_VARIANCE_FLOOR`); 0 disables it.
 
-    Returns:
+    Returns
+    -------
+    OtsuSplit
         :class:`OtsuSplit` of the chosen split.
 
-    Raises:
-        ValueError: empty scores, NaN, values outside ``[0, 1]``, bad ``bins``/``criterion``, or no
-            split leaves both classes non-empty (all scores within bins ``< 2`` or ``>= bins-2``, or
-            in a single bin).
+    Raises
+    ------
+    ValueError
+        empty scores, NaN, values outside ``[0, 1]``, bad ``bins``/``criterion``, or no
+        split leaves both classes non-empty (all scores within bins ``< 2`` or ``>= bins-2``, or
+        in a single bin).
     """
     if criterion not in _CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; valid options: {', '.join(_CRITERIA)}")
@@ -585,11 +663,16 @@ def assign_groups(scores, split: OtsuSplit) -> Tensor:
     Comparisons are made in the scores' own dtype (a float32 score equal to ``float32(t)`` is
     ``>= t``), as in the official code.
 
-    Args:
-        scores: float ``[N]`` in ``[0, 1]`` (tensor on any device, or array).
-        split: the result of :func:`otsu_split`.
+    Parameters
+    ----------
+    scores
+        float ``[N]`` in ``[0, 1]`` (tensor on any device, or array).
+    split : OtsuSplit
+        the result of :func:`otsu_split`.
 
-    Returns:
+    Returns
+    -------
+    Tensor
         int64 ``[N]`` with values in ``{1, 2, 3, 4}``, on the scores' device (CPU for arrays).
     """
     p = scores if isinstance(scores, Tensor) else torch.as_tensor(np.asarray(scores))
@@ -607,11 +690,16 @@ def assign_groups(scores, split: OtsuSplit) -> Tensor:
 def group_alpha(groups: Tensor, alphas: Sequence[float] = GROUP_ALPHAS) -> Tensor:
     """Per-sample alpha of the groups: group ``g`` (1..4) gets ``alphas[g - 1]``.
 
-    Args:
-        groups: int ``[N]`` in ``{1, .., len(alphas)}`` (from :func:`assign_groups`).
-        alphas: alpha of G1..G4, each in ``[0, 1]`` (official ``(0.30, 0.45, 0.55, 0.70)``).
+    Parameters
+    ----------
+    groups : Tensor
+        int ``[N]`` in ``{1, .., len(alphas)}`` (from :func:`assign_groups`).
+    alphas : Sequence[float]
+        alpha of G1..G4, each in ``[0, 1]`` (official ``(0.30, 0.45, 0.55, 0.70)``).
 
-    Returns:
+    Returns
+    -------
+    Tensor
         float32 ``[N]`` on the groups' device. Compute it once for the whole training set and index
         it per batch (this function checks the group values, which needs a host sync).
     """
@@ -634,12 +722,17 @@ def group_alpha(groups: Tensor, alphas: Sequence[float] = GROUP_ALPHAS) -> Tenso
 class Detection:
     """Result of :func:`detect` on ``N`` scores.
 
-    Attributes:
-        split: the :class:`OtsuSplit` of the scores.
-        groups: int64 ``[N]`` numpy array in ``{1, 2, 3, 4}`` (:func:`assign_groups`).
-        label_issues: bool ``[N]``, True for samples whose group is in ``noisy_groups`` (official:
-            G4 only, chapter 08, section 10).
-        below_threshold: bool ``[N]``, ``scores < split.threshold`` (G3 and G4).
+    Attributes
+    ----------
+    split : OtsuSplit
+        the :class:`OtsuSplit` of the scores.
+    groups : np.ndarray
+        int64 ``[N]`` numpy array in ``{1, 2, 3, 4}`` (:func:`assign_groups`).
+    label_issues : np.ndarray
+        bool ``[N]``, True for samples whose group is in ``noisy_groups`` (official:
+        G4 only, chapter 08, section 10).
+    below_threshold : np.ndarray
+        bool ``[N]``, ``scores < split.threshold`` (G3 and G4).
     """
 
     split: OtsuSplit
@@ -667,20 +760,29 @@ def detect(
     scores < split.threshold``. The comparisons are made in the scores' own dtype (as in
     :func:`assign_groups`): pass float64 scores for float64 comparisons.
 
-    Args:
-        scores: float ``[N]`` in ``[0, 1]``, the agreement probabilities of the given labels (1-D
-            tensor on any device, array or sequence; bfloat16 tensors are compared in float32).
-        bins: Otsu histogram bins (official 1000), ``>= 5``.
-        criterion: ``"bkd"`` (official) or ``"classic"``, see :func:`otsu_split`.
-        noisy_groups: the groups reported as label issues, a non-empty subset of ``1..4`` (or one
-            group); official ``(4,)``.
+    Parameters
+    ----------
+    scores
+        float ``[N]`` in ``[0, 1]``, the agreement probabilities of the given labels (1-D
+        tensor on any device, array or sequence; bfloat16 tensors are compared in float32).
+    bins : int
+        Otsu histogram bins (official 1000), ``>= 5``.
+    criterion : str
+        ``"bkd"`` (official) or ``"classic"``, see :func:`otsu_split`.
+    noisy_groups : int | Sequence[int]
+        the groups reported as label issues, a non-empty subset of ``1..4`` (or one
+        group); official ``(4,)``.
 
-    Returns:
+    Returns
+    -------
+    Detection
         :class:`Detection` with numpy arrays on the host.
 
-    Raises:
-        ValueError: bad ``noisy_groups``, or anything :func:`otsu_split` rejects (empty, NaN or
-            out-of-range scores, bad ``bins`` or ``criterion``, no valid split).
+    Raises
+    ------
+    ValueError
+        bad ``noisy_groups``, or anything :func:`otsu_split` rejects (empty, NaN or
+        out-of-range scores, bad ``bins`` or ``criterion``, no valid split).
     """
     groups_wanted = (noisy_groups,) if isinstance(noisy_groups, int) else tuple(noisy_groups)
     if not groups_wanted or any(isinstance(g, bool) or g not in (1, 2, 3, 4) for g in groups_wanted):

@@ -26,17 +26,24 @@ def _as_bool_array(mask, name: str) -> np.ndarray:
 def detection_scores(predicted_noisy, is_noisy) -> dict[str, float]:
     """Precision, recall and F1 of a predicted noisy-label mask.
 
-    Args:
-        predicted_noisy: bool ``[N]`` (numpy or torch, any device; 0/1 integers accepted), True
-            for samples flagged as mislabelled.
-        is_noisy: bool ``[N]``, the truth (``noisy_label != clean_label``).
+    Parameters
+    ----------
+    predicted_noisy
+        bool ``[N]`` (numpy or torch, any device; 0/1 integers accepted), True
+        for samples flagged as mislabelled.
+    is_noisy
+        bool ``[N]``, the truth (``noisy_label != clean_label``).
 
-    Returns:
+    Returns
+    -------
+    dict[str, float]
         ``{"precision", "recall", "f1"}``, Python floats in ``[0, 1]``. A ratio whose denominator is
         zero (nothing flagged, nothing noisy) is 0.0, as ``sklearn``'s ``zero_division=0``.
 
-    Raises:
-        ValueError: masks of different lengths, not 1-D, or non-boolean values.
+    Raises
+    ------
+    ValueError
+        masks of different lengths, not 1-D, or non-boolean values.
     """
     pred = _as_bool_array(predicted_noisy, "predicted_noisy")
     truth = _as_bool_array(is_noisy, "is_noisy")
@@ -79,8 +86,10 @@ def flag_all_f1(noise_rate: float) -> float:
     (Precision is ``r``, recall 1.) The baseline every detector must beat: for CIFAR-10N aggre
     (r = 0.0901) it is 0.165, for worst (r = 0.4021) 0.574.
 
-    Args:
-        noise_rate: fraction ``r`` of mislabelled samples, in ``[0, 1]``.
+    Parameters
+    ----------
+    noise_rate : float
+        fraction ``r`` of mislabelled samples, in ``[0, 1]``.
     """
     r = float(noise_rate)
     if not 0.0 <= r <= 1.0:
@@ -95,16 +104,23 @@ def ranking_auc(quality, is_noisy) -> float:
     clean one (ties count half). Unlike F1 it needs no threshold, so it compares the scores of
     detectors that flag different amounts: 0.5 is chance, 1.0 a perfect ranking.
 
-    Args:
-        quality: float ``[N]`` (numpy or torch), low = likely mislabelled (BKD's agreement
-            probability, cleanlab's label quality).
-        is_noisy: bool ``[N]``, the truth (``noisy_label != clean_label``).
+    Parameters
+    ----------
+    quality
+        float ``[N]`` (numpy or torch), low = likely mislabelled (BKD's agreement
+        probability, cleanlab's label quality).
+    is_noisy
+        bool ``[N]``, the truth (``noisy_label != clean_label``).
 
-    Returns:
+    Returns
+    -------
+    float
         A Python float in ``[0, 1]``; NaN when every sample is clean or every sample is noisy.
 
-    Raises:
-        ValueError: arrays of different lengths, not 1-D, non-boolean truth or non-finite scores.
+    Raises
+    ------
+    ValueError
+        arrays of different lengths, not 1-D, non-boolean truth or non-finite scores.
     """
     from sklearn.metrics import roc_auc_score
 

@@ -55,15 +55,21 @@ def normalized_source(source: str) -> str:
 def code_hash(package_dir: str | os.PathLike | None = None, modules: Sequence[str] = TRAINING_MODULES) -> str:
     """A 12-digit hex hash of the training code: the normalised sources of ``modules`` in ``package_dir``.
 
-    Args:
-        package_dir: folder holding the modules; None means this ``bkd_core`` package.
-        modules: module paths relative to ``package_dir``, without ``.py`` (e.g. ``"detectors/knn"``);
-            those without a file in ``package_dir`` are skipped, so adding an optional module later
-            changes the hash once, when it appears.
+    Parameters
+    ----------
+    package_dir : str | os.PathLike | None
+        folder holding the modules; None means this ``bkd_core`` package.
+    modules : Sequence[str]
+        module paths relative to ``package_dir``, without ``.py`` (e.g. ``"detectors/knn"``);
+        those without a file in ``package_dir`` are skipped, so adding an optional module later
+        changes the hash once, when it appears.
 
-    Raises:
-        FileNotFoundError: none of ``modules`` exists in ``package_dir``.
-        SyntaxError: a module does not parse.
+    Raises
+    ------
+    FileNotFoundError
+        none of ``modules`` exists in ``package_dir``.
+    SyntaxError
+        a module does not parse.
     """
     folder = Path(package_dir).resolve() if package_dir is not None else PACKAGE_DIR
     return _code_hash(str(folder), tuple(modules), *(_mtime(folder / f"{m}.py") for m in modules))

@@ -55,8 +55,10 @@ def decode_tipping_scores(arrays: dict[str, np.ndarray], path: str | os.PathLike
     """``tipping_scores.npz``'s arrays -> (agreement float32 [N], is_noisy bool [N]); the one reader of its format
     (written by :meth:`RunDir.save_outputs`: float16 scores, the truth packed into bits, the count).
 
-    Raises:
-        DamagedFileError: arrays missing or of the wrong shapes (names ``path``).
+    Raises
+    ------
+    DamagedFileError
+        arrays missing or of the wrong shapes (names ``path``).
     """
     try:
         n = int(arrays["num_samples"])
@@ -84,9 +86,12 @@ def refused_global(exc: BaseException) -> str | None:
 def safe_torch_load(path: Path, *, what: str, fix: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU with errors that name the file.
 
-    Raises:
-        UnsafeFileError: the pickle names a global other than tensors and plain data (it would run code).
-        DamagedFileError: empty, truncated or not a ``torch.save`` file.
+    Raises
+    ------
+    UnsafeFileError
+        the pickle names a global other than tensors and plain data (it would run code).
+    DamagedFileError
+        empty, truncated or not a ``torch.save`` file.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -110,9 +115,11 @@ def _open_lock_file(path: Path) -> int | None:
     """A descriptor of the lock file ``path``, created if missing, opened without following a link;
     None when the folder cannot be written (no lock is needed to read it).
 
-    Raises:
-        RunDirError: ``path`` is a symbolic link, a hard link to another file, a folder, a FIFO, a socket
-            or a device: never a file bkd_core made, and writing through it could change a file elsewhere.
+    Raises
+    ------
+    RunDirError
+        ``path`` is a symbolic link, a hard link to another file, a folder, a FIFO, a socket
+        or a device: never a file bkd_core made, and writing through it could change a file elsewhere.
     """
     def refused(what: str) -> RunDirError:
         return RunDirError(f"{path} is not a regular file ({what}); bkd_core only ever creates a plain file "
@@ -143,9 +150,11 @@ def folder_lock(folder: Path, *, busy: str = "is writing to", resume: bool = Fal
     cannot be written (nothing to lock). The file is opened without following links and never truncated:
     the holder's pid is written over its first line.
 
-    Raises:
-        RunDirError: another process holds the lock (the message names its pid, ``busy`` says what it does,
-            ``resume`` adds that a rerun resumes), or ``.lock`` is not a regular file (:func:`_open_lock_file`).
+    Raises
+    ------
+    RunDirError
+        another process holds the lock (the message names its pid, ``busy`` says what it does,
+        ``resume`` adds that a rerun resumes), or ``.lock`` is not a regular file (:func:`_open_lock_file`).
     """
     try:
         import fcntl
@@ -191,9 +200,11 @@ class RunDir:
         ``fingerprint`` maps a stored configuration dict to its fingerprint: with it, a
         ``config.json`` whose settings were edited after the run wrote it is refused.
 
-        Raises:
-            RunDirError: the path is a file, the folder belongs to another run or was edited, or
-                another process is writing to it.
+        Raises
+        ------
+        RunDirError
+            the path is a file, the folder belongs to another run or was edited, or
+            another process is writing to it.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} is a file, not a folder; "
@@ -214,8 +225,10 @@ class RunDir:
     def lock(self) -> Iterator["RunDir"]:
         """Hold the folder's writer lock (creating the folder) without checking an identity.
 
-        Raises:
-            RunDirError: the path is a file, or another process holds the lock.
+        Raises
+        ------
+        RunDirError
+            the path is a file, or another process holds the lock.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} is a file, not a folder; pass a folder path")
@@ -318,10 +331,14 @@ class RunDir:
     def load_checkpoint(self, identity: dict[str, Any]) -> dict[str, Any] | None:
         """The checkpoint's state (tensors on the CPU), or None if there is none.
 
-        Raises:
-            UnsafeFileError: the checkpoint would run code.
-            DamagedFileError: it is damaged or not a checkpoint of this code.
-            RunDirError: it belongs to another run.
+        Raises
+        ------
+        UnsafeFileError
+            the checkpoint would run code.
+        DamagedFileError
+            it is damaged or not a checkpoint of this code.
+        RunDirError
+            it belongs to another run.
         """
         path = self.path / CHECKPOINT
         if not path.exists():
@@ -348,8 +365,10 @@ class RunDir:
     def load_epoch(self, epoch: int) -> dict[str, np.ndarray]:
         """Per-sample arrays of epoch ``epoch`` (0-based).
 
-        Raises:
-            DamagedFileError: the file is missing or damaged (the run cannot be finished from it).
+        Raises
+        ------
+        DamagedFileError
+            the file is missing or damaged (the run cannot be finished from it).
         """
         path = self.epoch_file(epoch)
         fix = (f"the run's scores of that epoch are lost: delete {self.path} (or its checkpoint.pt and "
@@ -420,8 +439,10 @@ class RunDir:
         """The detection's agreement scores (float32 [N]) and which samples are mislabelled (bool [N]) from
         ``tipping_scores.npz``, or None when the run wrote none (no tipping point, or an older run).
 
-        Raises:
-            DamagedFileError: the file is damaged.
+        Raises
+        ------
+        DamagedFileError
+            the file is damaged.
         """
         path = self.path / TIPPING_SCORES
         if not path.exists():
@@ -436,8 +457,10 @@ class RunDir:
     def load_outputs(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(metrics, arrays)`` of a finished run.
 
-        Raises:
-            DamagedFileError: ``metrics.json`` or ``scores.npz`` is damaged.
+        Raises
+        ------
+        DamagedFileError
+            ``metrics.json`` or ``scores.npz`` is damaged.
         """
         fix = f"delete it (and {METRICS}) and rerun: a run with its checkpoint recomputes them, another retrains"
         metrics_path, scores_path = self.path / METRICS, self.path / SCORES

@@ -118,8 +118,10 @@ class RunResult:
         """The result of the finished run in ``rundir`` from its ``metrics.json`` and ``scores.npz``
         (``history`` from the arrays named ``history_*``).
 
-        Raises:
-            DamagedFileError: an output file is damaged (:meth:`RunDir.load_outputs`).
+        Raises
+        ------
+        DamagedFileError
+            an output file is damaged (:meth:`RunDir.load_outputs`).
         """
         metrics, arrays = rundir.load_outputs()
         return cls(run_dir=rundir.path, config=config, metrics=metrics, label_issues=arrays["label_issues"],
@@ -145,8 +147,10 @@ class PreparedData:
 def training_subset(data: NoisyCIFAR, config: BKDConfig) -> NoisyCIFAR:
     """The ``config.train_size`` random training images of ``data`` (seeded by ``config.seed``).
 
-    Raises:
-        ValueError: ``train_size`` is larger than the training set.
+    Raises
+    ------
+    ValueError
+        ``train_size`` is larger than the training set.
     """
     if config.train_size is not None and config.train_size > len(data):
         raise ValueError(f"train_size={config.train_size:,} is larger than the {len(data):,} training images of "
@@ -330,10 +334,14 @@ class Trainer:
         """Train one epoch: the training rows in a random order, cut into batches, one
         :meth:`train_step` each. Per-sample values and sums stay on the device (no host sync).
 
-        Args:
-            rows: train on the first ``rows`` training rows only (a benchmark's warm-up); default all.
+        Parameters
+        ----------
+        rows : int | None
+            train on the first ``rows`` training rows only (a benchmark's warm-up); default all.
 
-        Returns:
+        Returns
+        -------
+        EpochOutput
             The epoch's per-sample values (each float [rows], in training-row order) and its scalars.
         """
         n = self.n_train if rows is None else rows

@@ -61,90 +61,39 @@ def _finished(out: Path, capsys, *extra: str, command: str = "train") -> None:
     capsys.readouterr()
 
 
-# -- damaged run folders -------------------------------------------------------------------------------
+# -- refused run folders -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content, fragment", [(b"", "is damaged"), (b"garbage", "is damaged"),
-                                               ("truncated", "is damaged")])
-def test_damaged_checkpoint(tiny, tmp_path, capsys, content, fragment):
+def test_a_refused_run_folder_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    """Each kind of refusal of a run folder (test_rundir.py holds every case) reaches the command line as one
+    line, exit 2: a damaged checkpoint, one that would run code, the folder of another run, a file, a read-only
+    folder."""
     out = tmp_path / "run"
     _finished(out, capsys)
+    (out / "metrics.json").unlink()  # so that a rerun resumes from the checkpoint
     ckpt = out / "checkpoint.pt"
-    ckpt.write_bytes(ckpt.read_bytes()[:300] if content == "truncated" else content)
-    (out / "metrics.json").unlink()
-    _fails(_train(out), capsys, fragment, str(ckpt), "Delete it to restart this run")
-
-
-def test_code_carrying_checkpoint(tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    _finished(out, capsys)
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(b"garbage")
+    _fails(_train(out), capsys, "is damaged", str(ckpt), "Delete it to restart this run")
     marker = tmp_path / "code-ran"
 
     class Shell:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"identity": Shell()}, out / "checkpoint.pt")
-    (out / "metrics.json").unlink()
+    torch.save({"identity": Shell()}, ckpt)
     _fails(_train(out), capsys, "refused as unsafe", "nothing in it was run")
     assert not marker.exists()
-
-
-def test_damaged_and_deleted_epoch_file(tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    _finished(out, capsys)
-    for name in ("metrics.json", "scores.npz"):
-        (out / name).unlink()
-    epoch = out / "epochs" / "epoch_000.npz"
-    epoch.write_bytes(b"PK\x03\x04 not a zip")
-    _fails(_train(out), capsys, "epoch_000.npz is damaged", "delete")
-    epoch.unlink()
-    _fails(_train(out), capsys, "epoch_000.npz is missing", "delete")
-
-
-def test_truncated_scores_of_finished_run(tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    _finished(out, capsys)
-    good = json.loads((out / "metrics.json").read_text())
-    (out / "scores.npz").write_bytes((out / "scores.npz").read_bytes()[:64])
-    assert cli.main(_train(out)) == 0  # recomputed from the final checkpoint
-    assert json.loads((out / "metrics.json").read_text())["detection_f1"] == good["detection_f1"]
-    capsys.readouterr()
-    (out / "checkpoint.pt").unlink()
-    (out / "scores.npz").write_bytes(b"")
-    _fails(_train(out), capsys, "scores.npz is damaged")
-
-
-def test_edited_config_of_finished_run(tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    _finished(out, capsys)
-    stored = json.loads((out / "config.json").read_text())
-    stored["config"]["epochs"] = 7
-    (out / "config.json").write_text(json.dumps(stored))
-    _fails(_train(out), capsys, "was edited after the run wrote it")
-
-
-def test_folder_of_another_run_is_not_written(tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    _finished(out, capsys)
-    (out / "checkpoint.pt").unlink()  # as a committed run
-    before = (out / "metrics.json").read_bytes()
+    ckpt.write_bytes(good)
     _fails(_train(out, "--set", "lr=0.05"), capsys, "belongs to a different run")
-    assert (out / "metrics.json").read_bytes() == before
-
-
-# -- paths -----------------------------------------------------------------------------------------------
-
-
-def test_out_is_a_file(tiny, tmp_path, capsys):
     path = tmp_path / "file"
     path.write_text("x")
     _fails(_train(path), capsys, "is a file, not a folder")
-
-
-def test_read_only_out(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a non-root user in a read-only folder
-    _fails(_train(tmp_path / "run"), capsys, "is not writable")
+    _fails(_train(tmp_path / "read-only"), capsys, "is not writable")
+
+
+# -- the disk ----------------------------------------------------------------------------------------------
 
 
 def test_disk_full_while_writing(tiny, tmp_path, capsys, monkeypatch):

@@ -259,21 +259,6 @@ def test_scoring_only_changes_no_weight_and_no_running_statistic(tiny_data, tmp_
             assert torch.equal(value, before[name][key]), (name, key)
 
 
-def test_finished_run_is_returned_not_retrained(tiny_data, tmp_path, monkeypatch):
-    cfg = TINY.replace(epochs=1)
-    first = train_bkd(tiny_data, cfg, tmp_path / "run", progress=False)
-    from bkd_core import train as train_module
-    monkeypatch.setattr(train_module.BKDTrainer, "train_epoch", lambda self: pytest.fail("retrained"))
-    again = train_bkd(tiny_data, cfg, tmp_path / "run", progress=False)
-    assert again.metrics == first.metrics
-
-
-def test_run_dir_of_another_config_is_refused(tiny_data, tmp_path):
-    train_bkd(tiny_data, TINY.replace(epochs=1), tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="different run"):
-        train_bkd(tiny_data, TINY.replace(epochs=1, lr=0.05), tmp_path / "run", progress=False)
-
-
 def test_tipping_fallback_starts_phase_two_and_groups_the_training_set(tiny_data, tmp_path):
     cfg = TINY.replace(epochs=6, tipping_fallback=2, augment=False)
     result = train_bkd(tiny_data, cfg, tmp_path / "run", progress=False)

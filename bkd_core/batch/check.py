@@ -175,8 +175,10 @@ def rerun_key(run: dict[str, Any], path: str | Path) -> tuple[Any, ...]:
     """What a rerun must share with the run it reruns: dataset, split, seed, folds, methods, and the fingerprint
     of its recorded configuration (every field that can change results; :meth:`bkd_core.config.BKDConfig.fingerprint`).
 
-    Raises:
-        ValueError: the run records no configuration, an invalid one, or one edited since (names ``path``).
+    Raises
+    ------
+    ValueError
+        the run records no configuration, an invalid one, or one edited since (names ``path``).
     """
     from ..config import BKDConfig
 
@@ -212,10 +214,13 @@ def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
     ``folds`` and ``threads``: the run's recorded ``threads``, else the batch's threads per run, else 1,
     at most this machine's cores.
 
-    Raises:
-        FileNotFoundError: ``out/run`` holds no finished run.
-        ValueError: ``run`` is a path, the file is not a run's metrics, or the recorded configuration is
-            missing, invalid or was edited (it no longer gives the recorded fingerprint).
+    Raises
+    ------
+    FileNotFoundError
+        ``out/run`` holds no finished run.
+    ValueError
+        ``run`` is a path, the file is not a run's metrics, or the recorded configuration is
+        missing, invalid or was edited (it no longer gives the recorded fingerprint).
     """
     from ..config import BKDConfig, without_retired
 
@@ -252,13 +257,18 @@ def check_run(out: str | os.PathLike, run: str, *, work_dir: str | os.PathLike |
     then :func:`record_check`. Nothing in the recorded run's folder is written. ``loader`` loads the data
     (:func:`bkd_core.batch.runner.run_one`).
 
-    Returns:
+    Returns
+    -------
+    dict[str, Any]
         The recorded check (:func:`record_check`).
 
-    Raises:
-        FileNotFoundError: ``out/run`` holds no finished run.
-        ValueError: ``run`` is a path, its recorded configuration was edited, or ``work_dir/run`` is (or
-            overlaps) the recorded run's folder.
+    Raises
+    ------
+    FileNotFoundError
+        ``out/run`` holds no finished run.
+    ValueError
+        ``run`` is a path, its recorded configuration was edited, or ``work_dir/run`` is (or
+        overlaps) the recorded run's folder.
     """
     import shutil
     import tempfile
@@ -290,8 +300,10 @@ def _refuse_inside(rerun: Path, recorded: Path) -> None:
 def require_batch_folder(path: str | os.PathLike, flag: str) -> BatchFolder:
     """``path`` as a batch folder with at least one finished run, for ``check``'s ``flag`` (``--rerun``).
 
-    Raises:
-        FileNotFoundError: ``path`` is missing, a file, or holds no finished run (one sentence).
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is missing, a file, or holds no finished run (one sentence).
     """
     folder = BatchFolder(path)
     if not Path(path).is_dir():
@@ -326,15 +338,20 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
     different CPU models (or one records none) and every number of :data:`TOLERANCES` agrees within its
     tolerance; :data:`DIFFERS` otherwise.
 
-    Returns:
+    Returns
+    -------
+    dict[str, Any]
         The recorded check: ``run``, ``recorded_code_hash``, ``code_hash`` (the rerun's), ``identical``,
         ``verdict``, ``compared`` (the files), ``differences`` (at most 20 lines), ``threads``, ``device``,
         ``machine``, ``checked_at`` (and ``tolerances`` with a :data:`WITHIN_TOLERANCE` verdict).
 
-    Raises:
-        FileNotFoundError: ``out/run`` or the rerun is not a finished run.
-        ValueError: ``run`` is a path, the rerun (or the reference) is not a rerun of ``out/run``, or it is
-            (or overlaps) the recorded run's folder.
+    Raises
+    ------
+    FileNotFoundError
+        ``out/run`` or the rerun is not a finished run.
+    ValueError
+        ``run`` is a path, the rerun (or the reference) is not a rerun of ``out/run``, or it is
+        (or overlaps) the recorded run's folder.
     """
     import platform
 
@@ -432,10 +449,13 @@ def check_reruns(out: str | os.PathLike, rerun: str | os.PathLike, *, runs: list
     ``reference`` when given, also hold), after checking every pair first: nothing is recorded when any rerun
     (or reference) is not a rerun of its run of ``out``.
 
-    Raises:
-        FileNotFoundError: ``rerun`` or ``reference`` is missing, a file or holds no finished run, or no run of
-            ``out`` is in them (one sentence).
-        ValueError: a rerun or a reference is not a rerun of its run of ``out`` (:func:`rerun_key`).
+    Raises
+    ------
+    FileNotFoundError
+        ``rerun`` or ``reference`` is missing, a file or holds no finished run, or no run of
+        ``out`` is in them (one sentence).
+    ValueError
+        a rerun or a reference is not a rerun of its run of ``out`` (:func:`rerun_key`).
     """
     batch = BatchFolder(out)
     again = require_batch_folder(rerun, "--rerun")

@@ -54,10 +54,13 @@ def open_run_file(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> Bi
     """Open a file of a batch folder for reading in binary mode: never through a symbolic link, never
     waiting on a FIFO, and only a regular file of at most ``limit`` bytes.
 
-    Raises:
-        FileNotFoundError: there is no such file.
-        bkd_core.errors.DamagedFileError: it is a symbolic link, a folder, a FIFO, a socket or a device,
-            or larger than ``limit`` (one sentence naming the file and what to do).
+    Raises
+    ------
+    FileNotFoundError
+        there is no such file.
+    bkd_core.errors.DamagedFileError
+        it is a symbolic link, a folder, a FIFO, a socket or a device,
+        or larger than ``limit`` (one sentence naming the file and what to do).
     """
     path = Path(path)
     try:
@@ -98,9 +101,12 @@ def read_run_bytes(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> b
 def read_run_json(path: str | os.PathLike) -> Any:
     """A JSON file of a batch folder, read safely (:func:`open_run_file`).
 
-    Raises:
-        FileNotFoundError: there is no such file.
-        bkd_core.errors.DamagedFileError: it is not a regular file, too large, or not valid JSON (names it).
+    Raises
+    ------
+    FileNotFoundError
+        there is no such file.
+    bkd_core.errors.DamagedFileError
+        it is not a regular file, too large, or not valid JSON (names it).
     """
     data = read_run_bytes(path, limit=MAX_JSON_BYTES)
     try:
@@ -114,9 +120,12 @@ def read_run_csv(path: str | os.PathLike) -> Any:
     """A CSV table of a batch folder (gzip-compressed when its name ends in ``.gz``) as a DataFrame, read
     safely (:func:`open_run_file`).
 
-    Raises:
-        FileNotFoundError: there is no such file.
-        bkd_core.errors.DamagedFileError: it is not a regular file, too large, or not a readable table (names it).
+    Raises
+    ------
+    FileNotFoundError
+        there is no such file.
+    bkd_core.errors.DamagedFileError
+        it is not a regular file, too large, or not a readable table (names it).
     """
     import pandas as pd
 
@@ -133,9 +142,12 @@ def read_run_csv(path: str | os.PathLike) -> Any:
 def load_run_arrays(path: str | os.PathLike) -> dict[str, Any]:
     """Every array of a ``.npz`` file of a batch folder (no pickled objects), read safely (:func:`open_run_file`).
 
-    Raises:
-        FileNotFoundError: there is no such file.
-        bkd_core.errors.DamagedFileError: it is not a regular file, too large, or not a readable ``.npz`` (names it).
+    Raises
+    ------
+    FileNotFoundError
+        there is no such file.
+    bkd_core.errors.DamagedFileError
+        it is not a regular file, too large, or not a readable ``.npz`` (names it).
     """
     import zipfile
 

@@ -78,8 +78,10 @@ def configuration_of(run: dict, path: str | Path = METRICS) -> str:
     of its recorded configuration at seed 0 (:meth:`bkd_core.config.BKDConfig.fingerprint`), with
     ``-folds{k}`` for confident learning's folds other than 3; ``""`` for a run that records no configuration.
 
-    Raises:
-        ValueError: the recorded configuration is not a valid one (names ``path``).
+    Raises
+    ------
+    ValueError
+        the recorded configuration is not a valid one (names ``path``).
     """
     from ..config import BKDConfig
 
@@ -118,8 +120,10 @@ class BatchFolder:
     def run_dir(self, name: str) -> Path:
         """``path/name`` for a run named by its folder name (``"cifar10-worst-seed0"``).
 
-        Raises:
-            ValueError: ``name`` is a path (absolute, with a separator, ``.`` or ``..``), not a folder name.
+        Raises
+        ------
+        ValueError
+            ``name`` is a path (absolute, with a separator, ``.`` or ``..``), not a folder name.
         """
         if not is_folder_name(name):
             raise ValueError(f"name a run by its folder name in {self.path} (e.g. cifar10-worst-seed0), not by a "
@@ -145,9 +149,12 @@ class BatchFolder:
         """Run ``name``'s :data:`METRICS`, read safely and checked: a dict with :data:`RUN_KEYS`, whose
         ``methods`` is a dict of dicts.
 
-        Raises:
-            FileNotFoundError: the run has no :data:`METRICS` (it did not finish).
-            ValueError: ``name`` is a path, or the file is not a run's metrics (one sentence naming it).
+        Raises
+        ------
+        FileNotFoundError
+            the run has no :data:`METRICS` (it did not finish).
+        ValueError
+            ``name`` is a path, or the file is not a run's metrics (one sentence naming it).
         """
         path = self.metrics_path(name)
         if not lexists(path):
@@ -230,8 +237,10 @@ class BatchFolder:
         """:data:`SUMMARY`, read safely and checked: a dict whose ``runs`` is a list of ``{"name": ...,
         "status": ...}`` and whose ``options`` is a dict; ``{"options": {}, "runs": []}`` without the file.
 
-        Raises:
-            ValueError: the file is not such a summary (names it and the fix).
+        Raises
+        ------
+        ValueError
+            the file is not such a summary (names it and the fix).
         """
         path = self.path / SUMMARY
         if not lexists(path):
@@ -306,8 +315,10 @@ class BatchFolder:
     def first_config(self) -> dict[str, Any]:
         """The recorded configuration (a dict) of the first finished run that has one.
 
-        Raises:
-            FileNotFoundError: no finished run records a configuration.
+        Raises
+        ------
+        FileNotFoundError
+            no finished run records a configuration.
         """
         for _, run in self.runs():
             if isinstance(run.get("config"), dict):
@@ -320,8 +331,10 @@ class BatchFolder:
         """The reruns recorded in :data:`CODE_CHECKS` (:mod:`bkd_core.batch.check`), oldest first; ``[]``
         without the file.
 
-        Raises:
-            ValueError: the file is not such a record (names it and the fix).
+        Raises
+        ------
+        ValueError
+            the file is not such a record (names it and the fix).
         """
         path = self.path / CODE_CHECKS
         if not lexists(path):

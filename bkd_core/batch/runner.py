@@ -119,8 +119,10 @@ class RunOutcome:
 def parse_splits(names: Sequence[str]) -> list[tuple[str, str]]:
     """``["all"]``, ``["cifar10"]``, ``["worst", "noisy100"]``... -> ``[(dataset, split), ...]``.
 
-    Raises:
-        ValueError: a name that is neither ``all``, a dataset, nor a split of one (lists them).
+    Raises
+    ------
+    ValueError
+        a name that is neither ``all``, a dataset, nor a split of one (lists them).
     """
     out: list[tuple[str, str]] = []
     for name in names:
@@ -409,8 +411,10 @@ def run_batch(specs: Sequence[RunSpec], options: BatchOptions, *, jobs: int = 1,
     data is missing are reported as skipped with the reason. One batch at a time writes into a folder
     (``options.out/.lock``, :func:`bkd_core.rundir.folder_lock`).
 
-    Raises:
-        RunDirError: another batch is running into ``options.out``, or the folder cannot be written.
+    Raises
+    ------
+    RunDirError
+        another batch is running into ``options.out``, or the folder cannot be written.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")

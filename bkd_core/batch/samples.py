@@ -75,9 +75,12 @@ def read_samples(run_dir: str | Path) -> "pd.DataFrame":
     """A batch run's per-sample table (:func:`samples_file`), checked: one row per training sample with
     ``index``, ``given_label``, ``clean_label`` and each method's ``*_quality``, ``*_issue``, ``*_prediction``.
 
-    Raises:
-        FileNotFoundError: the run folder has no samples table (the run did not finish).
-        ValueError: the table cannot be read or lacks its key columns (names the file and the fix).
+    Raises
+    ------
+    FileNotFoundError
+        the run folder has no samples table (the run did not finish).
+    ValueError
+        the table cannot be read or lacks its key columns (names the file and the fix).
     """
     path = samples_file(run_dir)
     if path is None:
@@ -104,8 +107,10 @@ def ranking_aucs(samples: "pd.DataFrame") -> dict[str, float | None]:
     """Each method's :func:`~bkd_core.metrics.ranking_auc` over a run's full samples table (its
     ``{method}_quality`` against ``given_label != clean_label``); None where it is undefined (no wrong label).
 
-    Raises:
-        ValueError: a NaN or infinite score (names the column, the line and the sample index).
+    Raises
+    ------
+    ValueError
+        a NaN or infinite score (names the column, the line and the sample index).
     """
     is_noisy = (samples["given_label"] != samples["clean_label"]).to_numpy()
     aucs = {}
@@ -152,9 +157,12 @@ def highlights(samples: "pd.DataFrame", n: int = HIGHLIGHT_ROWS) -> "pd.DataFram
 def read_highlights(run_dir: str | Path) -> "pd.DataFrame":
     """A batch run's ``highlights.csv`` (:func:`highlights`), checked like :func:`read_samples`.
 
-    Raises:
-        FileNotFoundError: the run folder has none (the run did not finish).
-        ValueError: the table cannot be read or lacks its key columns.
+    Raises
+    ------
+    FileNotFoundError
+        the run folder has none (the run did not finish).
+    ValueError
+        the table cannot be read or lacks its key columns.
     """
     path = Path(run_dir) / HIGHLIGHTS
     if not lexists(path):

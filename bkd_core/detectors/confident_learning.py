@@ -39,8 +39,10 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     As cleanlab's own cross-validation: ``StratifiedKFold`` (shuffled, seeded); plain ``KFold``
     when a class has fewer members than there are folds.
 
-    Raises:
-        ValueError: fewer than 2 folds, or more folds than samples.
+    Raises
+    ------
+    ValueError
+        fewer than 2 folds, or more folds than samples.
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 

@@ -229,8 +229,10 @@ def train_knn(data: "NoisyCIFAR", config: "BKDConfig", run_dir: str | Path, *, k
 
     Scores the same subset as the other methods (``config.train_size``, ``config.seed``), all of it.
 
-    Raises:
-        ValueError: ``config.features`` is not set (the detector needs feature vectors).
+    Raises
+    ------
+    ValueError
+        ``config.features`` is not set (the detector needs feature vectors).
     """
     from ..config import stored_fingerprint
     from ..metrics import detector_summary, run_header
