@@ -201,3 +201,42 @@ def test_a_damaged_run_of_the_batch_is_named_not_skipped(tmp_path):
     (folder / PLANNED[0] / "metrics.json").write_text("{")
     with pytest.raises(DamagedFileError, match="metrics.json"):
         cnn.batch_state(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# Their figures
+# ----------------------------------------------------------------------------------------------
+
+
+def _stars(ax):
+    return [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines if line.get_marker() == "*"]
+
+
+def test_the_figures_of_the_diagnostics_star_the_rules_epoch(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book import plots
+
+    found = cnn.diagnostics()
+    official, no_aug = found.run(cnn.OFFICIAL), found.run(cnn.NO_AUGMENT)
+    flat = np.full(6, 0.5)  # no peak: a legend entry says so, no star
+    fig = plots.plot_student_curves({"cnn": {"official": (official.curves["mean_max_student"], official.tipping),
+                                             "no augmentation": (no_aug.curves["mean_max_student"], no_aug.tipping)},
+                                     "flat": {"flat": (flat, None)}})
+    cnn_ax, flat_ax = fig.axes[:2]
+    assert _stars(cnn_ax) == [(22, official.curves["mean_max_student"][21]), (8, no_aug.curves["mean_max_student"][7])]
+    assert not _stars(flat_ax) and all(ax.get_xlabel() and ax.get_ylabel() for ax in (cnn_ax, flat_ax))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "official: peak at epoch 22" in labels and "flat: no peak" in labels
+    fig = plots.plot_auc_by_epoch({"official": (official.curves["agreement_auc"], official.tipping,
+                                                official.best_auc_epoch)})
+    assert _stars(fig.axes[0]) == [(22, official.curves["agreement_auc"][21])]
+    assert "official: best, epoch 34" in [t.get_text() for t in fig.legends[0].get_texts()]
+    fig = plots.plot_fit_by_epoch({"official": (official.curves["fit_clean"], official.curves["fit_mislabelled"])},
+                                  {"CE, clean labels": found.ce_clean["test_acc"]})
+    left, right = fig.axes[:2]
+    assert len(left.lines) == 2 and len(right.lines) == 1
+    np.testing.assert_allclose(left.lines[1].get_ydata(), 100 * official.curves["fit_mislabelled"])
+    plt.close("all")
