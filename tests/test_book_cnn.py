@@ -172,12 +172,25 @@ def test_a_partial_batch_shows_its_finished_runs_and_counts_the_rest(tmp_path):
                             "failed: cifar10-aggre-seed0.")
     table = state.results_table()
     assert set(table["run"]) == {"cifar10-clean-seed0"} and sorted(table["method"]) == sorted(METHODS)
+    from bkd_core.book import results
+
+    shown = results.split_table(results.summarize(table))  # what the results chapter shows of it
+    assert list(shown.columns) == ["clean"]
     curves = state.curves("clean")
     np.testing.assert_allclose(curves["agreement_auc"], [0.8, 0.9, np.nan])
     scores, truth = state.tipping_scores("clean")
     assert scores.shape == truth.shape == (10,) and truth.sum() == 4
     assert state.curves("worst") is None and state.tipping_scores("worst") is None  # not finished yet
     assert state.run_of("aggre") is None
+    # the detection at the finished run's tipping epoch, from its stored scores and its own Otsu settings
+    found = cnn.tipping_detection(state, "clean")
+    assert found.run == "cifar10-clean-seed0" and found.tipping == 1 and found.rule == "peak"
+    np.testing.assert_array_equal(found.detection.below_threshold, found.scores < found.detection.split.threshold)
+    text = found.text()
+    assert text.startswith("In the cnn batch's run cifar10-clean-seed0, at the peak rule's tipping epoch 2, ")
+    assert f"estimated noise {100 * found.detection.estimated_noise_rate:.1f}% against the true 40.0%" in text
+    assert "(flagging every image: 0.571)" in text
+    assert cnn.tipping_detection(state, "worst") is None and cnn.tipping_detection(state, "aggre") is None
 
 
 def test_a_finished_batch_and_one_without_a_summary(tmp_path):

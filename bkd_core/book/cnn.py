@@ -27,7 +27,7 @@ import numpy as np
 from ..batch import BatchFolder
 from ..batch.files import read_run_json
 from ..errors import DamagedFileError
-from ..method import find_tipping_point
+from ..method import Detection, detect, find_tipping_point
 from .chapter import repository_root
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIAGNOSTICS", "PHASE1_RUNS", "CE_CLEAN", "BATCH", "OFFICIAL", "NO_AUGMENT", "NO_AUGMENT_AGGRE",
     "CURVE_KEYS", "DiagnosticRun", "Diagnostics", "find_evidence", "read_diagnostics", "diagnostics",
-    "BatchState", "batch_state",
+    "BatchState", "batch_state", "TippingDetection", "tipping_detection",
 ]
 
 #: The diagnostic runs' folder, relative to the repository.
@@ -338,6 +338,12 @@ class BatchState:
         path = self._folder().run_dir(name) / method / "curves.json"
         return _curves(raw, ("epoch",), path, "the file")
 
+    def run_metrics(self, split: str, seed: int = 0) -> dict[str, Any] | None:
+        """The ``metrics.json`` of the finished run of ``split`` (its configuration and every method's metrics,
+        :meth:`bkd_core.batch.BatchFolder.run`), or None when that run has not finished."""
+        name = self.run_of(split, seed)
+        return None if name is None else self._folder().run(name)
+
     def tipping_scores(self, split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
         """BKD's agreement scores (float32 [N]) and the truth (bool [N]) at the tipping epoch of the finished run of
         ``split`` (:meth:`bkd_core.batch.BatchFolder.method_tipping_scores`), or None."""
@@ -368,3 +374,53 @@ def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
     failed = [n for n, status in runs.items() if status == "failed" and n not in finished]
     return BatchState(folder=found, planned=tuple(planned), finished=tuple(n for n in planned if n in finished),
                       failed=tuple(failed))
+
+
+@dataclass(frozen=True)
+class TippingDetection:
+    """BKD's detection in a finished run of the batch, from its committed tipping-epoch scores.
+
+    ``scores`` float32 [N] and ``is_noisy`` bool [N] as the run stored them; ``detection`` is
+    :func:`bkd_core.method.detect` of the scores with the run's own Otsu settings, so its numbers are the run's;
+    ``tipping`` is the run's 0-based tipping epoch and ``rule`` what set it (``"peak"`` or ``"fallback"``).
+    """
+
+    run: str
+    scores: np.ndarray
+    is_noisy: np.ndarray
+    tipping: int
+    rule: str | None
+    detection: Detection
+
+    def text(self) -> str:
+        """What the detection found, as a sentence (plain text) with its numbers."""
+        from ..metrics import detection_scores, flag_all_f1
+
+        true = float(self.is_noisy.mean())
+        found = f"G4 F1 {detection_scores(self.detection.label_issues, self.is_noisy)['f1']:.3f} (flagging every " \
+                f"image: {flag_all_f1(true):.3f}); " if self.is_noisy.any() else "no label is wrong here; "
+        how = "the peak rule's" if self.rule == "peak" else f"the {self.rule}'s" if self.rule else "its"
+        return (f"In the cnn batch's run {self.run}, at {how} tipping epoch {self.tipping + 1}, the official "
+                f"criterion puts the threshold at {self.detection.split.threshold:.3f}: {found}estimated noise "
+                f"{100 * self.detection.estimated_noise_rate:.1f}% against the true {100 * true:.1f}%.")
+
+
+def tipping_detection(state: BatchState, split: str, seed: int = 0) -> TippingDetection | None:
+    """:class:`TippingDetection` of the finished run of ``split`` and ``seed`` in ``state``; None when that run has
+    not finished, or its BKD found no tipping point (it then stored no scores)."""
+    run = state.run_metrics(split, seed)
+    stored = state.tipping_scores(split, seed)
+    if run is None or stored is None:
+        return None
+    from ..config import BKDConfig
+
+    bkd = run["methods"].get("bkd", {})
+    config = BKDConfig.from_dict(run["config"]) if isinstance(run.get("config"), dict) else BKDConfig()
+    scores, is_noisy = stored
+    tipping = bkd.get("tipping_epoch")
+    if not isinstance(tipping, int):
+        return None
+    return TippingDetection(run=str(state.run_of(split, seed)), scores=scores, is_noisy=is_noisy, tipping=tipping,
+                            rule=bkd.get("tipping_rule"),
+                            detection=detect(scores, bins=config.otsu_bins, criterion=config.otsu_criterion,
+                                             noisy_groups=config.noisy_groups))
