@@ -8,7 +8,9 @@ Two sources, both kept in the repository:
   per-epoch curves (:func:`bkd_core.metrics.epoch_curves`). :func:`read_diagnostics` checks every field and answers
   a file that is not what it should be with one sentence naming it.
 - the reproduction batch (:data:`BATCH`), read through :class:`bkd_core.batch.BatchFolder` by :func:`batch_state`:
-  while it runs, or before it is there, the state says how many of its planned runs have finished.
+  while it runs, or before it is there, the state says how many of its planned runs have finished; a finished
+  run's curves, results and tipping-epoch scores are read from it, and :func:`tipping_detection` splits those scores
+  as the run did.
 
 Epochs are indices from 0 here, as everywhere in ``bkd_core`` (``tipping`` of a run is such an index); the curves'
 own ``epoch`` entry counts from 1, as the book does.
