@@ -45,6 +45,9 @@ __all__ = [
     "plot_seen_vs_held_out",
     "plot_detection_by_confusion",
     "plot_detection_by_epoch",
+    "plot_student_curves",
+    "plot_auc_by_epoch",
+    "plot_fit_by_epoch",
 ]
 
 CLEAN = "#0072B2"  # blue
@@ -885,4 +888,96 @@ def plot_detection_by_epoch(by_epoch, *, tipping: int | None = None, val_pick: i
     ax.set(xlabel="epoch", ylabel="detection", title="Detection at every epoch, the pair kept in phase 1")
     _integer_epochs(ax)
     _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Runs kept in phase 1 side by side (the `cnn` profile's diagnostic runs, chapters 2 and 4)
+# --------------------------------------------------------------------------------------------
+
+#: Colours and line styles of the runs compared in one panel, in order.
+RUN_COLOURS = (BKD, TEACHER, CLEAN, ACCENT)
+RUN_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_student_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], int | None]]]) -> Figure:
+    """The student's mean max probability per epoch with the peak the official rule picks starred, one panel per
+    entry of ``panels`` side by side, each on its own scale.
+
+    Args:
+        panels: panel title -> {run label: (curve [E], 0-based tipping epoch or None)}.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, runs) in zip(axes[0], panels.items()):
+        for k, (label, (curve, tipping)) in enumerate(runs.items()):
+            colour = RUN_COLOURS[k % len(RUN_COLOURS)]
+            values = np.asarray(curve, dtype=np.float64)
+            _line(ax, values, color=colour, linestyle=RUN_STYLES[k % len(RUN_STYLES)], marker="o", ms=2.5,
+                  label=label)
+            if tipping is not None:
+                ax.plot([tipping + 1], [values[tipping]], marker="*", ms=15, color=colour, markeredgecolor="black",
+                        linestyle="none", label=f"{label}: peak at epoch {tipping + 1}")
+            else:
+                ax.plot([], [], linestyle="none", label=f"{label}: no peak")
+        ax.set(title=title, xlabel="epoch", ylabel="mean max softmax of S")
+        _integer_epochs(ax)
+    _legend_below(fig, axes, ncols=2)
+    return fig
+
+
+def plot_auc_by_epoch(runs: Mapping[str, tuple[Sequence[float], int | None, int | None]]) -> Figure:
+    """The ranking ROC-AUC of the agreement score (mislabelled against clean images) per epoch of runs kept in
+    phase 1, with the epoch the peak rule picks starred and the best epoch ringed.
+
+    Args:
+        runs: run label -> (AUC per epoch [E], NaN where not scored; 0-based tipping epoch or None; 0-based best
+            epoch or None).
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for k, (label, (auc, tipping, best)) in enumerate(runs.items()):
+        colour = RUN_COLOURS[k % len(RUN_COLOURS)]
+        values = np.asarray(auc, dtype=np.float64)
+        _line(ax, values, color=colour, linestyle=RUN_STYLES[k % len(RUN_STYLES)], marker="o", ms=2.5, label=label)
+        if tipping is not None:
+            ax.plot([tipping + 1], [values[tipping]], marker="*", ms=15, color=colour, markeredgecolor="black",
+                    linestyle="none", label=f"{label}: tipping point, epoch {tipping + 1}")
+        if best is not None:
+            ax.plot([best + 1], [values[best]], marker="o", ms=12, markerfacecolor="none", markeredgecolor=colour,
+                    markeredgewidth=1.8, linestyle="none", label=f"{label}: best, epoch {best + 1}")
+    ax.set(xlabel="epoch", ylabel="ROC-AUC, mislabelled vs clean",
+           title="How well each epoch's agreement scores find the mislabelled images")
+    _integer_epochs(ax)
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+def plot_fit_by_epoch(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                      test_acc: Mapping[str, Sequence[float]] | None = None) -> Figure:
+    """Left: the share of correctly labelled (blue) and of mislabelled (vermillion) training images whose given
+    label a network predicts in its training pass, per epoch, one line style per run. Right (with ``test_acc``):
+    test accuracy per epoch of the runs given there.
+
+    Args:
+        runs: run label -> (fit of the correctly labelled images [E], fit of the mislabelled ones [E]), fractions.
+        test_acc: run label -> test accuracy [E'] in %.
+    """
+    fig, axes = plt.subplots(1, 2 if test_acc else 1, figsize=(10.5 if test_acc else 6.5, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    for k, (label, (fit_clean, fit_mislabelled)) in enumerate(runs.items()):
+        style = RUN_STYLES[k % len(RUN_STYLES)]
+        _line(ax, 100 * np.asarray(fit_clean, dtype=np.float64), color=CLEAN, linestyle=style, marker="o", ms=2.5,
+              label=f"{label}: correctly labelled")
+        _line(ax, 100 * np.asarray(fit_mislabelled, dtype=np.float64), color=NOISY, linestyle=style, marker="o",
+              ms=2.5, label=f"{label}: mislabelled")
+    ax.set(xlabel="epoch", ylabel="% predicted as their given label", ylim=(0, 102),
+           title="Training images the network fits")
+    _integer_epochs(ax)
+    if test_acc:
+        ax = axes[0, 1]
+        for k, (label, curve) in enumerate(test_acc.items()):
+            _line(ax, curve, color=CE, linestyle=RUN_STYLES[k % len(RUN_STYLES)], marker="s", ms=2.5,
+                  label=f"{label}: test accuracy")
+        ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Accuracy on the clean test set")
+        _integer_epochs(ax)
+    _legend_below(fig, axes, ncols=2)
     return fig

@@ -1,0 +1,428 @@
+"""The `cnn` profile's committed evidence, read for the chapters (nothing here trains).
+
+Two sources, both kept in the repository:
+
+- the diagnostic runs (:data:`DIAGNOSTICS`): BKD on `worst` and `aggre` kept in phase 1 past the tipping rule, with
+  the official protocol and without augmentation (:data:`PHASE1_RUNS`, written by
+  ``benchmarks/cnn_diagnostics.py --json``), and cross-entropy on the clean labels (:data:`CE_CLEAN`), each with its
+  per-epoch curves (:func:`bkd_core.metrics.epoch_curves`). :func:`read_diagnostics` checks every field and answers
+  a file that is not what it should be with one sentence naming it.
+- the reproduction batch (:data:`BATCH`), read through :class:`bkd_core.batch.BatchFolder` by :func:`batch_state`:
+  while it runs, or before it is there, the state says how many of its planned runs have finished; a finished
+  run's curves, results and tipping-epoch scores are read from it, and :func:`tipping_detection` splits those scores
+  as the run did.
+
+Epochs are indices from 0 here, as everywhere in ``bkd_core`` (``tipping`` of a run is such an index); the curves'
+own ``epoch`` entry counts from 1, as the book does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..batch import BatchFolder
+from ..batch.files import read_run_json
+from ..errors import DamagedFileError
+from ..method import Detection, detect, find_tipping_point
+from .chapter import repository_root
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "DIAGNOSTICS", "PHASE1_RUNS", "CE_CLEAN", "BATCH", "OFFICIAL", "NO_AUGMENT", "NO_AUGMENT_AGGRE",
+    "CURVE_KEYS", "DiagnosticRun", "Diagnostics", "find_evidence", "read_diagnostics", "diagnostics",
+    "BatchState", "batch_state", "TippingDetection", "tipping_detection",
+]
+
+#: The diagnostic runs' folder, relative to the repository.
+DIAGNOSTICS = "reproductions/cnn-diagnostics"
+#: ... its BKD runs kept in phase 1 (a list of runs) ...
+PHASE1_RUNS = "phase1_runs.json"
+#: ... and cross-entropy on the clean labels (one run's curves).
+CE_CLEAN = "ce_clean_curves.json"
+#: The `cnn` reproduction batch, relative to the repository.
+BATCH = "reproductions/cnn"
+#: Names of the diagnostic runs: the official protocol on `worst`; without augmentation on `worst` and `aggre`.
+OFFICIAL, NO_AUGMENT, NO_AUGMENT_AGGRE = "off-worst", "noaug-worst", "noaug-aggre"
+#: Curves every diagnostic BKD run holds, one value (or null) per epoch.
+CURVE_KEYS = ("epoch", "mean_max_student", "val_acc", "test_acc", "fit_mislabelled", "fit_clean", "agreement_auc")
+#: Curves the cross-entropy run holds.
+CE_CURVE_KEYS = ("epoch", "val_acc", "test_acc", "fit_clean")
+#: Numbers a diagnostic run records about the epoch the official rule picks (when it picks one).
+DETECTION_KEYS = ("found_at_epoch", "fall_within_5", "estimated_noise_rate", "true_noise_rate", "g4_f1",
+                  "below_threshold_f1", "flag_all_f1", "auc_at_tip", "test_acc_at_tip")
+#: The official rule's window (epochs on each side), which the diagnostic runs' recorded tipping epochs come from.
+WINDOW = 2
+
+
+def find_evidence(path: str | os.PathLike) -> Path | None:
+    """The folder ``path`` from any working directory: as it is when absolute; else in the working directory, then
+    in the repository (:func:`bkd_core.book.repository_root`). None when it is in neither (e.g. in Colab, where the
+    repository is not cloned)."""
+    path = Path(path).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path]
+    root = repository_root()
+    if not path.is_absolute() and root is not None:
+        candidates.append(root / path)
+    return next((c.resolve() for c in candidates if c.is_dir()), None)
+
+
+# --------------------------------------------------------------------------------------------
+# The diagnostic runs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiagnosticRun:
+    """One BKD run kept in phase 1 past the tipping rule, as :data:`PHASE1_RUNS` records it.
+
+    ``curves`` maps each curve's name to float64 ``[epochs]`` (NaN where an epoch has no value); ``tipping`` is the
+    0-based epoch the official rule (window 2) picks on ``mean_max_student``, ``found_at`` where it sees it, None
+    when it picks none; ``detection`` holds the numbers of :data:`DETECTION_KEYS` measured at ``tipping``
+    (noise rates and F1 as fractions, test accuracy in %; empty without a tipping point); ``best_auc_epoch`` is
+    the 0-based epoch whose agreement scores rank mislabelled against clean images best.
+    """
+
+    name: str
+    split: str
+    augment: bool
+    widths: tuple[int, ...]
+    weight_decay: float
+    curves: dict[str, np.ndarray]
+    tipping: int | None
+    found_at: int | None
+    best_auc_epoch: int
+    best_auc: float
+    epoch_time_s: float = math.nan
+    detection: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        """How many epochs the run trained in phase 1."""
+        return len(self.curves["epoch"])
+
+    @property
+    def protocol(self) -> str:
+        """``"official protocol"`` or ``"no augmentation"``, as a label."""
+        return "official protocol" if self.augment else "no augmentation"
+
+    def at(self, key: str, epoch: int | None) -> float:
+        """Curve ``key`` at the 0-based ``epoch`` (NaN for None)."""
+        return math.nan if epoch is None else float(self.curves[key][epoch])
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """The diagnostic runs (:data:`PHASE1_RUNS`, by name) and cross-entropy on the clean labels (:data:`CE_CLEAN`:
+    curve name -> float64 ``[epochs]``), read from ``folder``."""
+
+    folder: Path
+    runs: dict[str, DiagnosticRun]
+    ce_clean: dict[str, np.ndarray]
+
+    def run(self, name: str) -> DiagnosticRun:
+        """The run called ``name`` (e.g. :data:`OFFICIAL`).
+
+        Raises:
+            KeyError: no such run (names the ones there are).
+        """
+        if name not in self.runs:
+            raise KeyError(f"{self.folder / PHASE1_RUNS} holds no run {name!r}; it holds {', '.join(self.runs)}")
+        return self.runs[name]
+
+
+def _damaged(path: Path, what: str) -> DamagedFileError:
+    return DamagedFileError(f"{path}: {what}; restore it from the repository (git checkout -- {path.name}, in its "
+                            "folder) or rewrite it with benchmarks/cnn_diagnostics.py --json")
+
+
+def _number(value: Any, allow_none: bool = False) -> bool:
+    if value is None:
+        return allow_none
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _index(value: Any, epochs: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < epochs
+
+
+def _curves(raw: Any, keys: tuple[str, ...], path: Path, where: str) -> dict[str, np.ndarray]:
+    """Checked curves: every key of ``keys`` a list of numbers or nulls, all as long as ``epoch``, which counts
+    1, 2, ...; every curve of ``raw`` as float64 with NaN for null."""
+    if not isinstance(raw, dict):
+        raise _damaged(path, f"{where} holds a {type(raw).__name__}, not a dict of per-epoch curves")
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise _damaged(path, f"{where} lacks the curves {', '.join(missing)}")
+    epochs = raw["epoch"]
+    if not isinstance(epochs, list) or not epochs or epochs != [float(e) for e in range(1, len(epochs) + 1)]:
+        raise _damaged(path, f"{where}.epoch is not 1, 2, ... (one entry per epoch)")
+    curves = {}
+    for key, values in raw.items():
+        if not isinstance(values, list) or len(values) != len(epochs):
+            raise _damaged(path, f"{where}.{key} is not a list of {len(epochs)} values, one per epoch")
+        if not all(_number(v, allow_none=True) for v in values):
+            raise _damaged(path, f"{where}.{key} holds a value that is neither a finite number nor null")
+        curves[key] = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return curves
+
+
+def _run(raw: Any, path: Path, i: int) -> DiagnosticRun:
+    where = f"run {i}"
+    if not isinstance(raw, dict):
+        raise _damaged(path, f"{where} holds a {type(raw).__name__}, not a run")
+    required = ("run", "split", "augment", "widths", "weight_decay", "curves", "tipping_epoch", "best_auc_epoch",
+                "best_auc")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise _damaged(path, f"{where} lacks {', '.join(missing)}")
+    name = raw["run"]
+    if not (isinstance(name, str) and name and isinstance(raw["split"], str) and isinstance(raw["augment"], bool)
+            and isinstance(raw["widths"], list) and all(_index(w, 1 << 16) and w > 0 for w in raw["widths"])
+            and _number(raw["weight_decay"])):
+        raise _damaged(path, f"{where}: run, split, augment, widths or weight_decay is not a name, a split, true or "
+                       "false, a list of channel counts, a number")
+    where = f"run {name!r}"
+    curves = _curves(raw["curves"], CURVE_KEYS, path, f"{where}: curves")
+    n = len(curves["epoch"])
+    tipping = raw["tipping_epoch"]
+    if tipping is not None and not _index(tipping, n):
+        raise _damaged(path, f"{where}: tipping_epoch {tipping!r} is not an epoch of its {n} (counted from 0) or null")
+    rule = find_tipping_point(curves["mean_max_student"], WINDOW)
+    if rule != tipping:
+        raise _damaged(path, f"{where} records the tipping epoch {tipping!r}, but the official rule (window {WINDOW}) "
+                       f"finds {rule!r} on its recorded curve")
+    detection = {}
+    if tipping is not None:
+        missing = [k for k in DETECTION_KEYS if k not in raw]
+        if missing:
+            raise _damaged(path, f"{where} has a tipping epoch but lacks {', '.join(missing)}")
+        if not all(_number(raw[k]) for k in DETECTION_KEYS):
+            raise _damaged(path, f"{where}: a number of its detection ({', '.join(DETECTION_KEYS)}) is not one")
+        if raw["found_at_epoch"] != tipping + WINDOW:
+            raise _damaged(path, f"{where}: found_at_epoch {raw['found_at_epoch']!r} is not its tipping epoch + "
+                           f"{WINDOW}")
+        after = curves["mean_max_student"][tipping + 1: tipping + 6]
+        fall = float(curves["mean_max_student"][tipping] - np.nanmin(after)) if np.isfinite(after).any() else None
+        if fall is None or abs(raw["fall_within_5"] - fall) > 1e-9:
+            raise _damaged(path, f"{where}: fall_within_5 {raw['fall_within_5']!r} is not how far its recorded curve "
+                           "falls in the 5 epochs after its tipping epoch")
+        detection = {k: float(raw[k]) for k in DETECTION_KEYS if k != "found_at_epoch"}
+    auc = curves["agreement_auc"]
+    best = raw["best_auc_epoch"]
+    if not (_index(best, n) and _number(raw["best_auc"]) and np.isfinite(auc).any()
+            and best == int(np.nanargmax(auc)) and abs(raw["best_auc"] - auc[best]) < 1e-9):
+        raise _damaged(path, f"{where}: best_auc_epoch {best!r} and best_auc are not the epoch (from 0) and value "
+                       "of the highest agreement_auc")
+    return DiagnosticRun(
+        name=name, split=raw["split"], augment=raw["augment"], widths=tuple(raw["widths"]),
+        weight_decay=float(raw["weight_decay"]), curves=curves, tipping=tipping,
+        found_at=None if tipping is None else tipping + WINDOW, best_auc_epoch=best, best_auc=float(raw["best_auc"]),
+        epoch_time_s=float(raw["epoch_time_s"]) if _number(raw.get("epoch_time_s")) else math.nan,
+        detection=detection)
+
+
+def read_diagnostics(folder: str | os.PathLike) -> Diagnostics:
+    """The diagnostic runs in ``folder`` (:data:`PHASE1_RUNS` and :data:`CE_CLEAN`), read safely and checked.
+
+    Every run must have a name of its own, its settings, the curves :data:`CURVE_KEYS` (one value or null per
+    epoch), a tipping epoch that the official rule finds again on its recorded curve, the numbers of its detection
+    there (:data:`DETECTION_KEYS`) and the epoch of its best agreement AUC; the cross-entropy run the curves
+    ``epoch``, ``val_acc``, ``test_acc`` and ``fit_clean``.
+
+    Raises:
+        FileNotFoundError: a file is not there (names it).
+        bkd_core.errors.DamagedFileError: a file is not valid JSON, not a regular file, or not what it should be
+            (one sentence naming the file, the field, and how to restore it).
+    """
+    folder = Path(folder)
+    path = folder / PHASE1_RUNS
+    raw = read_run_json(path)
+    if not isinstance(raw, list) or not raw:
+        raise _damaged(path, f"holds a {type(raw).__name__}, not a list of runs")
+    runs: dict[str, DiagnosticRun] = {}
+    for i, entry in enumerate(raw):
+        run = _run(entry, path, i)
+        if run.name in runs:
+            raise _damaged(path, f"two runs are called {run.name!r}")
+        runs[run.name] = run
+    ce_path = folder / CE_CLEAN
+    ce = _curves(read_run_json(ce_path), CE_CURVE_KEYS, ce_path, "the file")
+    return Diagnostics(folder=folder, runs=runs, ce_clean=ce)
+
+
+def diagnostics(folder: str | os.PathLike = DIAGNOSTICS) -> Diagnostics | None:
+    """:func:`read_diagnostics` of ``folder`` found from any working directory (:func:`find_evidence`), or None
+    when the folder is not there (a chapter outside a clone of the repository says so instead).
+
+    Raises:
+        FileNotFoundError, bkd_core.errors.DamagedFileError: the folder is there, but a file of it is missing or
+            damaged (:func:`read_diagnostics`).
+    """
+    found = find_evidence(folder)
+    return None if found is None else read_diagnostics(found)
+
+
+# --------------------------------------------------------------------------------------------
+# The reproduction batch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """How far the `cnn` batch is: the runs its summary plans, those finished and those failed (run folder names).
+
+    ``folder`` is None when the batch is not there at all. A run counts as finished when its ``metrics.json``
+    holds every method the batch trains (:meth:`bkd_core.batch.BatchFolder.is_finished`); a run of the folder that
+    the summary does not list counts as planned too.
+    """
+
+    folder: Path | None
+    planned: tuple[str, ...] = ()
+    finished: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Has every planned run finished (and is there one)?"""
+        return bool(self.planned) and len(self.finished) == len(self.planned)
+
+    def text(self) -> str:
+        """The state as a sentence (plain text): not here, not finished yet (k of n runs, which), or finished."""
+        if self.folder is None or not self.planned:
+            where = f" ({self.folder})" if self.folder is not None else ""
+            return f"The cnn batch is not here yet{where}: none of its runs has finished."
+        k, n = len(self.finished), len(self.planned)
+        if self.complete:
+            return f"The cnn batch has finished: {n} of {n} runs."
+        done = f" ({', '.join(self.finished)})" if self.finished else ""
+        failed = f"; failed: {', '.join(self.failed)}" if self.failed else ""
+        return f"The cnn batch is not finished yet: {k} of {n} runs{done}{failed}."
+
+    def _folder(self) -> BatchFolder:
+        if self.folder is None:
+            raise FileNotFoundError(f"the cnn batch is not here; {self.text()}")
+        return BatchFolder(self.folder)
+
+    def results_table(self) -> "pd.DataFrame":
+        """One row per finished run and method (:meth:`bkd_core.batch.BatchFolder.results_table`), only the runs
+        counted as finished; an empty table when none is."""
+        if self.folder is None:
+            import pandas as pd
+
+            from ..batch import folder as batch_folder
+
+            return pd.DataFrame(columns=list(batch_folder.COLUMNS))
+        table = self._folder().results_table()
+        return table[table["run"].isin(self.finished)].reset_index(drop=True)
+
+    def run_of(self, split: str, seed: int = 0, dataset: str = "cifar10") -> str | None:
+        """The finished run of ``split`` and ``seed``, by folder name, or None when it has not finished."""
+        from ..batch.folder import run_name
+
+        name = run_name(dataset, split, seed)
+        return name if name in self.finished else None
+
+    def curves(self, split: str, method: str = "bkd", seed: int = 0) -> dict[str, np.ndarray] | None:
+        """The per-epoch curves of ``method`` in the finished run of ``split`` (float64 per curve, NaN for null),
+        or None when that run has not finished or records none."""
+        name = self.run_of(split, seed)
+        raw = None if name is None else self._folder().method_curves(name, method)
+        if raw is None:
+            return None
+        path = self._folder().run_dir(name) / method / "curves.json"
+        return _curves(raw, ("epoch",), path, "the file")
+
+    def run_metrics(self, split: str, seed: int = 0) -> dict[str, Any] | None:
+        """The ``metrics.json`` of the finished run of ``split`` (its configuration and every method's metrics,
+        :meth:`bkd_core.batch.BatchFolder.run`), or None when that run has not finished."""
+        name = self.run_of(split, seed)
+        return None if name is None else self._folder().run(name)
+
+    def tipping_scores(self, split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """BKD's agreement scores (float32 [N]) and the truth (bool [N]) at the tipping epoch of the finished run of
+        ``split`` (:meth:`bkd_core.batch.BatchFolder.method_tipping_scores`), or None."""
+        name = self.run_of(split, seed)
+        return None if name is None else self._folder().method_tipping_scores(name, "bkd")
+
+
+def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
+    """How far the batch in ``folder`` (found from any working directory, :func:`find_evidence`) is.
+
+    Never fails on a batch that is missing, not started or partial: that is a state (:meth:`BatchState.text`).
+
+    Raises:
+        bkd_core.errors.DamagedFileError: the batch's summary or a run's metrics is there but damaged (names it).
+    """
+    found = find_evidence(folder)
+    if found is None:
+        return BatchState(folder=None)
+    batch = BatchFolder(found)
+    summary = batch.summary()  # {"options": {}, "runs": []} while the batch has written none
+    methods = summary["options"].get("methods")
+    runs = {r["name"]: r["status"] for r in summary["runs"]}
+    present = batch.run_names()
+    for name in present:  # written atomically, so read in full here: a damaged one is named now, not in a figure
+        batch.run(name)
+    finished = [n for n in present if not (isinstance(methods, list) and methods) or batch.is_finished(n, methods)]
+    planned = list(dict.fromkeys([*runs, *present]))
+    failed = [n for n, status in runs.items() if status == "failed" and n not in finished]
+    return BatchState(folder=found, planned=tuple(planned), finished=tuple(n for n in planned if n in finished),
+                      failed=tuple(failed))
+
+
+@dataclass(frozen=True)
+class TippingDetection:
+    """BKD's detection in a finished run of the batch, from its committed tipping-epoch scores.
+
+    ``scores`` float32 [N] and ``is_noisy`` bool [N] as the run stored them; ``detection`` is
+    :func:`bkd_core.method.detect` of the scores with the run's own Otsu settings, so its numbers are the run's;
+    ``tipping`` is the run's 0-based tipping epoch and ``rule`` what set it (``"peak"`` or ``"fallback"``).
+    """
+
+    run: str
+    scores: np.ndarray
+    is_noisy: np.ndarray
+    tipping: int
+    rule: str | None
+    detection: Detection
+
+    def text(self) -> str:
+        """What the detection found, as a sentence (plain text) with its numbers."""
+        from ..metrics import detection_scores, flag_all_f1
+
+        true = float(self.is_noisy.mean())
+        found = f"G4 F1 {detection_scores(self.detection.label_issues, self.is_noisy)['f1']:.3f} (flagging every " \
+                f"image: {flag_all_f1(true):.3f}); " if self.is_noisy.any() else "no label is wrong here; "
+        how = "the peak rule's" if self.rule == "peak" else f"the {self.rule}'s" if self.rule else "its"
+        return (f"In the cnn batch's run {self.run}, at {how} tipping epoch {self.tipping + 1}, the official "
+                f"criterion puts the threshold at {self.detection.split.threshold:.3f}: {found}estimated noise "
+                f"{100 * self.detection.estimated_noise_rate:.1f}% against the true {100 * true:.1f}%.")
+
+
+def tipping_detection(state: BatchState, split: str, seed: int = 0) -> TippingDetection | None:
+    """:class:`TippingDetection` of the finished run of ``split`` and ``seed`` in ``state``; None when that run has
+    not finished, or its BKD found no tipping point (it then stored no scores)."""
+    run = state.run_metrics(split, seed)
+    stored = state.tipping_scores(split, seed)
+    if run is None or stored is None:
+        return None
+    from ..config import BKDConfig
+
+    bkd = run["methods"].get("bkd", {})
+    config = BKDConfig.from_dict(run["config"]) if isinstance(run.get("config"), dict) else BKDConfig()
+    scores, is_noisy = stored
+    tipping = bkd.get("tipping_epoch")
+    if not isinstance(tipping, int):
+        return None
+    return TippingDetection(run=str(state.run_of(split, seed)), scores=scores, is_noisy=is_noisy, tipping=tipping,
+                            rule=bkd.get("tipping_rule"),
+                            detection=detect(scores, bins=config.otsu_bins, criterion=config.otsu_criterion,
+                                             noisy_groups=config.noisy_groups))

@@ -1,0 +1,255 @@
+"""The `cnn` profile's committed evidence as the chapters read it (bkd_core.book.cnn): the diagnostic runs, checked
+field by field, and the reproduction batch, missing, partial or finished, built by hand in tmp_path (no training)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pandas")  # a book package
+
+from bkd_core.book import cnn  # noqa: E402
+from bkd_core.errors import DamagedFileError  # noqa: E402
+from bkd_core.io import atomic_save_npz, atomic_write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / cnn.DIAGNOSTICS
+
+
+def test_the_committed_diagnostics_read_as_the_profiles_notes_describe_them():
+    """Official protocol on worst: the rule fires at epoch 22 on a plateau (the curve falls by less than 0.001 in the
+    next 5 epochs); without augmentation at epoch 8 on a real turn (more than 0.02); CE on clean labels ends above
+    90% test accuracy."""
+    found = cnn.diagnostics()
+    assert found is not None and found.folder == COMMITTED
+    official, no_aug, aggre = (found.run(n) for n in (cnn.OFFICIAL, cnn.NO_AUGMENT, cnn.NO_AUGMENT_AGGRE))
+    assert (official.augment, no_aug.augment, aggre.augment) == (True, False, False)
+    assert (official.tipping, no_aug.tipping, aggre.tipping) == (21, 7, 6)
+    assert official.detection["fall_within_5"] < 0.001 < 0.02 < no_aug.detection["fall_within_5"]
+    assert official.epochs == 40 and official.best_auc_epoch == 33
+    assert 0 <= official.curves["fit_mislabelled"].min() and official.curves["fit_mislabelled"].max() < 0.2
+    assert no_aug.curves["fit_mislabelled"][-1] > 0.4  # memorises without augmentation
+    assert found.ce_clean["test_acc"][-1] > 90
+    with pytest.raises(KeyError, match="off-worst"):
+        found.run("no-such-run")
+
+
+def _copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "cnn-diagnostics"
+    shutil.copytree(COMMITTED, folder)
+    return folder
+
+
+def _edit_runs(folder: Path, change) -> None:
+    path = folder / cnn.PHASE1_RUNS
+    runs = json.loads(path.read_text())
+    change(runs)
+    path.write_text(json.dumps(runs))
+
+
+def _bump_peak(runs):  # a curve the recorded tipping epoch is no longer the rule's peak of
+    runs[0]["curves"]["mean_max_student"][5] = 0.9
+
+
+def _nan_value(runs):
+    runs[1]["curves"]["test_acc"][2] = "71.5"
+
+
+MALFORMED = {
+    "not a list": (lambda runs: runs.clear(), "not a list of runs"),
+    "a run without curves": (lambda runs: runs[0].pop("curves"), "lacks curves"),
+    "a curve missing": (lambda runs: runs[1]["curves"].pop("fit_mislabelled"), "lacks the curves fit_mislabelled"),
+    "a curve too short": (lambda runs: runs[2]["curves"]["agreement_auc"].pop(), "agreement_auc is not a list of 16"),
+    "a value as text": (_nan_value, "neither a finite number nor null"),
+    "a tipping epoch the curve does not have": (_bump_peak, "the official rule (window 2) finds 5"),
+    "a tipping epoch out of range": (lambda runs: runs[1].update(tipping_epoch=99), "is not an epoch of its 16"),
+    "a detection number missing": (lambda runs: runs[0].pop("g4_f1"), "lacks g4_f1"),
+    "a fall that is not the curve's": (lambda runs: runs[0].update(fall_within_5=0.03), "fall_within_5 0.03"),
+    "a wrong best epoch": (lambda runs: runs[0].update(best_auc_epoch=3), "best_auc_epoch 3"),
+    "two runs of one name": (lambda runs: runs.append(copy.deepcopy(runs[0])), "two runs are called 'off-worst'"),
+    "epochs that do not count from 1": (lambda runs: runs[2]["curves"]["epoch"].reverse(), "is not 1, 2, ..."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_diagnostics_file_is_one_sentence_naming_it(tmp_path, case):
+    change, expected = MALFORMED[case]
+    folder = _copy(tmp_path)
+    _edit_runs(folder, change)
+    with pytest.raises(DamagedFileError) as info:
+        cnn.read_diagnostics(folder)
+    message = str(info.value)
+    assert str(folder / cnn.PHASE1_RUNS) in message and expected in message, message
+    assert "\n" not in message and "git checkout" in message
+
+
+def test_damaged_json_and_a_missing_file_are_named(tmp_path):
+    folder = _copy(tmp_path)
+    (folder / cnn.CE_CLEAN).write_text('{"epoch": [1.0], "test_acc": [90.8]}')
+    with pytest.raises(DamagedFileError, match=r"ce_clean_curves.json: the file lacks the curves val_acc, fit_clean"):
+        cnn.read_diagnostics(folder)
+    (folder / cnn.PHASE1_RUNS).write_text("[{")
+    with pytest.raises(DamagedFileError, match="phase1_runs.json is not valid JSON"):
+        cnn.read_diagnostics(folder)
+    (folder / cnn.PHASE1_RUNS).unlink()
+    with pytest.raises(FileNotFoundError):
+        cnn.read_diagnostics(folder)
+
+
+def test_diagnostics_outside_the_repository_are_none(tmp_path):
+    assert cnn.diagnostics(tmp_path / "nowhere") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch: built by hand
+# ----------------------------------------------------------------------------------------------
+
+PLANNED = ("cifar10-clean-seed0", "cifar10-aggre-seed0", "cifar10-worst-seed0")
+METHODS = ("bkd", "ce", "cleanlab")
+
+
+def _summary(folder: Path, statuses: dict[str, str]) -> None:
+    atomic_write_json(folder / "summary.json", {
+        "options": {"profile": "cpu", "methods": list(METHODS), "folds": 2},
+        "runs": [{"name": n, "status": s, "seconds": 0.0, "reason": ""} for n, s in statuses.items()]})
+
+
+def _finished_run(folder: Path, name: str, methods=METHODS, *, tipping=True) -> None:
+    """A finished run of the batch as reproduce writes it (metrics, BKD's curves and tipping scores), by hand."""
+    from bkd_core.config import get_profile
+
+    split = name.split("-")[1]
+    config = get_profile("cpu", seed=0, epochs=3)
+    metrics = {m: {"detection_f1": 0.6, "estimated_noise_rate": 0.45, "true_noise_rate": 0.4, "test_acc": 70.0,
+                   "ranking_auc": 0.9, "tipping_epoch": 1 if m == "bkd" else None,
+                   "tipping_rule": "peak" if m == "bkd" else None, "wall_time_s": 60.0, "device": "cpu"}
+               for m in methods}
+    atomic_write_json(folder / name / "metrics.json", {
+        "dataset": "cifar10", "split": split, "seed": 0, "profile": "cpu", "config": config.to_dict(), "folds": 2,
+        "methods": metrics})
+    curves = {"epoch": [1.0, 2.0, 3.0], "mean_max_student": [0.2, 0.3, 0.25], "agreement_auc": [0.8, 0.9, None]}
+    atomic_write_json(folder / name / "bkd" / "curves.json", curves)
+    if tipping:
+        truth = np.arange(10) % 3 == 0
+        atomic_save_npz(folder / name / "bkd" / "tipping_scores.npz",
+                        agreement=np.linspace(0, 1, 10).astype(np.float16), is_noisy=np.packbits(truth),
+                        num_samples=np.int64(10))
+
+
+def test_a_missing_batch_is_a_state_not_an_error(tmp_path):
+    state = cnn.batch_state(tmp_path / "cnn")
+    assert state.folder is None and not state.complete and not state.finished
+    assert state.text() == "The cnn batch is not here yet: none of its runs has finished."
+    assert state.results_table().empty
+    assert state.curves("worst") is None and state.tipping_scores("worst") is None
+
+
+def test_a_batch_that_has_started_but_finished_nothing_says_so(tmp_path):
+    folder = tmp_path / "cnn"
+    folder.mkdir()
+    assert cnn.batch_state(folder).text() == f"The cnn batch is not here yet ({folder}): none of its runs has finished."
+    _summary(folder, {n: "pending" for n in PLANNED})
+    (folder / "cifar10-clean-seed0" / "bkd").mkdir(parents=True)  # training: no metrics yet
+    state = cnn.batch_state(folder)
+    assert state.planned == PLANNED and state.finished == ()
+    assert state.text() == "The cnn batch is not finished yet: 0 of 3 runs."
+
+
+def test_a_partial_batch_shows_its_finished_runs_and_counts_the_rest(tmp_path):
+    folder = tmp_path / "cnn"
+    _summary(folder, {"cifar10-clean-seed0": "done", "cifar10-aggre-seed0": "failed", "cifar10-worst-seed0": "pending"})
+    _finished_run(folder, "cifar10-clean-seed0")
+    _finished_run(folder, "cifar10-worst-seed0", methods=("bkd", "ce"))  # cleanlab still training: not finished
+    state = cnn.batch_state(folder)
+    assert state.finished == ("cifar10-clean-seed0",) and state.failed == ("cifar10-aggre-seed0",)
+    assert not state.complete
+    assert state.text() == ("The cnn batch is not finished yet: 1 of 3 runs (cifar10-clean-seed0); "
+                            "failed: cifar10-aggre-seed0.")
+    table = state.results_table()
+    assert set(table["run"]) == {"cifar10-clean-seed0"} and sorted(table["method"]) == sorted(METHODS)
+    from bkd_core.book import results
+
+    shown = results.split_table(results.summarize(table))  # what the results chapter shows of it
+    assert list(shown.columns) == ["clean"]
+    curves = state.curves("clean")
+    np.testing.assert_allclose(curves["agreement_auc"], [0.8, 0.9, np.nan])
+    scores, truth = state.tipping_scores("clean")
+    assert scores.shape == truth.shape == (10,) and truth.sum() == 4
+    assert state.curves("worst") is None and state.tipping_scores("worst") is None  # not finished yet
+    assert state.run_of("aggre") is None
+    # the detection at the finished run's tipping epoch, from its stored scores and its own Otsu settings
+    found = cnn.tipping_detection(state, "clean")
+    assert found.run == "cifar10-clean-seed0" and found.tipping == 1 and found.rule == "peak"
+    np.testing.assert_array_equal(found.detection.below_threshold, found.scores < found.detection.split.threshold)
+    text = found.text()
+    assert text.startswith("In the cnn batch's run cifar10-clean-seed0, at the peak rule's tipping epoch 2, ")
+    assert f"estimated noise {100 * found.detection.estimated_noise_rate:.1f}% against the true 40.0%" in text
+    assert "(flagging every image: 0.571)" in text
+    assert cnn.tipping_detection(state, "worst") is None and cnn.tipping_detection(state, "aggre") is None
+
+
+def test_a_finished_batch_and_one_without_a_summary(tmp_path):
+    folder = tmp_path / "cnn"
+    _summary(folder, {n: "done" for n in PLANNED})
+    for name in PLANNED:
+        _finished_run(folder, name, tipping=name != "cifar10-clean-seed0")
+    state = cnn.batch_state(folder)
+    assert state.complete and state.text() == "The cnn batch has finished: 3 of 3 runs."
+    assert len(state.results_table()) == 9
+    assert state.tipping_scores("clean") is None and state.tipping_scores("aggre") is not None
+    (folder / "summary.json").unlink()  # runs copied without their summary: each finished run is a planned one
+    state = cnn.batch_state(folder)
+    assert state.complete and len(state.planned) == 3
+
+
+def test_a_damaged_run_of_the_batch_is_named_not_skipped(tmp_path):
+    folder = tmp_path / "cnn"
+    _summary(folder, {n: "done" for n in PLANNED[:1]})
+    _finished_run(folder, PLANNED[0])
+    (folder / PLANNED[0] / "metrics.json").write_text("{")
+    with pytest.raises(DamagedFileError, match="metrics.json"):
+        cnn.batch_state(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# Their figures
+# ----------------------------------------------------------------------------------------------
+
+
+def _stars(ax):
+    return [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines if line.get_marker() == "*"]
+
+
+def test_the_figures_of_the_diagnostics_star_the_rules_epoch(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book import plots
+
+    found = cnn.diagnostics()
+    official, no_aug = found.run(cnn.OFFICIAL), found.run(cnn.NO_AUGMENT)
+    flat = np.full(6, 0.5)  # no peak: a legend entry says so, no star
+    fig = plots.plot_student_curves({"cnn": {"official": (official.curves["mean_max_student"], official.tipping),
+                                             "no augmentation": (no_aug.curves["mean_max_student"], no_aug.tipping)},
+                                     "flat": {"flat": (flat, None)}})
+    cnn_ax, flat_ax = fig.axes[:2]
+    assert _stars(cnn_ax) == [(22, official.curves["mean_max_student"][21]), (8, no_aug.curves["mean_max_student"][7])]
+    assert not _stars(flat_ax) and all(ax.get_xlabel() and ax.get_ylabel() for ax in (cnn_ax, flat_ax))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "official: peak at epoch 22" in labels and "flat: no peak" in labels
+    fig = plots.plot_auc_by_epoch({"official": (official.curves["agreement_auc"], official.tipping,
+                                                official.best_auc_epoch)})
+    assert _stars(fig.axes[0]) == [(22, official.curves["agreement_auc"][21])]
+    assert "official: best, epoch 34" in [t.get_text() for t in fig.legends[0].get_texts()]
+    fig = plots.plot_fit_by_epoch({"official": (official.curves["fit_clean"], official.curves["fit_mislabelled"])},
+                                  {"CE, clean labels": found.ce_clean["test_acc"]})
+    left, right = fig.axes[:2]
+    assert len(left.lines) == 2 and len(right.lines) == 1
+    np.testing.assert_allclose(left.lines[1].get_ydata(), 100 * official.curves["fit_mislabelled"])
+    plt.close("all")
