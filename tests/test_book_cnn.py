@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("pandas")  # a book package
 
+from bkd_core.batch.folder import METHOD_CURVES, METHOD_TIPPING_SCORES, METRICS, SUMMARY  # noqa: E402
 from bkd_core.book import cnn  # noqa: E402
 from bkd_core.errors import DamagedFileError  # noqa: E402
 from bkd_core.io import atomic_save_npz, atomic_write_json  # noqa: E402
@@ -69,6 +70,8 @@ MALFORMED = {
     "a tipping epoch the curve does not have": (_bump_peak, "the official rule (window 2) finds 5"),
     "a tipping epoch out of range": (lambda runs: runs[1].update(tipping_epoch=99), "is not an epoch of its 16"),
     "a detection number missing": (lambda runs: runs[0].pop("g4_f1"), "lacks g4_f1"),
+    "a detection number as text": (lambda runs: runs[0].update(g4_f1="0.77"), "g4_f1 '0.77' is not a finite number"),
+    "a setting of the wrong kind": (lambda runs: runs[1].update(augment="no"), "augment 'no' is not true or false"),
     "a fall that is not the curve's": (lambda runs: runs[0].update(fall_within_5=0.03), "fall_within_5 0.03"),
     "a wrong best epoch": (lambda runs: runs[0].update(best_auc_epoch=3), "best_auc_epoch 3"),
     "two runs of one name": (lambda runs: runs.append(copy.deepcopy(runs[0])), "two runs are called 'off-worst'"),
@@ -114,7 +117,7 @@ METHODS = ("bkd", "ce", "cleanlab")
 
 
 def _summary(folder: Path, statuses: dict[str, str]) -> None:
-    atomic_write_json(folder / "summary.json", {
+    atomic_write_json(folder / SUMMARY, {
         "options": {"profile": "cpu", "methods": list(METHODS), "folds": 2},
         "runs": [{"name": n, "status": s, "seconds": 0.0, "reason": ""} for n, s in statuses.items()]})
 
@@ -129,14 +132,14 @@ def _finished_run(folder: Path, name: str, methods=METHODS, *, tipping=True) -> 
                    "ranking_auc": 0.9, "tipping_epoch": 1 if m == "bkd" else None,
                    "tipping_rule": "peak" if m == "bkd" else None, "wall_time_s": 60.0, "device": "cpu"}
                for m in methods}
-    atomic_write_json(folder / name / "metrics.json", {
+    atomic_write_json(folder / name / METRICS, {
         "dataset": "cifar10", "split": split, "seed": 0, "profile": "cpu", "config": config.to_dict(), "folds": 2,
         "methods": metrics})
     curves = {"epoch": [1.0, 2.0, 3.0], "mean_max_student": [0.2, 0.3, 0.25], "agreement_auc": [0.8, 0.9, None]}
-    atomic_write_json(folder / name / "bkd" / "curves.json", curves)
+    atomic_write_json(folder / name / "bkd" / METHOD_CURVES, curves)
     if tipping:
         truth = np.arange(10) % 3 == 0
-        atomic_save_npz(folder / name / "bkd" / "tipping_scores.npz",
+        atomic_save_npz(folder / name / "bkd" / METHOD_TIPPING_SCORES,
                         agreement=np.linspace(0, 1, 10).astype(np.float16), is_noisy=np.packbits(truth),
                         num_samples=np.int64(10))
 
@@ -152,7 +155,7 @@ def test_a_missing_batch_is_a_state_not_an_error(tmp_path):
 def test_a_batch_that_has_started_but_finished_nothing_says_so(tmp_path):
     folder = tmp_path / "cnn"
     folder.mkdir()
-    assert cnn.batch_state(folder).text() == f"The cnn batch is not here yet ({folder}): none of its runs has finished."
+    assert cnn.batch_state(folder).text() == "The cnn batch is not here yet: none of its runs has finished."
     _summary(folder, {n: "pending" for n in PLANNED})
     (folder / "cifar10-clean-seed0" / "bkd").mkdir(parents=True)  # training: no metrics yet
     state = cnn.batch_state(folder)
@@ -202,7 +205,7 @@ def test_a_finished_batch_and_one_without_a_summary(tmp_path):
     assert state.complete and state.text() == "The cnn batch has finished: 3 of 3 runs."
     assert len(state.results_table()) == 9
     assert state.tipping_scores("clean") is None and state.tipping_scores("aggre") is not None
-    (folder / "summary.json").unlink()  # runs copied without their summary: each finished run is a planned one
+    (folder / SUMMARY).unlink()  # runs copied without their summary: each finished run is a planned one
     state = cnn.batch_state(folder)
     assert state.complete and len(state.planned) == 3
 
@@ -211,8 +214,14 @@ def test_a_damaged_run_of_the_batch_is_named_not_skipped(tmp_path):
     folder = tmp_path / "cnn"
     _summary(folder, {n: "done" for n in PLANNED[:1]})
     _finished_run(folder, PLANNED[0])
-    (folder / PLANNED[0] / "metrics.json").write_text("{")
-    with pytest.raises(DamagedFileError, match="metrics.json"):
+    atomic_write_json(folder / PLANNED[0] / "bkd" / METHOD_CURVES, {"epoch": [1.0, 2.0], "agreement_auc": [0.8]})
+    with pytest.raises(DamagedFileError) as info:
+        cnn.batch_state(folder).curves("clean")
+    message = str(info.value)  # a batch run's file is retrained, not restored from the diagnostic runs' script
+    assert METHOD_CURVES in message and "agreement_auc is not a list of 2" in message
+    assert "delete the run's folder" in message and "cnn_diagnostics" not in message
+    (folder / PLANNED[0] / METRICS).write_text("{")
+    with pytest.raises(DamagedFileError, match=METRICS):
         cnn.batch_state(folder)
 
 

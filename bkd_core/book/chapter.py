@@ -266,6 +266,16 @@ def repository_root(start: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
+def repository_paths(path: str | os.PathLike) -> list[Path]:
+    """Where a folder ``path`` named for the book may be, in the order to look: ``path`` itself when absolute;
+    else in the working directory, then in the repository (:func:`repository_root`) when there is one."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return [path]
+    root = repository_root()
+    return [Path.cwd() / path] + ([root / path] if root is not None else [])
+
+
 def find_results_dir(results_dir: str | os.PathLike) -> Path:
     """The reproduction batch folder ``results_dir`` (holding a batch summary) from any working directory.
 
@@ -276,19 +286,16 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: no batch summary there; says where it looked and how to fix it.
     """
-    path = Path(results_dir).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path]
-    root = repository_root()
-    if not path.is_absolute() and root is not None:
-        candidates.append(root / path)
+    candidates = repository_paths(results_dir)
     from ..batch import SUMMARY, BatchFolder
 
     for candidate in candidates:
         if BatchFolder(candidate).has_summary():
             return candidate.resolve()
     looked = ", ".join(str(c) for c in candidates)
-    hint = "" if root is not None else (" (no repository found from the working directory or from bkd_core's location "
-                                        f"{_package_dir()}: clone it, or pass an absolute path)")
+    hint = "" if repository_root() is not None else (
+        f" (no repository found from the working directory or from bkd_core's location {_package_dir()}: clone it, "
+        "or pass an absolute path)")
     raise FileNotFoundError(f"no reproduction batch ({SUMMARY}) for results_dir={str(results_dir)!r}: looked in "
                             f"{looked}{hint}. Pass the folder written by `bkd reproduce --out DIR`, e.g. "
                             f"papermill -p results_dir /path/to/reproductions/cpu")

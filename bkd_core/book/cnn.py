@@ -28,9 +28,11 @@ import numpy as np
 
 from ..batch import BatchFolder
 from ..batch.files import read_run_json
+from ..batch.folder import METHOD_CURVES, run_name
+from ..config import PROFILES
 from ..errors import DamagedFileError
 from ..method import Detection, detect, find_tipping_point
-from .chapter import repository_root
+from .chapter import repository_paths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,20 +60,27 @@ CE_CURVE_KEYS = ("epoch", "val_acc", "test_acc", "fit_clean")
 #: Numbers a diagnostic run records about the epoch the official rule picks (when it picks one).
 DETECTION_KEYS = ("found_at_epoch", "fall_within_5", "estimated_noise_rate", "true_noise_rate", "g4_f1",
                   "below_threshold_f1", "flag_all_f1", "auc_at_tip", "test_acc_at_tip")
-#: The official rule's window (epochs on each side), which the diagnostic runs' recorded tipping epochs come from.
-WINDOW = 2
+#: The official rule's window (epochs on each side, the `cnn` profile's), which the diagnostic runs' recorded
+#: tipping epochs come from.
+WINDOW = PROFILES["cnn"].tipping_window
+#: How many epochs after the tipping epoch ``fall_within_5`` looks at (how far the student's curve falls there).
+FALL_EPOCHS = 5
+#: What restores a damaged file of the diagnostic runs.
+_RESTORE = "restore it from the repository (git checkout) or rewrite it with benchmarks/cnn_diagnostics.py --json"
+#: What to do about a damaged file of a batch run.
+_RERUN = "restore it, or delete the run's folder and run the batch's command again to retrain that run"
 
 
 def find_evidence(path: str | os.PathLike) -> Path | None:
-    """The folder ``path`` from any working directory: as it is when absolute; else in the working directory, then
-    in the repository (:func:`bkd_core.book.repository_root`). None when it is in neither (e.g. in Colab, where the
-    repository is not cloned)."""
-    path = Path(path).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path]
-    root = repository_root()
-    if not path.is_absolute() and root is not None:
-        candidates.append(root / path)
-    return next((c.resolve() for c in candidates if c.is_dir()), None)
+    """The folder ``path`` from any working directory (:func:`bkd_core.book.chapter.repository_paths`).
+
+    Returns
+    -------
+    Path or None
+        The folder, resolved; None when it is in none of those places (e.g. in Colab, where the repository is not
+        cloned).
+    """
+    return next((c.resolve() for c in repository_paths(path) if c.is_dir()), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,17 +139,18 @@ class Diagnostics:
     def run(self, name: str) -> DiagnosticRun:
         """The run called ``name`` (e.g. :data:`OFFICIAL`).
 
-        Raises:
-            KeyError: no such run (names the ones there are).
+        Raises
+        ------
+        KeyError
+            No such run (names the ones there are).
         """
         if name not in self.runs:
             raise KeyError(f"{self.folder / PHASE1_RUNS} holds no run {name!r}; it holds {', '.join(self.runs)}")
         return self.runs[name]
 
 
-def _damaged(path: Path, what: str) -> DamagedFileError:
-    return DamagedFileError(f"{path}: {what}; restore it from the repository (git checkout -- {path.name}, in its "
-                            "folder) or rewrite it with benchmarks/cnn_diagnostics.py --json")
+def _damaged(path: Path, what: str, fix: str = _RESTORE) -> DamagedFileError:
+    return DamagedFileError(f"{path}: {what}; {fix}")
 
 
 def _number(value: Any, allow_none: bool = False) -> bool:
@@ -153,23 +163,23 @@ def _index(value: Any, epochs: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < epochs
 
 
-def _curves(raw: Any, keys: tuple[str, ...], path: Path, where: str) -> dict[str, np.ndarray]:
+def _curves(raw: Any, keys: tuple[str, ...], path: Path, where: str, fix: str = _RESTORE) -> dict[str, np.ndarray]:
     """Checked curves: every key of ``keys`` a list of numbers or nulls, all as long as ``epoch``, which counts
-    1, 2, ...; every curve of ``raw`` as float64 with NaN for null."""
+    1, 2, ...; every curve of ``raw`` as float64 ``[epochs]`` with NaN for null."""
     if not isinstance(raw, dict):
-        raise _damaged(path, f"{where} holds a {type(raw).__name__}, not a dict of per-epoch curves")
+        raise _damaged(path, f"{where} holds a {type(raw).__name__}, not a dict of per-epoch curves", fix)
     missing = [k for k in keys if k not in raw]
     if missing:
-        raise _damaged(path, f"{where} lacks the curves {', '.join(missing)}")
+        raise _damaged(path, f"{where} lacks the curves {', '.join(missing)}", fix)
     epochs = raw["epoch"]
     if not isinstance(epochs, list) or not epochs or epochs != [float(e) for e in range(1, len(epochs) + 1)]:
-        raise _damaged(path, f"{where}.epoch is not 1, 2, ... (one entry per epoch)")
+        raise _damaged(path, f"{where}.epoch is not 1, 2, ... (one entry per epoch)", fix)
     curves = {}
     for key, values in raw.items():
         if not isinstance(values, list) or len(values) != len(epochs):
-            raise _damaged(path, f"{where}.{key} is not a list of {len(epochs)} values, one per epoch")
+            raise _damaged(path, f"{where}.{key} is not a list of {len(epochs)} values, one per epoch", fix)
         if not all(_number(v, allow_none=True) for v in values):
-            raise _damaged(path, f"{where}.{key} holds a value that is neither a finite number nor null")
+            raise _damaged(path, f"{where}.{key} holds a value that is neither a finite number nor null", fix)
         curves[key] = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
     return curves
 
@@ -183,12 +193,18 @@ def _run(raw: Any, path: Path, i: int) -> DiagnosticRun:
     missing = [k for k in required if k not in raw]
     if missing:
         raise _damaged(path, f"{where} lacks {', '.join(missing)}")
+    settings = {
+        "run": (lambda v: isinstance(v, str) and bool(v), "a name"),
+        "split": (lambda v: isinstance(v, str) and bool(v), "a split's name"),
+        "augment": (lambda v: isinstance(v, bool), "true or false"),
+        "widths": (lambda v: isinstance(v, list) and bool(v) and all(_index(w, 1 << 16) and w > 0 for w in v),
+                   "a list of channel counts"),
+        "weight_decay": (_number, "a number"),
+    }
+    for key, (valid, what) in settings.items():
+        if not valid(raw[key]):
+            raise _damaged(path, f"{where}: {key} {raw[key]!r} is not {what}")
     name = raw["run"]
-    if not (isinstance(name, str) and name and isinstance(raw["split"], str) and isinstance(raw["augment"], bool)
-            and isinstance(raw["widths"], list) and all(_index(w, 1 << 16) and w > 0 for w in raw["widths"])
-            and _number(raw["weight_decay"])):
-        raise _damaged(path, f"{where}: run, split, augment, widths or weight_decay is not a name, a split, true or "
-                       "false, a list of channel counts, a number")
     where = f"run {name!r}"
     curves = _curves(raw["curves"], CURVE_KEYS, path, f"{where}: curves")
     n = len(curves["epoch"])
@@ -204,16 +220,17 @@ def _run(raw: Any, path: Path, i: int) -> DiagnosticRun:
         missing = [k for k in DETECTION_KEYS if k not in raw]
         if missing:
             raise _damaged(path, f"{where} has a tipping epoch but lacks {', '.join(missing)}")
-        if not all(_number(raw[k]) for k in DETECTION_KEYS):
-            raise _damaged(path, f"{where}: a number of its detection ({', '.join(DETECTION_KEYS)}) is not one")
+        bad = next((k for k in DETECTION_KEYS if not _number(raw[k])), None)
+        if bad is not None:
+            raise _damaged(path, f"{where}: {bad} {raw[bad]!r} is not a finite number")
         if raw["found_at_epoch"] != tipping + WINDOW:
             raise _damaged(path, f"{where}: found_at_epoch {raw['found_at_epoch']!r} is not its tipping epoch + "
                            f"{WINDOW}")
-        after = curves["mean_max_student"][tipping + 1: tipping + 6]
+        after = curves["mean_max_student"][tipping + 1: tipping + 1 + FALL_EPOCHS]
         fall = float(curves["mean_max_student"][tipping] - np.nanmin(after)) if np.isfinite(after).any() else None
         if fall is None or abs(raw["fall_within_5"] - fall) > 1e-9:
             raise _damaged(path, f"{where}: fall_within_5 {raw['fall_within_5']!r} is not how far its recorded curve "
-                           "falls in the 5 epochs after its tipping epoch")
+                           f"falls in the {FALL_EPOCHS} epochs after its tipping epoch")
         detection = {k: float(raw[k]) for k in DETECTION_KEYS if k != "found_at_epoch"}
     auc = curves["agreement_auc"]
     best = raw["best_auc_epoch"]
@@ -237,10 +254,23 @@ def read_diagnostics(folder: str | os.PathLike) -> Diagnostics:
     there (:data:`DETECTION_KEYS`) and the epoch of its best agreement AUC; the cross-entropy run the curves
     ``epoch``, ``val_acc``, ``test_acc`` and ``fit_clean``.
 
-    Raises:
-        FileNotFoundError: a file is not there (names it).
-        bkd_core.errors.DamagedFileError: a file is not valid JSON, not a regular file, or not what it should be
-            (one sentence naming the file, the field, and how to restore it).
+    Parameters
+    ----------
+    folder
+        The folder holding both files.
+
+    Returns
+    -------
+    Diagnostics
+        The runs by name, each curve float64 ``[epochs]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        A file is not there (names it).
+    bkd_core.errors.DamagedFileError
+        A file is not valid JSON, not a regular file, or not what it should be (one sentence naming the file, the
+        field, and how to restore it).
     """
     folder = Path(folder)
     path = folder / PHASE1_RUNS
@@ -262,9 +292,10 @@ def diagnostics(folder: str | os.PathLike = DIAGNOSTICS) -> Diagnostics | None:
     """:func:`read_diagnostics` of ``folder`` found from any working directory (:func:`find_evidence`), or None
     when the folder is not there (a chapter outside a clone of the repository says so instead).
 
-    Raises:
-        FileNotFoundError, bkd_core.errors.DamagedFileError: the folder is there, but a file of it is missing or
-            damaged (:func:`read_diagnostics`).
+    Raises
+    ------
+    FileNotFoundError, bkd_core.errors.DamagedFileError
+        The folder is there, but a file of it is missing or damaged (:func:`read_diagnostics`).
     """
     found = find_evidence(folder)
     return None if found is None else read_diagnostics(found)
@@ -297,8 +328,7 @@ class BatchState:
     def text(self) -> str:
         """The state as a sentence (plain text): not here, not finished yet (k of n runs, which), or finished."""
         if self.folder is None or not self.planned:
-            where = f" ({self.folder})" if self.folder is not None else ""
-            return f"The cnn batch is not here yet{where}: none of its runs has finished."
+            return "The cnn batch is not here yet: none of its runs has finished."
         k, n = len(self.finished), len(self.planned)
         if self.complete:
             return f"The cnn batch has finished: {n} of {n} runs."
@@ -325,8 +355,6 @@ class BatchState:
 
     def run_of(self, split: str, seed: int = 0, dataset: str = "cifar10") -> str | None:
         """The finished run of ``split`` and ``seed``, by folder name, or None when it has not finished."""
-        from ..batch.folder import run_name
-
         name = run_name(dataset, split, seed)
         return name if name in self.finished else None
 
@@ -337,8 +365,8 @@ class BatchState:
         raw = None if name is None else self._folder().method_curves(name, method)
         if raw is None:
             return None
-        path = self._folder().run_dir(name) / method / "curves.json"
-        return _curves(raw, ("epoch",), path, "the file")
+        path = self._folder().run_dir(name) / method / METHOD_CURVES
+        return _curves(raw, ("epoch",), path, "the file", _RERUN)
 
     def run_metrics(self, split: str, seed: int = 0) -> dict[str, Any] | None:
         """The ``metrics.json`` of the finished run of ``split`` (its configuration and every method's metrics,
@@ -358,8 +386,10 @@ def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
 
     Never fails on a batch that is missing, not started or partial: that is a state (:meth:`BatchState.text`).
 
-    Raises:
-        bkd_core.errors.DamagedFileError: the batch's summary or a run's metrics is there but damaged (names it).
+    Raises
+    ------
+    bkd_core.errors.DamagedFileError
+        The batch's summary or a run's metrics is there but damaged (names it).
     """
     found = find_evidence(folder)
     if found is None:
