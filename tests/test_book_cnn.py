@@ -251,7 +251,7 @@ def test_the_figures_of_the_diagnostics_star_the_rules_epoch(tmp_path):
     assert _stars(cnn_ax) == [(22, official.curves["mean_max_student"][21]), (8, no_aug.curves["mean_max_student"][7])]
     assert not _stars(flat_ax) and all(ax.get_xlabel() and ax.get_ylabel() for ax in (cnn_ax, flat_ax))
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "official: peak at epoch 22" in labels and "flat: no peak" in labels
+    assert "official: tipping point, epoch 22" in labels and "flat: no tipping point" in labels
     fig = plots.plot_auc_by_epoch({"official": (official.curves["agreement_auc"], official.tipping,
                                                 official.best_auc_epoch)})
     assert _stars(fig.axes[0]) == [(22, official.curves["agreement_auc"][21])]

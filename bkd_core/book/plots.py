@@ -15,6 +15,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
@@ -900,25 +901,32 @@ RUN_COLOURS = (BKD, TEACHER, CLEAN, ACCENT)
 RUN_STYLES = ("-", "--", ":", "-.")
 
 
-def plot_student_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], int | None]]]) -> Figure:
-    """The student's mean max probability per epoch with the peak the official rule picks starred, one panel per
-    entry of ``panels`` side by side, each on its own scale.
+def _run_line(ax: Axes, k: int, values: np.ndarray, label: str, tipping: int | None) -> str:
+    """Run ``k``'s curve (values [E], epochs from 1) in its colour and style, its 0-based ``tipping`` epoch starred
+    (a legend entry says when there is none); returns the colour."""
+    colour = RUN_COLOURS[k % len(RUN_COLOURS)]
+    _line(ax, values, color=colour, linestyle=RUN_STYLES[k % len(RUN_STYLES)], marker="o", ms=2.5, label=label)
+    if tipping is not None:
+        ax.plot([tipping + 1], [values[tipping]], marker="*", ms=15, color=colour, markeredgecolor="black",
+                linestyle="none", label=f"{label}: tipping point, epoch {tipping + 1}")
+    else:
+        ax.plot([], [], linestyle="none", label=f"{label}: no tipping point")
+    return colour
 
-    Args:
-        panels: panel title -> {run label: (curve [E], 0-based tipping epoch or None)}.
+
+def plot_student_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], int | None]]]) -> Figure:
+    """The student's mean max probability per epoch with the tipping point the official rule picks starred, one
+    panel per entry of ``panels`` side by side, each on its own scale.
+
+    Parameters
+    ----------
+    panels
+        Panel title -> {run label: (curve float [E], 0-based tipping epoch or None)}.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (title, runs) in zip(axes[0], panels.items()):
         for k, (label, (curve, tipping)) in enumerate(runs.items()):
-            colour = RUN_COLOURS[k % len(RUN_COLOURS)]
-            values = np.asarray(curve, dtype=np.float64)
-            _line(ax, values, color=colour, linestyle=RUN_STYLES[k % len(RUN_STYLES)], marker="o", ms=2.5,
-                  label=label)
-            if tipping is not None:
-                ax.plot([tipping + 1], [values[tipping]], marker="*", ms=15, color=colour, markeredgecolor="black",
-                        linestyle="none", label=f"{label}: peak at epoch {tipping + 1}")
-            else:
-                ax.plot([], [], linestyle="none", label=f"{label}: no peak")
+            _run_line(ax, k, np.asarray(curve, dtype=np.float64), label, tipping)
         ax.set(title=title, xlabel="epoch", ylabel="mean max softmax of S")
         _integer_epochs(ax)
     _legend_below(fig, axes, ncols=2)
@@ -927,20 +935,18 @@ def plot_student_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float],
 
 def plot_auc_by_epoch(runs: Mapping[str, tuple[Sequence[float], int | None, int | None]]) -> Figure:
     """The ranking ROC-AUC of the agreement score (mislabelled against clean images) per epoch of runs kept in
-    phase 1, with the epoch the peak rule picks starred and the best epoch ringed.
+    phase 1, with the epoch the official rule picks starred and the best epoch ringed.
 
-    Args:
-        runs: run label -> (AUC per epoch [E], NaN where not scored; 0-based tipping epoch or None; 0-based best
-            epoch or None).
+    Parameters
+    ----------
+    runs
+        Run label -> (AUC per epoch, float [E], NaN where not scored; 0-based tipping epoch or None; 0-based best
+        epoch or None).
     """
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for k, (label, (auc, tipping, best)) in enumerate(runs.items()):
-        colour = RUN_COLOURS[k % len(RUN_COLOURS)]
         values = np.asarray(auc, dtype=np.float64)
-        _line(ax, values, color=colour, linestyle=RUN_STYLES[k % len(RUN_STYLES)], marker="o", ms=2.5, label=label)
-        if tipping is not None:
-            ax.plot([tipping + 1], [values[tipping]], marker="*", ms=15, color=colour, markeredgecolor="black",
-                    linestyle="none", label=f"{label}: tipping point, epoch {tipping + 1}")
+        colour = _run_line(ax, k, values, label, tipping)
         if best is not None:
             ax.plot([best + 1], [values[best]], marker="o", ms=12, markerfacecolor="none", markeredgecolor=colour,
                     markeredgewidth=1.8, linestyle="none", label=f"{label}: best, epoch {best + 1}")
@@ -957,9 +963,13 @@ def plot_fit_by_epoch(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]
     label a network predicts in its training pass, per epoch, one line style per run. Right (with ``test_acc``):
     test accuracy per epoch of the runs given there.
 
-    Args:
-        runs: run label -> (fit of the correctly labelled images [E], fit of the mislabelled ones [E]), fractions.
-        test_acc: run label -> test accuracy [E'] in %.
+    Parameters
+    ----------
+    runs
+        Run label -> (share of the correctly labelled images fitted, float [E]; of the mislabelled ones, float
+        [E]), fractions in [0, 1].
+    test_acc
+        Run label -> test accuracy per epoch, float [E'] in %.
     """
     fig, axes = plt.subplots(1, 2 if test_acc else 1, figsize=(10.5 if test_acc else 6.5, 3.8), squeeze=False)
     ax = axes[0, 0]
@@ -969,8 +979,8 @@ def plot_fit_by_epoch(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]
               label=f"{label}: correctly labelled")
         _line(ax, 100 * np.asarray(fit_mislabelled, dtype=np.float64), color=NOISY, linestyle=style, marker="o",
               ms=2.5, label=f"{label}: mislabelled")
-    ax.set(xlabel="epoch", ylabel="% predicted as their given label", ylim=(0, 102),
-           title="Training images the network fits")
+    ax.set(xlabel="epoch", ylabel="% of images", ylim=(0, 102),
+           title="Training images predicted as their given label")
     _integer_epochs(ax)
     if test_acc:
         ax = axes[0, 1]
