@@ -32,7 +32,8 @@ def test_the_committed_diagnostics_read_as_the_profiles_notes_describe_them():
     assert (official.augment, no_aug.augment, aggre.augment) == (True, False, False)
     assert (official.tipping, no_aug.tipping, aggre.tipping) == (21, 7, 6)
     assert official.detection["fall_within_5"] < 0.001 < 0.02 < no_aug.detection["fall_within_5"]
-    assert official.epochs == 40 and official.best_auc_epoch == 33
+    assert official.epochs == 40 and official.best_auc_epoch == 33  # the plateau: best 12 epochs after the rule
+    assert (no_aug.best_auc_epoch, aggre.best_auc_epoch) == (10, 6)  # the turn: at or 3 epochs after the rule
     assert 0 <= official.curves["fit_mislabelled"].min() and official.curves["fit_mislabelled"].max() < 0.2
     assert no_aug.curves["fit_mislabelled"][-1] > 0.4  # memorises without augmentation
     assert found.ce_clean["test_acc"][-1] > 90
