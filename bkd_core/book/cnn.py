@@ -1,6 +1,6 @@
 """The `cnn` profile's committed evidence, read for the chapters (nothing here trains).
 
-Two sources, both kept in the repository:
+Two sources, both committed to the repository (the batch run by run, as its runs finish):
 
 - the diagnostic runs (:data:`DIAGNOSTICS`): BKD on `worst` and `aggre` kept in phase 1 past the tipping rule, with
   the official protocol and without augmentation (:data:`PHASE1_RUNS`, written by
@@ -93,8 +93,8 @@ class DiagnosticRun:
     """One BKD run kept in phase 1 past the tipping rule, as :data:`PHASE1_RUNS` records it.
 
     ``curves`` maps each curve's name to float64 ``[epochs]`` (NaN where an epoch has no value); ``tipping`` is the
-    0-based epoch the official rule (window 2) picks on ``mean_max_student``, ``found_at`` where it sees it, None
-    when it picks none; ``detection`` holds the numbers of :data:`DETECTION_KEYS` measured at ``tipping``
+    0-based epoch the official rule (window :data:`WINDOW`) picks on ``mean_max_student``, ``found_at`` where it
+    sees it, None when it picks none; ``detection`` holds the numbers of :data:`DETECTION_KEYS` measured at ``tipping``
     (noise rates and F1 as fractions, test accuracy in %; empty without a tipping point); ``best_auc_epoch`` is
     the 0-based epoch whose agreement scores rank mislabelled against clean images best.
     """
