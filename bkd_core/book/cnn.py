@@ -28,10 +28,11 @@ import numpy as np
 
 from ..batch import BatchFolder
 from ..batch.files import read_run_json
-from ..batch.folder import METHOD_CURVES, run_name
-from ..config import PROFILES
+from ..batch.folder import COLUMNS, METHOD_CURVES, run_name
+from ..config import PROFILES, BKDConfig
 from ..errors import DamagedFileError
 from ..method import Detection, detect, find_tipping_point
+from ..metrics import detection_scores, flag_all_f1
 from .chapter import repository_paths
 
 if TYPE_CHECKING:
@@ -347,9 +348,7 @@ class BatchState:
         if self.folder is None:
             import pandas as pd
 
-            from ..batch import folder as batch_folder
-
-            return pd.DataFrame(columns=list(batch_folder.COLUMNS))
+            return pd.DataFrame(columns=list(COLUMNS))
         table = self._folder().results_table()
         return table[table["run"].isin(self.finished)].reset_index(drop=True)
 
@@ -426,8 +425,6 @@ class TippingDetection:
 
     def text(self) -> str:
         """What the detection found, as a sentence (plain text) with its numbers."""
-        from ..metrics import detection_scores, flag_all_f1
-
         true = float(self.is_noisy.mean())
         found = f"G4 F1 {detection_scores(self.detection.label_issues, self.is_noisy)['f1']:.3f} (flagging every " \
                 f"image: {flag_all_f1(true):.3f}); " if self.is_noisy.any() else "no label is wrong here; "
@@ -444,8 +441,6 @@ def tipping_detection(state: BatchState, split: str, seed: int = 0) -> TippingDe
     stored = state.tipping_scores(split, seed)
     if run is None or stored is None:
         return None
-    from ..config import BKDConfig
-
     bkd = run["methods"].get("bkd", {})
     config = BKDConfig.from_dict(run["config"]) if isinstance(run.get("config"), dict) else BKDConfig()
     scores, is_noisy = stored
