@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DIAGNOSTICS", "PHASE1_RUNS", "CE_CLEAN", "BATCH", "OFFICIAL", "NO_AUGMENT", "NO_AUGMENT_AGGRE",
-    "CURVE_KEYS", "DiagnosticRun", "Diagnostics", "find_evidence", "read_diagnostics", "diagnostics",
+    "CURVE_KEYS", "WINDOW", "FALL_EPOCHS", "DiagnosticRun", "Diagnostics", "find_evidence", "read_diagnostics",
+    "diagnostics",
     "BatchState", "batch_state", "TippingDetection", "tipping_detection",
 ]
 
