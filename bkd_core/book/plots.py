@@ -39,6 +39,7 @@ __all__ = [
     "plot_test_accuracy",
     "plot_detection_by_split",
     "plot_accuracy_by_split",
+    "plot_ablations",
     "plot_noise_estimates",
     "show_label_issues",
     "plot_estimate_bias",
@@ -685,6 +686,38 @@ def plot_accuracy_by_split(table) -> Figure:
     series = (("BKD", "bkd", "test_acc", BKD), ("cross-entropy", "ce", "test_acc", CE))
     _bars_over_seeds(table, series, ax, scale=1.0)  # test_acc is in % already
     ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy, last epoch (%)", title="Accuracy on the clean test set")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+#: Series of :func:`plot_ablations`: column of :func:`bkd_core.book.ablations.ablation_runs` -> (label, colour, marker).
+ABLATION_SERIES = {
+    "bkd_last": ("BKD, last epoch", BKD, "o"),
+    "bkd_switch": ("BKD at its switch (phase 1 only)", "#56B4E9", "D"),
+    "ce_val_pick": ("CE, best noisy-validation epoch", TEACHER, "s"),
+    "ce_last": ("CE, last epoch", CE, "v"),
+    "ce_best": ("CE, best test epoch (bound on early stopping)", ACCENT, "^"),
+}
+
+
+def plot_ablations(summary) -> Figure:
+    """Test accuracy (%) per split of BKD's last epoch and the alternatives a reader would run instead: mean over
+    seeds as a marker, standard deviation over seeds as an error bar; a series with no value (a batch without
+    per-epoch curves) is left out. ``summary``: :func:`bkd_core.book.ablations.ablation_summary`."""
+    from .results import ordered_splits
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    splits = ordered_splits(summary["split"])
+    shown = [c for c in ABLATION_SERIES if summary.loc[summary["column"] == c, "seeds"].sum() > 0]
+    x = np.arange(len(splits))
+    for k, column in enumerate(shown):
+        label, colour, marker = ABLATION_SERIES[column]
+        rows = summary[summary["column"] == column].set_index("split").reindex(splits)
+        offset = (k - (len(shown) - 1) / 2) * 0.14
+        ax.errorbar(x + offset, rows["mean"], yerr=rows["std"].fillna(0), fmt=marker, color=colour, ms=6,
+                    capsize=2.5, elinewidth=1, label=label)
+    ax.set_xticks(x, splits)
+    ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy (%)", title="BKD against early stopping")
     _legend_below(fig, ax, ncols=2)
     return fig
 
