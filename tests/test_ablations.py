@@ -116,3 +116,29 @@ def test_the_validation_pick_is_among_the_epochs_with_a_test_accuracy(tmp_path):
     _curves(run, "ce", test_acc=[61.0, None, 64.0, 62.0], val_acc=[40.0, 46.0, 45.0, None])
     row = ablation_runs(tmp_path).iloc[0]
     assert (row["ce_val_pick"], row["ce_val_epoch"]) == (64.0, 3)
+
+
+def test_the_figure_shows_the_series_that_have_values(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book.plots import plot_ablations
+
+    for seed in range(2):
+        _run(tmp_path / "recorded", "worst", seed)
+        _run(tmp_path / "recorded", "aggre", seed)
+        run = _run(tmp_path / "curves", "worst", seed)
+        _curves(run, "ce", test_acc=[61.0, 66.0, 64.0, 62.0], val_acc=[40.0, 45.0, 44.0, 43.0])
+        _curves(run, "bkd", test_acc=[60.0, 70.0, 72.0, 75.0])
+    try:
+        for folder, series in (("recorded", 3), ("curves", 5)):
+            fig = plot_ablations(ablation_summary(ablation_runs(tmp_path / folder)))
+            (ax,) = fig.axes
+            assert ax.get_xlabel() and ax.get_ylabel()
+            labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+            assert len(labels) == series and labels[0] == "BKD, last epoch", labels
+            if folder == "recorded":
+                assert [t.get_text() for t in ax.get_xticklabels()] == ["aggre", "worst"]  # CIFAR-N order
+    finally:
+        plt.close("all")
