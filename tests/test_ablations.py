@@ -142,3 +142,24 @@ def test_the_figure_shows_the_series_that_have_values(tmp_path):
                 assert [t.get_text() for t in ax.get_xticklabels()] == ["aggre", "worst"]  # CIFAR-N order
     finally:
         plt.close("all")
+
+
+def test_the_figure_adds_one_runs_values_where_the_batch_has_none(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book.plots import plot_ablations
+
+    for seed in range(2):
+        _run(tmp_path, "worst", seed)
+    summary = ablation_summary(ablation_runs(tmp_path))
+    try:
+        fig = plot_ablations(summary, run={"ce_val_pick": 66.0, "bkd_switch": float("nan")}, run_split="worst",
+                             run_label="seed 0")
+        labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        assert "CE, best noisy-validation epoch, seed 0" in labels and len(labels) == 4  # no NaN entry
+        fig = plot_ablations(summary, run={"ce_val_pick": 66.0}, run_split="clean")  # a split the batch lacks
+        assert len([t for legend in fig.legends for t in legend.get_texts()]) == 3
+    finally:
+        plt.close("all")

@@ -700,22 +700,31 @@ ABLATION_SERIES = {
 }
 
 
-def plot_ablations(summary) -> Figure:
+def plot_ablations(summary, *, run: Mapping[str, float] | None = None, run_split: str | None = None,
+                   run_label: str = "one run") -> Figure:
     """Test accuracy (%) per split of BKD's last epoch and the alternatives a reader would run instead: mean over
     seeds as a marker, standard deviation over seeds as an error bar; a series with no value (a batch without
-    per-epoch curves) is left out. ``summary``: :func:`bkd_core.book.ablations.ablation_summary`."""
+    per-epoch curves) is left out. ``summary``: :func:`bkd_core.book.ablations.ablation_summary`.
+
+    ``run``: values of one run on ``run_split`` (column of :data:`ABLATION_SERIES` -> test accuracy), drawn as
+    open markers with ``run_label`` in their legend entry, for the series the batch cannot show."""
     from .results import ordered_splits
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     splits = ordered_splits(summary["split"])
-    shown = [c for c in ABLATION_SERIES if summary.loc[summary["column"] == c, "seeds"].sum() > 0]
+    shown = [c for c in ABLATION_SERIES if summary.loc[summary["column"] == c, "seeds"].sum() > 0
+             or (run and np.isfinite(run.get(c, np.nan)) and run_split in splits)]
     x = np.arange(len(splits))
     for k, column in enumerate(shown):
         label, colour, marker = ABLATION_SERIES[column]
         rows = summary[summary["column"] == column].set_index("split").reindex(splits)
         offset = (k - (len(shown) - 1) / 2) * 0.14
-        ax.errorbar(x + offset, rows["mean"], yerr=rows["std"].fillna(0), fmt=marker, color=colour, ms=6,
-                    capsize=2.5, elinewidth=1, label=label)
+        if rows["seeds"].sum() > 0:
+            ax.errorbar(x + offset, rows["mean"], yerr=rows["std"].fillna(0), fmt=marker, color=colour, ms=6,
+                        capsize=2.5, elinewidth=1, label=label)
+        else:  # the run's value alone
+            ax.errorbar([splits.index(run_split) + offset], [run[column]], fmt=marker, color=colour, ms=7,
+                        mfc="white", mew=1.5, label=f"{label}, {run_label}")
     ax.set_xticks(x, splits)
     ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy (%)", title="BKD against early stopping")
     _legend_below(fig, ax, ncols=2)
