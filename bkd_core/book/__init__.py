@@ -9,6 +9,8 @@
 - :mod:`~bkd_core.book.results`: the tables of a reproduction batch (:mod:`bkd_core.batch`, which runs it,
   reads and writes its folder, and checks its runs).
 - :mod:`~bkd_core.book.published`: the paper's CIFAR-N numbers with their protocol.
+- :mod:`~bkd_core.book.ablations`: BKD's last epoch against early-stopped cross-entropy and BKD stopped at its
+  switch, over a batch's seeds.
 
 The training code (method, trainer, models, data, features, configuration, run folders, detectors) lives at
 the top level of ``bkd_core`` and imports nothing from here.
