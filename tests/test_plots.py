@@ -95,6 +95,15 @@ def test_memorization_onset_and_peak():
     assert analysis.epoch_number(0) == 1 and analysis.epoch_number(None) is None
 
 
+def test_loss_spikes_are_single_epochs_far_above_the_phase_median():
+    # phase 2 from index 6: its first epoch a little higher, index 26 one bad stretch of steps
+    loss = [2.0, 1.5, 1.2, 1.0, 0.9, 0.8] + [0.8, 0.6, 0.62, 0.6] * 5 + [3.1, 0.8, 0.7, 0.65, 0.6]
+    assert analysis.loss_spikes(loss, start=6) == [26]
+    assert analysis.loss_spikes(loss) == [0, 1, 26]  # phase 1's first epochs are high too: pass the phase's start
+    assert analysis.loss_spikes(loss, start=6, factor=6.0) == []
+    assert analysis.loss_spikes([np.nan, np.nan]) == [] and analysis.loss_spikes([0.5, np.nan, 0.5, 1.2]) == [3]
+
+
 def test_clean_noisy_means():
     values = np.array([[1.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
     clean, noisy = analysis.clean_noisy_means(values, np.array([False, True, False]))

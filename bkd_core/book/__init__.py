@@ -11,6 +11,8 @@
 - :mod:`~bkd_core.book.published`: the paper's CIFAR-N numbers with their protocol.
 - :mod:`~bkd_core.book.cnn`: the `cnn` profile's committed evidence (its diagnostic runs, and its batch as far as
   it has run).
+- :mod:`~bkd_core.book.ablations`: BKD's last epoch against early-stopped cross-entropy and BKD stopped at its
+  switch, over a batch's seeds.
 
 The training code (method, trainer, models, data, features, configuration, run folders, detectors) lives at
 the top level of ``bkd_core`` and imports nothing from here.

@@ -30,6 +30,7 @@ __all__ = [
     "clean_noisy_means",
     "memorization_onset",
     "peak_epoch",
+    "loss_spikes",
     "phase1_epochs",
     "tipping_by_window",
     "peak_prominence",
@@ -138,6 +139,22 @@ def peak_epoch(curve: Sequence[float]) -> int | None:
     if not np.isfinite(values).any():
         return None
     return int(np.nanargmax(values))
+
+
+def loss_spikes(loss: Sequence[float], *, start: int = 0, factor: float = 2.0) -> list[int]:
+    """Epochs (0-based, from ``start`` on) whose training loss exceeds ``factor`` times the median loss of the epochs
+    from ``start`` on: one bad stretch of optimizer steps, which a curve of the run shows as a dip, not a trend.
+
+    Args:
+        loss: float [E], the run's loss per epoch (``history["loss"]``).
+        start: the first epoch to look at, e.g. the first of phase 2, whose loss differs from phase 1's.
+        factor: how far above the median a spike is.
+    """
+    values = np.asarray(loss, dtype=np.float64)[start:]
+    if not np.isfinite(values).any():
+        return []
+    with np.errstate(invalid="ignore"):
+        return [start + int(e) for e in np.flatnonzero(values > factor * np.nanmedian(values))]
 
 
 def phase1_epochs(result) -> int:

@@ -40,6 +40,7 @@ __all__ = [
     "plot_test_accuracy",
     "plot_detection_by_split",
     "plot_accuracy_by_split",
+    "plot_ablations",
     "plot_noise_estimates",
     "show_label_issues",
     "plot_estimate_bias",
@@ -689,6 +690,47 @@ def plot_accuracy_by_split(table) -> Figure:
     series = (("BKD", "bkd", "test_acc", BKD), ("cross-entropy", "ce", "test_acc", CE))
     _bars_over_seeds(table, series, ax, scale=1.0)  # test_acc is in % already
     ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy, last epoch (%)", title="Accuracy on the clean test set")
+    _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+#: Series of :func:`plot_ablations`: column of :func:`bkd_core.book.ablations.ablation_runs` -> (label, colour, marker).
+ABLATION_SERIES = {
+    "bkd_last": ("BKD, last epoch", BKD, "o"),
+    "bkd_switch": ("BKD at its switch (phase 1 only)", "#56B4E9", "D"),
+    "ce_val_pick": ("CE, best noisy-validation epoch", TEACHER, "s"),
+    "ce_last": ("CE, last epoch", CE, "v"),
+    "ce_best": ("CE, best test epoch (bound on early stopping)", ACCENT, "^"),
+}
+
+
+def plot_ablations(summary, *, run: Mapping[str, float] | None = None, run_split: str | None = None,
+                   run_label: str = "one run") -> Figure:
+    """Test accuracy (%) per split of BKD's last epoch and the alternatives a reader would run instead: mean over
+    seeds as a marker, standard deviation over seeds as an error bar; a series with no value (a batch without
+    per-epoch curves) is left out. ``summary``: :func:`bkd_core.book.ablations.ablation_summary`.
+
+    ``run``: values of one run on ``run_split`` (column of :data:`ABLATION_SERIES` -> test accuracy), drawn as
+    open markers with ``run_label`` in their legend entry, for the series the batch cannot show."""
+    from .results import ordered_splits
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    splits = ordered_splits(summary["split"])
+    shown = [c for c in ABLATION_SERIES if summary.loc[summary["column"] == c, "seeds"].sum() > 0
+             or (run and np.isfinite(run.get(c, np.nan)) and run_split in splits)]
+    x = np.arange(len(splits))
+    for k, column in enumerate(shown):
+        label, colour, marker = ABLATION_SERIES[column]
+        rows = summary[summary["column"] == column].set_index("split").reindex(splits)
+        offset = (k - (len(shown) - 1) / 2) * 0.14
+        if rows["seeds"].sum() > 0:
+            ax.errorbar(x + offset, rows["mean"], yerr=rows["std"].fillna(0), fmt=marker, color=colour, ms=6,
+                        capsize=2.5, elinewidth=1, label=label)
+        else:  # the run's value alone
+            ax.errorbar([splits.index(run_split) + offset], [run[column]], fmt=marker, color=colour, ms=7,
+                        mfc="white", mew=1.5, label=f"{label}, {run_label}")
+    ax.set_xticks(x, splits)
+    ax.set(xlabel="CIFAR-10N split", ylabel="test accuracy (%)", title="BKD against early stopping")
     _legend_below(fig, ax, ncols=2)
     return fig
 
