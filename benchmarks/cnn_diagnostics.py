@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""When does the `cnn` profile's teacher start to memorise, and what does the student curve do then?
+"""When does the `cnn` profile's teacher start to memorize, and what does the student curve do then?
 
 Reads BKD runs trained with phase 1 kept going past the tipping rule (``--set tipping_window=100``: the official
 rule needs 100 smaller epochs on each side, so it never fires and every epoch scores every image), finished or
 still training (the epoch files and the checkpoint's history), and prints per epoch: the student's mean max
 probability (the tipping statistic), clean-label test accuracy, the share of mislabelled and of correctly labelled
-training images whose given label the teacher predicts (memorisation shows in the first), and the ROC-AUC of the
-eval-mode agreement score (mislabelled vs clean). Then, for the official rule (window 2) applied to the curve:
-where it fires, how far the curve falls in the 5 epochs after the peak, and the detection at that epoch
+training images whose given label the teacher predicts (memorization shows in the first), and the ROC-AUC of the
+eval-mode agreement score (mislabelled vs clean). Then, for the official rule (the profile's window,
+``bkd_core.book.cnn.WINDOW``) applied to the curve: where it fires, how far the curve falls in the
+``bkd_core.book.cnn.FALL_EPOCHS`` epochs after the peak, and the detection at that epoch
 (Otsu split, G4 and below-threshold F1, noise estimate), which is what a run of the profile detects (its phase 1
 is the same up to the moment the rule fires).
 
@@ -30,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bkd_core.book import cnn  # noqa: E402
 from bkd_core.data import load_cifar_n  # noqa: E402
 from bkd_core.method import detect, find_tipping_point  # noqa: E402
 from bkd_core.metrics import detection_scores, epoch_curves, flag_all_f1  # noqa: E402
@@ -52,16 +54,16 @@ def diagnose(run: Path) -> dict:
     epochs = [rundir.load_epoch(e) for e in range(done)]
     curves = epoch_curves(history, epochs, data.is_noisy, train_idx)
     stat = curves["mean_max_student"]
-    tip = find_tipping_point(stat, 2)
+    tip = find_tipping_point(stat, cnn.WINDOW)
     out = {"run": run.name, "split": identity["split"], "augment": config.augment,
            "widths": list(config.model_widths), "weight_decay": config.weight_decay, "epochs": done,
            "epoch_time_s": float(np.median(history["epoch_time"])), "curves": curves, "tipping_epoch": tip}
     if tip is not None:
         scores = epochs[tip]["eval_agreement"].astype(np.float64)
         det = detect(scores, bins=config.otsu_bins, criterion=config.otsu_criterion)
-        after = [v for v in stat[tip + 1: tip + 6] if v is not None]
+        after = [v for v in stat[tip + 1: tip + 1 + cnn.FALL_EPOCHS] if v is not None]
         out.update({
-            "found_at_epoch": tip + 2,
+            "found_at_epoch": tip + cnn.WINDOW,
             "fall_within_5": float(stat[tip] - min(after)) if after else None,
             "estimated_noise_rate": float(det.below_threshold.mean()),
             "true_noise_rate": float(data.is_noisy.mean()),

@@ -69,10 +69,14 @@ def ablation_runs(batch: BatchFolder | str | os.PathLike) -> "pd.DataFrame":
     of BKD's last epoch and of each alternative (module docstring); columns :data:`COLUMNS`, sorted by split
     (CIFAR-N order) and seed.
 
-    Args:
-        batch: a batch folder (``python -m bkd_core reproduce --out``) or its path.
+    Parameters
+    ----------
+    batch : BatchFolder | str | os.PathLike
+        a batch folder (``python -m bkd_core reproduce --out``) or its path.
 
-    Returns:
+    Returns
+    -------
+    pd.DataFrame
         ``bkd_switch_epoch`` and ``ce_val_epoch`` are the epochs (from 1) the two stopping points fell on; the
         columns that need per-epoch curves are NaN for a run without them.
     """
@@ -129,7 +133,9 @@ def ablation_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
     """Per split and column of :func:`ablation_runs`: mean, standard deviation over seeds (ddof 1) and the
     number of seeds with a value, and the verdict of BKD's last epoch against it.
 
-    Returns:
+    Returns
+    -------
+    pd.DataFrame
         One row per (split, column): ``split``, ``column`` (``"bkd_last"`` first, then :data:`ALTERNATIVES`),
         ``what`` (its description), ``mean``, ``std``, ``seeds`` and ``verdict`` (of ``bkd_last`` against
         the column; empty for ``bkd_last`` itself and where fewer than two seeds have both).

@@ -145,10 +145,14 @@ def loss_spikes(loss: Sequence[float], *, start: int = 0, factor: float = 2.0) -
     """Epochs (0-based, from ``start`` on) whose training loss exceeds ``factor`` times the median loss of the epochs
     from ``start`` on: one bad stretch of optimizer steps, which a curve of the run shows as a dip, not a trend.
 
-    Args:
-        loss: float [E], the run's loss per epoch (``history["loss"]``).
-        start: the first epoch to look at, e.g. the first of phase 2, whose loss differs from phase 1's.
-        factor: how far above the median a spike is.
+    Parameters
+    ----------
+    loss : Sequence[float]
+        float [E], the run's loss per epoch (``history["loss"]``).
+    start : int
+        the first epoch to look at, e.g. the first of phase 2, whose loss differs from phase 1's.
+    factor : float
+        how far above the median a spike is.
     """
     values = np.asarray(loss, dtype=np.float64)[start:]
     if not np.isfinite(values).any():
@@ -286,13 +290,19 @@ def detection_table(masks: dict[str, np.ndarray], is_noisy: np.ndarray):
 def seen_vs_held_out(mask: np.ndarray, is_noisy: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray):
     """Detection on the images the networks trained on against the held-out ones (never seen with their labels).
 
-    Args:
-        mask: bool [N], the flagged images (e.g. group G4) over all rows of the run.
-        is_noisy: bool [N], the truth (given label differs from the clean one).
-        train_rows, val_rows: int indices into the N rows: trained on, and held out for validation.
+    Parameters
+    ----------
+    mask : np.ndarray
+        bool [N], the flagged images (e.g. group G4) over all rows of the run.
+    is_noisy : np.ndarray
+        bool [N], the truth (given label differs from the clean one).
+    train_rows, val_rows : np.ndarray
+        int indices into the N rows: trained on, and held out for validation.
 
-    Returns:
-        DataFrame indexed ``"trained on"`` / ``"held out"``: ``images``, ``true noise rate``, ``flagged``
+    Returns
+    -------
+    pd.DataFrame
+        Indexed ``"trained on"`` / ``"held out"``: ``images``, ``true noise rate``, ``flagged``
         (share), ``precision``, ``recall``, ``F1``.
     """
     import pandas as pd
@@ -312,9 +322,12 @@ def modelled_estimate(true_rate: np.ndarray | float, control_rate: float) -> np.
     """The noise estimate if the threshold flags every mislabelled image plus the share ``control_rate`` of the
     clean ones (the share it flags on the clean split, where no label is wrong): ``r + (1 - r) * control_rate``.
 
-    Args:
-        true_rate: float or float [K], true noise rates in [0, 1].
-        control_rate: the estimate on the clean split, in [0, 1].
+    Parameters
+    ----------
+    true_rate : np.ndarray | float
+        float or float [K], true noise rates in [0, 1].
+    control_rate : float
+        the estimate on the clean split, in [0, 1].
     """
     r = np.asarray(true_rate, dtype=np.float64)
     return r + (1 - r) * float(control_rate)
@@ -346,14 +359,23 @@ def detection_by_confusion(mask: np.ndarray, clean: np.ndarray, given: np.ndarra
                            top: int = 8, min_images: int = 50):
     """Which human confusions a detector finds: recall per (true class, given class) pair of the mislabelled images.
 
-    Args:
-        mask: bool [N], flagged images; clean, given: int [N], the clean and the given labels.
-        names: class names.
-        top: the ``top`` most frequent confusions are returned.
-        min_images: pairs with fewer mislabelled images are left out.
+    Parameters
+    ----------
+    mask : np.ndarray
+        bool [N], flagged images.
+    clean, given : np.ndarray
+        int [N], the clean and the given labels.
+    names : Sequence[str]
+        class names.
+    top : int
+        the ``top`` most frequent confusions are returned.
+    min_images : int
+        pairs with fewer mislabelled images are left out.
 
-    Returns:
-        DataFrame, one row per pair, most frequent first: ``confusion`` ("cat labelled dog"), ``images`` (mislabelled
+    Returns
+    -------
+    pd.DataFrame
+        One row per pair, most frequent first: ``confusion`` ("cat labelled dog"), ``images`` (mislabelled
         images of the pair), ``found`` (recall), and ``clean flagged``: the share of the *correctly* labelled images
         of the given class that are flagged (false alarms on the label the confusion produces).
     """
@@ -468,12 +490,17 @@ def detection_by_epoch(scores: np.ndarray, is_noisy: np.ndarray, *, bins: int = 
     """Detection as it would have been at every recorded epoch: the ranking's ROC-AUC and the F1 of the
     official mask (Otsu split of that epoch's scores, ``groups`` flagged).
 
-    Args:
-        scores: float [E, N], each epoch's agreement scores (NaN rows: epochs without scores).
-        is_noisy: bool [N].
+    Parameters
+    ----------
+    scores : np.ndarray
+        float [E, N], each epoch's agreement scores (NaN rows: epochs without scores).
+    is_noisy : np.ndarray
+        bool [N].
 
-    Returns:
-        DataFrame, one row per epoch with scores: ``epoch`` (from 1), ``auc``, ``f1``, ``estimate`` (share below
+    Returns
+    -------
+    pd.DataFrame
+        One row per epoch with scores: ``epoch`` (from 1), ``auc``, ``f1``, ``estimate`` (share below
         the threshold).
     """
     import pandas as pd

@@ -58,12 +58,16 @@ def cached_run(kind: str, data: NoisyCIFAR, config: BKDConfig,
                root: str | os.PathLike | None = None, *, progress: bool = True) -> RunResult:
     """Train (or resume, or just load) the ``kind`` run of ``config`` on ``data`` in the cache.
 
-    Args:
-        kind: a method of :func:`cached_methods` (``"bkd"`` or ``"ce"``).
+    Parameters
+    ----------
+    kind : str
+        a method of :func:`cached_methods` (``"bkd"`` or ``"ce"``).
 
-    Raises:
-        ValueError: ``kind`` is not such a method (unknown, or one whose result depends on more than the
-            configuration, such as the folds of ``"cleanlab"``).
+    Raises
+    ------
+    ValueError
+        ``kind`` is not such a method (unknown, or one whose result depends on more than the
+        configuration, such as the folds of ``"cleanlab"``).
     """
     supported = cached_methods()
     if kind not in supported:
@@ -103,9 +107,11 @@ def _digests(folder: Path) -> dict[str, str]:
 def _check_unedited(folder: Path) -> dict[str, str] | None:
     """The record of ``folder`` (None if there is none), after checking that no recorded output was changed.
 
-    Raises:
-        RunDirError: ``metrics.json`` or ``scores.npz`` no longer has the sha256 recorded when the cache first
-            returned the run (or the record itself is damaged).
+    Raises
+    ------
+    RunDirError
+        ``metrics.json`` or ``scores.npz`` no longer has the sha256 recorded when the cache first
+        returned the run (or the record itself is damaged).
     """
     path = folder / RECORD
     if not path.is_file():

@@ -107,9 +107,11 @@ def setup_colab(images: Sequence[str] = ("cifar10",), labels: Sequence[str] = ()
     Outside Colab it refuses at once, before anything is written, downloaded or cloned: on your own machine the
     data folder is yours to choose (``BKD_DATA_DIR``, ``python -m bkd_core data``).
 
-    Raises:
-        RuntimeError: not inside Google Colab; or with ``results``, the repository could not be cloned (says
-            what to check).
+    Raises
+    ------
+    RuntimeError
+        not inside Google Colab; or with ``results``, the repository could not be cloned (says
+        what to check).
     """
     if not in_colab():
         raise RuntimeError("setup_colab() sets up a Google Colab runtime (it writes into /content) and runs only "
@@ -186,13 +188,18 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
               *, download: bool | None = None) -> NoisyCIFAR:
     """The chapter's data: :func:`bkd_core.data.load_cifar_n`, or a synthetic stand-in.
 
-    Args:
-        dataset: ``"cifar10"`` / ``"cifar100"``, or ``"synthetic"`` for
-            :func:`bkd_core.synthetic.make_synthetic_cifar_n` (2,000 training and 500 test images,
-            40% of the labels flipped; ``split`` is ignored): lets every chapter run without CIFAR.
-        split: CIFAR-N split (``"worst"``, ``"aggre"``, ..., ``"noisy100"``).
-        data_dir: data folder; None means ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
-        download: fetch missing files first; None (default) means only inside Colab.
+    Parameters
+    ----------
+    dataset : str
+        ``"cifar10"`` / ``"cifar100"``, or ``"synthetic"`` for
+        :func:`bkd_core.synthetic.make_synthetic_cifar_n` (2,000 training and 500 test images,
+        40% of the labels flipped; ``split`` is ignored): lets every chapter run without CIFAR.
+    split : str
+        CIFAR-N split (``"worst"``, ``"aggre"``, ..., ``"noisy100"``).
+    data_dir : str | os.PathLike | None
+        data folder; None means ``$BKD_DATA_DIR``, else ``~/.cache/bkd_core/data``.
+    download : bool | None
+        fetch missing files first; None (default) means only inside Colab.
     """
     if dataset == "synthetic":
         from ..synthetic import make_synthetic_cifar_n
@@ -226,8 +233,10 @@ def parse_overrides(overrides: dict[str, Any] | str | Sequence[str] | None) -> d
     passes text) parsed, a list of ``FIELD=VALUE`` assignments typed by
     :func:`bkd_core.config.parse_assignments`, None or ``""`` as ``{}``.
 
-    Raises:
-        ValueError: text that is not a JSON object, a bad assignment, or another type (says what was given).
+    Raises
+    ------
+    ValueError
+        text that is not a JSON object, a bad assignment, or another type (says what was given).
     """
     if overrides is None:
         return {}
@@ -283,8 +292,10 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
     then in the repository (:func:`repository_root`), so the results chapter's default
     ``reproductions/cpu`` works with papermill from the repository, from ``chapters/`` or elsewhere.
 
-    Raises:
-        FileNotFoundError: no batch summary there; says where it looked and how to fix it.
+    Raises
+    ------
+    FileNotFoundError
+        no batch summary there; says where it looked and how to fix it.
     """
     candidates = repository_paths(results_dir)
     from ..batch import SUMMARY, BatchFolder
@@ -328,12 +339,17 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
                        run_label: str = "this run"):
     """One run of a chapter beside reproduction batches on the same split, as a table of formatted cells.
 
-    Args:
-        run_metrics: ``{"bkd": metrics, "ce": metrics}`` of the chapter's runs (``RunResult.metrics``).
-        batches: column label -> :func:`batch_summary` of a batch (None: the batch is not there, its column
-            shows "–"), e.g. ``{"cpu batch": ..., "features batch": ...}``.
-        split: the split whose batch rows are shown.
-        run_label: the run's column label.
+    Parameters
+    ----------
+    run_metrics : Mapping[str, Mapping[str, Any]]
+        ``{"bkd": metrics, "ce": metrics}`` of the chapter's runs (``RunResult.metrics``).
+    batches : Mapping[str, Any]
+        column label -> :func:`batch_summary` of a batch (None: the batch is not there, its column
+        shows "–"), e.g. ``{"cpu batch": ..., "features batch": ...}``.
+    split : str
+        the split whose batch rows are shown.
+    run_label : str
+        the run's column label.
 
     Rows :data:`COMPARISON_ROWS`; a batch cell is :func:`~bkd_core.book.results.summary_cell` ("mean ± std" over
     its seeds, the peak-rule row "k of n"), the run's own cell its value (the peak-rule row "yes",
@@ -510,8 +526,10 @@ def render_conclusion(text: str, values: Mapping[str, Any] | None = None) -> str
     ``values`` defaults to :data:`GLUED` (everything glued so far in this kernel). As in :meth:`str.format`,
     ``{{`` and ``}}`` stand for literal braces; other text stays as it is.
 
-    Raises:
-        KeyError: a field names a value that is not in ``values`` (names it).
+    Raises
+    ------
+    KeyError
+        a field names a value that is not in ``values`` (names it).
     """
     values = GLUED if values is None else values
 

@@ -206,12 +206,18 @@ def plot_memorization(p_label: np.ndarray, predicts_label: np.ndarray, is_noisy:
                       test_acc: np.ndarray, onset: int | None = None, peak: int | None = None) -> Figure:
     """Three stacked panels over the epochs of a cross-entropy run (shared epoch axis).
 
-    Args:
-        p_label: float [E, n] probability of the given label in the training pass.
-        predicts_label: [E, n] 1 where the training-pass prediction equals the given label.
-        is_noisy: bool [n] truth for the same columns.
-        test_acc: [E] test accuracy in %.
-        onset, peak: 0-based epochs to mark (memorization onset, best test accuracy).
+    Parameters
+    ----------
+    p_label : np.ndarray
+        float [E, n] probability of the given label in the training pass.
+    predicts_label : np.ndarray
+        [E, n] 1 where the training-pass prediction equals the given label.
+    is_noisy : np.ndarray
+        bool [n] truth for the same columns.
+    test_acc : np.ndarray
+        [E] test accuracy in %.
+    onset, peak : int | None
+        0-based epochs to mark (memorization onset, best test accuracy).
     """
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.2), sharex=True)
     p_clean, p_noisy = clean_noisy_means(p_label, is_noisy)
@@ -318,11 +324,16 @@ def plot_teacher_student(teacher_p: np.ndarray, student_p: np.ndarray, is_noisy:
                          found_at: int | None = None, threshold: float = 0.5) -> Figure:
     """Teacher vs student on the given label over the epochs, clean vs mislabelled (two stacked panels).
 
-    Args:
-        teacher_p, student_p: float [E, n] training-pass probability of the given label.
-        is_noisy: bool [n].
-        found_at: 0-based epoch at which the tipping point was detected (later epochs are shaded).
-        threshold: a mislabelled image counts as memorized when p(given label) > threshold.
+    Parameters
+    ----------
+    teacher_p, student_p : np.ndarray
+        float [E, n] training-pass probability of the given label.
+    is_noisy : np.ndarray
+        bool [n].
+    found_at : int | None
+        0-based epoch at which the tipping point was detected (later epochs are shaded).
+    threshold : float
+        a mislabelled image counts as memorized when p(given label) > threshold.
     """
     n_epochs = len(teacher_p)
     fig, axes = plt.subplots(2, 1, figsize=(7, 6.2), sharex=True)
@@ -354,11 +365,17 @@ def plot_teacher_student_scatter(teacher_p: np.ndarray, student_p: np.ndarray, i
                                  epoch: int, max_points: int = 4000, seed: int = 0) -> Figure:
     """Per image, the teacher's against the student's probability of the given label in one epoch.
 
-    Args:
-        teacher_p, student_p: float [n] (one epoch of the training-pass history); is_noisy: bool [n].
-        epoch: the 0-based epoch, for the title.
-        max_points: at most this many images per panel, drawn at random (seeded) when there are more (a
-            cloud of 45,000 points is a solid blot); the title says how many of how many are shown.
+    Parameters
+    ----------
+    teacher_p, student_p : np.ndarray
+        float [n] (one epoch of the training-pass history).
+    is_noisy : np.ndarray
+        bool [n].
+    epoch : int
+        the 0-based epoch, for the title.
+    max_points : int
+        at most this many images per panel, drawn at random (seeded) when there are more (a
+        cloud of 45,000 points is a solid blot); the title says how many of how many are shown.
     """
     noisy = np.asarray(is_noisy, dtype=bool)
     tp = np.asarray(teacher_p, np.float64)
@@ -392,13 +409,20 @@ def plot_tipping(mean_max_student: np.ndarray, tipping: int | None, found_at: in
                  onset: int | None = None, ce_peak: int | None = None, rule: str | None = "peak") -> Figure:
     """The student's mean max probability with the tipping point, above the CE run's dynamics.
 
-    Args:
-        mean_max_student: [E] the BKD epoch statistic.
-        tipping, found_at: 0-based epochs of the peak and of its detection.
-        rule: the run's ``tipping_rule``: ``"peak"`` (the official rule) or ``"fallback"`` (labelled as such).
-        ce_noisy_memorized: [E'] % of mislabelled samples the CE network reproduces.
-        ce_test_acc: [E'] CE test accuracy (%).
-        onset, ce_peak: 0-based epochs where CE memorization takes off and where its test accuracy peaks.
+    Parameters
+    ----------
+    mean_max_student : np.ndarray
+        [E] the BKD epoch statistic.
+    tipping, found_at : int | None
+        0-based epochs of the peak and of its detection.
+    rule : str | None
+        the run's ``tipping_rule``: ``"peak"`` (the official rule) or ``"fallback"`` (labelled as such).
+    ce_noisy_memorized : np.ndarray | None
+        [E'] % of mislabelled samples the CE network reproduces.
+    ce_test_acc : np.ndarray | None
+        [E'] CE test accuracy (%).
+    onset, ce_peak : int | None
+        0-based epochs where CE memorization takes off and where its test accuracy peaks.
     """
     with_ce = ce_noisy_memorized is not None
     fig, axes = plt.subplots(2 if with_ce else 1, 1, figsize=(7, 6.4 if with_ce else 3.4), sharex=True,
@@ -467,10 +491,16 @@ def plot_score_histogram(scores: np.ndarray, is_noisy: np.ndarray, splits: Mappi
                          bins: int = 50, groups_of: str | None = None) -> Figure:
     """Stacked histogram of agreement scores, clean vs mislabelled, with Otsu thresholds.
 
-    Args:
-        scores: float [N] in [0, 1]; is_noisy: bool [N].
-        splits: name -> :class:`~bkd_core.method.OtsuSplit` (thresholds drawn as vertical lines).
-        groups_of: name of the split whose four groups are marked along the top.
+    Parameters
+    ----------
+    scores : np.ndarray
+        float [N] in [0, 1].
+    is_noisy : np.ndarray
+        bool [N].
+    splits : Mapping[str, object]
+        name -> :class:`~bkd_core.method.OtsuSplit` (thresholds drawn as vertical lines).
+    groups_of : str | None
+        name of the split whose four groups are marked along the top.
     """
     fig, ax = plt.subplots(figsize=(7, 3.8))
     scores = np.asarray(scores, dtype=np.float64)
@@ -505,9 +535,14 @@ def plot_histogram_counts(edges: Sequence[float], clean: Sequence[int], noisy: S
     """Stacked histogram from counts, clean below and mislabelled on top (as :func:`plot_score_histogram`),
     for scores stored as a histogram (``agreement_histogram`` of a ``paper``-setting run).
 
-    Args:
-        edges: [B + 1] bin edges on [0, 1]; clean, noisy: [B] counts per bin.
-        threshold: a vertical line (the run's Otsu threshold), if given.
+    Parameters
+    ----------
+    edges : Sequence[float]
+        [B + 1] bin edges on [0, 1].
+    clean, noisy : Sequence[int]
+        [B] counts per bin.
+    threshold : float | None
+        a vertical line (the run's Otsu threshold), if given.
     """
     fig, ax = plt.subplots(figsize=(7, 3.8))
     edges = np.asarray(edges, dtype=np.float64)
@@ -579,8 +614,14 @@ def plot_robust_targets(label: int, student_probs: np.ndarray, targets: Mapping[
                         names: Sequence[str]) -> Figure:
     """Bars per class: the student's prediction and the phase-2 targets of each group.
 
-    Args:
-        label: the given label y; student_probs: float [C]; targets: name -> float [C].
+    Parameters
+    ----------
+    label : int
+        the given label y.
+    student_probs : np.ndarray
+        float [C].
+    targets : Mapping[str, np.ndarray]
+        name -> float [C].
     """
     student_probs = np.asarray(student_probs, dtype=np.float64)
     targets = {name: np.asarray(t, dtype=np.float64) for name, t in targets.items()}
@@ -760,12 +801,15 @@ def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: 
     """BKD's noise-estimate error against its network's test accuracy, one point per run, one colour per
     batch: does a stronger network estimate the noise better?
 
-    Args:
-        tables: label -> :func:`bkd_core.book.results.collect_results` of a batch (e.g. ``"cpu: small CNN"``);
-            empty tables are skipped. The error in points is
-            :func:`bkd_core.book.results.estimate_errors`'; the accuracy is the run's recorded BKD ``test_acc``
-            (the last epoch of a full run; for a run stopped after its detection, the epoch it stopped at).
-        tolerance: a dashed line at this error (points).
+    Parameters
+    ----------
+    tables : Mapping[str, object]
+        label -> :func:`bkd_core.book.results.collect_results` of a batch (e.g. ``"cpu: small CNN"``);
+        empty tables are skipped. The error in points is
+        :func:`bkd_core.book.results.estimate_errors`'; the accuracy is the run's recorded BKD ``test_acc``
+        (the last epoch of a full run; for a run stopped after its detection, the epoch it stopped at).
+    tolerance : float
+        a dashed line at this error (points).
     """
     from .results import estimate_errors
 
@@ -915,10 +959,13 @@ def plot_detection_by_epoch(by_epoch, *, tipping: int | None = None, val_pick: i
                             fixed: int | None = None) -> Figure:
     """Ranking ROC-AUC and G4 F1 of every epoch's scores, with the epochs a rule would pick marked.
 
-    Args:
-        by_epoch: :func:`bkd_core.book.analysis.detection_by_epoch` (epochs from 1).
-        tipping, val_pick, fixed: 0-based epochs picked by the peak rule, by the best noisy-validation accuracy,
-            and a fixed epoch; None: not marked.
+    Parameters
+    ----------
+    by_epoch : pd.DataFrame
+        :func:`bkd_core.book.analysis.detection_by_epoch` (epochs from 1).
+    tipping, val_pick, fixed : int | None
+        0-based epochs picked by the peak rule, by the best noisy-validation accuracy,
+        and a fixed epoch; None: not marked.
     """
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
     ax.plot(by_epoch["epoch"], by_epoch["auc"], color=BKD, marker="o", ms=3, label="ranking ROC-AUC")

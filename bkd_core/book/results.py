@@ -94,8 +94,10 @@ def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
     ``dataset``, ``split``, ``method``, ``seeds``, ``{metric}_mean`` and ``{metric}_std``. Runs of
     different configurations (:func:`configuration_of`) are never averaged together.
 
-    Raises:
-        ValueError: two run folders hold the same seed of one split and configuration (:func:`duplicate_runs`).
+    Raises
+    ------
+    ValueError
+        two run folders hold the same seed of one split and configuration (:func:`duplicate_runs`).
     """
     import pandas as pd
 
@@ -134,8 +136,10 @@ def mean_of(summary: "pd.DataFrame", split: str, method: str, metric: str) -> fl
     """The mean over seeds of ``metric`` for ``method`` on ``split`` in :func:`summarize`'s table; NaN when the
     batch has no such run (a method it did not train, a split it did not run).
 
-    Raises:
-        ValueError: the table holds runs of more than one configuration.
+    Raises
+    ------
+    ValueError
+        the table holds runs of more than one configuration.
     """
     if not len(summary):
         return float("nan")
@@ -241,8 +245,10 @@ def split_table(summary: "pd.DataFrame") -> "pd.DataFrame":
     labels (``clean``) precision, recall and F1 are undefined: ``"n/a"``. The rows of a feature-only
     method (kNN) are left out of a batch that has none of its runs; another method's missing runs show "–".
 
-    Raises:
-        ValueError: the summary holds runs of more than one configuration (one table each: :func:`markdown_results`).
+    Raises
+    ------
+    ValueError
+        the summary holds runs of more than one configuration (one table each: :func:`markdown_results`).
     """
     import pandas as pd
 
@@ -285,8 +291,10 @@ def markdown_results(table: "pd.DataFrame") -> str:
     (:func:`markdown_table`), one table per configuration, each headed by its configuration and profile when
     the batch holds more than one.
 
-    Raises:
-        ValueError: one seed is held twice (:func:`duplicate_runs`).
+    Raises
+    ------
+    ValueError
+        one seed is held twice (:func:`duplicate_runs`).
     """
     summary = summarize(table)
     found = configurations(summary)

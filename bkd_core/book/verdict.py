@@ -34,16 +34,23 @@ OUTCOMES = (BEATS, TIES, LOSES)
 def verdict(a: Sequence[float], b: Sequence[float]) -> str:
     """``"beats"``, ``"ties"`` or ``"loses"``: whether method A's per-seed values ``a`` beat method B's ``b``.
 
-    Args:
-        a: float [S], method A's value on each of S seeds (higher is better).
-        b: float [S], method B's value on the same S seeds, in the same order.
+    Parameters
+    ----------
+    a : Sequence[float]
+        float [S], method A's value on each of S seeds (higher is better).
+    b : Sequence[float]
+        float [S], method B's value on the same S seeds, in the same order.
 
-    Returns:
+    Returns
+    -------
+    str
         ``"beats"`` when ``mean(a) - mean(b) > max(std(a), std(b))`` (ddof 1) and ``a[i] > b[i]`` for every
         seed; ``"loses"`` when the same holds with ``a`` and ``b`` swapped; ``"ties"`` otherwise.
 
-    Raises:
-        ValueError: ``a`` and ``b`` differ in length, hold fewer than two seeds, or hold a NaN (says which).
+    Raises
+    ------
+    ValueError
+        ``a`` and ``b`` differ in length, hold fewer than two seeds, or hold a NaN (says which).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -66,16 +73,24 @@ def split_verdicts(table, method: str, rival: str, metric: str, rival_metric: st
                    splits: Sequence[str] | None = None) -> dict[str, str]:
     """:func:`verdict` of ``method``'s ``metric`` against ``rival``'s ``rival_metric`` on each split of a batch.
 
-    Args:
-        table: a batch's runs, :func:`bkd_core.book.results.collect_results` (one row per run and method, with
-            columns ``split``, ``seed``, ``method`` and the metrics).
-        method, rival: the two methods (``"bkd"``, ``"cleanlab"``, ``"knn"``, ``"ce"``).
-        metric: the column compared, higher is better (e.g. ``"detection_f1"``).
-        rival_metric: the rival's column; None means ``metric`` (``"flag_all_f1"`` compares BKD with
-            flagging everything, both read from BKD's rows when ``rival`` is ``"bkd"``).
-        splits: the splits to judge, in order; None means every split both methods ran.
+    Parameters
+    ----------
+    table : pd.DataFrame
+        a batch's runs, :func:`bkd_core.book.results.collect_results` (one row per run and method, with
+        columns ``split``, ``seed``, ``method`` and the metrics).
+    method, rival : str
+        the two methods (``"bkd"``, ``"cleanlab"``, ``"knn"``, ``"ce"``).
+    metric : str
+        the column compared, higher is better (e.g. ``"detection_f1"``).
+    rival_metric : str | None
+        the rival's column; None means ``metric`` (``"flag_all_f1"`` compares BKD with
+        flagging everything, both read from BKD's rows when ``rival`` is ``"bkd"``).
+    splits : Sequence[str] | None
+        the splits to judge, in order; None means every split both methods ran.
 
-    Returns:
+    Returns
+    -------
+    dict[str, str]
         ``{split: "beats" | "ties" | "loses"}``, over the seeds both methods ran on the split; a split with
         fewer than two such seeds is left out.
     """
