@@ -168,7 +168,7 @@ def epoch_curves(history: dict[str, list[float]], epochs: list[dict[str, np.ndar
 
     The clean labels enter here only, to evaluate: the shares of the mislabelled and of the correctly labelled
     training images whose given label the network predicts in the training pass (``fit_mislabelled``,
-    ``fit_clean``: memorisation shows as the first rising), and the ROC-AUC of the eval-mode agreement score
+    ``fit_clean``: memorization shows as the first rising), and the ROC-AUC of the eval-mode agreement score
     for mislabelled against clean samples (``agreement_auc``, epochs that scored every sample).
 
     Parameters

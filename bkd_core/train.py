@@ -756,7 +756,7 @@ class BKDTrainer(Trainer):
     def train_step(self, pos: torch.Tensor, *, step: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One BKD batch: teacher and blind student forward, :func:`~bkd_core.method.bkd_step` (phase 2 with the
         rows' group weights), one SGD step over both networks. Per sample: the agreement probability of the given
-        label, each network's probability of it, and whether the teacher predicts it (memorisation of a wrong
+        label, each network's probability of it, and whether the teacher predicts it (memorization of a wrong
         label shows there); sums: cross-entropy, compensation loss, the student's top
         probability."""
         cfg = self.config

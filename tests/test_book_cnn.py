@@ -35,7 +35,7 @@ def test_the_committed_diagnostics_read_as_the_profiles_notes_describe_them():
     assert official.epochs == 40 and official.best_auc_epoch == 33  # the plateau: best 12 epochs after the rule
     assert (no_aug.best_auc_epoch, aggre.best_auc_epoch) == (10, 6)  # the turn: at or 3 epochs after the rule
     assert 0 <= official.curves["fit_mislabelled"].min() and official.curves["fit_mislabelled"].max() < 0.2
-    assert no_aug.curves["fit_mislabelled"][-1] > 0.4  # memorises without augmentation
+    assert no_aug.curves["fit_mislabelled"][-1] > 0.4  # memorizes without augmentation
     assert found.ce_clean["test_acc"][-1] > 90
     with pytest.raises(KeyError, match="off-worst"):
         found.run("no-such-run")
