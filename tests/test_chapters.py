@@ -614,6 +614,8 @@ def test_the_pixels_chapter_builds_on_every_state_of_the_cnn_batch(tmp_path, sta
     if state == "bkd":
         assert "the run's cross-entropy is not here yet: the batch is still running" in story
         assert "not here yet" in values["memo_text"] and "not here yet" in values["acc_text"]
+        assert values["acc_text"].startswith("In the right panel of the figure at the top, BKD's test accuracy is "
+                                             "79.4% at the tipping epoch; phase 2 starts at epoch 29")
     if state == "bkd and ce":
         assert "cross-entropy at 60.0% (+18.6 points)" in story
         assert "takes off at epoch 6" in values["memo_text"] and "BKD ends 18.6 points above it" in values["acc_text"]
