@@ -263,3 +263,148 @@ def test_the_figures_of_the_diagnostics_star_the_rules_epoch(tmp_path):
     assert len(left.lines) == 2 and len(right.lines) == 1
     np.testing.assert_allclose(left.lines[1].get_ydata(), 100 * official.curves["fit_mislabelled"])
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------------------------
+# One method's stage of a run, committed before the run has finished, and the proxy beside it
+# ----------------------------------------------------------------------------------------------
+
+COMMITTED_BATCH = ROOT / cnn.BATCH
+WORST = "cifar10-worst-seed0"
+
+
+def _partial_batch(tmp_path: Path) -> Path:
+    """The committed BKD stage of worst, seed 0, alone in a batch folder (no summary, no run metrics)."""
+    folder = tmp_path / "cnn"
+    shutil.copytree(COMMITTED_BATCH / WORST / "bkd", folder / WORST / "bkd")
+    return folder
+
+
+def test_the_committed_bkd_stage_of_worst_reads_as_its_metrics_say():
+    """BKD on worst, seed 0: the peak rule fired at epoch 26 (index 25, seen at 27), 40 epochs of curves, the
+    scores of all 50,000 images; the Otsu split of the stored float16 scores gives the run's own numbers."""
+    state = cnn.batch_state()
+    assert state.folder == COMMITTED_BATCH
+    assert "bkd" in state.stages()[WORST]
+    bkd = state.stage("worst")
+    assert (bkd.method, bkd.tipping, bkd.found_at, bkd.rule) == ("bkd", 25, 27, "peak")
+    assert bkd.config.profile == "cnn" and bkd.config.model == "whitened_cnn"
+    assert len(bkd.curves["epoch"]) == 40 and bkd.curves["phase"][bkd.found_at + 1] == 2
+    assert bkd.scores.shape == bkd.is_noisy.shape == (50_000,)
+    detection = bkd.detection()
+    assert abs(detection.estimated_noise_rate - bkd.number("estimated_noise_rate")) < 1e-9
+    assert abs(detection.split.threshold - bkd.number("threshold")) < 1e-9
+    assert abs(float(bkd.is_noisy.mean()) - bkd.number("true_noise_rate")) < 1e-9
+    assert state.stage("worst", seed=99) is None and state.stage("worst", dataset="cifar100") is None
+
+
+def test_a_stage_is_read_before_its_run_has_finished_and_a_missing_one_is_none(tmp_path):
+    state = cnn.batch_state(_partial_batch(tmp_path))
+    assert state.finished == () and state.run_of("worst") is None  # the run has not finished ...
+    assert state.stage("worst") is not None  # ... but its BKD stage is here
+    assert state.stage("worst", "ce") is None and state.stage("aggre") is None
+    assert state.stages() == {WORST: ("bkd",)}
+    assert cnn.batch_state(tmp_path / "nowhere").stage("worst") is None
+    assert cnn.batch_state(tmp_path / "nowhere").stages() == {}
+    # a stage that ended at its deadline goes on when the batch is run again: not here yet
+    path = tmp_path / "cnn" / WORST / "bkd" / METRICS
+    metrics = json.loads(path.read_text())
+    atomic_write_json(path, {**metrics, "stopped_by": "deadline"})
+    assert cnn.batch_state(tmp_path / "cnn").stage("worst") is None
+
+
+@pytest.mark.parametrize("case", ["config missing", "config damaged", "metrics not a method's", "curves damaged",
+                                  "scores damaged"])
+def test_a_damaged_stage_is_one_sentence_naming_its_file(tmp_path, case):
+    stage = _partial_batch(tmp_path) / WORST / "bkd"
+    file = {"config missing": "config.json", "config damaged": "config.json", "metrics not a method's": METRICS,
+            "curves damaged": METHOD_CURVES, "scores damaged": METHOD_TIPPING_SCORES}[case]
+    if case == "config missing":
+        (stage / file).unlink()
+    elif case == "config damaged":
+        atomic_write_json(stage / file, {"config": {"epochs": -3}})
+    elif case == "metrics not a method's":
+        atomic_write_json(stage / file, [1, 2])
+    elif case == "curves damaged":
+        atomic_write_json(stage / file, {"epoch": [1.0, 3.0]})
+    else:
+        atomic_save_npz(stage / file, agreement=np.zeros(3, np.float16))
+    with pytest.raises(DamagedFileError) as info:
+        cnn.read_stage(stage)
+    assert file in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        cnn.read_stage(tmp_path / "empty")
+
+
+def _stage(**metrics) -> "cnn.Stage":
+    from bkd_core.config import get_profile
+
+    base = {"kind": "bkd", "true_noise_rate": 0.4, "estimated_noise_rate": 0.47, "tipping_epoch": 25,
+            "tipping_found_at_epoch": 27, "tipping_rule": "peak", "detection_f1": 0.75, "flag_all_f1": 0.571,
+            "below_threshold_f1": 0.8, "test_acc": 78.0}
+    return cnn.Stage(path=Path("stage"), metrics={**base, **metrics}, config=get_profile("cnn"), curves={})
+
+
+@pytest.fixture(scope="module")
+def features_worst():
+    from bkd_core import book
+
+    summary = book.batch_summary("reproductions/features", "worst")
+    if summary is None:
+        pytest.skip("the committed features batch is not here")
+    return summary
+
+
+def test_the_pixel_check_says_row_by_row_whether_the_proxy_tells_the_same_story(features_worst):
+    from bkd_core.book.results import mean_of
+
+    def proxy(method, metric):
+        return mean_of(features_worst, "worst", method, metric)
+
+    table = cnn.pixel_check(features_worst, _stage(), split="worst")
+    assert list(table.index) == list(cnn.PIXEL_CHECK_ROWS)
+    assert list(table.columns) == ["features proxy", "cnn", "same story?", "how"]
+    assert table["same story?"].tolist()[:4] == ["yes"] * 4  # the committed proxy: peak rule, above, beats, higher
+    assert table["same story?"].iloc[4] == "–" and "not here yet" in table["how"].iloc[4]  # no cross-entropy yet
+    assert table["cnn"].iloc[0] == "26" and table["cnn"].iloc[4] == "78.0 / –"
+    assert f"{proxy('bkd', 'detection_f1'):.3f} (0.571)" in table["features proxy"].iloc[2]
+    assert f"{abs(100 * proxy('bkd', 'estimated_noise_rate') - 40):.1f} points" in table["how"].iloc[1]
+    # where the stories part: an estimate below the truth, G4 under flag-all, BKD below cross-entropy
+    ce = _stage(kind="ce", test_acc=90.0)
+    table = cnn.pixel_check(features_worst, _stage(estimated_noise_rate=0.3, detection_f1=0.5), ce, split="worst")
+    assert table["same story?"].tolist() == ["yes", "no", "no", "yes", "no"]
+    assert table["how"].iloc[1].startswith("Not the same:") and "10.0 points below" in table["how"].iloc[1]
+    assert "on the proxy only" in table["how"].iloc[2] and "78.0 / 90.0" == table["cnn"].iloc[4]
+    assert "12.0 points below" in table["how"].iloc[4]
+    # no tipping point on pixels; no proxy; no wrong label: never a NaN, always a sentence
+    for table in (cnn.pixel_check(features_worst, _stage(tipping_epoch=None, tipping_found_at_epoch=None,
+                                                          tipping_rule=None, estimated_noise_rate=None,
+                                                          detection_f1=None, below_threshold_f1=None),
+                                  split="worst"),
+                  cnn.pixel_check(None, _stage(), ce, split="worst"),
+                  cnn.pixel_check(features_worst, _stage(true_noise_rate=0.0), ce, split="clean")):
+        text = table.to_string()
+        assert "nan" not in text.lower() and all(table["how"].str.len() > 20)
+    assert cnn.pixel_check(None, _stage(), ce, split="worst")["same story?"].eq("–").all()
+    assert cnn.pixel_check(features_worst, _stage(true_noise_rate=0.0), split="worst").loc[
+        cnn.PIXEL_CHECK_ROWS[2], "cnn"] == "n/a"
+
+
+def test_the_run_story_figure_draws_every_panel_with_or_without_cross_entropy():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book import plots
+
+    bkd = cnn.batch_state().stage("worst")
+    for ce in (None, {"fit_clean": bkd.curves["fit_clean"], "fit_mislabelled": bkd.curves["fit_mislabelled"],
+                      "test_acc": bkd.curves["test_acc"] - 10}):
+        fig = plots.plot_run_story(bkd.curves, ce, tipping=bkd.tipping, found_at=bkd.found_at)
+        left, middle, right = fig.axes[:3]
+        assert len(left.lines) == (4 if ce else 2) and len(right.lines) == (2 if ce else 1)
+        assert _stars(middle) == [(26, bkd.curves["mean_max_student"][25])]
+        assert len(middle.lines[0].get_xdata()) == bkd.found_at + 1  # phase 1 only
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert ("cross-entropy baseline" in labels) == (ce is not None) and "BKD phase 2" in labels
+        plt.close(fig)

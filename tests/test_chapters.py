@@ -38,8 +38,9 @@ REAL_DATA = bool(os.environ.get("BKD_DATA_DIR"))
 COMMITTED_BATCH = ROOT / "reproductions" / "features"  # the results chapter's default batch
 COMMITTED_CPU_BATCH = ROOT / "reproductions" / "cpu"  # ... and the one it shows after it
 NEEDS_LABEL_FILES = {"01_intro"}
-PIXELS_CHAPTER = "09_pixels"  # the end-to-end check on pixels: its default profile is "cpu"
-DEFAULT_PROFILE = {name: "cpu" if name == PIXELS_CHAPTER else "features" for name in CHAPTERS}
+PIXELS_CHAPTER = "09_pixels"  # the end-to-end check on pixels: reads a committed cnn run, or retrains it
+PIXELS_PARAMETERS = ["split", "seed", "retrain", "dataset", "train_size", "epochs", "overrides", "batch_dir"]
+DEFAULT_PROFILE = {name: "features" for name in CHAPTERS if name != PIXELS_CHAPTER}
 
 # Tiny runs: 300 images, 6 epochs, a narrow CNN (profile "cpu" whatever the chapter's default: the features
 # profile would first extract the features of all 60,000 real images, minutes); the fallback forces the
@@ -51,6 +52,9 @@ TINY = {
     "epochs": 6,
     "overrides": {"test_size": 200, "model_widths": [8, 16, 16], "tipping_fallback": 3},
 }
+# The pixels chapter with retrain=True on the same tiny runs (its cnn network, 8/16/16 channels, on 300 images):
+# every path of a live run, in seconds; its default, reading the committed cnn runs, has tests of its own below.
+PIXELS_TINY = {"retrain": True, **{k: v for k, v in TINY.items() if k != "profile"}}
 
 GLUE_ROLE = re.compile(r"\{glue(?::text|:any|:md)?\}`([^`]+)`")
 CONCLUSION_FIELD = re.compile(r"\{\w+(?::[^{}]*)?\}")  # a number of a conclusion: {name} or {name:.1f}
@@ -191,10 +195,12 @@ def test_chapter_shape(name):
         assert 'labels=["cifar100"]' in colab.source  # the noise rates of CIFAR-100N too
     if name == RESULTS_CHAPTER:
         assert "trains=False" in colab.source and "results=True" in colab.source  # clones the committed batches
+    elif name == PIXELS_CHAPTER:  # reads the committed runs, or trains them
+        assert "results=True" in colab.source and "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source
     else:
         assert "keep_runs_on_drive=KEEP_RUNS_ON_DRIVE" in colab.source
     # a chapter that trains with the features profile says that the first run computes them, and where they go
-    trains_features = DEFAULT_PROFILE[name] == "features" and name not in NEEDS_LABEL_FILES | {RESULTS_CHAPTER}
+    trains_features = DEFAULT_PROFILE.get(name) == "features" and name not in NEEDS_LABEL_FILES | {RESULTS_CHAPTER}
     assert ("features=True" in colab.source) == trains_features
     # second code cell: papermill parameters, plain literals only, each with a type annotation that
     # papermill --help-notebook shows (its pattern takes names, brackets and commas: no "int | None")
@@ -217,6 +223,14 @@ def test_chapter_shape(name):
         # the committed batches, found from any directory
         assert defaults["results_dir"] == "reproductions/features"
         assert defaults["cpu_results_dir"] == "reproductions/cpu"
+    elif name == PIXELS_CHAPTER:
+        assert names == PIXELS_PARAMETERS
+        # by default it trains nothing: it reads the committed cnn batch; the retired cpu profile is gone from it
+        assert defaults["retrain"] is False and defaults["batch_dir"] == "reproductions/cnn"
+        assert defaults["split"] == "worst" and defaults["seed"] == 0 and defaults["epochs"] is None
+        text = "\n".join(c.source for c in nb.cells)
+        assert not re.search(r"[\"`']cpu[\"`']|profile=\"cpu|cpu profile", text), "the cpu profile is still named"
+        assert "2.4 hours" in text and "GPU" in text  # what retraining costs
     else:
         assert names == PARAMETERS
         assert defaults["profile"] == DEFAULT_PROFILE[name]
@@ -299,6 +313,8 @@ def executed(tmp_path_factory):
             try:
                 if name == RESULTS_CHAPTER:
                     parameters = _results_parameters(out / "batch")
+                elif name == PIXELS_CHAPTER:
+                    parameters = {**PIXELS_TINY, "overrides": json.dumps(PIXELS_TINY["overrides"])}
                 else:
                     # overrides as JSON text, as `papermill -p overrides '{...}'` passes them
                     parameters = {**TINY, "overrides": json.dumps(TINY["overrides"])}
@@ -387,8 +403,8 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
                     "cpu_batch_text", "cpu_compare_text"}, 6),
     "08_differences": ({"q3_ratio", "q8_train_f1", "q8_val_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic",
                         "groups_text"}, 1),
-    "09_pixels": ({"setup_text", "tip_sentence", "batch_tip_text", "est_rate", "true_rate", "g4_f1", "all_f1",
-                   "bkd_last", "ce_low", "ce_high", "ce_swing", "verdict", "features_text"}, 4),
+    "09_pixels": ({"setup_text", "source_text", "memo_text", "tip_text", "otsu_text", "acc_text", "story",
+                   "proxy_text"}, 2),
 }
 
 
@@ -434,10 +450,13 @@ def test_chapter_runs(name, executed):
     if name == "05_otsu":
         assert 0 < values["t_bkd"] < 1 and 0 <= values["g4_f1"] <= 1
         assert abs(values["all_f1"] - 2 * values["true_rate"] / 100 / (1 + values["true_rate"] / 100)) < 1e-9
-    if name == "09_pixels":
-        assert abs(values["all_f1"] - 2 * values["true_rate"] / 100 / (1 + values["true_rate"] / 100)) < 1e-9
-        assert values["verdict"].startswith(("On pixels, in this run:", "Not in this run:"))
-        assert "small CNNs (8/16/16 channels) on the pixels of a random 300-image subset" in values["setup_text"]
+    if name == PIXELS_CHAPTER:  # retrained here (PIXELS_TINY): both runs, every section filled in
+        assert values["story"].startswith("On pixels, in the run trained here")
+        assert "cross-entropy at" in values["story"]
+        assert "airbench-class CNNs (8/16/16 channels after a fixed whitening layer) on the pixels of a random " \
+               "300-image subset" in values["setup_text"]
+        assert values["source_text"].startswith("Both runs were trained in this session")
+        assert "Cross-entropy ends at" in values["acc_text"] and "cross-entropy baseline fits" in values["memo_text"]
     if name == RESULTS_CHAPTER:
         # the second table: the cpu batch, or a clear note where there is none
         assert values["cpu_batch_text"] and "runs that train" in values["cpu_batch_text"]
@@ -524,3 +543,81 @@ def test_results_chapter_runs_from_any_directory(tmp_path):
                      r"beats on 5", shown), shown[:800]
     assert "loses on 1 (worst: 68.0 against 73.2)" in shown  # confident learning's F1 on worst
     assert "ties on 1 (aggre: 76.2 against 76.0) and loses on 1 (clean: 76.9 against 78.6)" in shown  # accuracy
+
+
+COMMITTED_CNN_BATCH = ROOT / "reproductions" / "cnn"
+CNN_WORST = "cifar10-worst-seed0"
+
+
+def _cnn_batch(folder: Path, state: str) -> str:
+    """A batch folder in one of the states the pixels chapter must build on, from the committed BKD stage of worst:
+    nothing committed, BKD alone, BKD with a cross-entropy stage (written by hand: 40 epochs of curves)."""
+    folder.mkdir()
+    if state == "nothing":
+        return str(folder)
+    shutil.copytree(COMMITTED_CNN_BATCH / CNN_WORST / "bkd", folder / CNN_WORST / "bkd")
+    if state == "bkd and ce":
+        ce = folder / CNN_WORST / "ce"
+        ce.mkdir()
+        shutil.copy(folder / CNN_WORST / "bkd" / "config.json", ce / "config.json")
+        epochs = [float(e) for e in range(1, 41)]
+        fit = [0.1 + 0.02 * e for e in range(40)]  # memorizes: 10 points above its low by epoch 6
+        (ce / "curves.json").write_text(json.dumps({"epoch": epochs, "fit_mislabelled": fit, "fit_clean": [0.9] * 40,
+                                                    "test_acc": [70.0 - e / 4 for e in epochs]}))
+        (ce / "metrics.json").write_text(json.dumps({"kind": "ce", "test_acc": 60.0, "best_test_acc": 69.75,
+                                                     "wall_time_s": 3600.0, "true_noise_rate": 0.40208}))
+    return str(folder)
+
+
+@pytest.mark.skipif(not (COMMITTED_CNN_BATCH / CNN_WORST / "bkd" / "metrics.json").is_file(),
+                    reason="reads the committed BKD stage of the cnn batch on worst")
+@pytest.mark.parametrize("state", ["committed", "nothing", "bkd", "bkd and ce"])
+def test_the_pixels_chapter_builds_on_every_state_of_the_cnn_batch(tmp_path, state):
+    """Default parameters (no training), from another working directory: the committed batch as it is, and a batch
+    with nothing, with BKD alone, with BKD and cross-entropy. A missing stage is a sentence, never an error; figures
+    appear with BKD's stage; no NaN, nothing printed."""
+    import papermill as pm
+
+    parameters = {} if state == "committed" else {"batch_dir": _cnn_batch(tmp_path / "cnn", state)}
+    out = tmp_path / "09.ipynb"
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        pm.execute_notebook(CHAPTER_DIR / f"{PIXELS_CHAPTER}.ipynb", out, cwd=tmp_path, kernel_name="python3",
+                            progress_bar=False, parameters=parameters)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    nb = nbformat.read(out, as_version=4)
+    figures = _check_outputs(nb)
+    assert not any(o.output_type == "stream" for c in nb.cells for o in c.get("outputs", []))  # nothing trained
+    from bkd_core.book import CONCLUSION_METADATA
+
+    values = _glued(nb)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            values.update(output.get("metadata", {}).get(CONCLUSION_METADATA, {}).get("values", {}))
+    shown = " ".join(str(v) for v in values.values())
+    assert "nan" not in shown.lower().split() and "None" not in shown
+    story = values["story"]
+    if state == "nothing":
+        assert figures == 0 and "not here yet: the batch is still running" in story
+        assert "committed so far: none" in story
+        return
+    assert figures == 2  # the run's story and the histogram at its tipping epoch
+    assert story.startswith("On pixels, in the committed run cifar10-worst-seed0, the official peak rule sets the "
+                            "tipping point at epoch 26 (seen at epoch 28)")
+    assert "49.4% noise against the true 40.2%" in story and "F1 0.767 against 0.574" in story
+    assert "The features proxy" in values["proxy_text"]
+    if state == "bkd":
+        assert "the run's cross-entropy is not here yet: the batch is still running" in story
+        assert "not here yet" in values["memo_text"] and "not here yet" in values["acc_text"]
+        assert values["acc_text"].startswith("In the right panel of the figure at the top, BKD's test accuracy is "
+                                             "79.4% at the tipping epoch; phase 2 starts at epoch 29")
+    if state == "bkd and ce":
+        assert "cross-entropy at 60.0% (+18.6 points)" in story
+        assert "takes off at epoch 6" in values["memo_text"] and "BKD ends 18.6 points above it" in values["acc_text"]
+    html = " ".join(o["data"].get("text/html", "") for c in nb.cells for o in c.get("outputs", []) if "data" in o)
+    assert "same story?" in html  # the proxy check's table

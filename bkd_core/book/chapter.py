@@ -448,6 +448,8 @@ def setup_text(config: BKDConfig | Mapping[str, Any], n_images: int | None = Non
         net = f"small CNNs ({'/'.join(str(w) for w in widths)} channels)"
     elif model == "preresnet18":
         net = "the official PreResNet18"
+    elif model == "whitened_cnn":
+        net = f"airbench-class CNNs ({'/'.join(str(w) for w in widths)} channels after a fixed whitening layer)"
     else:
         net = f"{model} networks"
     inputs = "label-free feature vectors" if _field(config, "features") else "the pixels"

@@ -10,7 +10,9 @@ Two sources, both committed to the repository (the batch run by run, as its runs
 - the reproduction batch (:data:`BATCH`), read through :class:`bkd_core.batch.BatchFolder` by :func:`batch_state`:
   while it runs, or before it is there, the state says how many of its planned runs have finished; a finished
   run's curves, results and tipping-epoch scores are read from it, and :func:`tipping_detection` splits those scores
-  as the run did.
+  as the run did. Each method of a run is committed as soon as it has trained, before the run has finished:
+  :meth:`BatchState.stage` reads one (:class:`Stage`, :func:`read_stage`, which reads a run folder of the chapters'
+  cache as well), and :func:`pixel_check` sets a run's BKD and cross-entropy beside the `features` proxy.
 
 Epochs are indices from 0 here, as everywhere in ``bkd_core`` (``tipping`` of a run is such an index); the curves'
 own ``epoch`` entry counts from 1, as the book does.
@@ -27,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..batch import BatchFolder
-from ..batch.files import read_run_json
-from ..batch.folder import COLUMNS, METHOD_CURVES, run_name
+from ..batch.files import lexists, load_run_arrays, read_run_json
+from ..batch.folder import (COLUMNS, METHOD_CURVES, METHOD_METRICS, METHOD_ORDER, METHOD_TIPPING_SCORES,
+                            run_name)
 from ..config import PROFILES, BKDConfig
 from ..errors import DamagedFileError
 from ..method import Detection, detect, find_tipping_point
 from ..metrics import detection_scores, flag_all_f1
+from ..rundir import CONFIG, decode_tipping_scores
 from .chapter import repository_paths
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ __all__ = [
     "CURVE_KEYS", "WINDOW", "FALL_EPOCHS", "DiagnosticRun", "Diagnostics", "find_evidence", "read_diagnostics",
     "diagnostics",
     "BatchState", "batch_state", "TippingDetection", "tipping_detection",
+    "Stage", "read_stage", "PIXEL_CHECK_ROWS", "ESTIMATE_TOLERANCE", "pixel_check",
 ]
 
 #: The diagnostic runs' folder, relative to the repository.
@@ -380,6 +385,39 @@ class BatchState:
         name = self.run_of(split, seed)
         return None if name is None else self._folder().method_tipping_scores(name, "bkd")
 
+    def stages(self) -> dict[str, tuple[str, ...]]:
+        """The stages committed so far: run folder name -> the methods whose ``metrics.json`` it holds, in the order of
+        :data:`bkd_core.batch.folder.METHOD_ORDER` (runs sorted by name; ``{}`` without the batch). A stage counts
+        whether its run has finished or not, as :meth:`stage` reads it."""
+        if self.folder is None:
+            return {}
+        found = {}
+        for entry in sorted(os.scandir(self.folder), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            methods = tuple(m for m in METHOD_ORDER if lexists(Path(entry.path) / m / METHOD_METRICS))
+            if methods:
+                found[entry.name] = methods
+        return found
+
+    def stage(self, split: str, method: str = "bkd", seed: int = 0, dataset: str = "cifar10") -> "Stage | None":
+        """``method``'s stage of the run of ``split`` and ``seed`` (:func:`read_stage` of its folder), committed as
+        soon as that method has trained, whether the run has finished or not; None when it is not here yet (or
+        ended at its deadline, to be resumed).
+
+        Raises
+        ------
+        bkd_core.errors.DamagedFileError
+            the stage is there but a file of it is damaged (names it).
+        """
+        if self.folder is None:
+            return None
+        folder = self._folder().run_dir(run_name(dataset, split, seed)) / str(method)
+        if not lexists(folder / METHOD_METRICS):
+            return None
+        found = read_stage(folder)
+        return None if found.metrics.get("stopped_by") == "deadline" else found
+
 
 def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
     """How far the batch in ``folder`` (found from any working directory, :func:`find_evidence`) is.
@@ -452,3 +490,243 @@ def tipping_detection(state: BatchState, split: str, seed: int = 0) -> TippingDe
                             rule=bkd.get("tipping_rule"),
                             detection=detect(scores, bins=config.otsu_bins, criterion=config.otsu_criterion,
                                              noisy_groups=config.noisy_groups))
+
+
+# --------------------------------------------------------------------------------------------
+# One method's stage of a run, and the proxy beside it
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One method's finished training, read from its folder: a stage of a batch run (``RUN/METHOD/``) or a run
+    folder of the chapters' cache (:func:`bkd_core.book.cache.cached_run`), which hold the same files.
+
+    ``metrics`` is its ``metrics.json`` and ``config`` the configuration it trained with (``config.json``);
+    ``curves`` maps each per-epoch curve (:func:`bkd_core.metrics.epoch_curves`) to float64 ``[epochs]``, NaN where
+    an epoch has none (empty when the folder holds no curves); ``scores`` float32 [N] and ``is_noisy`` bool [N] are
+    BKD's agreement scores at its tipping epoch and the truth (None without a tipping point, or for another method).
+    """
+
+    path: Path
+    metrics: dict[str, Any]
+    config: BKDConfig
+    curves: dict[str, np.ndarray]
+    scores: np.ndarray | None = field(default=None, repr=False)
+    is_noisy: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def method(self) -> str:
+        """The method that trained (``metrics["kind"]``: ``"bkd"``, ``"ce"``, ...)."""
+        return str(self.metrics.get("kind"))
+
+    @property
+    def tipping(self) -> int | None:
+        """BKD's 0-based tipping epoch (None without one, or for another method)."""
+        value = self.metrics.get("tipping_epoch")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def found_at(self) -> int | None:
+        """The 0-based epoch where the rule saw the tipping point (phase 2 starts after it), or None."""
+        value = self.metrics.get("tipping_found_at_epoch")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def rule(self) -> str | None:
+        """What set the tipping point: ``"peak"`` (the official rule), ``"fallback"``, or None."""
+        value = self.metrics.get("tipping_rule")
+        return value if isinstance(value, str) else None
+
+    def number(self, key: str) -> float:
+        """``metrics[key]`` as a float (NaN when it is missing or not a finite number)."""
+        value = self.metrics.get(key)
+        return float(value) if _number(value) else math.nan
+
+    def curve(self, key: str) -> np.ndarray | None:
+        """The per-epoch curve ``key`` (float64 ``[epochs]``), or None when the stage records none."""
+        return self.curves.get(key)
+
+    def detection(self) -> Detection | None:
+        """:func:`bkd_core.method.detect` of the tipping-epoch scores with the stage's own Otsu settings (its
+        numbers are the run's), or None without scores."""
+        if self.scores is None:
+            return None
+        return detect(self.scores, bins=self.config.otsu_bins, criterion=self.config.otsu_criterion,
+                      noisy_groups=self.config.noisy_groups)
+
+
+def read_stage(folder: str | os.PathLike) -> Stage:
+    """The :class:`Stage` in ``folder``: its ``metrics.json`` and ``config.json``, and its ``curves.json`` and
+    ``tipping_scores.npz`` when it has them, each read safely and checked.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``folder`` holds no ``metrics.json`` (the method has not finished there).
+    bkd_core.errors.DamagedFileError
+        a file is not what it should be, or ``config.json`` is missing (one sentence naming the file and the fix).
+    """
+    folder = Path(folder)
+    path = folder / METHOD_METRICS
+    metrics = read_run_json(path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("kind"), str):
+        raise _damaged(path, "is not a method's metrics (no 'kind' of method)", _RERUN)
+    path = folder / CONFIG
+    if not lexists(path):
+        raise _damaged(path, "is missing, so the configuration the method trained with is unknown", _RERUN)
+    stored = read_run_json(path)
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise _damaged(path, "is not a run's config.json (no 'config' record)", _RERUN)
+    try:
+        config = BKDConfig.from_dict(stored["config"])
+    except (ValueError, TypeError) as exc:
+        raise _damaged(path, f"records an invalid configuration ({exc})", _RERUN) from None
+    path = folder / METHOD_CURVES
+    curves = _curves(read_run_json(path), ("epoch",), path, "the file", _RERUN) if lexists(path) else {}
+    path = folder / METHOD_TIPPING_SCORES
+    scores = is_noisy = None
+    if lexists(path):
+        scores, is_noisy = decode_tipping_scores(load_run_arrays(path), path)
+    return Stage(path=folder, metrics=metrics, config=config, curves=curves, scores=scores, is_noisy=is_noisy)
+
+
+#: Rows of :func:`pixel_check`, in order.
+PIXEL_CHECK_ROWS = ("BKD tipping epoch (from 1)", "BKD estimated noise rate, true rate (%)",
+                    "BKD F1, G4 (flag every image)", "BKD F1, below the threshold",
+                    "test accuracy, last epoch (%): BKD / cross-entropy")
+#: Points within which a noise estimate counts as right (the targets of the `cnn` batch).
+ESTIMATE_TOLERANCE = 5.0
+
+
+def _sign_word(value: float, above: str = "above", below: str = "below") -> str:
+    return above if value >= 0 else below
+
+
+def pixel_check(features: "pd.DataFrame | None", bkd: Stage, ce: Stage | None = None, *, split: str,
+                missing_ce: str = "not here yet (the batch is still running)") -> "pd.DataFrame":
+    """The `features` proxy beside a `cnn` run on the same split, row by row (:data:`PIXEL_CHECK_ROWS`), each
+    with one sentence saying whether the proxy tells the same story.
+
+    Parameters
+    ----------
+    features
+        :func:`bkd_core.book.results.summarize` of the `features` batch (means over its seeds), or None when it is
+        not there.
+    bkd, ce
+        The `cnn` run's BKD and cross-entropy stages (``ce`` None while it is not there).
+    split
+        The split both are about.
+    missing_ce
+        What to say about a missing ``ce`` (after "the CNN run's cross-entropy is ").
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index :data:`PIXEL_CHECK_ROWS`; columns ``"features proxy"`` and ``"cnn"`` (values as text, "–" where
+        there is none), ``"same story?"`` (``"yes"``, ``"no"`` or ``"–"``: nothing to compare) and ``"how"``
+        (the sentence).
+    """
+    import pandas as pd
+
+    from .results import mean_of
+
+    def proxy(method: str, metric: str) -> float:
+        return math.nan if features is None else mean_of(features, split, method, metric)
+
+    rows: dict[str, tuple[str, str, bool | None, str]] = {}
+    true = bkd.number("true_noise_rate")
+    no_proxy = "The features batch has no run of this split to compare with."
+    # when the rule fires
+    f_tip, f_peak, c_tip = proxy("bkd", "tipping_epoch"), proxy("bkd", "tipping_from_peak"), bkd.tipping
+    c_cell = "none" if c_tip is None else f"{c_tip + 1}" + ("" if bkd.rule == "peak" else f" ({bkd.rule})")
+    if not math.isfinite(f_tip):
+        rows[PIXEL_CHECK_ROWS[0]] = ("–", c_cell, None, no_proxy)
+    elif c_tip is None:
+        rows[PIXEL_CHECK_ROWS[0]] = (f"{f_tip + 1:.1f}", c_cell, False,
+                                     "Not the same: the proxy finds a tipping point, the CNN run none.")
+    else:
+        both_peak = f_peak == 1.0 and bkd.rule == "peak"
+        when = (f"the CNN's student peaks {'later' if c_tip > f_tip else 'earlier'} (epoch {c_tip + 1} against "
+                f"{f_tip + 1:.1f} on the proxy)")
+        rows[PIXEL_CHECK_ROWS[0]] = (
+            f"{f_tip + 1:.1f}", c_cell, both_peak,
+            f"Same rule: the official peak rule fires in every run of both; {when}." if both_peak else
+            f"Not the same: the peak rule sets the tipping point in {100 * f_peak:.0f}% of the proxy's runs and "
+            f"{'does' if bkd.rule == 'peak' else 'does not'} in the CNN run; {when}.")
+    # the noise estimate
+    f_est, c_est = 100 * proxy("bkd", "estimated_noise_rate"), 100 * bkd.number("estimated_noise_rate")
+    truth = f", true {100 * true:.1f}"
+    no_tip = "The CNN run found no tipping point, so it estimated and flagged nothing."
+    if c_tip is None:
+        rows[PIXEL_CHECK_ROWS[1]] = ("–" if not math.isfinite(f_est) else f"{f_est:.1f}{truth}", f"none{truth}",
+                                     None, no_tip)
+    elif not math.isfinite(f_est):
+        rows[PIXEL_CHECK_ROWS[1]] = ("–", f"{c_est:.1f}{truth}", None, no_proxy)
+    else:
+        e_f, e_c = f_est - 100 * true, c_est - 100 * true
+        if max(abs(e_f), abs(e_c)) <= ESTIMATE_TOLERANCE:
+            same, how = True, (f"Same: both land within {ESTIMATE_TOLERANCE:.0f} points of the truth ({e_f:+.1f} "
+                               f"and {e_c:+.1f} points).")
+        elif (e_f >= 0) == (e_c >= 0):
+            same, how = True, (f"Same direction: both estimate {_sign_word(e_f)} the truth, the proxy by "
+                               f"{abs(e_f):.1f} points, the CNN by {abs(e_c):.1f}.")
+        else:
+            same, how = False, (f"Not the same: the proxy lands {abs(e_f):.1f} points {_sign_word(e_f)} the truth, "
+                                f"the CNN {abs(e_c):.1f} points {_sign_word(e_c)}.")
+        rows[PIXEL_CHECK_ROWS[1]] = (f"{f_est:.1f}{truth}", f"{c_est:.1f}{truth}", same, how)
+    # finding the mislabelled images
+    f_g4, c_g4, every = proxy("bkd", "detection_f1"), bkd.number("detection_f1"), bkd.number("flag_all_f1")
+    f_below, c_below = proxy("bkd", "below_threshold_f1"), bkd.number("below_threshold_f1")
+    if not true > 0:
+        nothing = "No label is wrong on this split: there is nothing to find."
+        rows[PIXEL_CHECK_ROWS[2]] = ("n/a", "n/a", None, nothing)
+        rows[PIXEL_CHECK_ROWS[3]] = ("n/a", "n/a", None, nothing)
+    elif c_tip is None:
+        rows[PIXEL_CHECK_ROWS[2]] = ("–" if not math.isfinite(f_g4) else f"{f_g4:.3f} ({every:.3f})", "none", None,
+                                     no_tip)
+        rows[PIXEL_CHECK_ROWS[3]] = ("–" if not math.isfinite(f_below) else f"{f_below:.3f}", "none", None, no_tip)
+    elif not math.isfinite(f_g4):
+        rows[PIXEL_CHECK_ROWS[2]] = ("–", f"{c_g4:.3f} ({every:.3f})", None, no_proxy)
+        rows[PIXEL_CHECK_ROWS[3]] = ("–", f"{c_below:.3f}", None, no_proxy)
+    else:
+        m_f, m_c = f_g4 - every, c_g4 - every
+        if (m_f > 0) == (m_c > 0):
+            how = (f"Same: G4 {'beats' if m_c > 0 else 'does not beat'} flagging every image in both, by "
+                   f"{m_f:+.3f} F1 on the proxy and {m_c:+.3f} on pixels.")
+        else:
+            how = (f"Not the same: G4 beats flagging every image {'on pixels' if m_c > 0 else 'on the proxy'} only "
+                   f"({m_f:+.3f} F1 on the proxy, {m_c:+.3f} on pixels).")
+        rows[PIXEL_CHECK_ROWS[2]] = (f"{f_g4:.3f} ({every:.3f})", f"{c_g4:.3f} ({every:.3f})", (m_f > 0) == (m_c > 0),
+                                     how)
+        d_f, d_c = f_below - f_g4, c_below - c_g4
+        same = (d_f > 0) == (d_c > 0)
+        rows[PIXEL_CHECK_ROWS[3]] = (
+            f"{f_below:.3f}", f"{c_below:.3f}", same,
+            f"Same: flagging every image below the threshold scores {'higher' if d_c > 0 else 'lower'} than G4 "
+            f"alone in both ({d_f:+.3f} F1 on the proxy, {d_c:+.3f} on pixels)." if same else
+            f"Not the same: flagging every image below the threshold scores higher than G4 alone "
+            f"{'on pixels' if d_c > 0 else 'on the proxy'} only ({d_f:+.3f} F1 on the proxy, {d_c:+.3f} on pixels).")
+    # where BKD ends against cross-entropy
+    f_bkd, f_ce = proxy("bkd", "test_acc"), proxy("ce", "test_acc")
+    c_bkd, c_ce = bkd.number("test_acc"), math.nan if ce is None else ce.number("test_acc")
+    f_cell = "–" if not math.isfinite(f_bkd) else f"{f_bkd:.1f} / " + (f"{f_ce:.1f}" if math.isfinite(f_ce) else "–")
+    c_cell = f"{c_bkd:.1f} / " + (f"{c_ce:.1f}" if math.isfinite(c_ce) else "–")
+    d_f, d_c = f_bkd - f_ce, c_bkd - c_ce
+    if not math.isfinite(d_f):
+        rows[PIXEL_CHECK_ROWS[4]] = (f_cell, c_cell, None, no_proxy)
+    elif not math.isfinite(d_c):
+        rows[PIXEL_CHECK_ROWS[4]] = (
+            f_cell, c_cell, None, f"Not comparable yet: the CNN run's cross-entropy is {missing_ce}; on the proxy "
+            f"BKD ends {abs(d_f):.1f} points {_sign_word(d_f)} cross-entropy.")
+    else:
+        same = (d_f >= 0) == (d_c >= 0)
+        rows[PIXEL_CHECK_ROWS[4]] = (
+            f_cell, c_cell, same,
+            f"Same: BKD ends {_sign_word(d_c)} cross-entropy in both, by {abs(d_f):.1f} points on the proxy and "
+            f"{abs(d_c):.1f} on pixels." if same else
+            f"Not the same: BKD ends {abs(d_f):.1f} points {_sign_word(d_f)} cross-entropy on the proxy and "
+            f"{abs(d_c):.1f} points {_sign_word(d_c)} it on pixels.")
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["features proxy", "cnn", "same", "how"])
+    table["same"] = table["same"].map(lambda v: "–" if v is None else "yes" if v else "no")
+    return table.rename(columns={"same": "same story?"}).reindex(list(PIXEL_CHECK_ROWS))

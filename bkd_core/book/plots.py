@@ -1080,3 +1080,58 @@ def plot_fit_by_epoch(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]
         _integer_epochs(ax)
     _legend_below(fig, axes, ncols=2)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Appendix: one run end to end
+# --------------------------------------------------------------------------------------------
+
+__all__.append("plot_run_story")
+
+
+def plot_run_story(bkd: Mapping[str, Sequence[float]], ce: Mapping[str, Sequence[float]] | None = None, *,
+                   tipping: int | None = None, found_at: int | None = None) -> Figure:
+    """One BKD run from its per-epoch curves (:func:`bkd_core.metrics.epoch_curves`), with the cross-entropy run of
+    the same data when there is one: left, the share of correctly labelled (blue) and mislabelled (vermillion)
+    training images whose given label the teacher (solid) and cross-entropy (dashed) predict; middle, the student's
+    mean max probability in phase 1 with the tipping point starred; right, test accuracy of both. Phase 2 is shaded.
+
+    Parameters
+    ----------
+    bkd, ce
+        Curve name -> values per epoch, float [E] (``fit_clean``, ``fit_mislabelled`` as fractions;
+        ``mean_max_student``; ``test_acc`` in %); ``ce`` None: no cross-entropy run to show.
+    tipping, found_at
+        BKD's 0-based tipping epoch and the epoch the rule saw it (None: no tipping point).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+    n = len(bkd["mean_max_student"])
+    runs = [("BKD teacher", bkd, "-")] + ([("cross-entropy", ce, "--")] if ce is not None else [])
+    ax = axes[0]
+    for label, curves, style in runs:
+        for key, colour, group in (("fit_clean", CLEAN, "correctly labelled"),
+                                   ("fit_mislabelled", NOISY, "mislabelled")):
+            if key in curves:
+                _line(ax, 100 * np.asarray(curves[key], dtype=np.float64), color=colour, linestyle=style, marker="o",
+                      ms=2, label=f"{label}: {group}")
+    ax.set(xlabel="epoch", ylabel="% of training images", ylim=(0, 102), title="Predicted as their given label")
+    ax = axes[1]
+    student = np.asarray(bkd["mean_max_student"], dtype=np.float64)
+    phase1 = student if found_at is None else student[: found_at + 1]
+    _line(ax, phase1, color=STUDENT, marker="o", ms=2.5, label="BKD student, phase 1")
+    if tipping is not None and tipping < len(phase1):
+        ax.plot([tipping + 1], [phase1[tipping]], marker="*", ms=15, color=ACCENT, markeredgecolor="black",
+                linestyle="none", label=f"tipping point, epoch {tipping + 1}")
+    ax.set(xlabel="epoch", ylabel="mean max softmax of S", title="The student's confidence (phase 1)")
+    ax = axes[2]
+    _line(ax, bkd["test_acc"], color=BKD, marker="o", ms=2.5, label="BKD (teacher + student)")
+    if ce is not None and "test_acc" in ce:
+        _line(ax, ce["test_acc"], color=CE, linestyle="--", marker="s", ms=2.5, label="cross-entropy baseline")
+        n = max(n, len(ce["test_acc"]))
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Accuracy on the clean test set")
+    for ax in (axes[0], axes[2]):
+        _shade_phase2(ax, found_at, n, label="BKD phase 2")
+    for ax in axes:
+        _integer_epochs(ax)
+    _legend_below(fig, axes, ncols=4)
+    return fig
