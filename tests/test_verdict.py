@@ -3,9 +3,12 @@ seed; anything less is a tie, and a loss is decided as a win is."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bkd_core.book.verdict import split_verdicts, verdict, verdict_counts, verdict_text
+from bkd_core.book.verdict import (NOT_HERE, ONE_SEED, claims_box, missing_splits, one_seed_findings, split_verdicts,
+                                   verdict, verdict_counts, verdict_text)
 
 pd = pytest.importorskip("pandas")  # a book package: this file is skipped where only the training path is installed
 
@@ -85,3 +88,85 @@ def test_brief_verdict_text_leaves_out_empty_outcomes_only():
     assert verdict_text({"aggre": "beats", "worst": "loses"}, {"worst": "68.0 against 73.2"}, brief=True) == (
         "beats on 1 (aggre) and loses on 1 (worst: 68.0 against 73.2)")
     assert verdict_text({}, brief=True) == "has no split to compare on"
+
+
+# ----------------------------------------------------------------------------------------------
+# A batch with one seed per split: its numbers, no verdict, and what is not here yet
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_seed(methods=("bkd",)):
+    """A partial one-seed batch: worst and aggre; BKD's numbers, and when asked cross-entropy's and cleanlab's."""
+    rows = []
+    for split, true, est, f1, floor, acc, tip in (("worst", 0.40208, 0.49394, 0.7671, 0.5735, 78.59, 25),
+                                                   ("aggre", 0.0901, 0.25598, 0.6002, 0.1653, 85.86, 21)):
+        rows.append({"split": split, "seed": 0, "method": "bkd", "true_noise_rate": true,
+                     "estimated_noise_rate": est, "detection_f1": f1, "flag_all_f1": floor, "test_acc": acc,
+                     "best_test_acc": acc + 1, "tipping_epoch": tip, "tipping_rule": "peak"})
+        if "ce" in methods:
+            rows.append({"split": split, "seed": 0, "method": "ce", "true_noise_rate": true, "test_acc": 80.0,
+                         "best_test_acc": 84.0, "detection_f1": 0.5})
+        if "cleanlab" in methods:  # above BKD on worst, below on aggre: said alike
+            rows.append({"split": split, "seed": 0, "method": "cleanlab", "true_noise_rate": true,
+                         "detection_f1": 0.80 if split == "worst" else 0.50})
+    from bkd_core.book.results import COLUMNS
+
+    return pd.DataFrame(rows, columns=list(COLUMNS)).assign(dataset="cifar10", configuration="")
+
+
+def test_one_seed_findings_give_numbers_without_a_verdict_and_say_what_is_not_here():
+    found = one_seed_findings(_one_seed(), falls={"worst": 0.0018, "aggre": 0.0026})
+    assert found["memorization"] == "Not here yet (the cross-entropy runs)."
+    assert found["tipping"] == ("The peak rule fires in 2 of 2 runs (epoch 26 on worst, 22 on aggre); after it the "
+                                "student's confidence falls by only 0.002 on worst, 0.003 on aggre before phase 2; "
+                                "clean control: not here yet.")
+    assert found["estimate"] == ("Too high on 2 of 2: worst 49.4% vs true 40.2%, aggre 25.6% vs true 9.0%; "
+                                 "clean control: not here yet.")
+    assert found["detection"] == ("One seed: no verdict yet. G4 vs flagging everything: higher on 2 of 2 (worst 76.7 "
+                                  "vs 57.4, aggre 60.0 vs 16.5); vs confident learning: not here yet.")
+    assert found["robust"] == "BKD ends at 78.6% on worst, 85.9% on aggre; cross-entropy: not here yet."
+    for text in found.values():  # no verdict word for one seed
+        assert not any(word in text for word in ("beats", "ties", "loses")), text
+
+
+def test_one_seed_findings_say_higher_and_lower_alike_once_every_stage_is_there():
+    found = one_seed_findings(_one_seed(("ce", "cleanlab")), splits=("aggre", "worst", "clean"))
+    assert found["memorization"] == "Cross-entropy's test accuracy on worst peaks at 84.0% and ends at 80.0%."
+    assert "vs confident learning: higher on 1 of 2 and lower on 1 of 2 (worst 76.7 vs 80.0, aggre 60.0 vs 50.0)" \
+        in found["detection"]
+    assert found["robust"] == (f"{ONE_SEED.capitalize()}. BKD's last epoch vs cross-entropy's: higher on 1 of 2 and "
+                               "lower on 1 of 2 (worst 78.6% vs 80.0%, aggre 85.9% vs 80.0%).")
+    everything = one_seed_findings(_one_seed(("ce", "cleanlab")), splits=("aggre", "worst"))
+    assert NOT_HERE not in " ".join(everything.values())  # the clean control is not part of this batch
+    assert missing_splits(_one_seed()) == ["clean", "rand1", "rand2", "rand3"]
+    empty = one_seed_findings(_one_seed().iloc[:0])
+    assert set(empty.values()) == {"Not here yet (the cross-entropy runs).", "Not here yet (BKD)."}
+
+
+def test_claims_box_judges_a_batch_with_seeds_and_reports_one_without():
+    from bkd_core.book.analysis import CLAIMS
+
+    seeds = pd.concat([_one_seed(("ce", "cleanlab")).assign(seed=s) for s in (0, 1, 2)], ignore_index=True)
+    box = claims_box({"one seed": _one_seed(), "three seeds": seeds})
+    assert list(box.columns) == ["claim", "one seed", "three seeds"] and list(box["claim"]) == list(CLAIMS.values())
+    detection = box.set_index("claim").loc[CLAIMS["detection"]]
+    assert detection["one seed"].startswith(ONE_SEED.capitalize())
+    # three identical seeds: no spread, every seed ahead, so a win and a loss, in the same words
+    assert "beats on 1 (aggre)" in detection["three seeds"] and "loses on 1 (worst: 76.7 against 80.0)" \
+        in detection["three seeds"]
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "reproductions" / "cnn").is_dir(),
+                    reason="no committed cnn batch")
+def test_the_committed_cnn_batch_speaks_through_its_files():
+    """Chapter 01's cnn column: every number read from the committed runs (seed 0), none typed in."""
+    from bkd_core.book import results
+
+    table = results.collect_stages(Path(__file__).resolve().parents[1] / "reproductions" / "cnn")
+    found = one_seed_findings(table)
+    bkd = table[table["method"] == "bkd"]
+    for row in bkd.itertuples():  # the estimate of each run that is there, as its metrics record it
+        assert f"{row.split} {100 * row.estimated_noise_rate:.1f}% vs true {100 * row.true_noise_rate:.1f}%" \
+            in found["estimate"]
+    if {"worst", "aggre"} <= set(bkd["split"]):
+        assert "worst 49.4% vs true 40.2%" in found["estimate"] and "aggre 25.6% vs true 9.0%" in found["estimate"]

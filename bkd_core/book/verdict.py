@@ -15,7 +15,9 @@ same split with the same seed as seed ``i`` of ``b``):
 Why both parts: a gap larger than the seeds' spread says the difference is not what another seed would undo,
 and the paired sign says it does not rest on one lucky seed (with three seeds, three of three agreeing has a
 chance of 1 in 4 under a coin flip, so the sign alone would be too weak, and the spread alone ignores the
-pairing). The rule needs at least two seeds: one run has no spread to judge a difference against.
+pairing). The rule needs at least two seeds: one run has no spread to judge a difference against. A batch with one
+seed per split (:func:`one_seed_findings`) is reported by its numbers alone, "higher" and "lower" said alike, with
+:data:`ONE_SEED` beside them, and a stage of it that has not finished yet as :data:`NOT_HERE`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["BEATS", "TIES", "LOSES", "OUTCOMES", "verdict", "split_verdicts", "verdict_counts", "verdict_text"]
+__all__ = ["BEATS", "TIES", "LOSES", "OUTCOMES", "ONE_SEED", "NOT_HERE", "CIFAR10N_SPLITS", "verdict",
+           "split_verdicts", "verdict_counts", "verdict_text", "one_seed_findings", "missing_splits", "claims_box"]
 
 BEATS, TIES, LOSES = "beats", "ties", "loses"
 #: The three outcomes, in the order the book reports them.
 OUTCOMES = (BEATS, TIES, LOSES)
+#: What a comparison of one seed says instead of a verdict.
+ONE_SEED = "one seed: no verdict yet"
+#: What a finding says of a stage (a method, a split) that has not finished yet.
+NOT_HERE = "not here yet"
+#: The CIFAR-10N splits a full batch runs, in the book's order.
+CIFAR10N_SPLITS = ("clean", "aggre", "rand1", "rand2", "rand3", "worst")
 
 
 def verdict(a: Sequence[float], b: Sequence[float]) -> str:
@@ -140,3 +149,144 @@ def verdict_text(verdicts: dict[str, str], details: Mapping[str, str] | None = N
     if not parts:
         return "has no split to compare on"
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def missing_splits(table, splits: Sequence[str] = CIFAR10N_SPLITS, method: str = "bkd") -> list[str]:
+    """The splits of ``splits`` (in that order) on which ``table`` has no run of ``method``."""
+    present = set(table.loc[table["method"] == method, "split"]) if len(table) else set()
+    return [s for s in splits if s not in present]
+
+
+def _compared(pairs: list[tuple[str, float, float]], unit: str = "") -> str:
+    """``"higher on 2 of 2 (worst 76.7 vs 57.4, aggre 60.0 vs 16.5)"``: one run's values against another's, the
+    splits where it is higher and lower said alike; "level" where they are equal to the digit shown."""
+    higher = [p for p in pairs if round(p[1], 1) > round(p[2], 1)]
+    lower = [p for p in pairs if round(p[1], 1) < round(p[2], 1)]
+    level = [p for p in pairs if round(p[1], 1) == round(p[2], 1)]
+    parts = [f"{word} on {len(group)} of {len(pairs)}" for word, group in (("higher", higher), ("lower", lower),
+                                                                         ("level", level)) if group]
+    shown = ", ".join(f"{s} {a:.1f}{unit} vs {b:.1f}{unit}" for s, a, b in pairs)
+    return f"{' and '.join(parts)} ({shown})"
+
+
+def one_seed_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
+                      falls: Mapping[str, float] | None = None) -> dict[str, str]:
+    """What a batch with one seed per split measured on each of BKD's claims, one short sentence each with its
+    numbers, negatives included, and no verdict (:data:`ONE_SEED`): one run has no spread to judge a difference
+    against. A claim whose runs have not finished yet (a method, or the clean control) says :data:`NOT_HERE`.
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        the batch's finished stages, :func:`bkd_core.book.results.collect_stages` (or
+        :func:`~bkd_core.book.results.collect_results`), one row per run and method.
+    splits : Sequence[str]
+        the splits the full batch runs; those without a BKD run are said to be not here yet.
+    falls : Mapping[str, float] | None
+        split -> how far the student's curve falls after the tipping epoch before phase 2
+        (:func:`bkd_core.book.results.peak_fall`), said with the tipping point when given.
+
+    Returns
+    -------
+    dict[str, str]
+        ``{claim key: sentence}`` for the keys of :data:`bkd_core.book.analysis.CLAIMS`.
+    """
+    import pandas as pd
+
+    from .results import ordered_splits
+
+    def rows(method: str) -> "pd.DataFrame":
+        return table[table["method"] == method] if len(table) else table
+
+    def value(method: str, split: str, column: str, scale: float = 100.0) -> float:
+        found = rows(method)
+        found = found[found["split"] == split]
+        return scale * float(pd.to_numeric(found[column], errors="coerce").mean()) if len(found) else float("nan")
+
+    bkd = rows("bkd")
+    present = ordered_splits(bkd["split"]) if len(bkd) else []
+    by_noise = sorted(present, key=lambda s: -value("bkd", s, "true_noise_rate"))  # the noisiest split first
+    noisy = [s for s in by_noise if value("bkd", s, "true_noise_rate") > 0]
+    absent = missing_splits(table, splits)
+    clean_absent = "; clean control: " + NOT_HERE if "clean" in absent else ""
+
+    def has(method: str, split: str, column: str) -> bool:
+        return bool(np.isfinite(value(method, split, column)))
+
+    out = {}
+    ce = [s for s in noisy if has("ce", s, "best_test_acc") and has("ce", s, "test_acc")]
+    if ce:
+        s = ce[0]
+        peak, end = value("ce", s, "best_test_acc", 1), value("ce", s, "test_acc", 1)
+        out["memorization"] = f"Cross-entropy's test accuracy on {s} peaks at {peak:.1f}% and ends at {end:.1f}%."
+    else:
+        out["memorization"] = f"{NOT_HERE.capitalize()} (the cross-entropy runs)."
+    if len(bkd):
+        tips = {s: value("bkd", s, "tipping_epoch", 1) + 1 for s in present}
+        fired = int((bkd["tipping_rule"] == "peak").sum())
+        at = ", ".join(f"{tips[s]:.0f} on {s}" for s in by_noise if np.isfinite(tips[s]))
+        fell = [f"{falls[s]:.3f} on {s}" for s in by_noise if falls and np.isfinite(falls.get(s, np.nan))]
+        after = f"; after it the student's confidence falls by only {', '.join(fell)} before phase 2" if fell else ""
+        out["tipping"] = f"The peak rule fires in {fired} of {len(bkd)} runs (epoch {at}){after}{clean_absent}."
+        estimates = [f"{s} {value('bkd', s, 'estimated_noise_rate'):.1f}% vs true "
+                     f"{value('bkd', s, 'true_noise_rate'):.1f}%" for s in by_noise]
+        over = sum(value("bkd", s, "estimated_noise_rate") > value("bkd", s, "true_noise_rate") for s in present)
+        under = sum(value("bkd", s, "estimated_noise_rate") < value("bkd", s, "true_noise_rate") for s in present)
+        direction = " and ".join(f"too {word} on {n} of {len(present)}" for word, n in (("high", over), ("low", under))
+                                 if n) or f"exact on {len(present)} of {len(present)}"
+        out["estimate"] = f"{direction.capitalize()}: {', '.join(estimates)}{clean_absent}."
+        floor = _compared([(s, value("bkd", s, "detection_f1"), value("bkd", s, "flag_all_f1")) for s in noisy])
+        cl = [(s, value("bkd", s, "detection_f1"), value("cleanlab", s, "detection_f1")) for s in noisy
+              if has("cleanlab", s, "detection_f1")]
+        out["detection"] = (f"{ONE_SEED.capitalize()}. G4 vs flagging everything: {floor}; vs confident learning: "
+                            f"{_compared(cl) if cl else NOT_HERE}." if noisy else
+                            f"{NOT_HERE.capitalize()} (no noisy split).")
+        acc = [(s, value("bkd", s, "test_acc", 1), value("ce", s, "test_acc", 1)) for s in by_noise
+               if has("ce", s, "test_acc") and has("bkd", s, "test_acc")]
+        if acc:
+            out["robust"] = f"{ONE_SEED.capitalize()}. BKD's last epoch vs cross-entropy's: {_compared(acc, '%')}."
+        else:
+            ends = ", ".join(f"{value('bkd', s, 'test_acc', 1):.1f}% on {s}" for s in by_noise
+                             if has("bkd", s, "test_acc"))
+            out["robust"] = f"BKD ends at {ends}; cross-entropy: {NOT_HERE}."
+    else:
+        for key in ("tipping", "estimate", "detection", "robust"):
+            out[key] = f"{NOT_HERE.capitalize()} (BKD)."
+    return out
+
+
+def claims_box(tables: Mapping[str, object], *, splits: Sequence[str] = CIFAR10N_SPLITS,
+               falls: Mapping[str, Mapping[str, float]] | None = None):
+    """BKD's claims against what each batch measured: one row per claim (:data:`bkd_core.book.analysis.CLAIMS`),
+    one column per batch.
+
+    A batch with two or more seeds on a split is judged by :func:`verdict` (its findings are
+    :func:`bkd_core.book.analysis.claim_findings`); one with a single seed everywhere is reported by its numbers
+    (:func:`one_seed_findings`, ``splits`` the splits its full batch runs).
+
+    Parameters
+    ----------
+    tables : Mapping[str, pd.DataFrame]
+        column label -> the batch's :func:`bkd_core.book.results.collect_stages` (or ``collect_results``), in the
+        order the columns are shown.
+    falls : Mapping[str, Mapping[str, float]] | None
+        column label -> :func:`one_seed_findings`' ``falls`` of that batch.
+
+    Returns
+    -------
+    pd.DataFrame
+        column ``claim`` and one column per batch, each cell a sentence.
+    """
+    import pandas as pd
+
+    from .analysis import CLAIMS, claim_findings
+
+    def findings(label: str, table) -> dict[str, str]:
+        seeds = table.groupby(["split", "method"])["seed"].nunique() if len(table) else pd.Series(dtype=int)
+        if len(seeds) and int(seeds.max()) >= 2:
+            return claim_findings(table)
+        return one_seed_findings(table, splits=splits, falls=(falls or {}).get(label))
+
+    columns = {label: findings(label, table) for label, table in tables.items()}
+    return pd.DataFrame({"claim": list(CLAIMS.values()),
+                         **{label: [found[key] for key in CLAIMS] for label, found in columns.items()}})
