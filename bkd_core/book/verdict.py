@@ -16,7 +16,7 @@ Why both parts: a gap larger than the seeds' spread says the difference is not w
 and the paired sign says it does not rest on one lucky seed (with three seeds, three of three agreeing has a
 chance of 1 in 4 under a coin flip, so the sign alone would be too weak, and the spread alone ignores the
 pairing). The rule needs at least two seeds: one run has no spread to judge a difference against. A batch with one
-seed per split (:func:`one_seed_findings`) is reported by its numbers alone, "higher" and "lower" said alike, with
+seed per split is reported by its numbers alone (:func:`claim_findings`), "higher" and "lower" said alike, with
 :data:`ONE_SEED` beside them, and a stage of it that has not finished yet as :data:`NOT_HERE`.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = ["BEATS", "TIES", "LOSES", "OUTCOMES", "ONE_SEED", "NOT_HERE", "CIFAR10N_SPLITS", "verdict",
-           "split_verdicts", "verdict_counts", "verdict_text", "one_seed_findings", "missing_splits", "claims_box"]
+           "split_verdicts", "verdict_counts", "verdict_text", "claim_findings", "missing_splits", "claims_box"]
 
 BEATS, TIES, LOSES = "beats", "ties", "loses"
 #: The three outcomes, in the order the book reports them.
@@ -157,23 +157,42 @@ def missing_splits(table, splits: Sequence[str] = CIFAR10N_SPLITS, method: str =
     return [s for s in splits if s not in present]
 
 
-def _compared(pairs: list[tuple[str, float, float]], unit: str = "") -> str:
-    """``"higher on 2 of 2 (worst 76.7 vs 57.4, aggre 60.0 vs 16.5)"``: one run's values against another's, the
-    splits where it is higher and lower said alike; "level" where they are equal to the digit shown."""
-    higher = [p for p in pairs if round(p[1], 1) > round(p[2], 1)]
-    lower = [p for p in pairs if round(p[1], 1) < round(p[2], 1)]
-    level = [p for p in pairs if round(p[1], 1) == round(p[2], 1)]
-    parts = [f"{word} on {len(group)} of {len(pairs)}" for word, group in (("higher", higher), ("lower", lower),
-                                                                         ("level", level)) if group]
-    shown = ", ".join(f"{s} {a:.1f}{unit} vs {b:.1f}{unit}" for s, a, b in pairs)
-    return f"{' and '.join(parts)} ({shown})"
+def _compared(pairs: list[tuple[str, float, float]], unit: str = "", shown: int = 2) -> str:
+    """One run's values against another's on each split, with no verdict: ``"higher on 2 of 2 (worst 76.7 vs 57.4,
+    aggre 60.0 vs 16.5)"``; higher and lower said alike ("level" where equal to the digit shown). Every lower or
+    level split is named with its numbers, and the first ``shown`` higher ones."""
+    groups = {"higher": [p for p in pairs if round(p[1], 1) > round(p[2], 1)],
+              "lower": [p for p in pairs if round(p[1], 1) < round(p[2], 1)],
+              "level": [p for p in pairs if round(p[1], 1) == round(p[2], 1)]}
+    named = [p for word, group in groups.items() for p in (group[:shown] if word == "higher" else group)]
+    counts = " and ".join(f"{word} on {len(group)} of {len(pairs)}" for word, group in groups.items() if group)
+    return f"{counts} ({', '.join(f'{s} {a:.1f} vs {b:.1f}{unit}' for s, a, b in named)})"
 
 
-def one_seed_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
-                      falls: Mapping[str, float] | None = None) -> dict[str, str]:
-    """What a batch with one seed per split measured on each of BKD's claims, one short sentence each with its
-    numbers, negatives included, and no verdict (:data:`ONE_SEED`): one run has no spread to judge a difference
-    against. A claim whose runs have not finished yet (a method, or the clean control) says :data:`NOT_HERE`.
+def _judged(verdicts: dict[str, str], numbers: Mapping[str, tuple[float, float]], unit: str = "") -> str:
+    """:func:`verdict` outcomes in brief: ``"beats on 4, ties on aggre (76.2 vs 76.0%), loses on clean (76.9 vs
+    78.6%)"``; each tie and loss named with both means."""
+    counts = verdict_counts(verdicts)
+    parts = []
+    for outcome, found in counts.items():
+        if not found:
+            continue
+        if outcome == BEATS:
+            parts.append(f"beats on {len(found)}")
+        else:
+            parts.append(f"{outcome} on " + ", ".join(
+                f"{s} ({numbers[s][0]:.1f} vs {numbers[s][1]:.1f}{unit})" for s in found))
+    return ", ".join(parts) if parts else "no split to compare on"
+
+
+def claim_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
+                   falls: Mapping[str, float] | None = None) -> dict[str, str]:
+    """What a batch measured on each of BKD's claims, one short sentence each with its numbers, negatives included.
+
+    Where a split has two or more seeds, a comparison is judged by :func:`verdict` (wins, ties and losses in the
+    same words); where it has one, the numbers are said with "higher" and "lower" alike and no verdict
+    (:data:`ONE_SEED`: the batch's column says so). A claim whose runs have not finished yet (a method, or the clean
+    control) says :data:`NOT_HERE`.
 
     Parameters
     ----------
@@ -181,7 +200,7 @@ def one_seed_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
         the batch's finished stages, :func:`bkd_core.book.results.collect_stages` (or
         :func:`~bkd_core.book.results.collect_results`), one row per run and method.
     splits : Sequence[str]
-        the splits the full batch runs; those without a BKD run are said to be not here yet.
+        the splits the full batch runs; the clean control missing among them is said to be not here yet.
     falls : Mapping[str, float] | None
         split -> how far the student's curve falls after the tipping epoch before phase 2
         (:func:`bkd_core.book.results.peak_fall`), said with the tipping point when given.
@@ -203,74 +222,87 @@ def one_seed_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
         found = found[found["split"] == split]
         return scale * float(pd.to_numeric(found[column], errors="coerce").mean()) if len(found) else float("nan")
 
+    def has(method: str, split: str, column: str) -> bool:
+        return bool(np.isfinite(value(method, split, column)))
+
     bkd = rows("bkd")
     present = ordered_splits(bkd["split"]) if len(bkd) else []
     by_noise = sorted(present, key=lambda s: -value("bkd", s, "true_noise_rate"))  # the noisiest split first
     noisy = [s for s in by_noise if value("bkd", s, "true_noise_rate") > 0]
-    absent = missing_splits(table, splits)
-    clean_absent = "; clean control: " + NOT_HERE if "clean" in absent else ""
+    seeded = bool(len(table)) and int(table.groupby(["split", "method"])["seed"].nunique().max()) >= 2
+    clean_absent = f"; clean: {NOT_HERE}" if "clean" in splits and "clean" not in present else ""
 
-    def has(method: str, split: str, column: str) -> bool:
-        return bool(np.isfinite(value(method, split, column)))
+    def compare(method, rival, metric, rival_metric=None, among=None, scale=100.0, unit=""):
+        """The comparison on the splits both ran: verdicts over seeds, or one run's numbers; None without one."""
+        among = [s for s in (among or noisy) if has(method, s, metric) and has(rival, s, rival_metric or metric)]
+        if not among:
+            return None
+        numbers = {s: (value(method, s, metric, scale), value(rival, s, rival_metric or metric, scale)) for s in among}
+        if seeded:
+            return _judged(split_verdicts(table, method, rival, metric, rival_metric, splits=among), numbers, unit)
+        return _compared([(s, *numbers[s]) for s in among], unit)
 
     out = {}
     ce = [s for s in noisy if has("ce", s, "best_test_acc") and has("ce", s, "test_acc")]
     if ce:
         s = ce[0]
-        peak, end = value("ce", s, "best_test_acc", 1), value("ce", s, "test_acc", 1)
-        out["memorization"] = f"Cross-entropy's test accuracy on {s} peaks at {peak:.1f}% and ends at {end:.1f}%."
+        drops = [value("ce", t, "best_test_acc", 1) - value("ce", t, "test_acc", 1) for t in present
+                 if t != s and has("ce", t, "test_acc") and has("ce", t, "best_test_acc")]
+        elsewhere = f"; elsewhere {min(drops):.1f} to {max(drops):.1f} below its peak" if len(drops) > 1 else ""
+        out["memorization"] = (f"CE on {s} peaks at {value('ce', s, 'best_test_acc', 1):.1f}%, ends at "
+                               f"{value('ce', s, 'test_acc', 1):.1f}%{elsewhere}.")
     else:
-        out["memorization"] = f"{NOT_HERE.capitalize()} (the cross-entropy runs)."
-    if len(bkd):
-        tips = {s: value("bkd", s, "tipping_epoch", 1) + 1 for s in present}
-        fired = int((bkd["tipping_rule"] == "peak").sum())
-        at = ", ".join(f"{tips[s]:.0f} on {s}" for s in by_noise if np.isfinite(tips[s]))
-        fell = [f"{falls[s]:.3f} on {s}" for s in by_noise if falls and np.isfinite(falls.get(s, np.nan))]
-        after = f"; after it the student's confidence falls by only {', '.join(fell)} before phase 2" if fell else ""
-        out["tipping"] = f"The peak rule fires in {fired} of {len(bkd)} runs (epoch {at}){after}{clean_absent}."
-        estimates = [f"{s} {value('bkd', s, 'estimated_noise_rate'):.1f}% vs true "
-                     f"{value('bkd', s, 'true_noise_rate'):.1f}%" for s in by_noise]
-        over = sum(value("bkd", s, "estimated_noise_rate") > value("bkd", s, "true_noise_rate") for s in present)
-        under = sum(value("bkd", s, "estimated_noise_rate") < value("bkd", s, "true_noise_rate") for s in present)
-        direction = " and ".join(f"too {word} on {n} of {len(present)}" for word, n in (("high", over), ("low", under))
-                                 if n) or f"exact on {len(present)} of {len(present)}"
-        out["estimate"] = f"{direction.capitalize()}: {', '.join(estimates)}{clean_absent}."
-        floor = _compared([(s, value("bkd", s, "detection_f1"), value("bkd", s, "flag_all_f1")) for s in noisy])
-        cl = [(s, value("bkd", s, "detection_f1"), value("cleanlab", s, "detection_f1")) for s in noisy
-              if has("cleanlab", s, "detection_f1")]
-        out["detection"] = (f"{ONE_SEED.capitalize()}. G4 vs flagging everything: {floor}; vs confident learning: "
-                            f"{_compared(cl) if cl else NOT_HERE}." if noisy else
-                            f"{NOT_HERE.capitalize()} (no noisy split).")
-        acc = [(s, value("bkd", s, "test_acc", 1), value("ce", s, "test_acc", 1)) for s in by_noise
-               if has("ce", s, "test_acc") and has("bkd", s, "test_acc")]
-        if acc:
-            out["robust"] = f"{ONE_SEED.capitalize()}. BKD's last epoch vs cross-entropy's: {_compared(acc, '%')}."
-        else:
-            ends = ", ".join(f"{value('bkd', s, 'test_acc', 1):.1f}% on {s}" for s in by_noise
-                             if has("bkd", s, "test_acc"))
-            out["robust"] = f"BKD ends at {ends}; cross-entropy: {NOT_HERE}."
+        out["memorization"] = f"{NOT_HERE.capitalize()} (cross-entropy)."
+    if not len(bkd):
+        return {**out, **{key: f"{NOT_HERE.capitalize()} (BKD)." for key in ("tipping", "estimate", "detection",
+                                                                               "robust")}}
+    tips = {s: 1 + pd.to_numeric(bkd.loc[bkd["split"] == s, "tipping_epoch"], errors="coerce").dropna()
+            for s in present}
+    fired = int((bkd["tipping_rule"] == "peak").sum())
+    noisy_tips = [t for s in noisy for t in tips[s]]
+    if seeded:
+        at = f"epoch {min(noisy_tips):.0f} to {max(noisy_tips):.0f}" if noisy_tips else "no noisy split"
     else:
-        for key in ("tipping", "estimate", "detection", "robust"):
-            out[key] = f"{NOT_HERE.capitalize()} (BKD)."
+        at = "epoch " + ", ".join(f"{tips[s].mean():.0f} on {s}" for s in noisy if len(tips[s]))
+    clean_tip = (f"; on clean too (epoch {tips['clean'].mean():.1f})" if "clean" in tips and len(tips["clean"])
+                 else clean_absent)
+    fell = [f"{falls[s]:.3f}" for s in noisy if len(tips[s]) and falls and np.isfinite(falls.get(s, np.nan))]
+    after = f", then the curve falls only {' and '.join(fell)}" if fell else ""
+    out["tipping"] = f"Fires in {fired} of {len(bkd)} runs ({at}){after}{clean_tip}."
+    shown = list(dict.fromkeys([*noisy[:1], *[s for s in ("aggre", "clean") if s in present]]))
+    estimates = ", ".join(f"{s} {value('bkd', s, 'estimated_noise_rate'):.1f} vs {'true ' if k == 0 else ''}"
+                          f"{value('bkd', s, 'true_noise_rate'):.1f}%" for k, s in enumerate(shown))
+    high = sum(value("bkd", s, "estimated_noise_rate") > value("bkd", s, "true_noise_rate") for s in present)
+    low = sum(value("bkd", s, "estimated_noise_rate") < value("bkd", s, "true_noise_rate") for s in present)
+    direction = " and ".join(f"too {word} on {n} of {len(present)}" for word, n in (("high", high), ("low", low)) if n)
+    out["estimate"] = f"{(direction or 'exact').capitalize()}: {estimates}{clean_absent}."
+    floor = compare("bkd", "bkd", "detection_f1", "flag_all_f1")
+    cl = compare("bkd", "cleanlab", "detection_f1")
+    out["detection"] = (f"G4 F1 vs flagging all: {floor}; vs cleanlab: {cl or NOT_HERE}." if floor else
+                        f"{NOT_HERE.capitalize()} (no noisy split).")
+    acc = compare("bkd", "ce", "test_acc", among=by_noise, scale=1.0, unit="%")
+    if acc:
+        out["robust"] = f"Last-epoch accuracy vs CE: {acc}."
+    else:
+        ends = ", ".join(f"{value('bkd', s, 'test_acc', 1):.1f}% on {s}" for s in by_noise if has("bkd", s, "test_acc"))
+        out["robust"] = f"BKD ends at {ends}; CE: {NOT_HERE}."
     return out
 
 
 def claims_box(tables: Mapping[str, object], *, splits: Sequence[str] = CIFAR10N_SPLITS,
                falls: Mapping[str, Mapping[str, float]] | None = None):
-    """BKD's claims against what each batch measured: one row per claim (:data:`bkd_core.book.analysis.CLAIMS`),
-    one column per batch.
-
-    A batch with two or more seeds on a split is judged by :func:`verdict` (its findings are
-    :func:`bkd_core.book.analysis.claim_findings`); one with a single seed everywhere is reported by its numbers
-    (:func:`one_seed_findings`, ``splits`` the splits its full batch runs).
+    """BKD's claims against what each batch measured, in brief (:func:`claim_findings`): one row per claim
+    (:data:`bkd_core.book.analysis.CLAIMS`), one column per batch.
 
     Parameters
     ----------
     tables : Mapping[str, pd.DataFrame]
         column label -> the batch's :func:`bkd_core.book.results.collect_stages` (or ``collect_results``), in the
         order the columns are shown.
+    splits : Sequence[str]
+        the splits a full batch runs.
     falls : Mapping[str, Mapping[str, float]] | None
-        column label -> :func:`one_seed_findings`' ``falls`` of that batch.
+        column label -> :func:`claim_findings`' ``falls`` of that batch.
 
     Returns
     -------
@@ -279,14 +311,9 @@ def claims_box(tables: Mapping[str, object], *, splits: Sequence[str] = CIFAR10N
     """
     import pandas as pd
 
-    from .analysis import CLAIMS, claim_findings
+    from .analysis import CLAIMS
 
-    def findings(label: str, table) -> dict[str, str]:
-        seeds = table.groupby(["split", "method"])["seed"].nunique() if len(table) else pd.Series(dtype=int)
-        if len(seeds) and int(seeds.max()) >= 2:
-            return claim_findings(table)
-        return one_seed_findings(table, splits=splits, falls=(falls or {}).get(label))
-
-    columns = {label: findings(label, table) for label, table in tables.items()}
+    columns = {label: claim_findings(table, splits=splits, falls=(falls or {}).get(label))
+               for label, table in tables.items()}
     return pd.DataFrame({"claim": list(CLAIMS.values()),
                          **{label: [found[key] for key in CLAIMS] for label, found in columns.items()}})
