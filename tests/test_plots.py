@@ -393,19 +393,47 @@ def test_score_histogram_is_stacked_clean_below_noisy():
     plt.close(fig)
 
 
-def test_estimate_error_vs_accuracy_plots_one_series_per_batch_with_the_errors():
+def test_estimate_error_vs_accuracy_answers_its_question_per_split():
+    """Signed errors (too high above 0) against accuracy; each split's mean per batch, joined from one batch to the
+    next on the same split; an empty batch and CE rows are left out."""
     pd = pytest.importorskip("pandas")
-    run = {"method": "bkd", "true_noise_rate": 0.4, "estimated_noise_rate": 0.46, "test_acc": 70.0}
-    cpu = pd.DataFrame([run, {**run, "estimated_noise_rate": 0.2, "test_acc": 50.0},
-                        {**run, "method": "ce", "estimated_noise_rate": None}])
+    run = {"method": "bkd", "split": "worst", "true_noise_rate": 0.4, "estimated_noise_rate": 0.46, "test_acc": 70.0}
+    proxy = pd.DataFrame([run, {**run, "estimated_noise_rate": 0.44, "test_acc": 72.0},
+                          {**run, "split": "aggre", "true_noise_rate": 0.1, "estimated_noise_rate": 0.2},
+                          {**run, "method": "ce", "estimated_noise_rate": None}])
+    pixels = pd.DataFrame([{**run, "estimated_noise_rate": 0.30, "test_acc": 80.0}])
     empty = pd.DataFrame(columns=list(run))
-    fig = plots.plot_estimate_error_vs_accuracy({"cpu": cpu, "paper": empty}, tolerance=5)
+    fig = plots.plot_estimate_error_vs_accuracy({"proxy": proxy, "paper": empty, "pixels": pixels}, tolerance=5,
+                                                colours={"pixels": plots.NOISY})
     ax = fig.axes[0]
-    (points,) = ax.collections  # one series: the empty batch is skipped, the CE row left out
-    np.testing.assert_allclose(points.get_offsets(), [[70.0, 6.0], [50.0, 20.0]], atol=1e-9)
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["cpu (2 runs)", "5 points"]
+    runs, means, pixel_runs, pixel_means = ax.collections  # the empty batch draws nothing
+    np.testing.assert_allclose(runs.get_offsets(), [[70.0, 6.0], [72.0, 4.0], [70.0, 10.0]], atol=1e-9)
+    np.testing.assert_allclose(means.get_offsets(), [[70.0, 10.0], [71.0, 5.0]], atol=1e-9)  # aggre, worst
+    np.testing.assert_allclose(pixel_means.get_offsets(), [[80.0, -10.0]], atol=1e-9)  # too low: below 0
+    assert matplotlib.colors.to_hex(pixel_means.get_facecolor()[0]) == plots.NOISY.lower()
+    arrows = [t for t in ax.texts if t.arrow_patch is not None and not t.get_text()]
+    assert len(arrows) == 1 and arrows[0].xy == pytest.approx((80.0, -10.0))  # worst, the split both batches ran
+    assert "Does a more accurate network estimate the noise better?" == ax.get_title()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "within 5 points", "proxy: 3 runs (small), split means (large)", "pixels: 1 runs (small), split means (large)"]
     plt.close(fig)
 
+
+def test_detection_by_batch_marks_what_is_not_here_yet():
+    pd = pytest.importorskip("pandas")
+    row = {"method": "bkd", "true_noise_rate": 0.4, "flag_all_f1": 0.57}
+    seeds = pd.DataFrame([{**row, "split": s, "seed": k, "detection_f1": f} for s, fs in
+                          (("aggre", (0.50, 0.52, 0.54)), ("worst", (0.66, 0.68, 0.70))) for k, f in enumerate(fs)])
+    one = pd.DataFrame([{**row, "split": "worst", "seed": 0, "detection_f1": 0.767},
+                        {**row, "method": "ce", "split": "aggre", "seed": 0, "detection_f1": 0.1}])
+    fig = plots.plot_detection_by_batch({"one seed": one, "seeds": seeds})
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if p.get_height() > 0)
+    assert heights == [52.0, 68.0, 76.7]  # BKD only: the CE row of aggre is no bar
+    assert [t.get_text() for t in ax.texts] == ["not here yet"]  # the one-seed batch on aggre
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["aggre", "worst"]
+    assert _has_legend(fig)
+    plt.close(fig)
 
 
 def test_label_splits_moves_close_labels_apart():

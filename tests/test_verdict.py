@@ -3,9 +3,12 @@ seed; anything less is a tie, and a loss is decided as a win is."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bkd_core.book.verdict import split_verdicts, verdict, verdict_counts, verdict_text
+from bkd_core.book.verdict import (NOT_HERE, claim_findings, claims_box, missing_splits, split_verdicts, verdict,
+                                   verdict_counts, verdict_text)
 
 pd = pytest.importorskip("pandas")  # a book package: this file is skipped where only the training path is installed
 
@@ -85,3 +88,96 @@ def test_brief_verdict_text_leaves_out_empty_outcomes_only():
     assert verdict_text({"aggre": "beats", "worst": "loses"}, {"worst": "68.0 against 73.2"}, brief=True) == (
         "beats on 1 (aggre) and loses on 1 (worst: 68.0 against 73.2)")
     assert verdict_text({}, brief=True) == "has no split to compare on"
+
+
+# ----------------------------------------------------------------------------------------------
+# A batch with one seed per split: its numbers, no verdict, and what is not here yet
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_seed(methods=("bkd",)):
+    """A partial one-seed batch: worst and aggre; BKD's numbers, and when asked cross-entropy's and cleanlab's."""
+    rows = []
+    for split, true, est, f1, floor, acc, tip in (("worst", 0.40208, 0.49394, 0.7671, 0.5735, 78.59, 25),
+                                                   ("aggre", 0.0901, 0.25598, 0.6002, 0.1653, 85.86, 21)):
+        rows.append({"split": split, "seed": 0, "method": "bkd", "true_noise_rate": true,
+                     "estimated_noise_rate": est, "detection_f1": f1, "flag_all_f1": floor, "test_acc": acc,
+                     "best_test_acc": acc + 1, "tipping_epoch": tip, "tipping_rule": "peak"})
+        if "ce" in methods:
+            rows.append({"split": split, "seed": 0, "method": "ce", "true_noise_rate": true, "test_acc": 80.0,
+                         "best_test_acc": 84.0, "detection_f1": 0.5})
+        if "cleanlab" in methods:  # above BKD on worst, below on aggre: said alike
+            rows.append({"split": split, "seed": 0, "method": "cleanlab", "true_noise_rate": true,
+                         "detection_f1": 0.80 if split == "worst" else 0.50})
+    from bkd_core.book.results import COLUMNS
+
+    return pd.DataFrame(rows, columns=list(COLUMNS)).assign(dataset="cifar10", configuration="")
+
+
+def test_one_seed_findings_give_numbers_without_a_verdict_and_say_what_is_not_here():
+    found = claim_findings(_one_seed(), falls={"worst": 0.0018, "aggre": 0.0026})
+    assert found["memorization"] == "Not here yet (cross-entropy)."
+    assert found["tipping"] == ("Fires in 2 of 2 runs (epoch 26 on worst, 22 on aggre), then the curve falls at most "
+                                "0.003; clean: not here yet.")
+    assert found["estimate"] == ("Too high on 2 of 2: worst 49.4 vs true 40.2%, aggre 25.6 vs 9.0%; "
+                                 "clean: not here yet.")
+    assert found["detection"] == ("G4 F1 vs flagging all: higher on 2 of 2 (worst 76.7 vs 57.4); vs cleanlab: not "
+                                  "here yet.")
+    assert found["robust"] == "BKD ends at 78.6% on worst, 85.9% on aggre; CE: not here yet."
+    for text in found.values():  # no verdict word for one seed
+        assert not any(word in text for word in ("beats", "ties", "loses")), text
+
+
+def test_one_seed_findings_say_higher_and_lower_alike_once_every_stage_is_there():
+    found = claim_findings(_one_seed(("ce", "cleanlab")), splits=("aggre", "worst", "clean"))
+    assert found["memorization"] == "CE on worst peaks at 84.0%, ends at 80.0%."
+    assert found["detection"].endswith("vs cleanlab: higher on 1 of 2 and lower on 1 of 2 (aggre 60.0 vs 50.0, "
+                                       "worst 76.7 vs 80.0).")  # every lower split named, the first higher one
+    assert found["robust"] == ("Test accuracy vs CE: higher on 1 of 2 and lower on 1 of 2 (aggre 85.9 vs "
+                               "80.0%, worst 78.6 vs 80.0%).")
+    everything = claim_findings(_one_seed(("ce", "cleanlab")), splits=("aggre", "worst"))
+    assert NOT_HERE not in " ".join(everything.values())  # the clean control is not part of this batch
+    assert missing_splits(_one_seed()) == ["clean", "rand1", "rand2", "rand3"]
+    empty = claim_findings(_one_seed().iloc[:0])
+    assert set(empty.values()) == {"Not here yet (cross-entropy).", "Not here yet (BKD)."}
+
+
+def test_claims_box_judges_a_batch_with_seeds_and_reports_one_without():
+    from bkd_core.book.analysis import CLAIMS
+
+    seeds = pd.concat([_one_seed(("ce", "cleanlab")).assign(seed=s) for s in (0, 1, 2)], ignore_index=True)
+    box = claims_box({"one seed": _one_seed(), "three seeds": seeds})
+    assert list(box.columns) == ["claim", "one seed", "three seeds"] and list(box["claim"]) == list(CLAIMS.values())
+    detection = box.set_index("claim").loc[CLAIMS["detection"]]
+    assert "higher on 2 of 2" in detection["one seed"]
+    # three identical seeds: no spread, every seed ahead, so a win and a loss, in the same words
+    assert detection["three seeds"] == ("G4 F1 vs flagging all: beats on 2; vs cleanlab: beats on 1, loses on worst "
+                                        "(76.7 vs 80.0).")
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "reproductions" / "cnn").is_dir(),
+                    reason="no committed cnn batch")
+def test_the_committed_cnn_batch_speaks_through_its_files():
+    """Chapter 01's cnn column: every number read from the committed runs (seed 0), none typed in."""
+    from bkd_core.book import results
+
+    table = results.collect_stages(Path(__file__).resolve().parents[1] / "reproductions" / "cnn")
+    found = claim_findings(table)
+    bkd = table[table["method"] == "bkd"]
+    for row in bkd[bkd["split"].isin(["worst", "aggre", "clean"])].itertuples():  # the estimates it names
+        assert f"{row.split} {100 * row.estimated_noise_rate:.1f} vs " in found["estimate"]
+    if {"worst", "aggre"} <= set(bkd["split"]):
+        assert "worst 49.4 vs true 40.2%" in found["estimate"] and "aggre 25.6 vs 9.0%" in found["estimate"]
+
+
+def test_the_committed_features_batch_in_brief():
+    """Chapter 01's features column: the losses and the tie of the committed batch, with their numbers."""
+    from bkd_core import book
+    from bkd_core.book import results
+
+    found = claim_findings(results.collect_results(book.find_results_dir("reproductions/features")))
+    assert found["detection"] == ("G4 F1 vs flagging all: beats on 5; vs cleanlab: beats on 4, loses on worst "
+                                  "(68.0 vs 73.2).")
+    assert found["robust"] == ("Test accuracy vs CE: beats on 4, ties on aggre (76.2 vs 76.0%), loses on clean "
+                               "(76.9 vs 78.6%).")
+    assert found["tipping"] == "Fires in 18 of 18 runs (epoch 4 to 6); on clean too (epoch 8.3)."

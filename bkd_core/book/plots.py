@@ -39,6 +39,8 @@ __all__ = [
     "plot_robust_targets",
     "plot_test_accuracy",
     "plot_detection_by_split",
+    "plot_detection_by_batch",
+    "plot_estimate_error_vs_accuracy",
     "plot_accuracy_by_split",
     "plot_ablations",
     "plot_noise_estimates",
@@ -797,33 +799,121 @@ def plot_f1_heatmap(table) -> Figure:
     return fig
 
 
-def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: float = 5.0) -> Figure:
-    """BKD's noise-estimate error against its network's test accuracy, one point per run, one colour per
-    batch: does a stronger network estimate the noise better?
+def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: float = 5.0,
+                                    colours: Mapping[str, str] | None = None) -> Figure:
+    """Does a more accurate network estimate the noise better? BKD's signed noise-estimate error (estimated - true,
+    points) against its network's test accuracy: one small point per run and one colour per batch, each split's
+    mean over seeds as a large labelled marker, and the same split's means of consecutive batches joined by a line,
+    so that each line reads as "this split, with a more (or less) accurate network".
 
     Parameters
     ----------
     tables : Mapping[str, object]
-        label -> :func:`bkd_core.book.results.collect_results` of a batch (e.g. ``"cpu: small CNN"``);
-        empty tables are skipped. The error in points is
-        :func:`bkd_core.book.results.estimate_errors`'; the accuracy is the run's recorded BKD ``test_acc``
-        (the last epoch of a full run; for a run stopped after its detection, the epoch it stopped at).
+        label -> :func:`bkd_core.book.results.collect_results` (or ``collect_stages``) of a batch, in the order the
+        lines join them; empty tables are skipped. The error is :func:`bkd_core.book.results.estimate_errors`'
+        ``signed_error``; the accuracy is the run's recorded BKD ``test_acc`` (the last epoch of a full run; for a
+        run stopped after its detection, the epoch it stopped at).
     tolerance : float
-        a dashed line at this error (points).
+        a shaded band of ``+- tolerance`` points around an exact estimate.
+    colours : Mapping[str, str] | None
+        label -> colour of a batch (e.g. the colour another figure of the page gives it); others take the palette's.
     """
-    from .results import estimate_errors
+    from .results import estimate_errors, ordered_splits
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours, markers = (CE, BKD, NOISY, CLEAN), ("s", "o", "^", "D")
+    fig, ax = plt.subplots(figsize=(6.6, 4.4))
+    palette, markers = (BKD, CE, NOISY, CLEAN), ("o", "s", "^", "D")
+    ax.axhspan(-tolerance, tolerance, color="0.92", zorder=0, label=f"within {tolerance:g} points")
+    ax.axhline(0, color="0.4", linewidth=0.8, zorder=1)
+    means = {}
     for i, (label, table) in enumerate(tables.items()):
         rows = estimate_errors(table)
         if not len(rows):
             continue
-        ax.scatter(rows["test_acc"], rows["error"], s=36, alpha=0.8, color=colours[i % len(colours)],
-                   marker=markers[i % len(markers)], label=f"{label} ({len(rows)} runs)")
-    ax.axhline(tolerance, color="black", linestyle="--", linewidth=1, label=f"{tolerance:g} points")
-    ax.set(xlabel="BKD's test accuracy (%)", ylabel="|estimated - true noise| (points)", ylim=(0, None),
-           title="Noise-estimate error against the network's accuracy")
+        colour, marker = (colours or {}).get(label, palette[i % len(palette)]), markers[i % len(markers)]
+        ax.scatter(rows["test_acc"], rows["signed_error"], s=14, alpha=0.45, color=colour, marker=marker, zorder=2)
+        split_means = rows.groupby("split", sort=False)[["test_acc", "signed_error"]].mean()
+        split_means = split_means.reindex([s for s in ordered_splits(split_means.index)])
+        ax.scatter(split_means["test_acc"], split_means["signed_error"], s=60, color=colour, marker=marker,
+                   edgecolor="black", linewidth=0.5, zorder=4,
+                   label=f"{label}: {len(rows)} runs (small), split means (large)")
+        means[label] = split_means
+    labels = list(means)
+    for a, b in zip(labels, labels[1:]):  # the same split with the next batch's network
+        for split in means[a].index.intersection(means[b].index):
+            ax.annotate("", xy=(means[b].loc[split, "test_acc"], means[b].loc[split, "signed_error"]),
+                        xytext=(means[a].loc[split, "test_acc"], means[a].loc[split, "signed_error"]),
+                        arrowprops={"arrowstyle": "-|>", "color": "0.45", "linewidth": 0.9, "shrinkA": 4,
+                                    "shrinkB": 5}, zorder=3)
+    low, high = ax.get_ylim()
+    left, right = ax.get_xlim()
+    gap = 0.05 * (high - low)  # labels of one batch at least this far apart, so that close splits do not overprint
+    for k, split_means in enumerate(means.values()):
+        side = -1 if k == 0 and len(means) > 1 else 1  # the first batch's labels to the left, the others' to the right
+        placed: list[float] = []
+        for split, row in split_means.sort_values("signed_error").iterrows():
+            y = row["signed_error"] if not placed else max(row["signed_error"], placed[-1] + gap)
+            placed.append(y)
+            ax.annotate(split, (row["test_acc"], row["signed_error"]),
+                        xytext=(row["test_acc"] + side * 0.04 * (right - left), y), textcoords="data",
+                        fontsize=7.5, color="0.25", va="center", ha="right" if side < 0 else "left",
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6, "shrinkB": 4})
+    ax.set(xlabel="BKD's test accuracy, last epoch (%)", ylabel="estimated - true noise rate (points)",
+           title="Does a more accurate network estimate the noise better?")
+    _legend_below(fig, ax, ncols=1)
+    return fig
+
+
+def plot_detection_by_batch(tables: Mapping[str, object], *, splits: Sequence[str] | None = None) -> Figure:
+    """BKD's G4 F1 (%) per split, one bar per batch (mean over seeds; the standard deviation over seeds as an error
+    bar where there are two or more), with the F1 of flagging everything as each split's floor; a split a batch has
+    no run on yet is marked "not here yet" where its bar would be.
+
+    Parameters
+    ----------
+    tables : Mapping[str, object]
+        label -> :func:`bkd_core.book.results.collect_stages` (or ``collect_results``) of a batch, in bar order.
+    splits : Sequence[str] | None
+        the splits shown, in order; None: those with a wrong label in any batch.
+    """
+    import pandas as pd
+
+    from .results import ordered_splits
+
+    bkd = {label: t[t["method"] == "bkd"] if len(t) else t for label, t in tables.items()}
+    if splits is None:
+        found = pd.concat([t for t in bkd.values() if len(t)], ignore_index=True) if any(len(t) for t in bkd.values()) \
+            else pd.DataFrame(columns=["split", "true_noise_rate"])
+        splits = ordered_splits(found.loc[pd.to_numeric(found["true_noise_rate"], errors="coerce") > 0, "split"])
+    splits = list(splits)
+    fig, ax = plt.subplots(figsize=(8, 3.9))
+    x = np.arange(len(splits))
+    width = 0.8 / max(len(bkd), 1)
+    colours = (BKD, CE, NOISY, CLEAN)
+    floors = {}
+    for i, (label, rows) in enumerate(bkd.items()):
+        offset = (i - (len(bkd) - 1) / 2) * width
+        colour = colours[i % len(colours)]
+        for k, split in enumerate(splits):
+            values = 100 * pd.to_numeric(rows.loc[rows["split"] == split, "detection_f1"], errors="coerce").dropna() \
+                if len(rows) else pd.Series(dtype=float)
+            floor = pd.to_numeric(rows.loc[rows["split"] == split, "flag_all_f1"], errors="coerce").dropna() \
+                if len(rows) else pd.Series(dtype=float)
+            if len(floor):
+                floors.setdefault(split, 100 * float(floor.mean()))
+            if not len(values):
+                ax.text(k + offset, 2, "not here yet", rotation=90, ha="center", va="bottom", fontsize=7.5,
+                        color="0.35")
+                continue
+            sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            ax.bar(k + offset, float(values.mean()), width * 0.92, color=colour, yerr=sd if len(values) > 1 else None,
+                   capsize=2.5, error_kw={"linewidth": 0.8})
+        ax.add_patch(_swatch(colour, label))
+    shown = [k for k, s in enumerate(splits) if s in floors]
+    ax.hlines([floors[splits[k]] for k in shown], [k - 0.45 for k in shown], [k + 0.45 for k in shown],
+              colors="black", linestyles="--", label="flag everything (floor)")
+    ax.set_xticks(x, splits)
+    ax.set(xlabel="CIFAR-10N split", ylabel="BKD's G4 F1 (%)", ylim=(0, 100),
+           title="Finding the mislabelled images: BKD's official mask against flagging everything")
     _legend_below(fig, ax, ncols=2)
     return fig
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..batch.check import IDENTICAL, TOLERANCES, WITHIN_TOLERANCE, run_verdicts, verdict_of
+from ..batch.files import lexists, read_run_json
 from ..batch.folder import SPLIT_ORDER, BatchFolder
 # a run's per-sample tables and what the results chapter asks of them, as results.* for the chapters
 from ..batch.folder import COLUMNS, METHOD_ORDER, configuration_of  # noqa: F401
@@ -50,6 +51,132 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
     ``configuration`` is :func:`configuration_of` the run and ``run`` its folder's name.
     """
     return BatchFolder(out).results_table()
+
+
+def collect_stages(out: str | Path) -> "pd.DataFrame":
+    """:func:`collect_results`, plus one row per method that has finished in a run that has not (yet): a batch
+    trains a run's methods one after the other and writes the run's ``metrics.json`` after the last, so a partial
+    run shows its finished methods here, read from each one's own ``metrics.json`` and ``config.json``.
+
+    Such a row has the columns of :func:`collect_results` except ``ranking_auc`` (NaN: the batch computes it from
+    the finished run's samples table); its ``configuration`` is the one a finished run of the same configuration
+    gets, so the two are summarised together. A method stopped by its deadline (it goes on when the batch is run
+    again) is left out.
+
+    Raises
+    ------
+    bkd_core.errors.DamagedFileError
+        a method's ``metrics.json`` or ``config.json`` is there but is not what it should be (names it).
+    """
+    import pandas as pd
+
+    from ..errors import DamagedFileError
+
+    folder = BatchFolder(out)
+    table = folder.results_table()
+    if not folder.path.is_dir():
+        return table
+    finished = set(folder.run_names())
+    folds = {}  # configuration without its folds -> the folds a finished run of it records
+    for name, run in folder.runs():
+        if isinstance(run.get("config"), dict):
+            base = configuration_of({"config": run["config"]}, folder.metrics_path(name))
+            folds.setdefault(base, run.get("folds", 3))
+    default_folds = folder.options().get("folds")
+    rows = []
+    for name in sorted(entry.name for entry in Path(folder.path).iterdir() if entry.is_dir()):
+        if name in finished:
+            continue
+        for method in METHOD_ORDER:
+            metrics = folder.method_metrics(name, method)
+            if metrics is None or metrics.get("stopped_by") == "deadline":
+                continue
+            config_path = folder.run_dir(name) / method / "config.json"
+            recorded = read_run_json(config_path) if lexists(config_path) else None
+            config = recorded.get("config") if isinstance(recorded, dict) else None
+            if not isinstance(config, dict) or any(k not in metrics for k in ("dataset", "split", "seed")):
+                raise DamagedFileError(f"{config_path.parent} holds a metrics.json without its run's dataset, split "
+                                       "and seed, or no config.json with its configuration; restore the files, or "
+                                       "delete the method's folder and run the batch's command again")
+            n_folds = default_folds or folds.get(configuration_of({"config": config}, config_path), 3)
+            row = {key: metrics.get(key) for key in COLUMNS}
+            row.update(method=method, configuration=configuration_of({"config": config, "folds": n_folds},
+                                                                     config_path), run=name)
+            rows.append(row)
+    if not rows:
+        return table
+    stages = pd.DataFrame(rows, columns=list(COLUMNS))
+    both = stages if not len(table) else pd.concat([table, stages], ignore_index=True)
+    split_rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    method_rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    order = both.assign(_split=both["split"].map(lambda s: split_rank.get(s, 99)),
+                        _method=both["method"].map(lambda m: method_rank.get(m, 99)))
+    return (order.sort_values(["_split", "seed", "_method"], kind="stable")
+            .drop(columns=["_split", "_method"]).reset_index(drop=True))
+
+
+#: How the book names each method in a sentence.
+METHOD_NAMES = {"bkd": "BKD", "ce": "cross-entropy", "cleanlab": "confident learning", "knn": "kNN voting"}
+
+
+def _listed(names: Sequence[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def stages_text(table: "pd.DataFrame", *, splits: Sequence[str], methods: Sequence[str] = ("bkd", "ce", "cleanlab"),
+                batch: str = "this batch") -> str:
+    """What a partial batch holds and what it does not yet, as a sentence (plain text): e.g. "In the cnn batch so
+    far: BKD on aggre and worst. Not here yet: BKD on clean, rand1, rand2 and rand3; cross-entropy and confident
+    learning on every split."
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        the batch's :func:`collect_stages`.
+    splits, methods : Sequence[str]
+        the splits and methods of the full batch, in the order said.
+    batch : str
+        how the sentence names the batch.
+    """
+    have = {m: [s for s in splits if ((table["method"] == m) & (table["split"] == s)).any()] if len(table) else []
+            for m in methods}
+    here = [f"{METHOD_NAMES.get(m, m)} on {_listed(have[m])}" for m in methods if have[m]]
+    missing: dict[str, list[str]] = {}  # "on every split" or the splits -> the methods not there
+    for m in methods:
+        lacking = [s for s in splits if s not in have[m]]
+        if lacking:
+            where = "every split" if len(lacking) == len(splits) else _listed(lacking)
+            missing.setdefault(where, []).append(METHOD_NAMES.get(m, m))
+    text = f"In {batch} so far: {'; '.join(here)}." if here else f"Nothing of {batch} is here yet."
+    if missing and here:
+        text += " Not here yet: " + "; ".join(f"{_listed(ms)} on {where}" for where, ms in missing.items()) + "."
+    elif not missing:
+        text = f"In {batch}: every method on every split."
+    return text
+
+
+def peak_fall(curves: dict, tipping: int | None) -> float:
+    """How far the student's mean max probability falls after the tipping epoch, before phase 2 starts: its value at
+    ``tipping`` (0-based) minus the lowest of the later phase-1 epochs (NaN without a tipping epoch or such an epoch).
+
+    ``curves``: a run's per-epoch curves (:meth:`bkd_core.batch.BatchFolder.method_curves` of its ``bkd``), with
+    ``mean_max_student`` and ``phase`` (1 or 2 per epoch; without it every epoch counts as phase 1). A fall near 0
+    says the rule fired on a plateau; the paper's tipping point is where the curve turns down.
+    """
+    import math
+
+    import numpy as np
+
+    if tipping is None or not isinstance(curves, dict) or "mean_max_student" not in curves:
+        return math.nan
+    student = np.array([math.nan if v is None else float(v) for v in curves["mean_max_student"]], dtype=np.float64)
+    phase = curves.get("phase") or [1.0] * len(student)
+    after = [student[e] for e in range(int(tipping) + 1, len(student)) if phase[e] == 1]
+    after = [v for v in after if math.isfinite(v)]
+    if not after or not 0 <= int(tipping) < len(student) or not math.isfinite(student[int(tipping)]):
+        return math.nan
+    return float(student[int(tipping)] - min(after))
 
 
 def _configuration_column(table: "pd.DataFrame") -> "pd.Series":
@@ -150,16 +277,17 @@ def mean_of(summary: "pd.DataFrame", split: str, method: str, metric: str) -> fl
 
 def estimate_errors(table: "pd.DataFrame") -> "pd.DataFrame":
     """BKD's noise-estimate error of each run of :func:`collect_results`' ``table`` that has an estimate and a
-    test accuracy: columns ``run``, ``split``, ``seed``, ``test_acc`` (%) and ``error``, ``|estimated - true
-    noise rate|`` in points."""
+    test accuracy: columns ``run``, ``split``, ``seed``, ``test_acc`` (%), ``error``, ``|estimated - true
+    noise rate|`` in points, and ``signed_error``, ``estimated - true`` in points (above 0: too high)."""
     import pandas as pd
 
     if not len(table):
-        return pd.DataFrame(columns=["run", "split", "seed", "test_acc", "error"])
+        return pd.DataFrame(columns=["run", "split", "seed", "test_acc", "error", "signed_error"])
     bkd = table[(table["method"] == "bkd") & table["estimated_noise_rate"].notna() & table["test_acc"].notna()]
-    error = 100 * (bkd["estimated_noise_rate"].astype(float) - bkd["true_noise_rate"].astype(float)).abs()
+    signed = 100 * (bkd["estimated_noise_rate"].astype(float) - bkd["true_noise_rate"].astype(float))
     return bkd.reindex(columns=["run", "split", "seed"]).assign(test_acc=bkd["test_acc"].astype(float),
-                                                               error=error).reset_index(drop=True)
+                                                               error=signed.abs(),
+                                                               signed_error=signed).reset_index(drop=True)
 
 
 def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:

@@ -15,7 +15,9 @@ same split with the same seed as seed ``i`` of ``b``):
 Why both parts: a gap larger than the seeds' spread says the difference is not what another seed would undo,
 and the paired sign says it does not rest on one lucky seed (with three seeds, three of three agreeing has a
 chance of 1 in 4 under a coin flip, so the sign alone would be too weak, and the spread alone ignores the
-pairing). The rule needs at least two seeds: one run has no spread to judge a difference against.
+pairing). The rule needs at least two seeds: one run has no spread to judge a difference against. A batch with one
+seed per split is reported by its numbers alone (:func:`claim_findings`), "higher" and "lower" said alike, with
+:data:`ONE_SEED` beside them, and a stage of it that has not finished yet as :data:`NOT_HERE`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["BEATS", "TIES", "LOSES", "OUTCOMES", "verdict", "split_verdicts", "verdict_counts", "verdict_text"]
+__all__ = ["BEATS", "TIES", "LOSES", "OUTCOMES", "ONE_SEED", "NOT_HERE", "CIFAR10N_SPLITS", "verdict",
+           "split_verdicts", "verdict_counts", "verdict_text", "claim_findings", "missing_splits", "claims_box"]
 
 BEATS, TIES, LOSES = "beats", "ties", "loses"
 #: The three outcomes, in the order the book reports them.
 OUTCOMES = (BEATS, TIES, LOSES)
+#: What a comparison of one seed says instead of a verdict.
+ONE_SEED = "one seed: no verdict yet"
+#: What a finding says of a stage (a method, a split) that has not finished yet.
+NOT_HERE = "not here yet"
+#: The CIFAR-10N splits a full batch runs, in the book's order.
+CIFAR10N_SPLITS = ("clean", "aggre", "rand1", "rand2", "rand3", "worst")
 
 
 def verdict(a: Sequence[float], b: Sequence[float]) -> str:
@@ -140,3 +149,171 @@ def verdict_text(verdicts: dict[str, str], details: Mapping[str, str] | None = N
     if not parts:
         return "has no split to compare on"
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def missing_splits(table, splits: Sequence[str] = CIFAR10N_SPLITS, method: str = "bkd") -> list[str]:
+    """The splits of ``splits`` (in that order) on which ``table`` has no run of ``method``."""
+    present = set(table.loc[table["method"] == method, "split"]) if len(table) else set()
+    return [s for s in splits if s not in present]
+
+
+def _compared(pairs: list[tuple[str, float, float]], unit: str = "", shown: int = 1) -> str:
+    """One run's values against another's on each split, with no verdict: ``"higher on 2 of 2 (worst 76.7 vs
+    57.4)"``; higher and lower said alike ("level" where equal to the digit shown). Every lower or level split is
+    named with its numbers, and the first ``shown`` higher ones (the noisiest splits come first)."""
+    groups = {"higher": [p for p in pairs if round(p[1], 1) > round(p[2], 1)],
+              "lower": [p for p in pairs if round(p[1], 1) < round(p[2], 1)],
+              "level": [p for p in pairs if round(p[1], 1) == round(p[2], 1)]}
+    named = [p for word, group in groups.items() for p in (group[:shown] if word == "higher" else group)]
+    counts = " and ".join(f"{word} on {len(group)} of {len(pairs)}" for word, group in groups.items() if group)
+    return f"{counts} ({', '.join(f'{s} {a:.1f} vs {b:.1f}{unit}' for s, a, b in named)})"
+
+
+def _judged(verdicts: dict[str, str], numbers: Mapping[str, tuple[float, float]], unit: str = "") -> str:
+    """:func:`verdict` outcomes in brief: ``"beats on 4, ties on aggre (76.2 vs 76.0%), loses on clean (76.9 vs
+    78.6%)"``; each tie and loss named with both means."""
+    counts = verdict_counts(verdicts)
+    parts = []
+    for outcome, found in counts.items():
+        if not found:
+            continue
+        if outcome == BEATS:
+            parts.append(f"beats on {len(found)}")
+        else:
+            parts.append(f"{outcome} on " + ", ".join(
+                f"{s} ({numbers[s][0]:.1f} vs {numbers[s][1]:.1f}{unit})" for s in found))
+    return ", ".join(parts) if parts else "no split to compare on"
+
+
+def claim_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
+                   falls: Mapping[str, float] | None = None) -> dict[str, str]:
+    """What a batch measured on each of BKD's claims, one short sentence each with its numbers, negatives included.
+
+    Where a split has two or more seeds, a comparison is judged by :func:`verdict` (wins, ties and losses in the
+    same words); where it has one, the numbers are said with "higher" and "lower" alike and no verdict
+    (:data:`ONE_SEED`: the batch's column says so). A claim whose runs have not finished yet (a method, or the clean
+    control) says :data:`NOT_HERE`.
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        the batch's finished stages, :func:`bkd_core.book.results.collect_stages` (or
+        :func:`~bkd_core.book.results.collect_results`), one row per run and method.
+    splits : Sequence[str]
+        the splits the full batch runs; the clean control missing among them is said to be not here yet.
+    falls : Mapping[str, float] | None
+        split -> how far the student's curve falls after the tipping epoch before phase 2
+        (:func:`bkd_core.book.results.peak_fall`), said with the tipping point when given.
+
+    Returns
+    -------
+    dict[str, str]
+        ``{claim key: sentence}`` for the keys of :data:`bkd_core.book.analysis.CLAIMS`.
+    """
+    import pandas as pd
+
+    from .results import ordered_splits
+
+    def rows(method: str) -> "pd.DataFrame":
+        return table[table["method"] == method] if len(table) else table
+
+    def value(method: str, split: str, column: str, scale: float = 100.0) -> float:
+        found = rows(method)
+        found = found[found["split"] == split]
+        return scale * float(pd.to_numeric(found[column], errors="coerce").mean()) if len(found) else float("nan")
+
+    def has(method: str, split: str, column: str) -> bool:
+        return bool(np.isfinite(value(method, split, column)))
+
+    bkd = rows("bkd")
+    present = ordered_splits(bkd["split"]) if len(bkd) else []
+    by_noise = sorted(present, key=lambda s: -value("bkd", s, "true_noise_rate"))  # the noisiest split first
+    noisy = [s for s in by_noise if value("bkd", s, "true_noise_rate") > 0]
+    seeded = bool(len(table)) and int(table.groupby(["split", "method"])["seed"].nunique().max()) >= 2
+    clean_absent = f"; clean: {NOT_HERE}" if "clean" in splits and "clean" not in present else ""
+
+    def compare(method, rival, metric, rival_metric=None, among=None, scale=100.0, unit=""):
+        """The comparison on the splits both ran: verdicts over seeds, or one run's numbers; None without one."""
+        among = [s for s in (among or noisy) if has(method, s, metric) and has(rival, s, rival_metric or metric)]
+        if not among:
+            return None
+        numbers = {s: (value(method, s, metric, scale), value(rival, s, rival_metric or metric, scale)) for s in among}
+        if seeded:
+            return _judged(split_verdicts(table, method, rival, metric, rival_metric, splits=among), numbers, unit)
+        return _compared([(s, *numbers[s]) for s in among], unit)
+
+    out = {}
+    ce = [s for s in noisy if has("ce", s, "best_test_acc") and has("ce", s, "test_acc")]
+    if ce:
+        s = ce[0]
+        drops = [value("ce", t, "best_test_acc", 1) - value("ce", t, "test_acc", 1) for t in present
+                 if t != s and has("ce", t, "test_acc") and has("ce", t, "best_test_acc")]
+        elsewhere = f"; elsewhere {min(drops):.1f} to {max(drops):.1f} below its peak" if len(drops) > 1 else ""
+        out["memorization"] = (f"CE on {s} peaks at {value('ce', s, 'best_test_acc', 1):.1f}%, ends at "
+                               f"{value('ce', s, 'test_acc', 1):.1f}%{elsewhere}.")
+    else:
+        out["memorization"] = f"{NOT_HERE.capitalize()} (cross-entropy)."
+    if not len(bkd):
+        return {**out, **{key: f"{NOT_HERE.capitalize()} (BKD)." for key in ("tipping", "estimate", "detection",
+                                                                               "robust")}}
+    tips = {s: 1 + pd.to_numeric(bkd.loc[bkd["split"] == s, "tipping_epoch"], errors="coerce").dropna()
+            for s in present}
+    fired = int((bkd["tipping_rule"] == "peak").sum())
+    noisy_tips = [t for s in noisy for t in tips[s]]
+    if seeded or len(noisy) > 2:
+        at = f"epoch {min(noisy_tips):.0f} to {max(noisy_tips):.0f}" if noisy_tips else "no noisy split"
+    else:
+        at = "epoch " + ", ".join(f"{tips[s].mean():.0f} on {s}" for s in noisy if len(tips[s]))
+    clean_tip = (f"; on clean too (epoch {tips['clean'].mean():.1f})" if "clean" in tips and len(tips["clean"])
+                 else clean_absent)
+    fell = [falls[s] for s in noisy if len(tips[s]) and falls and np.isfinite(falls.get(s, np.nan))]
+    after = f", then the curve falls at most {max(fell):.3f}" if fell else ""
+    out["tipping"] = f"Fires in {fired} of {len(bkd)} runs ({at}){after}{clean_tip}."
+    shown = list(dict.fromkeys([*noisy[:1], *[s for s in ("aggre", "clean") if s in present]]))
+    estimates = ", ".join(f"{s} {value('bkd', s, 'estimated_noise_rate'):.1f} vs {'true ' if k == 0 else ''}"
+                          f"{value('bkd', s, 'true_noise_rate'):.1f}%" for k, s in enumerate(shown))
+    high = sum(value("bkd", s, "estimated_noise_rate") > value("bkd", s, "true_noise_rate") for s in present)
+    low = sum(value("bkd", s, "estimated_noise_rate") < value("bkd", s, "true_noise_rate") for s in present)
+    direction = " and ".join(f"too {word} on {n} of {len(present)}" for word, n in (("high", high), ("low", low)) if n)
+    out["estimate"] = f"{(direction or 'exact').capitalize()}: {estimates}{clean_absent}."
+    floor = compare("bkd", "bkd", "detection_f1", "flag_all_f1")
+    cl = compare("bkd", "cleanlab", "detection_f1")
+    out["detection"] = (f"G4 F1 vs flagging all: {floor}; vs cleanlab: {cl or NOT_HERE}." if floor else
+                        f"{NOT_HERE.capitalize()} (no noisy split).")
+    acc = compare("bkd", "ce", "test_acc", among=by_noise, scale=1.0, unit="%")
+    if acc:
+        out["robust"] = f"Test accuracy vs CE: {acc}."
+    else:
+        ends = ", ".join(f"{value('bkd', s, 'test_acc', 1):.1f}% on {s}" for s in by_noise if has("bkd", s, "test_acc"))
+        out["robust"] = f"BKD ends at {ends}; CE: {NOT_HERE}."
+    return out
+
+
+def claims_box(tables: Mapping[str, object], *, splits: Sequence[str] = CIFAR10N_SPLITS,
+               falls: Mapping[str, Mapping[str, float]] | None = None):
+    """BKD's claims against what each batch measured, in brief (:func:`claim_findings`): one row per claim
+    (:data:`bkd_core.book.analysis.CLAIMS`), one column per batch.
+
+    Parameters
+    ----------
+    tables : Mapping[str, pd.DataFrame]
+        column label -> the batch's :func:`bkd_core.book.results.collect_stages` (or ``collect_results``), in the
+        order the columns are shown.
+    splits : Sequence[str]
+        the splits a full batch runs.
+    falls : Mapping[str, Mapping[str, float]] | None
+        column label -> :func:`claim_findings`' ``falls`` of that batch.
+
+    Returns
+    -------
+    pd.DataFrame
+        column ``claim`` and one column per batch, each cell a sentence.
+    """
+    import pandas as pd
+
+    from .analysis import CLAIMS
+
+    columns = {label: claim_findings(table, splits=splits, falls=(falls or {}).get(label))
+               for label, table in tables.items()}
+    return pd.DataFrame({"claim": list(CLAIMS.values()),
+                         **{label: [found[key] for key in CLAIMS] for label, found in columns.items()}})
