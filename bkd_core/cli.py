@@ -136,18 +136,23 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _results(out: str) -> int:
-    from .batch import METRICS, BatchFolder
-    from .book.results import markdown_results
+    from .batch import BatchFolder
+    from .book.results import collect_stages, markdown_results
 
     folder = BatchFolder(out)
-    table = folder.results_table()
+    table = collect_stages(out)  # finished runs, and the finished methods of runs still training
     if not len(table):
         absent = "" if Path(out).is_dir() else " (the folder does not exist)"
-        raise FileNotFoundError(f"no finished run (RUN/{METRICS}) in {out}{absent}; "
-                                f"write one with: python -m bkd_core reproduce --out {out}")
+        raise FileNotFoundError(f"no finished run or method in {out}{absent}; write one with: python -m bkd_core "
+                                f"reproduce --profile PROFILE --out {out}")
     text = markdown_results(table)  # refuses a seed held twice before printing anything
     for problem in folder.problems():
         print(f"warning: {problem}", file=sys.stderr)
+    partial = sorted(set(table["run"]) - set(folder.run_names()))
+    if partial:
+        print(f"warning: {len(partial)} run(s) have not finished every method yet ({', '.join(partial)}): the table "
+              "shows their finished methods, without the ranking ROC-AUC, which a run computes at its end",
+              file=sys.stderr)
     print(text)
     return 0
 

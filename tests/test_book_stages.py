@@ -87,3 +87,13 @@ def test_estimate_errors_are_signed_and_absolute():
     errors = results.estimate_errors(table)
     assert errors["signed_error"].tolist() == pytest.approx([-5.0]) and errors["error"].tolist() == pytest.approx([5.0])
     assert list(results.estimate_errors(table.iloc[:0]).columns)[-1] == "signed_error"
+
+
+def test_the_results_command_prints_a_partial_batch_and_names_its_unfinished_runs(tmp_path, capsys):
+    from bkd_core.cli import main
+
+    assert main(["results", str(_batch(tmp_path))]) == 0
+    out, err = capsys.readouterr()
+    assert "| mean ± std over seeds | clean | worst |" in out  # the partial run's finished BKD is a column
+    assert "1 run(s) have not finished every method yet (cifar10-worst-seed0)" in err
+    assert "aggre" not in out  # a method stopped by its deadline is not a result
