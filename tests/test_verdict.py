@@ -122,7 +122,7 @@ def test_one_seed_findings_give_numbers_without_a_verdict_and_say_what_is_not_he
     assert found["estimate"] == ("Too high on 2 of 2: worst 49.4 vs true 40.2%, aggre 25.6 vs 9.0%; "
                                  "clean: not here yet.")
     assert found["detection"] == ("G4 F1 vs flagging all: higher on 2 of 2 (worst 76.7 vs 57.4); vs cleanlab: not "
-                                  "here yet.")
+                                  "here yet; vs CE's prediction ≠ label: not here yet.")
     assert found["robust"] == "BKD ends at 78.6% on worst, 85.9% on aggre; CE: not here yet."
     for text in found.values():  # no verdict word for one seed
         assert not any(word in text for word in ("beats", "ties", "loses")), text
@@ -131,8 +131,9 @@ def test_one_seed_findings_give_numbers_without_a_verdict_and_say_what_is_not_he
 def test_one_seed_findings_say_higher_and_lower_alike_once_every_stage_is_there():
     found = claim_findings(_one_seed(("ce", "cleanlab")), splits=("aggre", "worst", "clean"))
     assert found["memorization"] == "CE on worst peaks at 84.0%, ends at 80.0%."
-    assert found["detection"].endswith("vs cleanlab: higher on 1 of 2 and lower on 1 of 2 (aggre 60.0 vs 50.0, "
-                                       "worst 76.7 vs 80.0).")  # every lower split named, the first higher one
+    assert ("vs cleanlab: higher on 1 of 2 and lower on 1 of 2 (aggre 60.0 vs 50.0, worst 76.7 vs 80.0); "
+            in found["detection"])  # every lower split named, the first higher one
+    assert found["detection"].endswith("vs CE's prediction ≠ label: higher on 2 of 2 (worst 76.7 vs 50.0).")
     assert found["robust"] == ("Test accuracy vs CE: higher on 1 of 2 and lower on 1 of 2 (aggre 85.9 vs "
                                "80.0%, worst 78.6 vs 80.0%).")
     everything = claim_findings(_one_seed(("ce", "cleanlab")), splits=("aggre", "worst"))
@@ -152,7 +153,7 @@ def test_claims_box_judges_a_batch_with_seeds_and_reports_one_without():
     assert "higher on 2 of 2" in detection["one seed"]
     # three identical seeds: no spread, every seed ahead, so a win and a loss, in the same words
     assert detection["three seeds"] == ("G4 F1 vs flagging all: beats on 2; vs cleanlab: beats on 1, loses on worst "
-                                        "(76.7 vs 80.0).")
+                                        "(76.7 vs 80.0); vs CE's prediction ≠ label: beats on 2.")
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "reproductions" / "cnn").is_dir(),
@@ -177,7 +178,7 @@ def test_the_committed_features_batch_in_brief():
 
     found = claim_findings(results.collect_results(book.find_results_dir("reproductions/features")))
     assert found["detection"] == ("G4 F1 vs flagging all: beats on 5; vs cleanlab: beats on 4, loses on worst "
-                                  "(68.0 vs 73.2).")
+                                  "(68.0 vs 73.2); vs CE's prediction ≠ label: beats on 5.")
     assert found["robust"] == ("Test accuracy vs CE: beats on 4, ties on aggre (76.2 vs 76.0%), loses on clean "
                                "(76.9 vs 78.6%).")
     assert found["tipping"] == "Fires in 18 of 18 runs (epoch 4 to 6); on clean too (epoch 8.3)."

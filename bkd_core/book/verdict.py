@@ -278,7 +278,9 @@ def claim_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
     out["estimate"] = f"{(direction or 'exact').capitalize()}: {estimates}{clean_absent}."
     floor = compare("bkd", "bkd", "detection_f1", "flag_all_f1")
     cl = compare("bkd", "cleanlab", "detection_f1")
-    out["detection"] = (f"G4 F1 vs flagging all: {floor}; vs cleanlab: {cl or NOT_HERE}." if floor else
+    ce_mask = compare("bkd", "ce", "detection_f1")  # cross-entropy's "prediction differs from the label" mask
+    out["detection"] = (f"G4 F1 vs flagging all: {floor}; vs cleanlab: {cl or NOT_HERE}; vs CE's prediction ≠ label: "
+                        f"{ce_mask or NOT_HERE}." if floor else
                         f"{NOT_HERE.capitalize()} (no noisy split).")
     acc = compare("bkd", "ce", "test_acc", among=by_noise, scale=1.0, unit="%")
     if acc:
