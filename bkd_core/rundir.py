@@ -376,7 +376,8 @@ class RunDir:
         if not path.is_file():
             raise DamagedFileError(f"epoch file {path} is missing; {fix}")
         try:
-            with np.load(path, allow_pickle=False) as f:
+            # opened here: numpy leaves its own handle open when the zip is bad
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(f"epoch file {path} is damaged ({_first_line(exc)}); {fix}") from exc
@@ -448,7 +449,8 @@ class RunDir:
         if not path.exists():
             return None
         try:
-            with np.load(path, allow_pickle=False) as f:
+            # opened here: numpy leaves its own handle open when the zip is bad
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(f"{path} is damaged ({_first_line(exc)}); delete it and rerun the run") from exc
@@ -471,7 +473,8 @@ class RunDir:
         if not isinstance(metrics, dict):
             raise DamagedFileError(f"{metrics_path} holds a {type(metrics).__name__}, not a run's metrics; {fix}")
         try:
-            with np.load(scores_path, allow_pickle=False) as f:
+            # opened here: numpy leaves its own handle open when the zip is bad
+            with open(scores_path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(f"{scores_path} is damaged ({_first_line(exc)}); {fix}") from exc

@@ -118,6 +118,16 @@ def test_the_validation_pick_is_among_the_epochs_with_a_test_accuracy(tmp_path):
     assert (row["ce_val_pick"], row["ce_val_epoch"]) == (64.0, 3)
 
 
+def test_a_damaged_curves_file_is_named_not_read_as_missing(tmp_path):
+    from bkd_core.errors import DamagedFileError
+
+    run = _run(tmp_path, "worst", 0)
+    _curves(run, "bkd", test_acc=[60.0, 70.0, 72.0, 75.0])
+    atomic_write_json(run / "ce" / "curves.json", {"epoch": [1.0, 2.0], "test_acc": [61.0, 66.0], "val_acc": [40.0]})
+    with pytest.raises(DamagedFileError, match=r"ce/curves.json: the curve val_acc is not a list of 2 values"):
+        ablation_runs(tmp_path)
+
+
 def test_the_figure_shows_the_series_that_have_values(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")

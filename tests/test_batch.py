@@ -823,7 +823,9 @@ def test_a_batch_reads_a_runs_committed_curves_and_tipping_scores_safely(tmp_pat
     truth = np.array([True, False, False, True, True])
     atomic_save_npz(run / "tipping_scores.npz", agreement=np.linspace(0, 1, 5).astype(np.float16),
                     is_noisy=np.packbits(truth), num_samples=np.int64(5))
-    assert folder.method_curves("cifar10-worst-seed0", "bkd")["mean_max_student"] == [0.2, 0.3]
+    curves = folder.method_curves("cifar10-worst-seed0", "bkd")
+    assert curves["mean_max_student"].dtype == np.float64
+    np.testing.assert_array_equal(curves["mean_max_student"], [0.2, 0.3])
     scores, is_noisy = folder.method_tipping_scores("cifar10-worst-seed0")
     np.testing.assert_array_equal(is_noisy, truth)
     np.testing.assert_allclose(scores, np.linspace(0, 1, 5), atol=1e-3)
@@ -831,3 +833,63 @@ def test_a_batch_reads_a_runs_committed_curves_and_tipping_scores_safely(tmp_pat
     (run / "curves.json").symlink_to("/dev/zero")
     with pytest.raises(DamagedFileError, match="curves.json"):
         folder.method_curves("cifar10-worst-seed0", "bkd")
+
+
+def test_a_runs_curves_read_as_float_arrays_with_nan_for_an_epoch_without_a_value(tmp_path):
+    from bkd_core.batch import BatchFolder
+    from bkd_core.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "cifar10-worst-seed0" / "ce" / "curves.json",
+                      {"epoch": [1, 2, 3], "test_acc": [61, None, 62.5], "phase": [1.0, 1.0, 1.0]})
+    curves = BatchFolder(tmp_path).method_curves("cifar10-worst-seed0", "ce")
+    assert sorted(curves) == ["epoch", "phase", "test_acc"]
+    assert all(c.dtype == np.float64 and c.shape == (3,) for c in curves.values())
+    np.testing.assert_array_equal(curves["epoch"], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(curves["test_acc"], [61.0, np.nan, 62.5])
+
+
+#: A damaged curves.json -> what its one sentence says is wrong.
+DAMAGED_CURVES = {
+    "not a dict": ([1.0, 2.0], "holds a list, not a dict of per-epoch curves"),
+    "a curve that is not a list": ({"epoch": [1.0, 2.0], "test_acc": "61.0"}, "test_acc holds a str, not a list"),
+    "a list of strings": ({"epoch": [1.0, 2.0], "test_acc": ["61.0", "62.0"]}, "test_acc holds '61.0' at epoch 1"),
+    "unequal lengths": ({"epoch": [1.0, 2.0], "test_acc": [61.0]}, "test_acc is not a list of 2 values"),
+    "a boolean": ({"epoch": [1.0, 2.0], "test_acc": [61.0, True]}, "test_acc holds True at epoch 2"),
+    "NaN as text": ({"epoch": [1.0, 2.0], "val_acc": [40.0, "NaN"]}, "val_acc holds 'NaN' at epoch 2"),
+    "NaN as a number": ({"epoch": [1.0, 2.0], "val_acc": [40.0, float("nan")]}, "val_acc holds nan at epoch 2"),
+    "no epoch": ({"test_acc": [61.0]}, "lacks the curves epoch"),
+    "epochs that do not count from 1": ({"epoch": [0.0, 1.0]}, "epoch is not 1, 2, ..."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_CURVES))
+def test_a_damaged_curves_file_is_one_sentence_naming_it(tmp_path, case):
+    from bkd_core.batch import BatchFolder
+    from bkd_core.errors import DamagedFileError
+    from bkd_core.io import atomic_write_json
+
+    raw, expected = DAMAGED_CURVES[case]
+    path = tmp_path / "cifar10-worst-seed0" / "bkd" / "curves.json"
+    atomic_write_json(path, raw)
+    with pytest.raises(DamagedFileError) as info:
+        BatchFolder(tmp_path).method_curves("cifar10-worst-seed0", "bkd")
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and expected in message, message
+    assert "\n" not in message and "rerun the batch" in message
+
+
+def test_the_committed_curves_read_as_their_json_says():
+    """Each curve of the committed batches' curves.json is its JSON list, null as NaN, read by one checked reader."""
+    from bkd_core.batch import BatchFolder
+
+    root = Path(__file__).resolve().parents[1] / "reproductions"
+    files = sorted(root.glob("*/*/*/curves.json"))
+    assert files, "the committed cnn batch holds curves"
+    for path in files:
+        run_dir = path.parent.parent
+        curves = BatchFolder(run_dir.parent).method_curves(run_dir.name, path.parent.name)
+        raw = json.loads(path.read_text())
+        assert list(curves) == list(raw) and "epoch" in curves and "phase" in curves
+        for key, values in raw.items():
+            expected = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            np.testing.assert_array_equal(curves[key], expected, err_msg=f"{path}: {key}")

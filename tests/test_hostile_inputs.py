@@ -521,11 +521,11 @@ def test_results_into_a_closed_pipe_exits_0_quietly(tmp_path):
     import sys
 
     _many_runs(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "bkd_core", "results", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    proc.stdout.close()  # the reader is gone before anything is written
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 0, err
+    with subprocess.Popen([sys.executable, "-m", "bkd_core", "results", str(tmp_path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"}) as proc:
+        proc.stdout.close()  # the reader is gone before anything is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0, err
     assert err == ""
 
 

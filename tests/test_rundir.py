@@ -304,3 +304,29 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(data, tmp_path):
         path.write_text("x")
     train_ce(data, TINY, run, progress=False)
     assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+
+
+def test_a_damaged_array_file_is_named_and_closed(tmp_path):
+    """A truncated .npz (a zip whose directory is gone) is one DamagedFileError naming it, and its file is closed
+    at once, not left for the garbage collector to warn about during some later test."""
+    import gc
+    import warnings
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    np.savez(tmp_path / "whole.npz", a=np.zeros(1000))
+    truncated = (tmp_path / "whole.npz").read_bytes()[:1000]
+    (run.path / "metrics.json").write_text("{}")
+    for name in ("scores.npz", "tipping_scores.npz"):
+        (run.path / name).write_bytes(truncated)
+    run.epoch_file(0).parent.mkdir()
+    run.epoch_file(0).write_bytes(truncated)
+    gc.collect()  # what earlier tests left warns now, not below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for read, name in ((run.load_outputs, "scores.npz"), (run.load_tipping_scores, "tipping_scores.npz"),
+                           (lambda: run.load_epoch(0), run.epoch_file(0).name)):
+            with pytest.raises(DamagedFileError, match=name):
+                read()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and str(tmp_path) in str(w.message)]

@@ -4,7 +4,8 @@ A batch folder can come from anywhere (a clone, a copy, an archive), and git kee
 run's ``metrics.json`` could be a link to ``/dev/zero`` (reading it would never end and fill the memory), a
 FIFO (reading it would wait forever) or a folder. :func:`open_run_file` opens a file without following a
 link and without waiting, refuses anything that is not a regular file, and refuses a file larger than its
-cap; every error is one sentence that names the file.
+cap; every error is one sentence that names the file. :func:`curve_arrays` checks per-epoch curves (a run's
+``curves.json``, and the curves of the `cnn` profile's diagnostic runs) and turns them into arrays.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
+import reprlib
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 from ..errors import DamagedFileError
 
@@ -25,6 +31,9 @@ MAX_JSON_BYTES = 64 * 2**20
 MAX_TABLE_BYTES = 256 * 2**20
 #: Largest array file read (``scores.npz`` with per-epoch per-image curves).
 MAX_ARRAY_BYTES = 8 * 2**30
+
+#: What restores a damaged file of a batch run.
+REWRITE = "restore it (e.g. git checkout), or delete the run's folder and rerun the batch to rewrite it"
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -167,3 +176,72 @@ def lexists(path: str | os.PathLike) -> bool:
     """Is there an entry at ``path`` (of any kind, a dangling link too)? A batch folder's reader lists such an
     entry, so that :func:`open_run_file` names it, rather than leaving it out without a word."""
     return os.path.lexists(path)
+
+
+def _is_value(value: Any) -> bool:
+    """A curve's entry: a finite number (not a boolean) or None (an epoch without a value)."""
+    if value is None:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def curve_arrays(raw: Any, path: str | os.PathLike, *, required: Sequence[str] = (), where: str = "",
+                 fix: str = REWRITE) -> dict[str, np.ndarray]:
+    """Per-epoch curves, as :func:`bkd_core.metrics.epoch_curves` writes them, checked and turned into arrays.
+
+    Parameters
+    ----------
+    raw : Any
+        The curves as read from JSON: a dict of curve name to a list with one entry per epoch, each a finite
+        number or None (an epoch without a value). An ``epoch`` curve, when there is one, counts 1, 2, ...
+    path : str or os.PathLike
+        The file they come from (named in errors).
+    required : sequence of str, keyword-only
+        Curves that must be there.
+    where : str, keyword-only
+        Where in the file they are (named in errors, e.g. ``"run 'off-worst': curves"``); empty when they are
+        the whole file.
+    fix : str, keyword-only
+        What restores the file (the end of an error's sentence).
+
+    Returns
+    -------
+    dict of str to ndarray
+        Every curve of ``raw`` as float64 ``[epochs]``, NaN where an epoch has no value; all of one length.
+
+    Raises
+    ------
+    bkd_core.errors.DamagedFileError
+        ``raw`` is not a dict of such lists, a required curve is missing, an entry is not a finite number or None
+        (a boolean, a string, NaN), the curves differ in length, or ``epoch`` does not count 1, 2, ... (one
+        sentence naming the file, the curve and the fix).
+    """
+    def damaged(what: str) -> DamagedFileError:
+        return DamagedFileError(f"{path}: {what}; {fix}")
+
+    def curve(key: str) -> str:
+        return f"{where}.{key}" if where else f"the curve {key}"
+
+    if not isinstance(raw, dict):
+        raise damaged(f"{where or 'the file'} holds a {type(raw).__name__}, not a dict of per-epoch curves")
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise damaged(f"{where or 'the file'} lacks the curves {', '.join(missing)}")
+    wrong = next((key for key, values in raw.items() if not isinstance(values, list)), None)
+    if wrong is not None:
+        raise damaged(f"{curve(wrong)} holds a {type(raw[wrong]).__name__}, not a list with one value per epoch")
+    first = "epoch" if "epoch" in raw else next(iter(raw), None)
+    curves: dict[str, np.ndarray] = {}
+    for key, values in raw.items():
+        if len(values) != len(raw[first]):
+            raise damaged(f"{curve(key)} is not a list of {len(raw[first])} values, one per epoch (it holds "
+                          f"{len(values)}, {first} {len(raw[first])})")
+        bad = next((i for i, v in enumerate(values) if not _is_value(v)), None)
+        if bad is not None:
+            raise damaged(f"{curve(key)} holds {reprlib.repr(values[bad])} at epoch {bad + 1}, which is neither "
+                          "a finite number nor null")
+        curves[key] = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if "epoch" in curves and not (len(curves["epoch"]) and np.array_equal(curves["epoch"],
+                                                                         np.arange(1, len(curves["epoch"]) + 1))):
+        raise damaged(f"{curve('epoch')} is not 1, 2, ... (one entry per epoch)")
+    return curves

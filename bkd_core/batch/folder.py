@@ -25,7 +25,7 @@ from ..detectors import METHODS
 from ..errors import DamagedFileError
 from ..io import atomic_path, atomic_write_json, is_folder_name
 from ..rundir import CURVES, TIPPING_SCORES, decode_tipping_scores
-from .files import lexists, load_run_arrays, read_run_json
+from .files import curve_arrays, lexists, load_run_arrays, read_run_json
 from .samples import write_tables
 
 if TYPE_CHECKING:
@@ -184,10 +184,26 @@ class BatchFolder:
         """The ``metrics.json`` of run ``name``'s own folder of ``method``, read safely; None without one."""
         return self._method_json(name, method, METHOD_METRICS, "a method's metrics")
 
-    def method_curves(self, name: str, method: str) -> dict[str, list] | None:
+    def method_curves(self, name: str, method: str) -> dict[str, np.ndarray] | None:
         """The per-epoch curves of run ``name``'s ``method`` (``curves.json``: :func:`bkd_core.metrics.epoch_curves`),
-        read safely; None for a run without them (one trained by older code, or a method that trains nothing)."""
-        return self._method_json(name, method, METHOD_CURVES, "a run's curves")
+        read safely and checked (:func:`bkd_core.batch.files.curve_arrays`).
+
+        Returns
+        -------
+        dict of str to ndarray, or None
+            Every curve as float64 ``[epochs]`` (``epoch`` counts 1, 2, ...), NaN where an epoch has no value;
+            None for a run without them (one trained by older code, or a method that trains nothing).
+
+        Raises
+        ------
+        bkd_core.errors.DamagedFileError
+            The file is not a regular file, not JSON, or not per-epoch curves of one length with numbers or
+            nulls only (one sentence naming the file and the fix).
+        """
+        path = self.run_dir(name) / str(method) / METHOD_CURVES
+        if not lexists(path):
+            return None
+        return curve_arrays(read_run_json(path), path, required=("epoch",))
 
     def _method_json(self, name: str, method: str, file: str, what: str) -> dict[str, Any] | None:
         path = self.run_dir(name) / str(method) / file

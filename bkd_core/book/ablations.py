@@ -16,7 +16,8 @@ test accuracy (%) of:
 
 ``bkd_last``, ``ce_last`` and ``ce_best`` are in every run's metrics. ``bkd_switch`` and ``ce_val_pick`` need the
 per-epoch curves a run writes beside its metrics (``curves.json``, :meth:`bkd_core.batch.BatchFolder.method_curves`);
-a run trained before runs wrote them has NaN there. :func:`ablation_summary` gives mean and standard deviation
+a run trained before runs wrote them has NaN there, and a damaged ``curves.json`` raises
+:class:`bkd_core.errors.DamagedFileError`. :func:`ablation_summary` gives mean and standard deviation
 over seeds per split and judges ``bkd_last`` against each alternative with :func:`bkd_core.book.verdict.verdict`.
 Every file is read through :class:`bkd_core.batch.BatchFolder`.
 """
@@ -24,7 +25,7 @@ Every file is read through :class:`bkd_core.batch.BatchFolder`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,13 +51,6 @@ COLUMNS = ("split", "seed", "run", "bkd_last", "bkd_switch", "bkd_switch_epoch",
            "ce_last", "ce_best")
 
 
-def _curve(curves: Mapping[str, Any] | None, key: str) -> np.ndarray | None:
-    """One curve of a run's ``curves.json`` as float [E] (None -> NaN), or None when it is not there."""
-    if not curves or not isinstance(curves.get(key), list):
-        return None
-    return np.array([np.nan if v is None else v for v in curves[key]], dtype=np.float64)
-
-
 def _number(value: Any) -> float:
     try:
         return float(value)
@@ -79,6 +73,11 @@ def ablation_runs(batch: BatchFolder | str | os.PathLike) -> "pd.DataFrame":
     pd.DataFrame
         ``bkd_switch_epoch`` and ``ce_val_epoch`` are the epochs (from 1) the two stopping points fell on; the
         columns that need per-epoch curves are NaN for a run without them.
+
+    Raises
+    ------
+    bkd_core.errors.DamagedFileError
+        A run's file is damaged, its ``curves.json`` included (one sentence naming the file and the fix).
     """
     import pandas as pd
 
@@ -91,15 +90,15 @@ def ablation_runs(batch: BatchFolder | str | os.PathLike) -> "pd.DataFrame":
         row = {"split": run["split"], "seed": run["seed"], "run": name, "bkd_last": _number(bkd.get("test_acc")),
                "ce_last": _number(ce.get("test_acc")), "ce_best": _number(ce.get("best_test_acc")),
                "bkd_switch": np.nan, "bkd_switch_epoch": np.nan, "ce_val_pick": np.nan, "ce_val_epoch": np.nan}
-        bkd_test = _curve(folder.method_curves(name, "bkd"), "test_acc")
+        bkd_test = (folder.method_curves(name, "bkd") or {}).get("test_acc")
         if bkd_test is not None and len(bkd_test):
             found_at = bkd.get("tipping_found_at_epoch")  # 0-based: the last epoch of phase 1
             switch = len(bkd_test) - 1 if found_at is None else int(found_at)
             if 0 <= switch < len(bkd_test):
                 row.update(bkd_switch=bkd_test[switch], bkd_switch_epoch=switch + 1)
-        ce_curves = folder.method_curves(name, "ce")
-        ce_test, ce_val = _curve(ce_curves, "test_acc"), _curve(ce_curves, "val_acc")
-        if ce_test is not None and ce_val is not None and len(ce_val) == len(ce_test):
+        ce_curves = folder.method_curves(name, "ce") or {}
+        ce_test, ce_val = ce_curves.get("test_acc"), ce_curves.get("val_acc")
+        if ce_test is not None and ce_val is not None:  # of one length: one value per epoch
             measured = np.isfinite(ce_val) & np.isfinite(ce_test)  # the paper profile tests every 10th epoch
             if measured.any():  # the first epoch with the best noisy-validation accuracy
                 pick = int(np.nanargmax(np.where(measured, ce_val, np.nan)))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..batch import BatchFolder
-from ..batch.files import lexists, load_run_arrays, read_run_json
+from ..batch.files import curve_arrays, lexists, load_run_arrays, read_run_json
 from ..batch.folder import (COLUMNS, METHOD_CURVES, METHOD_METRICS, METHOD_ORDER, METHOD_TIPPING_SCORES,
                             run_name)
 from ..config import PROFILES, BKDConfig
@@ -170,27 +170,6 @@ def _index(value: Any, epochs: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < epochs
 
 
-def _curves(raw: Any, keys: tuple[str, ...], path: Path, where: str, fix: str = _RESTORE) -> dict[str, np.ndarray]:
-    """Checked curves: every key of ``keys`` a list of numbers or nulls, all as long as ``epoch``, which counts
-    1, 2, ...; every curve of ``raw`` as float64 ``[epochs]`` with NaN for null."""
-    if not isinstance(raw, dict):
-        raise _damaged(path, f"{where} holds a {type(raw).__name__}, not a dict of per-epoch curves", fix)
-    missing = [k for k in keys if k not in raw]
-    if missing:
-        raise _damaged(path, f"{where} lacks the curves {', '.join(missing)}", fix)
-    epochs = raw["epoch"]
-    if not isinstance(epochs, list) or not epochs or epochs != [float(e) for e in range(1, len(epochs) + 1)]:
-        raise _damaged(path, f"{where}.epoch is not 1, 2, ... (one entry per epoch)", fix)
-    curves = {}
-    for key, values in raw.items():
-        if not isinstance(values, list) or len(values) != len(epochs):
-            raise _damaged(path, f"{where}.{key} is not a list of {len(epochs)} values, one per epoch", fix)
-        if not all(_number(v, allow_none=True) for v in values):
-            raise _damaged(path, f"{where}.{key} holds a value that is neither a finite number nor null", fix)
-        curves[key] = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
-    return curves
-
-
 def _run(raw: Any, path: Path, i: int) -> DiagnosticRun:
     where = f"run {i}"
     if not isinstance(raw, dict):
@@ -213,7 +192,7 @@ def _run(raw: Any, path: Path, i: int) -> DiagnosticRun:
             raise _damaged(path, f"{where}: {key} {raw[key]!r} is not {what}")
     name = raw["run"]
     where = f"run {name!r}"
-    curves = _curves(raw["curves"], CURVE_KEYS, path, f"{where}: curves")
+    curves = curve_arrays(raw["curves"], path, required=CURVE_KEYS, where=f"{where}: curves", fix=_RESTORE)
     n = len(curves["epoch"])
     tipping = raw["tipping_epoch"]
     if tipping is not None and not _index(tipping, n):
@@ -291,7 +270,7 @@ def read_diagnostics(folder: str | os.PathLike) -> Diagnostics:
             raise _damaged(path, f"two runs are called {run.name!r}")
         runs[run.name] = run
     ce_path = folder / CE_CLEAN
-    ce = _curves(read_run_json(ce_path), CE_CURVE_KEYS, ce_path, "the file")
+    ce = curve_arrays(read_run_json(ce_path), ce_path, required=CE_CURVE_KEYS, fix=_RESTORE)
     return Diagnostics(folder=folder, runs=runs, ce_clean=ce)
 
 
@@ -367,11 +346,7 @@ class BatchState:
         """The per-epoch curves of ``method`` in the finished run of ``split`` (float64 per curve, NaN for null),
         or None when that run has not finished or records none."""
         name = self.run_of(split, seed)
-        raw = None if name is None else self._folder().method_curves(name, method)
-        if raw is None:
-            return None
-        path = self._folder().run_dir(name) / method / METHOD_CURVES
-        return _curves(raw, ("epoch",), path, "the file", _RERUN)
+        return None if name is None else self._folder().method_curves(name, method)
 
     def run_metrics(self, split: str, seed: int = 0) -> dict[str, Any] | None:
         """The ``metrics.json`` of the finished run of ``split`` (its configuration and every method's metrics,
@@ -583,7 +558,7 @@ def read_stage(folder: str | os.PathLike) -> Stage:
     except (ValueError, TypeError) as exc:
         raise _damaged(path, f"records an invalid configuration ({exc})", _RERUN) from None
     path = folder / METHOD_CURVES
-    curves = _curves(read_run_json(path), ("epoch",), path, "the file", _RERUN) if lexists(path) else {}
+    curves = curve_arrays(read_run_json(path), path, required=("epoch",), fix=_RERUN) if lexists(path) else {}
     path = folder / METHOD_TIPPING_SCORES
     scores = is_noisy = None
     if lexists(path):
