@@ -79,6 +79,9 @@ def test_peak_fall_is_the_drop_after_the_tipping_epoch_before_phase_2():
     assert results.peak_fall({"mean_max_student": [0.4, 0.5, 0.3]}, 1) == pytest.approx(0.2)  # no phase: all phase 1
     assert math.isnan(results.peak_fall(curves, None)) and math.isnan(results.peak_fall(curves, 4))
     assert math.isnan(results.peak_fall(None, 1))
+    import numpy as np  # what BatchFolder.method_curves returns: float arrays, the same answer
+    arrays = {key: np.asarray(value, dtype=np.float64) for key, value in curves.items()}
+    assert results.peak_fall(arrays, 2) == pytest.approx(0.46 - 0.452)
 
 
 def test_estimate_errors_are_signed_and_absolute():

@@ -171,7 +171,8 @@ def peak_fall(curves: dict, tipping: int | None) -> float:
     if tipping is None or not isinstance(curves, dict) or "mean_max_student" not in curves:
         return math.nan
     student = np.array([math.nan if v is None else float(v) for v in curves["mean_max_student"]], dtype=np.float64)
-    phase = curves.get("phase") or [1.0] * len(student)
+    phase = curves.get("phase")
+    phase = [1.0] * len(student) if phase is None or len(phase) == 0 else phase
     after = [student[e] for e in range(int(tipping) + 1, len(student)) if phase[e] == 1]
     after = [v for v in after if math.isfinite(v)]
     if not after or not 0 <= int(tipping) < len(student) or not math.isfinite(student[int(tipping)]):
