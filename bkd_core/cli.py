@@ -51,9 +51,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p.add_argument("--split", default="worst", help=f"CIFAR-N label set: {splits} (label-file keys work too)")
     p.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
-                   help="cnn: an airbench-class CNN on all 50,000 images' pixels, 2-3 min an epoch on one "
-                        "CPU thread (a 40-epoch BKD run: 1.5-2 h; --set precision=bf16 is 1.6x faster on CPUs "
-                        "with AVX512-BF16; minutes on a GPU); features: all 50,000 images as "
+                   help="cnn: an airbench-class CNN on all 50,000 images' pixels, 2-5 min an epoch on one "
+                        "CPU thread (a 40-epoch BKD run: about 2 h 15 min, cross-entropy 70 min; --set "
+                        "precision=bf16 is 1.6x faster on CPUs with AVX512-BF16; minutes on a GPU); features: all 50,000 images as "
                         "label-free feature vectors with MLPs, minutes on a CPU; cpu: small CNN on a 5,000-image "
                         "subset, minutes on a CPU; paper: the official settings, for a GPU")
     p.add_argument("--seed", type=int, default=None)
