@@ -53,9 +53,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
                    help="cnn: an airbench-class CNN on all 50,000 images' pixels, 2-5 min an epoch on one "
                         "CPU thread (a 40-epoch BKD run: about 2 h 15 min, cross-entropy 70 min; --set "
-                        "precision=bf16 is 1.6x faster on CPUs with AVX512-BF16; minutes on a GPU); features: all 50,000 images as "
-                        "label-free feature vectors with MLPs, minutes on a CPU; cpu: small CNN on a 5,000-image "
-                        "subset, minutes on a CPU; paper: the official settings, for a GPU")
+                        "precision=bf16 is 1.6x faster on CPUs with AVX512-BF16; minutes on a GPU); features: "
+                        "all 50,000 images as label-free feature vectors with MLPs, minutes on a CPU; cpu: small "
+                        "CNN on a 5,000-image subset, minutes on a CPU; paper: the official settings, for a GPU")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     p.add_argument("--train-size", dest="train_size", type=int, default=None, help="random training subset size")
