@@ -515,22 +515,27 @@ def test_book_builds_from_executed_chapters(executed):
 @pytest.mark.skipif(not (REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file()
                          and (COMMITTED_CPU_BATCH / "summary.json").is_file()),
                     reason="reads the committed batches and their images: set BKD_DATA_DIR")
+def _execute_one_thread(pm, notebook: Path, out: Path, *, cwd: Path, parameters: dict | None = None) -> None:
+    """papermill runs ``notebook`` into ``out`` from ``cwd`` with a one-thread kernel, as a user's papermill would."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        pm.execute_notebook(notebook, out, cwd=cwd, kernel_name="python3", progress_bar=False,
+                            parameters=parameters or {})
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
 def test_results_chapter_runs_from_any_directory(tmp_path):
     """papermill from another working directory, default parameters: the committed batch is found
     (relative to the repository), and the conclusions are shown with their numbers."""
     import papermill as pm
 
     out = tmp_path / "07.ipynb"
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        pm.execute_notebook(CHAPTER_DIR / f"{RESULTS_CHAPTER}.ipynb", out, cwd=tmp_path, kernel_name="python3",
-                            progress_bar=False)
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+    _execute_one_thread(pm, CHAPTER_DIR / f"{RESULTS_CHAPTER}.ipynb", out, cwd=tmp_path)
     nb = nbformat.read(out, as_version=4)
     glued = _glued(nb)
     assert glued["n_runs"] == 18 and glued["profile"] == "features"
@@ -580,16 +585,7 @@ def test_the_pixels_chapter_builds_on_every_state_of_the_cnn_batch(tmp_path, sta
 
     parameters = {} if state == "committed" else {"batch_dir": _cnn_batch(tmp_path / "cnn", state)}
     out = tmp_path / "09.ipynb"
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        pm.execute_notebook(CHAPTER_DIR / f"{PIXELS_CHAPTER}.ipynb", out, cwd=tmp_path, kernel_name="python3",
-                            progress_bar=False, parameters=parameters)
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+    _execute_one_thread(pm, CHAPTER_DIR / f"{PIXELS_CHAPTER}.ipynb", out, cwd=tmp_path, parameters=parameters)
     nb = nbformat.read(out, as_version=4)
     figures = _check_outputs(nb)
     assert not any(o.output_type == "stream" for c in nb.cells for o in c.get("outputs", []))  # nothing trained
