@@ -455,7 +455,7 @@ def test_chapter_runs(name, executed):
         assert "cross-entropy at" in values["story"]
         assert "airbench-class CNNs (8/16/16 channels after a fixed whitening layer) on the pixels of a random " \
                "300-image subset" in values["setup_text"]
-        assert values["source_text"].startswith("Both runs were trained in this session")
+        assert values["source_text"].startswith("Both runs were trained live for this page")
         assert "Cross-entropy ends at" in values["acc_text"] and "cross-entropy baseline fits" in values["memo_text"]
     if name == RESULTS_CHAPTER:
         # the second table: the cpu batch, or a clear note where there is none
