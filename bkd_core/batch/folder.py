@@ -3,7 +3,9 @@
 Layout of ``OUT``:
 
 - ``OUT/{dataset}-{split}-seed{seed}/``: one run (:data:`METRICS`, the per-sample tables of
-  :mod:`bkd_core.batch.samples`, the executed ``run.ipynb``, one run folder per method);
+  :mod:`bkd_core.batch.samples`, the executed ``run.ipynb``, one run folder per method, a *stage*: its
+  :data:`METHOD_METRICS` and :data:`METHOD_CONFIG` as soon as the method has trained, before the run has finished;
+  :class:`MethodStage`);
 - :data:`SUMMARY`: the batch's options and each run's outcome (:meth:`BatchFolder.write_summary`);
 - :data:`RESULTS`: one row per finished run and method (:meth:`BatchFolder.results_table`);
 - :data:`CODE_CHECKS`: reruns of its runs by later code (:mod:`bkd_core.batch.check`).
@@ -15,7 +17,7 @@ against its schema, with errors that name the file and the fix; every file is wr
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -24,12 +26,14 @@ import numpy as np
 from ..detectors import METHODS
 from ..errors import DamagedFileError
 from ..io import atomic_path, atomic_write_json, is_folder_name
-from ..rundir import CURVES, TIPPING_SCORES, decode_tipping_scores
+from ..rundir import CONFIG, CURVES, TIPPING_SCORES, decode_tipping_scores
 from .files import curve_arrays, lexists, load_run_arrays, read_run_json
 from .samples import write_tables
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ..config import BKDConfig
 
 #: A run's metrics (every method's, with its ranking AUC, and the run's configuration), in its run folder.
 METRICS = "metrics.json"
@@ -43,8 +47,10 @@ CODE_CHECKS = "code_checks.json"
 ERROR = "error.txt"
 #: The executed run notebook, in its run folder.
 NOTEBOOK = "run.ipynb"
-#: What a run's own folder of a method holds beside its per-epoch files.
+#: What a run's own folder of a method holds beside its per-epoch files: its metrics, the configuration it trained
+#: with (``{"config": ..., "identity": ...}``, :mod:`bkd_core.rundir`), its scores ...
 METHOD_METRICS = "metrics.json"
+METHOD_CONFIG = CONFIG
 METHOD_SCORES = "scores.npz"
 #: ... and, written by the trainer and committed with the batch, its per-epoch curves and detection scores
 METHOD_CURVES = CURVES
@@ -101,8 +107,101 @@ def _same(a: object, b: object) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
 
 
+#: What to do about a damaged file of a method's folder.
+_RERUN = "restore it, or delete the run's folder and run the batch's command again to retrain that run"
+
+
+def _method_curves(folder: Path) -> dict[str, np.ndarray] | None:
+    """The per-epoch curves in a method's ``folder`` (:data:`METHOD_CURVES`), read safely and checked; None without."""
+    path = folder / METHOD_CURVES
+    if not lexists(path):
+        return None
+    return curve_arrays(read_run_json(path), path, required=("epoch",))
+
+
+def _method_tipping_scores(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The tipping epoch's agreement scores and the truth in a method's ``folder``, read safely; None without."""
+    path = folder / METHOD_TIPPING_SCORES
+    if not lexists(path):
+        return None
+    return decode_tipping_scores(load_run_arrays(path), path)
+
+
+@dataclass(frozen=True)
+class MethodStage:
+    """One method's finished training in its own folder (:func:`read_method_stage`): a stage of a batch run
+    (``RUN/METHOD/``, written as soon as the method has trained) or any run folder the trainer wrote (e.g. one of
+    the chapters' cache), which hold the same files.
+
+    ``metrics`` is its :data:`METHOD_METRICS` (a dict with the method's ``kind``) and ``config`` the configuration
+    it trained with (its :data:`METHOD_CONFIG`), both checked; its curves and tipping-epoch scores are read when
+    asked for.
+    """
+
+    path: Path
+    metrics: dict[str, Any]
+    config: "BKDConfig"
+
+    @property
+    def method(self) -> str:
+        """The method that trained (``metrics["kind"]``: ``"bkd"``, ``"ce"``, ...)."""
+        return str(self.metrics["kind"])
+
+    @property
+    def stopped_by_deadline(self) -> bool:
+        """Did the method end at its deadline (``config.deadline_s``)? It then goes on when the batch is run again,
+        so it is not a result yet."""
+        return self.metrics.get("stopped_by") == "deadline"
+
+    def curves(self) -> dict[str, np.ndarray] | None:
+        """Its per-epoch curves (:meth:`BatchFolder.method_curves`): float64 ``[epochs]`` each, NaN where an epoch
+        has none; None when the folder holds none."""
+        return _method_curves(self.path)
+
+    def tipping_scores(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """BKD's agreement scores (float32 [N]) and the truth (bool [N], mislabelled) at its tipping epoch; None
+        without them (no tipping point, or another method)."""
+        return _method_tipping_scores(self.path)
+
+
+def read_method_stage(folder: str | os.PathLike) -> MethodStage:
+    """The :class:`MethodStage` in ``folder``: its :data:`METHOD_METRICS` and :data:`METHOD_CONFIG`, read safely
+    and checked.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``folder`` holds no :data:`METHOD_METRICS` (the method has not finished there).
+    bkd_core.errors.DamagedFileError
+        the metrics are not a method's (no ``kind``), or the configuration file is missing, is not a run's or records
+        an invalid configuration (one sentence naming the file and the fix).
+    """
+    from ..config import BKDConfig
+
+    def damaged(path: Path, what: str) -> DamagedFileError:
+        return DamagedFileError(f"{path}: {what}; {_RERUN}")
+
+    folder = Path(folder)
+    path = folder / METHOD_METRICS
+    metrics = read_run_json(path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("kind"), str):
+        raise damaged(path, "is not a method's metrics (no 'kind' of method)")
+    path = folder / METHOD_CONFIG
+    if not lexists(path):
+        raise damaged(path, "is missing, so the configuration the method trained with is unknown")
+    stored = read_run_json(path)
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise damaged(path, "is not a run's config.json (no 'config' record)")
+    try:
+        config = BKDConfig.from_dict(stored["config"])
+    except (ValueError, TypeError) as exc:
+        raise damaged(path, f"records an invalid configuration ({exc})") from None
+    return MethodStage(path=folder, metrics=metrics, config=config)
+
+
 class BatchFolder:
-    """A batch folder: its runs, summary, results table, code checks and problems; writes a run and the summary.
+    """A batch folder: its runs and their stages, summary, results table, code checks and problems; writes a run and
+    the summary.
 
     Parameters
     ----------
@@ -200,10 +299,7 @@ class BatchFolder:
             The file is not a regular file, not JSON, or not per-epoch curves of one length with numbers or
             nulls only (one sentence naming the file and the fix).
         """
-        path = self.run_dir(name) / str(method) / METHOD_CURVES
-        if not lexists(path):
-            return None
-        return curve_arrays(read_run_json(path), path, required=("epoch",))
+        return _method_curves(self.run_dir(name) / str(method))
 
     def _method_json(self, name: str, method: str, file: str, what: str) -> dict[str, Any] | None:
         path = self.run_dir(name) / str(method) / file
@@ -217,10 +313,62 @@ class BatchFolder:
     def method_tipping_scores(self, name: str, method: str = "bkd") -> tuple[np.ndarray, np.ndarray] | None:
         """The detection's agreement scores (float32 [N]) and the truth (bool [N], mislabelled) of run ``name``'s
         ``method`` at its tipping epoch, read safely; None for a run without them."""
-        path = self.run_dir(name) / str(method) / METHOD_TIPPING_SCORES
-        if not lexists(path):
-            return None
-        return decode_tipping_scores(load_run_arrays(path), path)
+        return _method_tipping_scores(self.run_dir(name) / str(method))
+
+    # -- stages: a method's folder, finished before its run -----------------------------------------
+    def method_stage(self, name: str, method: str) -> MethodStage | None:
+        """Run ``name``'s stage of ``method`` (:func:`read_method_stage` of its folder), whether the run has finished
+        or not; None when that method has not finished there.
+
+        Raises
+        ------
+        ValueError
+            ``name`` is a path.
+        bkd_core.errors.DamagedFileError
+            the stage is there but a file of it is damaged (names it).
+        """
+        folder = self.run_dir(name) / str(method)
+        return read_method_stage(folder) if lexists(folder / METHOD_METRICS) else None
+
+    def stages(self) -> dict[str, tuple[str, ...]]:
+        """The stages in the folder: run folder name -> the methods whose :data:`METHOD_METRICS` it holds, in the
+        order of :data:`METHOD_ORDER` (runs sorted by name, finished or not; ``{}`` without the folder)."""
+        if not self.path.is_dir():
+            return {}
+        found = {}
+        for entry in sorted(os.scandir(self.path), key=lambda e: e.name):
+            if not entry.is_dir():
+                continue
+            methods = tuple(m for m in METHOD_ORDER if lexists(Path(entry.path) / m / METHOD_METRICS))
+            if methods:
+                found[entry.name] = methods
+        return found
+
+    def finished_stages(self) -> Iterator[tuple[str, str, MethodStage]]:
+        """``(run, method, stage)`` of every method that has finished in a run that has not (no :data:`METRICS`
+        yet: a batch trains a run's methods one after the other and writes the run's metrics after the last), in
+        run name and :data:`METHOD_ORDER` order. A method stopped by its deadline (it goes on when the batch is run
+        again) is left out.
+
+        Raises
+        ------
+        bkd_core.errors.DamagedFileError
+            a stage's files are damaged (:func:`read_method_stage`), or its metrics lack its run's dataset, split and
+            seed (names the folder).
+        """
+        finished = set(self.run_names())
+        for name, methods in self.stages().items():
+            if name in finished:
+                continue
+            for method in methods:
+                stage = self.method_stage(name, method)
+                if stage is None or stage.stopped_by_deadline:
+                    continue
+                if any(k not in stage.metrics for k in ("dataset", "split", "seed")):
+                    raise DamagedFileError(f"{stage.path} holds a metrics.json without its run's dataset, split and "
+                                           "seed, or no config.json with its configuration; restore the files, or "
+                                           "delete the method's folder and run the batch's command again")
+                yield name, method, stage
 
     def is_finished(self, name: str, methods: Sequence[str]) -> bool:
         """Does run ``name`` have a readable :data:`METRICS` whose ``methods`` hold every method of ``methods``, none
@@ -301,23 +449,44 @@ class BatchFolder:
                 table.to_csv(tmp, index=False)
 
     # -- tables -----------------------------------------------------------------------------------
-    def results_table(self) -> "pd.DataFrame":
+    def results_table(self, *, stages: bool = False) -> "pd.DataFrame":
         """One row per (dataset, split, seed, method) of every finished run, sorted by split (CIFAR-N order),
         seed and method; columns :data:`COLUMNS` (missing values are NaN): what :data:`RESULTS` holds.
 
         Every value comes from the runs' :data:`METRICS`; ``ranking_auc`` is what the run computed from its
         full samples table, NaN on a split with no wrong label; ``configuration`` is :func:`configuration_of`
         the run and ``run`` its folder's name.
+
+        Parameters
+        ----------
+        stages : bool, keyword-only
+            Add one row per method finished in a run that has not (:meth:`finished_stages`), read from its own
+            :data:`METHOD_METRICS`: its ``ranking_auc`` is NaN (the batch computes it from the finished run's samples
+            table), and its ``configuration`` is the one a finished run of the same configuration gets (with the
+            folds of the batch's options, else of such a finished run), so the two are summarised together.
         """
         import pandas as pd
 
         rows = []
+        folds: dict[str, Any] = {}  # configuration without its folds -> the folds a finished run of it records
         for name, run in self.runs():
             configuration = configuration_of(run, self.metrics_path(name))
+            if isinstance(run.get("config"), dict):
+                folds.setdefault(configuration_of({"config": run["config"]}, self.metrics_path(name)),
+                                 run.get("folds", 3))
             for method, metrics in run["methods"].items():
                 row = {key: metrics.get(key) for key in COLUMNS}
                 row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                            profile=run.get("profile"), configuration=configuration, run=name)
+                rows.append(row)
+        if stages:
+            default_folds = self.options().get("folds")
+            for name, method, stage in self.finished_stages():
+                config = {"config": stage.config.to_dict()}
+                n_folds = default_folds or folds.get(configuration_of(config, stage.path / METHOD_CONFIG), 3)
+                row = {key: stage.metrics.get(key) for key in COLUMNS}
+                row.update(method=method, run=name,
+                           configuration=configuration_of({**config, "folds": n_folds}, stage.path / METHOD_CONFIG))
                 rows.append(row)
         table = pd.DataFrame(rows, columns=list(COLUMNS))
         if len(table):  # CIFAR-N order of splits, then seeds, then methods; unknown splits last

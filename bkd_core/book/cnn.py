@@ -29,14 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..batch import BatchFolder
-from ..batch.files import curve_arrays, lexists, load_run_arrays, read_run_json
-from ..batch.folder import (COLUMNS, METHOD_CURVES, METHOD_METRICS, METHOD_ORDER, METHOD_TIPPING_SCORES,
-                            run_name)
+from ..batch.files import curve_arrays, read_run_json
+from ..batch.folder import COLUMNS, MethodStage, read_method_stage, run_name
 from ..config import PROFILES, BKDConfig
 from ..errors import DamagedFileError
 from ..method import Detection, detect, find_tipping_point
 from ..metrics import detection_scores, flag_all_f1
-from ..rundir import CONFIG, decode_tipping_scores
 from .chapter import repository_paths
 
 if TYPE_CHECKING:
@@ -74,8 +72,6 @@ WINDOW = PROFILES["cnn"].tipping_window
 FALL_EPOCHS = 5
 #: What restores a damaged file of the diagnostic runs.
 _RESTORE = "restore it from the repository (git checkout) or rewrite it with benchmarks/cnn_diagnostics.py --json"
-#: What to do about a damaged file of a batch run.
-_RERUN = "restore it, or delete the run's folder and run the batch's command again to retrain that run"
 
 
 def find_evidence(path: str | os.PathLike) -> Path | None:
@@ -361,24 +357,15 @@ class BatchState:
         return None if name is None else self._folder().method_tipping_scores(name, "bkd")
 
     def stages(self) -> dict[str, tuple[str, ...]]:
-        """The stages committed so far: run folder name -> the methods whose ``metrics.json`` it holds, in the order of
-        :data:`bkd_core.batch.folder.METHOD_ORDER` (runs sorted by name; ``{}`` without the batch). A stage counts
-        whether its run has finished or not, as :meth:`stage` reads it."""
-        if self.folder is None:
-            return {}
-        found = {}
-        for entry in sorted(os.scandir(self.folder), key=lambda e: e.name):
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            methods = tuple(m for m in METHOD_ORDER if lexists(Path(entry.path) / m / METHOD_METRICS))
-            if methods:
-                found[entry.name] = methods
-        return found
+        """The stages committed so far (:meth:`bkd_core.batch.BatchFolder.stages`): run folder name -> the methods
+        that have finished there, in the order of :data:`bkd_core.batch.folder.METHOD_ORDER` (runs sorted by name;
+        ``{}`` without the batch). A stage counts whether its run has finished or not, as :meth:`stage` reads it."""
+        return {} if self.folder is None else self._folder().stages()
 
     def stage(self, split: str, method: str = "bkd", seed: int = 0, dataset: str = "cifar10") -> "Stage | None":
-        """``method``'s stage of the run of ``split`` and ``seed`` (:func:`read_stage` of its folder), committed as
-        soon as that method has trained, whether the run has finished or not; None when it is not here yet (or
-        ended at its deadline, to be resumed).
+        """``method``'s stage of the run of ``split`` and ``seed`` (:meth:`bkd_core.batch.BatchFolder.method_stage`,
+        read as :func:`read_stage` reads it), committed as soon as that method has trained, whether the run has
+        finished or not; None when it is not here yet (or ended at its deadline, to be resumed).
 
         Raises
         ------
@@ -387,11 +374,8 @@ class BatchState:
         """
         if self.folder is None:
             return None
-        folder = self._folder().run_dir(run_name(dataset, split, seed)) / str(method)
-        if not lexists(folder / METHOD_METRICS):
-            return None
-        found = read_stage(folder)
-        return None if found.metrics.get("stopped_by") == "deadline" else found
+        found = self._folder().method_stage(run_name(dataset, split, seed), method)
+        return None if found is None or found.stopped_by_deadline else _stage(found)
 
 
 def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
@@ -531,9 +515,18 @@ class Stage:
                       noisy_groups=self.config.noisy_groups)
 
 
+def _stage(found: MethodStage) -> Stage:
+    """The :class:`Stage` of a checked method folder, with its curves and tipping-epoch scores read."""
+    tipping = found.tipping_scores()
+    scores, is_noisy = (None, None) if tipping is None else tipping
+    return Stage(path=found.path, metrics=found.metrics, config=found.config, curves=found.curves() or {},
+                 scores=scores, is_noisy=is_noisy)
+
+
 def read_stage(folder: str | os.PathLike) -> Stage:
-    """The :class:`Stage` in ``folder``: its ``metrics.json`` and ``config.json``, and its ``curves.json`` and
-    ``tipping_scores.npz`` when it has them, each read safely and checked.
+    """The :class:`Stage` in ``folder`` (:func:`bkd_core.batch.folder.read_method_stage`: its ``metrics.json`` and
+    ``config.json``, checked), with its ``curves.json`` and ``tipping_scores.npz`` when it has them, read safely and
+    checked.
 
     Raises
     ------
@@ -542,28 +535,7 @@ def read_stage(folder: str | os.PathLike) -> Stage:
     bkd_core.errors.DamagedFileError
         a file is not what it should be, or ``config.json`` is missing (one sentence naming the file and the fix).
     """
-    folder = Path(folder)
-    path = folder / METHOD_METRICS
-    metrics = read_run_json(path)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("kind"), str):
-        raise _damaged(path, "is not a method's metrics (no 'kind' of method)", _RERUN)
-    path = folder / CONFIG
-    if not lexists(path):
-        raise _damaged(path, "is missing, so the configuration the method trained with is unknown", _RERUN)
-    stored = read_run_json(path)
-    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
-        raise _damaged(path, "is not a run's config.json (no 'config' record)", _RERUN)
-    try:
-        config = BKDConfig.from_dict(stored["config"])
-    except (ValueError, TypeError) as exc:
-        raise _damaged(path, f"records an invalid configuration ({exc})", _RERUN) from None
-    path = folder / METHOD_CURVES
-    curves = curve_arrays(read_run_json(path), path, required=("epoch",), fix=_RERUN) if lexists(path) else {}
-    path = folder / METHOD_TIPPING_SCORES
-    scores = is_noisy = None
-    if lexists(path):
-        scores, is_noisy = decode_tipping_scores(load_run_arrays(path), path)
-    return Stage(path=folder, metrics=metrics, config=config, curves=curves, scores=scores, is_noisy=is_noisy)
+    return _stage(read_method_stage(folder))
 
 
 #: Rows of :func:`pixel_check`, in order.

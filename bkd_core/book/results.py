@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..batch.check import IDENTICAL, TOLERANCES, WITHIN_TOLERANCE, run_verdicts, verdict_of
-from ..batch.files import lexists, read_run_json
 from ..batch.folder import SPLIT_ORDER, BatchFolder
 # a run's per-sample tables and what the results chapter asks of them, as results.* for the chapters
 from ..batch.folder import COLUMNS, METHOD_ORDER, configuration_of  # noqa: F401
@@ -56,7 +55,8 @@ def collect_results(out: str | Path) -> "pd.DataFrame":
 def collect_stages(out: str | Path) -> "pd.DataFrame":
     """:func:`collect_results`, plus one row per method that has finished in a run that has not (yet): a batch
     trains a run's methods one after the other and writes the run's ``metrics.json`` after the last, so a partial
-    run shows its finished methods here, read from each one's own ``metrics.json`` and ``config.json``.
+    run shows its finished methods here (:meth:`bkd_core.batch.BatchFolder.results_table` with ``stages=True``,
+    each read by :meth:`~bkd_core.batch.BatchFolder.finished_stages`).
 
     Such a row has the columns of :func:`collect_results` except ``ranking_auc`` (NaN: the batch computes it from
     the finished run's samples table); its ``configuration`` is the one a finished run of the same configuration
@@ -68,51 +68,7 @@ def collect_stages(out: str | Path) -> "pd.DataFrame":
     bkd_core.errors.DamagedFileError
         a method's ``metrics.json`` or ``config.json`` is there but is not what it should be (names it).
     """
-    import pandas as pd
-
-    from ..errors import DamagedFileError
-
-    folder = BatchFolder(out)
-    table = folder.results_table()
-    if not folder.path.is_dir():
-        return table
-    finished = set(folder.run_names())
-    folds = {}  # configuration without its folds -> the folds a finished run of it records
-    for name, run in folder.runs():
-        if isinstance(run.get("config"), dict):
-            base = configuration_of({"config": run["config"]}, folder.metrics_path(name))
-            folds.setdefault(base, run.get("folds", 3))
-    default_folds = folder.options().get("folds")
-    rows = []
-    for name in sorted(entry.name for entry in Path(folder.path).iterdir() if entry.is_dir()):
-        if name in finished:
-            continue
-        for method in METHOD_ORDER:
-            metrics = folder.method_metrics(name, method)
-            if metrics is None or metrics.get("stopped_by") == "deadline":
-                continue
-            config_path = folder.run_dir(name) / method / "config.json"
-            recorded = read_run_json(config_path) if lexists(config_path) else None
-            config = recorded.get("config") if isinstance(recorded, dict) else None
-            if not isinstance(config, dict) or any(k not in metrics for k in ("dataset", "split", "seed")):
-                raise DamagedFileError(f"{config_path.parent} holds a metrics.json without its run's dataset, split "
-                                       "and seed, or no config.json with its configuration; restore the files, or "
-                                       "delete the method's folder and run the batch's command again")
-            n_folds = default_folds or folds.get(configuration_of({"config": config}, config_path), 3)
-            row = {key: metrics.get(key) for key in COLUMNS}
-            row.update(method=method, configuration=configuration_of({"config": config, "folds": n_folds},
-                                                                     config_path), run=name)
-            rows.append(row)
-    if not rows:
-        return table
-    stages = pd.DataFrame(rows, columns=list(COLUMNS))
-    both = stages if not len(table) else pd.concat([table, stages], ignore_index=True)
-    split_rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    method_rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    order = both.assign(_split=both["split"].map(lambda s: split_rank.get(s, 99)),
-                        _method=both["method"].map(lambda m: method_rank.get(m, 99)))
-    return (order.sort_values(["_split", "seed", "_method"], kind="stable")
-            .drop(columns=["_split", "_method"]).reset_index(drop=True))
+    return BatchFolder(out).results_table(stages=True)
 
 
 #: How the book names each method in a sentence.
