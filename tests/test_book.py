@@ -401,7 +401,6 @@ def test_the_readme_verdict_quotes_the_committed_cnn_batch():
     import re
     from pathlib import Path
 
-    from bkd_core.batch import BatchFolder
     from bkd_core.book import results, verdict
 
     root = Path(__file__).resolve().parents[1]
@@ -409,11 +408,7 @@ def test_the_readme_verdict_quotes_the_committed_cnn_batch():
         pytest.skip("no committed cnn batch")
     readme = " ".join((root / "README.md").read_text().split("## Results")[0].split())
     table = results.collect_stages(root / "reproductions" / "cnn")
-    bkd = table[table["method"] == "bkd"]
-    folder = BatchFolder(root / "reproductions" / "cnn")
-    falls = {row.split: results.peak_fall(folder.method_curves(row.run, "bkd"), int(row.tipping_epoch))
-             for row in bkd.itertuples()}
-    found = verdict.claim_findings(table, falls=falls)
+    found = verdict.claim_findings(table, falls=results.peak_falls(root / "reproductions" / "cnn", table))
     for key in ("memorization", "tipping", "estimate", "detection", "robust"):
         for number in re.findall(r"\d+\.\d+", found[key]):
             assert number in readme, (key, number, found[key])

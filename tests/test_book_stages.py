@@ -1,5 +1,6 @@
-"""A batch read stage by stage while it runs (bkd_core.book.results.collect_stages, stages_text, peak_fall): the methods
-finished in runs that have not finished yet count, with the configuration of the finished runs, and nothing else."""
+"""A batch read stage by stage while it runs (bkd_core.book.results.collect_stages, stages_text, peak_fall,
+peak_falls): the methods finished in runs that have not finished yet count, with the configuration of the finished
+runs, and nothing else."""
 
 from __future__ import annotations
 
@@ -82,6 +83,24 @@ def test_peak_fall_is_the_drop_after_the_tipping_epoch_before_phase_2():
     import numpy as np  # what BatchFolder.method_curves returns: float arrays, the same answer
     arrays = {key: np.asarray(value, dtype=np.float64) for key, value in curves.items()}
     assert results.peak_fall(arrays, 2) == pytest.approx(0.46 - 0.452)
+
+
+def test_peak_falls_are_each_splits_fall_read_from_its_bkd_curves(tmp_path):
+    folder = _batch(tmp_path)
+    atomic_write_json(folder / "cifar10-worst-seed0" / "bkd" / "curves.json",
+                      {"epoch": [1, 2, 3, 4, 5], "mean_max_student": [0.40, 0.45, 0.46, 0.455, 0.452]})
+    table = results.collect_stages(folder)
+    falls = results.peak_falls(folder, table)
+    assert list(falls) == ["clean", "worst"] and math.isnan(falls["clean"])  # the clean run has no curves
+    assert falls["worst"] == pytest.approx(0.46 - 0.452)
+    # a second seed of worst that falls further: the split's fall is the largest, so "falls at most" stays true
+    second = table[(table["run"] == "cifar10-worst-seed0")].assign(run="cifar10-worst-seed1", seed=1)
+    _method(folder, "cifar10-worst-seed1", "bkd", "worst")
+    atomic_write_json(folder / "cifar10-worst-seed1" / "bkd" / "curves.json",
+                      {"epoch": [1, 2, 3, 4], "mean_max_student": [0.40, 0.45, 0.46, 0.40]})
+    assert results.peak_falls(folder, pd.concat([table, second]))["worst"] == pytest.approx(0.06)
+    assert results.peak_falls(folder, table.assign(tipping_epoch=float("nan"))) == {}  # no tipping point, no fall
+    assert results.peak_falls(tmp_path / "nowhere", table.iloc[:0]) == {}
 
 
 def test_estimate_errors_are_signed_and_absolute():

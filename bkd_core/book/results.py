@@ -136,6 +136,39 @@ def peak_fall(curves: dict, tipping: int | None) -> float:
     return float(student[int(tipping)] - min(after))
 
 
+def peak_falls(out: str | Path, table: "pd.DataFrame") -> dict[str, float]:
+    """How far the student's curve falls after the tipping point, per split: :func:`peak_fall` of each BKD run of
+    ``table`` that has a tipping epoch, on its curves in the batch ``out``
+    (:meth:`bkd_core.batch.BatchFolder.method_curves`).
+
+    Parameters
+    ----------
+    out : str or Path
+        The batch folder ``table`` was read from.
+    table : pd.DataFrame
+        Its :func:`collect_stages` (or :func:`collect_results`).
+
+    Returns
+    -------
+    dict of str to float
+        split -> the largest fall over its runs (NaN for a run without curves); the splits in the table's order,
+        only those with a BKD run that found a tipping point (``{}`` for an empty table).
+    """
+    import math
+
+    import pandas as pd
+
+    if not len(table):
+        return {}
+    folder = BatchFolder(out)
+    falls: dict[str, float] = {}
+    for row in table[(table["method"] == "bkd") & table["tipping_epoch"].notna()].itertuples():
+        fall = peak_fall(folder.method_curves(row.run, "bkd"), int(row.tipping_epoch))
+        before = falls.get(row.split, math.nan)
+        falls[row.split] = fall if pd.isna(before) or (math.isfinite(fall) and fall > before) else before
+    return falls
+
+
 def _configuration_column(table: "pd.DataFrame") -> "pd.Series":
     """``table["configuration"]`` with "" for a missing one (a table made before runs recorded it)."""
     if "configuration" not in table:
