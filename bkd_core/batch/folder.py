@@ -365,9 +365,9 @@ class BatchFolder:
                 if stage is None or stage.stopped_by_deadline:
                     continue
                 if any(k not in stage.metrics for k in ("dataset", "split", "seed")):
-                    raise DamagedFileError(f"{stage.path} holds a metrics.json without its run's dataset, split and "
-                                           "seed, or no config.json with its configuration; restore the files, or "
-                                           "delete the method's folder and run the batch's command again")
+                    raise DamagedFileError(f"{stage.path} holds a {METHOD_METRICS} without its run's dataset, split "
+                                           "and seed; restore the file, or delete the method's folder and run the "
+                                           "batch's command again")
                 yield name, method, stage
 
     def is_finished(self, name: str, methods: Sequence[str]) -> bool:
