@@ -33,10 +33,9 @@ CHAPTER_DIR = ROOT / "chapters"
 CHAPTERS = sorted(p.stem for p in CHAPTER_DIR.glob("*.ipynb"))
 PARAMETERS = ["dataset", "split", "profile", "seed", "train_size", "epochs", "overrides"]
 RESULTS_CHAPTER = "07_results"  # reads a reproduction batch; its parameters say which one
-RESULTS_PARAMETERS = ["results_dir", "cpu_results_dir", "cnn_results_dir", "dataset", "gallery_split", "gallery_seed"]
+RESULTS_PARAMETERS = ["results_dir", "cnn_results_dir", "dataset", "gallery_split", "gallery_seed"]
 REAL_DATA = bool(os.environ.get("BKD_DATA_DIR"))
 COMMITTED_BATCH = ROOT / "reproductions" / "features"  # the results chapter's default batch
-COMMITTED_CPU_BATCH = ROOT / "reproductions" / "cpu"  # ... and the one it shows after it
 NEEDS_LABEL_FILES = {"01_intro"}
 PIXELS_CHAPTER = "09_pixels"  # the end-to-end check on pixels: reads a committed cnn run, or retrains it
 PIXELS_PARAMETERS = ["split", "seed", "retrain", "dataset", "train_size", "epochs", "overrides", "batch_dir"]
@@ -222,7 +221,7 @@ def test_chapter_shape(name):
         assert names == RESULTS_PARAMETERS
         # the committed batches, found from any directory
         assert defaults["results_dir"] == "reproductions/features"
-        assert defaults["cpu_results_dir"] == "reproductions/cpu"
+        assert defaults["cnn_results_dir"] == "reproductions/cnn"
     elif name == PIXELS_CHAPTER:
         assert names == PIXELS_PARAMETERS
         # by default it trains nothing: it reads the committed cnn batch; the retired cpu profile is gone from it
@@ -235,9 +234,14 @@ def test_chapter_shape(name):
         assert names == PARAMETERS
         assert defaults["profile"] == DEFAULT_PROFILE[name]
         assert defaults["epochs"] is None and defaults["train_size"] is None  # the profile's values
-        # every chapter's parameter help names the three profiles
+        # every chapter's parameter help names the profiles (chapter 01: the book's three, paper, cnn and features)
         help_text = papermill.inspect_notebook(str(CHAPTER_DIR / f"{name}.ipynb"))["profile"]["help"]
-        assert all(f'"{p}"' in help_text for p in ("features", "cpu", "paper")), help_text
+        profiles = ("paper", "cnn", "features") if name == "01_intro" else ("features", "cpu", "paper")
+        assert all(f'"{p}"' in help_text for p in profiles), help_text
+    if name in ("01_intro", RESULTS_CHAPTER):  # the retired cpu profile is gone (the device "cpu" is another thing)
+        text = "\n".join(c.source for c in nb.cells)
+        assert not re.search(r"reproductions/cpu|`cpu`|[\"']cpu[\"']\s*:|cpu[ _](profile|results|summary|batch)",
+                             text), "the cpu profile is still named"
     # each conclusion written once: a code cell whose Markdown output is the sentence with its numbers (shown in
     # the book, Colab and papermill alike), with no copy in the prose
     prose = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
@@ -337,12 +341,10 @@ def executed(tmp_path_factory):
 
 
 def _results_parameters(folder: Path) -> dict:
-    """The results chapter reads the committed batches when they and the real data are here (the cpu batch
-    twice when the features batch is not committed); otherwise a two-seed batch of tiny runs on the synthetic
-    stand-in, made here in process, as both batches."""
-    if REAL_DATA and (COMMITTED_CPU_BATCH / "summary.json").is_file():
-        first = COMMITTED_BATCH if (COMMITTED_BATCH / "summary.json").is_file() else COMMITTED_CPU_BATCH
-        return {"results_dir": str(first), "cpu_results_dir": str(COMMITTED_CPU_BATCH)}
+    """The results chapter reads the committed features batch when it and the real data are here; otherwise a
+    two-seed batch of tiny runs on the synthetic stand-in, made here in process."""
+    if REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file():
+        return {"results_dir": str(COMMITTED_BATCH)}
     from bkd_core import book
     from bkd_core.batch import runner as reproduce
 
@@ -355,7 +357,7 @@ def _results_parameters(folder: Path) -> dict:
     outcomes.append(reproduce.RunOutcome("cifar100-noisy100-seed0", "skipped", reason="cifar100 data not found"))
     reproduce.write_batch_summary(folder, outcomes,
                                   reproduce.BatchOptions(out=str(folder), overrides=overrides, folds=2))
-    return {"results_dir": str(folder), "cpu_results_dir": str(folder), "dataset": "synthetic",
+    return {"results_dir": str(folder), "dataset": "synthetic",
             "gallery_split": "synthetic"}
 
 
@@ -400,7 +402,7 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
     "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
     "07_results": ({"code_text", "n_runs", "floor_text", "cleanlab_text", "below_text", "acc_text", "peak_text",
                     "top_noisy", "paper_pflop", "floor_sentence", "auc_bkd", "auc_cl_verdict", "cfg_setup",
-                    "cpu_batch_text", "cpu_compare_text"}, 6),
+                    "cnn_finding_text"}, 6),
     "08_differences": ({"q3_ratio", "q8_train_f1", "q8_val_f1", "q10_g4", "q10_g34", "q11_t_bkd", "q11_t_classic",
                         "groups_text"}, 1),
     "09_pixels": ({"setup_text", "source_text", "memo_text", "tip_text", "otsu_text", "acc_text", "story",
@@ -457,9 +459,6 @@ def test_chapter_runs(name, executed):
                "300-image subset" in values["setup_text"]
         assert values["source_text"].startswith("Both runs were trained live for this page")
         assert "Cross-entropy ends at" in values["acc_text"] and "cross-entropy baseline fits" in values["memo_text"]
-    if name == RESULTS_CHAPTER:
-        # the second table: the cpu batch, or a clear note where there is none
-        assert values["cpu_batch_text"] and "runs that train" in values["cpu_batch_text"]
     if name == "08_differences":
         b, c = values["q3_B"], values["q3_C"]
         assert abs(values["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12
@@ -512,8 +511,7 @@ def test_book_builds_from_executed_chapters(executed):
     assert "index.html" in index
 
 
-@pytest.mark.skipif(not (REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file()
-                         and (COMMITTED_CPU_BATCH / "summary.json").is_file()),
+@pytest.mark.skipif(not (REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file()),
                     reason="reads the committed batches and their images: set BKD_DATA_DIR")
 def _execute_one_thread(pm, notebook: Path, out: Path, *, cwd: Path, parameters: dict | None = None) -> None:
     """papermill runs ``notebook`` into ``out`` from ``cwd`` with a one-thread kernel, as a user's papermill would."""
@@ -539,7 +537,7 @@ def test_results_chapter_runs_from_any_directory(tmp_path):
     nb = nbformat.read(out, as_version=4)
     glued = _glued(nb)
     assert glued["n_runs"] == 18 and glued["profile"] == "features"
-    assert glued["cpu_batch_text"].startswith("18 runs that train small CNNs")  # the cpu batch, after it
+    assert glued["cnn_finding_text"].startswith("on worst, BKD's G4 F1")  # the cnn batch: noisiest split first
     shown = " ".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
                      for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
     assert re.search(r"Code version: 18 of 18 ", shown), shown[:500]
