@@ -18,6 +18,9 @@ below-threshold mask, the ranking AUC, the noise estimate and two one-class stat
 k-nearest-neighbour voting is ``bkd_core.detectors.knn.knn_label_issues`` (k = 10, cosine, no training;
 the neighbour graph computed, not read from a cache). Each is timed on its own.
 
+``--sweep`` times find_label_issues with the options that may buy speed (:data:`SWEEP`: batch size, hidden
+width, epochs past the rule's window) over several seeds beside cleanlab's recipe, to see which keep detection.
+
 ``--speed`` instead times both on 10,000 and on all 50,000 training feature vectors (``worst`` labels),
 interleaved (BKD, cleanlab, BKD, cleanlab, ...), and reports the medians and their ratio.
 
@@ -28,6 +31,8 @@ Usage::
     BKD_DATA_DIR=... python benchmarks/bench_label_issues.py --out results.json [--cases test-sym-20 n-worst]
         [--no-cleanlab] [--no-knn] [--size 50000] [--markdown table.md]
     BKD_DATA_DIR=... python benchmarks/bench_label_issues.py --speed --out speed.json [--repeats 3]
+    BKD_DATA_DIR=... python benchmarks/bench_label_issues.py --sweep --cases n-worst n-aggre test-sym-20
+        --seeds 3 --out sweep.json --markdown sweep.md
 
 Needs the CIFAR-10 images and CIFAR-N labels, and computes (once, cached) the patch features of the
 60,000 images if they are not cached yet (about 5 minutes).
@@ -106,13 +111,15 @@ def bimodality_coefficient(values: np.ndarray) -> float:
     return float((skew**2 + 1) / (kurt + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
 
 
-def run_bkd(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, save: Path | None = None) -> dict:
+def run_bkd(x: np.ndarray, y: np.ndarray, noisy: np.ndarray, save: Path | None = None, **options) -> dict:
+    """find_label_issues (seed 0 unless ``options`` say otherwise, keyword options as given) timed, with its F1s."""
     from bkd_core.label_issues import find_label_issues
 
+    options = {"seed": 0, **options}
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        res = find_label_issues(x, y, seed=0, device="cpu", progress=False)
+        res = find_label_issues(x, y, device="cpu", progress=False, **options)
     seconds = time.perf_counter() - start
     if save is not None:  # per-sample scores, to try other masks on them without training again
         np.savez_compressed(save, label_quality=res.label_quality, is_noisy=noisy, given=y)
@@ -184,6 +191,66 @@ def speed(sizes: tuple[int, ...], repeats: int) -> list[dict]:
     return rows
 
 
+#: ``--sweep``: find_label_issues options that may buy speed (name -> keyword options), the default first.
+SWEEP = {
+    "default": {},
+    "batch 256": {"batch_size": 256},
+    "batch 512": {"batch_size": 512},
+    "hidden 512": {"widths": (512,)},
+    "hidden 256": {"widths": (256,)},
+    "window 1": {"tipping_window": 1},
+}
+
+
+def sweep(cases: list[str], seeds: int, size: int) -> list[dict]:
+    """Each :data:`SWEEP` setting on each case (``size`` vectors), seeds 0..``seeds``-1, interleaved (every
+    setting of one seed before the next seed), and cleanlab's recipe once per seed beside them: seconds, epochs,
+    F1 of both masks and ranking AUC per run. Detection is lost when a setting's F1 falls outside the default's
+    spread over the seeds."""
+    warm = case_data(cases[0], size)
+    run_bkd(warm[0][:2000], warm[1][:2000], warm[2][:2000])  # imports and allocator warm-up: not timed
+    run_cleanlab(warm[0][:2000], warm[1][:2000], warm[2][:2000])
+    rows = []
+    for name in cases:
+        x, y, noisy = case_data(name, size)
+        for seed in range(seeds):
+            for setting, options in SWEEP.items():
+                row = {"case": name, "n": len(y), "seed": seed, "setting": setting,
+                       **run_bkd(x, y, noisy, seed=seed, **options)}
+                row.pop("warnings")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            row = {"case": name, "n": len(y), "seed": seed, "setting": "cleanlab recipe", **run_cleanlab(x, y, noisy)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def sweep_markdown(rows: list[dict]) -> str:
+    """Per case and setting: median seconds (and its ratio to cleanlab's median), epochs, F1s and AUC as
+    mean and range over the seeds."""
+    lines = ["| case | setting | seconds (median) | / cleanlab | epochs | F1 below: mean (range) | F1 G4: mean (range) "
+             "| AUC: mean (range) |", "|" + "---|" * 8]
+
+    def spread(values, digits=1, scale=100):
+        v = np.array(values, dtype=np.float64) * scale
+        return f"{v.mean():.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})"
+
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case]
+        cl = [r for r in mine if r["setting"] == "cleanlab recipe"]
+        t_cl = float(np.median([r["cleanlab_seconds"] for r in cl]))
+        lines.append(f"| {case} | cleanlab recipe | {t_cl:.1f} | 1.0 | | {spread([r['f1_cleanlab'] for r in cl])} | "
+                     f"| {spread([r['auc_cleanlab'] for r in cl], 3, 1)} |")
+        for setting in SWEEP:
+            rs = [r for r in mine if r["setting"] == setting]
+            t = float(np.median([r["bkd_seconds"] for r in rs]))
+            lines.append(f"| {case} | {setting} | {t:.1f} | {t / t_cl:.1f} | "
+                         f"{'/'.join(str(r['bkd_epochs']) for r in rs)} | {spread([r['f1_below'] for r in rs])} | "
+                         f"{spread([r['f1_g4'] for r in rs])} | {spread([r['auc_bkd'] for r in rs], 3, 1)} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| case | N | noise | BKD estimate | F1 G4 | F1 below | AUC BKD | F1 cleanlab | AUC cleanlab | F1 kNN "
             "| AUC kNN | separation | bimodality | BKD s | cleanlab s | kNN s |")
@@ -213,6 +280,9 @@ def main() -> None:
     parser.add_argument("--no-cleanlab", action="store_true")
     parser.add_argument("--no-knn", action="store_true")
     parser.add_argument("--speed", action="store_true", help="time BKD and cleanlab on 10,000 and 50,000 vectors")
+    parser.add_argument("--sweep", action="store_true", help="time find_label_issues options that may buy speed "
+                        "(SWEEP) on --cases with --seeds seeds, beside cleanlab's recipe")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of --sweep")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-scores", type=Path, help="folder for each case's per-sample scores (.npz)")
@@ -225,6 +295,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.speed:
         args.out.write_text(json.dumps(speed((10_000, 50_000), args.repeats), indent=1))
+        return
+    if args.sweep:
+        rows = sweep(args.cases, args.seeds, args.size)
+        args.out.write_text(json.dumps(rows, indent=1))
+        if args.markdown:
+            args.markdown.write_text(sweep_markdown(rows))
         return
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
     done = {(r["case"], r["n"]) for r in rows}
