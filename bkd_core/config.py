@@ -23,7 +23,8 @@ class BKDConfig:
     Switches for the official code's quirks (numbered as in the book's chapter 08) that are cheap to switch:
     ``detach_teacher`` (quirk 1), ``detach_robust_target`` (2), ``loss_reduction`` (3),
     ``score_views`` (4), ``tipping_fallback`` (5), ``val_normalization`` (7),
-    ``noisy_groups`` (10), ``otsu_criterion`` (11).
+    ``noisy_groups`` (10), ``otsu_criterion`` (11). ``student_sees_label`` is an ablation, not a quirk:
+    True turns the blind student into a plain distilled one.
     """
 
     # model and optimisation
@@ -60,6 +61,8 @@ class BKDConfig:
     loss_reduction: Literal["official", "mean"] = "official"
     score_views: Literal["augmented", "clean"] = "augmented"
     val_normalization: Literal["own", "cifar10"] = "own"
+    # an ablation, not BKD: the student also sees the teacher's logit of the given label (plain distillation)
+    student_sees_label: bool = False
     # evaluation
     val_every: int = 10
     test_every: int = 10
@@ -276,7 +279,7 @@ _HINTS = typing.get_type_hints(BKDConfig)
 NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", "deterministic", "checkpoint_every",
                      "checkpoint_seconds", "deadline_s", "eval_batch_size", "profile")
 #: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
-LATER_FIELDS: tuple[str, ...] = ("features", "drop_last", "stop_after_detection")
+LATER_FIELDS: tuple[str, ...] = ("features", "drop_last", "stop_after_detection", "student_sees_label")
 
 #: Fields removed after runs were recorded, with the value every recorded run has: a stored configuration
 #: may still hold them (:meth:`BKDConfig.from_dict` drops them), and fingerprints hash them as they were.
@@ -295,7 +298,7 @@ def without_retired(config: dict[str, Any]) -> dict[str, Any]:
 #: Fields only BKD uses: the other methods ignore them, and they stay out of those methods' fingerprints.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion",
                              "noisy_groups", "detach_teacher", "detach_robust_target", "loss_reduction",
-                             "score_views", "stop_after_detection"})
+                             "score_views", "stop_after_detection", "student_sees_label"})
 
 def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
     """The fingerprint ``method`` gives a configuration stored as a dict (a run's ``config.json``): the

@@ -144,7 +144,7 @@ def _train_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.O
     """One phase-1 SGD step on the batch ``x`` [B, D], ``y`` [B] (the trainer's step, in fp32, without
     its autocast and gradient scaler)."""
     out = bkd_step(teacher(x), student(x), y, detach_teacher=config.detach_teacher,
-                   reduction=config.loss_reduction)
+                   reduction=config.loss_reduction, student_sees_label=config.student_sees_label)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()

@@ -766,7 +766,8 @@ class BKDTrainer(Trainer):
                 z_t, z_s = nets["teacher"](x), nets["student"](x)
             out = bkd_step(z_t.float(), z_s.float(), self.train_labels[pos],
                            alpha=None if self.alpha is None else self.alpha[pos], detach_teacher=cfg.detach_teacher,
-                           reduction=cfg.loss_reduction, detach_robust_target=cfg.detach_robust_target)
+                           reduction=cfg.loss_reduction, detach_robust_target=cfg.detach_robust_target,
+                           student_sees_label=cfg.student_sees_label)
         self.watch(teacher=z_t, student=z_s, loss=out.loss)
         if step:
             self.optimizer_step(out.loss)

@@ -177,7 +177,7 @@ def test_fingerprint_ignores_device_and_speed_switches():
     {"val_ratio": 0.0}, {"alphas": (0.3, 0.45, 0.55, 0.71)}, {"noisy_groups": (3, 4)}, {"otsu_criterion": "classic"},
     {"detach_teacher": True}, {"detach_robust_target": True}, {"loss_reduction": "mean"}, {"score_views": "clean"},
     {"augment": False}, {"model": "small_cnn"}, {"lr_step": None}, {"tipping_fallback": 10}, {"otsu_bins": 500},
-    {"momentum": 0.0}, {"weight_decay": 0.0}, {"drop_last": True},
+    {"momentum": 0.0}, {"weight_decay": 0.0}, {"drop_last": True}, {"student_sees_label": True},
 ], ids=lambda c: ",".join(c))
 def test_fingerprint_changes_with_result_changing_settings(change):
     assert BKDConfig().replace(**change).fingerprint() != BKDConfig().fingerprint()
@@ -241,7 +241,7 @@ def test_only_the_fields_a_method_uses_enter_its_fingerprint():
 
     base = FEATURES
     for change in ({"otsu_criterion": "classic"}, {"alphas": (0.1, 0.2, 0.3, 0.4)}, {"tipping_fallback": 3},
-                   {"detach_robust_target": True}, {"noisy_groups": (3, 4)}):
+                   {"detach_robust_target": True}, {"noisy_groups": (3, 4)}, {"student_sees_label": True}):
         assert set(change) <= BKD_ONLY_FIELDS
         assert base.replace(**change).fingerprint() != base.fingerprint(), change  # BKD: another run
         for method in ("ce", "cleanlab", "knn"):  # the baselines: the same run, not retrained
