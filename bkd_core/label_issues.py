@@ -27,7 +27,7 @@ from .augment import ordered_batches, shuffled_batches
 from .config import FEATURES, BKDConfig, resolve
 from .errors import DivergedError
 from .method import BKDStep, agreement_probability, bkd_step, detect, tipping_point
-from .train import build_networks, build_optimizer
+from .models import build_networks, build_optimizer
 from .validation import check_features_and_labels, check_int
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]

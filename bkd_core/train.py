@@ -56,7 +56,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import agreement_probability, bkd_step, detect, group_alpha, tipping_point
 from .metrics import detection_metrics, detector_summary, epoch_curves, run_header
-from .models import WhitenedCNN, build_model
+from .models import build_networks, build_optimizer
 from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
 
 
@@ -231,40 +231,6 @@ def set_determinism(config: BKDConfig, device: torch.device) -> None:
 #: training images the whitening filters of a ``whitened_cnn`` are computed from (the first ones of the run's
 #: training rows; label-free)
 WHITENING_IMAGES = 5000
-
-
-def build_networks(config: BKDConfig, names: tuple[str, ...], num_classes: int, device: torch.device, *,
-                   in_features: int | None = None,
-                   whitening_images: torch.Tensor | None = None) -> dict[str, nn.Module]:
-    """The run's networks, one ``config.model`` per name, initialised in order after seeding torch with
-    ``config.seed`` (so a run's initial weights depend on its seed alone); ``in_features``: the feature
-    dimension of an MLP; ``whitening_images``: normalized training images [N, 3, H, W] that set a
-    ``whitened_cnn``'s whitening filters (required for that model)."""
-    torch.manual_seed(config.seed)
-    networks: dict[str, nn.Module] = {}
-    for name in names:
-        net = build_model(config.model, num_classes, config.model_widths, in_features=in_features).to(device)
-        if isinstance(net, WhitenedCNN):
-            if whitening_images is None:
-                raise ValueError("build_networks: a whitened_cnn needs whitening_images (normalized training images)")
-            net.init_whitening(whitening_images)
-        if config.channels_last and config.features is None:
-            net = net.to(memory_format=torch.channels_last)
-        networks[name] = net
-    return networks
-
-
-def build_optimizer(config: BKDConfig, networks: Iterable[nn.Module],
-                    device: torch.device) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR]:
-    """One SGD over all ``networks`` (as the official code: teacher and student share it) and its step
-    schedule (a constant rate when ``config.lr_step`` is None)."""
-    params = [p for net in networks for p in net.parameters()]
-    # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                                fused=True if device.type == "cuda" else None)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9,
-                                                gamma=config.lr_gamma if config.lr_step else 1.0)
-    return optimizer, scheduler
 
 
 @dataclass
