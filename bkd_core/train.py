@@ -293,7 +293,8 @@ class Trainer:
         self.last_checkpoint_time = time.monotonic()
         self.elapsed = 0.0
         self.started = self.epoch_started = time.perf_counter()  # config.deadline_s counts from here
-        self._stop: tuple[int, str | None] = (-1, None)  # (epochs started, why training ends after the last)
+        # why training ends after the last epoch started (None: it goes on), set by decide_stop once per epoch
+        self.stop_reason: str | None = None
 
     # -- the epoch loop -------------------------------------------------------------------------
     def train_epoch(self, rows: int | None = None) -> EpochOutput:
@@ -350,24 +351,19 @@ class Trainer:
         """Is the run's detection final (BKD: tipping point found, groups set)? Never for a method without one."""
         return False
 
-    def stops_early(self) -> bool:
-        """Does training end after the current epoch (checked once its :meth:`after_epoch` ran)?
-        :meth:`stop_reason` says why."""
-        return self.stop_reason() is not None
+    def decide_stop(self) -> str | None:
+        """Decide, and keep in :attr:`stop_reason`, why training ends after the epoch in progress (or, between
+        epochs, the last one): ``"detection"`` (``stop_after_detection`` and :meth:`detection_final`),
+        ``"epochs"`` (it is the last of ``config.epochs``), ``"deadline"`` (one more epoch, as long as the
+        longest of the last three, would end more than ``config.deadline_s`` seconds after this trainer
+        started), or None: training goes on. Called once per epoch, after its :meth:`after_epoch`, and once
+        before the first epoch of a run (fresh or resumed)."""
+        self.stop_reason = self._why_stop()
+        return self.stop_reason
 
-    def stop_reason(self) -> str | None:
-        """Why training ends after the epoch in progress (or, between epochs, the last one), decided once per
-        epoch when first asked after its :meth:`after_epoch`: ``"detection"`` (``stop_after_detection`` and
-        :meth:`detection_final`), ``"epochs"`` (it is the last of ``config.epochs``), ``"deadline"`` (one more
-        epoch, as long as the longest of the last three, would end more than ``config.deadline_s`` seconds
-        after this trainer started), or None: training goes on."""
-        started = len(self.history.get("lr", []))  # epochs started (lr is recorded first in each)
-        if self._stop[0] != started:
-            self._stop = (started, self._decide_stop(started))
-        return self._stop[1]
-
-    def _decide_stop(self, started: int) -> str | None:
+    def _why_stop(self) -> str | None:
         cfg = self.config
+        started = len(self.history.get("lr", []))  # epochs started (lr is recorded first in each)
         if started == 0:
             return None
         if cfg.stop_after_detection and self.detection_final():
@@ -539,7 +535,7 @@ class Trainer:
         """After an epoch: is a checkpoint due (every ``checkpoint_every`` epochs, after
         ``checkpoint_seconds``, and at the end)?"""
         cfg = self.config
-        return (self.epoch >= cfg.epochs or self.stops_early() or self.epoch % cfg.checkpoint_every == 0
+        return (self.epoch >= cfg.epochs or self.stop_reason is not None or self.epoch % cfg.checkpoint_every == 0
                 or (cfg.checkpoint_seconds is not None
                     and time.monotonic() - self.last_checkpoint_time >= cfg.checkpoint_seconds))
 
@@ -576,7 +572,9 @@ class Trainer:
         identity = self.run_identity()
         with self.rundir.writing(identity, self.config.to_dict(), fingerprint=stored_fingerprint(self.kind)):
             resumed = self.try_resume()
-            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs or self.stops_early()):
+            self.decide_stop()
+            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs
+                                           or self.stop_reason is not None):
                 try:
                     return self.load_result()
                 except DamagedFileError:
@@ -595,7 +593,7 @@ class Trainer:
         desc = f"{self.kind} {self.prep.data.dataset}/{self.prep.data.split}"
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=desc, unit="epoch", disable=not self.progress,
                    dynamic_ncols=True)
-        while self.epoch < self.config.epochs and not self.stops_early():
+        while self.epoch < self.config.epochs and self.stop_reason is None:
             start = self.epoch_started = time.perf_counter()
             for net in self.networks.values():
                 net.train()
@@ -607,7 +605,7 @@ class Trainer:
                 self.record(key, float(value))
             self.check_finite(per_sample)
             per_sample.update(self.after_epoch(per_sample))
-            last = self.epoch == self.config.epochs - 1 or self.stops_early()
+            last = self.decide_stop() is not None  # the last of config.epochs included
             if self.epoch % self.config.val_every == 0 or last:
                 self.record("val_acc", self.evaluate(self.prep.images[self.val_rows] if len(self.val_rows)
                                                      else self.prep.images[self.train_rows],
@@ -665,7 +663,7 @@ class Trainer:
             "val_acc": self.history["val_acc"][-1],
             "best_val_acc": float(np.nanmax(self.history["val_acc"])),
             "wall_time_s": round(self.elapsed, 2),
-            "stopped_by": self.stop_reason() or "epochs",
+            "stopped_by": self.stop_reason or "epochs",
             "device": _device_name(self.device),
             "versions": _versions(),
             "command": " ".join(sys.argv),
