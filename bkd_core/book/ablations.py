@@ -162,12 +162,13 @@ def ablation_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["split", "column", "what", "mean", "std", "seeds", "verdict"])
 
 
-#: What :func:`blindness_runs` reads of each BKD run: column -> (key in the run's metrics, scale, description).
-BLINDNESS_MEASURES: dict[str, tuple[str, float, str]] = {
-    "g4_f1": ("detection_f1", 100.0, "detection F1 of the G4 mask (%)"),
-    "noise_estimate": ("estimated_noise_rate", 100.0, "estimated noise (%)"),
-    "tipping_epoch": ("tipping_epoch", 1.0, "tipping epoch (from 0)"),
-    "test_acc": ("test_acc", 1.0, "test accuracy, last epoch (%)"),
+#: What :func:`blindness_runs` reads of each BKD run: column -> (key in the run's metrics, scale, shift,
+#: description); the column holds ``scale * value + shift``.
+BLINDNESS_MEASURES: dict[str, tuple[str, float, float, str]] = {
+    "g4_f1": ("detection_f1", 100.0, 0.0, "detection F1 of the G4 mask (%)"),
+    "noise_estimate": ("estimated_noise_rate", 100.0, 0.0, "estimated noise (%)"),
+    "tipping_epoch": ("tipping_epoch", 1.0, 1.0, "tipping epoch (from 1)"),
+    "test_acc": ("test_acc", 1.0, 0.0, "test accuracy, last epoch (%)"),
 }
 
 
@@ -192,8 +193,8 @@ def blindness_runs(batch: BatchFolder | str | os.PathLike,
     -------
     pd.DataFrame
         columns ``split``, ``seed``, ``true_noise`` (%), ``flag_all_f1`` (%, the F1 of flagging every image) and,
-        for each measure ``m``, ``m`` (blind) and ``m_sees`` (sees the label); NaN where a run lacks a value (F1
-        on a split without a wrong label, a tipping epoch never found).
+        for each measure ``m``, ``m`` (blind) and ``m_sees`` (sees the label); NaN where a run lacks a value (a
+        tipping epoch never found), and the F1 on a split without a wrong label (``true_noise`` 0).
     """
     import pandas as pd
 
@@ -207,8 +208,11 @@ def blindness_runs(batch: BatchFolder | str | os.PathLike,
         a, b = blind[split, seed], seeing[split, seed]
         row = {"split": split, "seed": seed, "true_noise": 100.0 * _number(a.get("true_noise_rate")),
                "flag_all_f1": 100.0 * _number(a.get("flag_all_f1"))}
-        for column, (key, scale, _) in BLINDNESS_MEASURES.items():
-            row[column], row[f"{column}_sees"] = scale * _number(a.get(key)), scale * _number(b.get(key))
+        for column, (key, scale, shift, _) in BLINDNESS_MEASURES.items():
+            row[column], row[f"{column}_sees"] = (scale * _number(a.get(key)) + shift,
+                                                  scale * _number(b.get(key)) + shift)
+        if not row["true_noise"] > 0:  # a split without a wrong label: nothing to detect, no F1
+            row["g4_f1"] = row["g4_f1_sees"] = np.nan
         rows.append(row)
     columns = ["split", "seed", "true_noise", "flag_all_f1",
                *(c for m in BLINDNESS_MEASURES for c in (m, f"{m}_sees"))]
@@ -238,7 +242,7 @@ def blindness_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
     rows = []
     for split in ordered_splits(runs["split"]) if len(runs) else []:
         of_split = runs[runs["split"] == split].sort_values("seed")
-        for measure, (_, _, what) in BLINDNESS_MEASURES.items():
+        for measure, (*_, what) in BLINDNESS_MEASURES.items():
             pairs = of_split[[measure, f"{measure}_sees"]].astype(float).dropna()
             a, b = pairs[measure].to_numpy(), pairs[f"{measure}_sees"].to_numpy()
             rows.append({"split": split, "measure": measure, "what": what,
