@@ -1,4 +1,4 @@
-"""Hyperparameters of a BKD or cross-entropy run, and the named profiles ``paper`` and ``cpu``."""
+"""Hyperparameters of a BKD or cross-entropy run, and the named profiles ``paper``, ``cnn`` and ``features``."""
 
 from __future__ import annotations
 
@@ -312,29 +312,6 @@ def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
 #: training, at the price of a departure from the official code: appendix, chapter 8).
 PAPER = BKDConfig(profile="paper", eval_batch_size=1000)
 
-#: A CPU profile: one CIFAR-10N split in about 10 minutes on 2 cores (``docs/profiles.md`` explains the choices):
-#: a narrow small CNN (16/32/64) on a 5,000-image subset, no augmentation and a constant learning
-#: rate, batch 32 (141 steps per epoch), 24 epochs. Two departures from the official code, both
-#: switchable: the robust target is detached (quirk 2) and, when the student's confidence plateaus
-#: without a strict peak, the tipping point falls back to epoch index 16 once 18 epochs have passed
-#: without one (quirk 5; the official variant's rule is epoch 8 after 10).
-CPU = BKDConfig(
-    profile="cpu",
-    model="small_cnn",
-    model_widths=(16, 32, 64),
-    epochs=24,
-    batch_size=32,
-    train_size=5000,
-    test_size=1000,
-    augment=False,
-    lr_step=None,
-    tipping_fallback=16,
-    detach_robust_target=True,
-    val_every=1,
-    test_every=1,
-    eval_batch_size=128,  # the small CNN scores 5,000 images in less than half the time of 512 (benchmarks/README.md)
-)
-
 #: Full scale on a CPU: all 50,000 training images (10% noisy validation, as the official code) as label-free
 #: feature vectors (``bkd_core.features``, computed once and cached), two MLPs with one hidden layer of 1,024
 #: units, the official optimiser and batch size, 30 epochs at a constant learning rate (long enough for the
@@ -374,7 +351,13 @@ CNN = BKDConfig(
     eval_batch_size=500,
 )
 
-PROFILES: dict[str, BKDConfig] = {"paper": PAPER, "cnn": CNN, "cpu": CPU, "features": FEATURES}
+PROFILES: dict[str, BKDConfig] = {"paper": PAPER, "cnn": CNN, "features": FEATURES}
+
+#: Profiles no longer offered: name -> what replaced it (a run recorded with one is still read, not retrained).
+RETIRED_PROFILES: dict[str, str] = {
+    "cpu": "the small CNN on a 5,000-image subset was retired: train on all 50,000 images with features (CPU "
+           "minutes) or cnn (pixels: CPU hours, GPU minutes)",
+}
 
 
 def get_profile(name: str, **overrides: Any) -> BKDConfig:
@@ -403,6 +386,8 @@ def resolve(profile: str, overrides: Mapping[str, Any] | Iterable[str] | None = 
     ValueError
         An unknown profile or field, or a value of the wrong type (one sentence naming it).
     """
+    if profile in RETIRED_PROFILES:
+        raise ValueError(f"profile {profile!r}: {RETIRED_PROFILES[profile]}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if overrides is None:

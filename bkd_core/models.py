@@ -83,7 +83,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    """A small, fast CNN for CPU profiles.
+    """A small, fast CNN for quick runs on a CPU.
 
     Four conv3x3-BN-ReLU layers: ``widths[0]`` at 32x32, then ``widths[1]``, ``widths[2]`` and
     ``widths[2]`` again, the last three each followed by 2x2 max pooling (to 16, 8 and 4 pixels),
