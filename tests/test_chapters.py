@@ -337,12 +337,12 @@ def executed(tmp_path_factory):
 
 
 def _results_parameters(folder: Path) -> dict:
-    """The results chapter reads the committed batches when they and the real data are here (the cpu batch
-    twice when the features batch is not committed); otherwise a two-seed batch of tiny runs on the synthetic
+    """The results chapter reads the committed batches when they and the real data are here (the features batch
+    twice now that the cpu batch is retired); otherwise a two-seed batch of tiny runs on the synthetic
     stand-in, made here in process, as both batches."""
-    if REAL_DATA and (COMMITTED_CPU_BATCH / "summary.json").is_file():
-        first = COMMITTED_BATCH if (COMMITTED_BATCH / "summary.json").is_file() else COMMITTED_CPU_BATCH
-        return {"results_dir": str(first), "cpu_results_dir": str(COMMITTED_CPU_BATCH)}
+    if REAL_DATA and (COMMITTED_BATCH / "summary.json").is_file():
+        second = COMMITTED_CPU_BATCH if (COMMITTED_CPU_BATCH / "summary.json").is_file() else COMMITTED_BATCH
+        return {"results_dir": str(COMMITTED_BATCH), "cpu_results_dir": str(second)}
     from bkd_core import book
     from bkd_core.batch import runner as reproduce
 
