@@ -34,7 +34,7 @@ and bkd_core in fp32, i.e. what precision adds. A pass is a full epoch of the ``
 Also reported: model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``)
 turned into achieved FLOP/s, against the measured matmul peak of the device the passes ran on (on
 CUDA in the pass's precision, an 8192^3 product); the peak RSS of a
-``cpu``-profile run (own subprocess); with ``--profile`` a torch.profiler table and a per-phase
+run of :data:`SMALL_CNN` (own subprocess); with ``--profile`` a torch.profiler table and a per-phase
 wall-time breakdown of one bkd_core epoch (``train_epoch`` itself, its calls wrapped with timers).
 ``tests/test_bench_epoch.py`` runs one tiny repeat of all of it except the matmul peak and the RSS run.
 
@@ -72,6 +72,11 @@ from official_pipeline import OfficialPipeline, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = "@@RESULT "
+#: A small CNN on a 5,000-image subset: the settings of the retired ``cpu`` profile, which the small_cnn rows and
+#: the peak-RSS run of the measured logs (benchmarks/README.md) used; applied over the ``cnn`` profile.
+SMALL_CNN: dict[str, Any] = dict(model="small_cnn", model_widths=(16, 32, 64), epochs=24, batch_size=32,
+                                 train_size=5000, test_size=1000, augment=False, lr_step=None, tipping_fallback=16,
+                                 detach_robust_target=True, eval_batch_size=128)
 #: the caller's own OMP_WAIT_POLICY, read before anything imports ``bkd_core`` (which sets a default
 #: in this process's environment): workers start from it, so the official pipeline runs as it would
 #: outside this benchmark, and a variant's ``env`` is what changes it
@@ -139,7 +144,7 @@ class BKDCorePipeline:
         data = NoisyCIFAR(train_images=images, train_labels=labels, clean_labels=clean,
                           test_images=images[:64], test_labels=labels[:64], num_classes=10, dataset="cifar10",
                           split="worst")
-        cfg = resolve("cpu", dict(model=model, model_widths=widths, batch_size=batch_size, train_size=None,
+        cfg = resolve("cnn", dict(SMALL_CNN, model=model, model_widths=widths, batch_size=batch_size, train_size=None,
                                   val_ratio=0.0, test_size=None, augment=True, seed=seed, device=device))
         if os.environ.get("BENCH_PRECISION"):
             cfg = cfg.replace(precision=os.environ["BENCH_PRECISION"])
@@ -431,7 +436,7 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 4) -> dict[int, floa
 
 
 def rss_child(epochs: int) -> None:
-    """Run a ``cpu``-profile BKD training (``epochs`` epochs) and print the peak RSS as one JSON line."""
+    """Run a :data:`SMALL_CNN` BKD training (``epochs`` epochs) and print the peak RSS as one JSON line."""
     import resource
 
     sys.path.insert(0, str(ROOT))
@@ -455,7 +460,7 @@ def rss_child(epochs: int) -> None:
     after_data = _status_kib("VmRSS")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        train_bkd(data, resolve("cpu", {"epochs": epochs}), tmp, progress=False)
+        train_bkd(data, resolve("cnn", {**SMALL_CNN, "epochs": epochs}), tmp, progress=False)
     print(json.dumps({"vmhwm_kib": _status_kib("VmHWM"),
                       "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "rss_after_imports_kib": after_imports, "rss_after_data_kib": after_data,
@@ -506,8 +511,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("small_cnn", "whitened_cnn", "preresnet18"), default="small_cnn")
     parser.add_argument("--widths", type=int, nargs=3, default=(32, 64, 128), help="small_cnn / whitened_cnn widths")
     parser.add_argument("--images", type=int, default=None,
-                        help="images per timed pass (default: the cpu profile's train_size, i.e. one epoch of its "
-                             "subset, for small_cnn; --batches x --batch-size for preresnet18)")
+                        help="images per timed pass (default: 5,000, one epoch of the small CNN's subset, for "
+                             "small_cnn; --batches x --batch-size for preresnet18)")
     parser.add_argument("--batches", type=int, default=10, help="preresnet18: timed batches per pass")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up batches per pipeline")
     parser.add_argument("--repeats", type=int, default=None,
@@ -546,11 +551,8 @@ def main() -> None:
     repeats = args.repeats if args.repeats is not None else (3 if args.model == "small_cnn" else 2)
     if args.images is None and on_cuda:  # a full epoch of the paper profile's training rows
         args.images = 45_000
-    if args.images is None and args.model == "small_cnn":  # one epoch of the cpu profile's subset
-        sys.path.insert(0, str(ROOT))
-        from bkd_core.config import resolve
-
-        args.images = resolve("cpu").train_size
+    if args.images is None and args.model == "small_cnn":  # one epoch of the small CNN's subset
+        args.images = SMALL_CNN["train_size"]
     n_images = args.images or args.batches * args.batch_size
     warm = min(args.warmup * args.batch_size, n_images)
     variants = [("official", "official", {}), ("bkd_core", "bkd_core", {})]

@@ -1,4 +1,4 @@
-"""Hyperparameters of a BKD or cross-entropy run, and the named profiles ``paper`` and ``cpu``."""
+"""Hyperparameters of a BKD or cross-entropy run, and the named profiles ``paper``, ``cnn`` and ``features``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ class BKDConfig:
     Switches for the official code's quirks (numbered as in the book's chapter 08) that are cheap to switch:
     ``detach_teacher`` (quirk 1), ``detach_robust_target`` (2), ``loss_reduction`` (3),
     ``score_views`` (4), ``tipping_fallback`` (5), ``val_normalization`` (7),
-    ``noisy_groups`` (10), ``otsu_criterion`` (11).
+    ``noisy_groups`` (10), ``otsu_criterion`` (11). ``student_sees_label`` is an ablation, not a quirk:
+    True turns the blind student into a plain distilled one.
     """
 
     # model and optimisation
@@ -60,6 +61,8 @@ class BKDConfig:
     loss_reduction: Literal["official", "mean"] = "official"
     score_views: Literal["augmented", "clean"] = "augmented"
     val_normalization: Literal["own", "cifar10"] = "own"
+    # an ablation, not BKD: the student also sees the teacher's logit of the given label (plain distillation)
+    student_sees_label: bool = False
     # evaluation
     val_every: int = 10
     test_every: int = 10
@@ -276,7 +279,7 @@ _HINTS = typing.get_type_hints(BKDConfig)
 NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", "deterministic", "checkpoint_every",
                      "checkpoint_seconds", "deadline_s", "eval_batch_size", "profile")
 #: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
-LATER_FIELDS: tuple[str, ...] = ("features", "drop_last", "stop_after_detection")
+LATER_FIELDS: tuple[str, ...] = ("features", "drop_last", "stop_after_detection", "student_sees_label")
 
 #: Fields removed after runs were recorded, with the value every recorded run has: a stored configuration
 #: may still hold them (:meth:`BKDConfig.from_dict` drops them), and fingerprints hash them as they were.
@@ -295,7 +298,7 @@ def without_retired(config: dict[str, Any]) -> dict[str, Any]:
 #: Fields only BKD uses: the other methods ignore them, and they stay out of those methods' fingerprints.
 BKD_ONLY_FIELDS = frozenset({"alphas", "tipping_window", "tipping_fallback", "otsu_bins", "otsu_criterion",
                              "noisy_groups", "detach_teacher", "detach_robust_target", "loss_reduction",
-                             "score_views", "stop_after_detection"})
+                             "score_views", "stop_after_detection", "student_sees_label"})
 
 def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
     """The fingerprint ``method`` gives a configuration stored as a dict (a run's ``config.json``): the
@@ -308,29 +311,6 @@ def stored_fingerprint(method: str) -> Callable[[dict[str, Any]], str]:
 #: test images, so a compiled network sees one evaluation shape (``drop_last=True`` does the same for
 #: training, at the price of a departure from the official code: appendix, chapter 8).
 PAPER = BKDConfig(profile="paper", eval_batch_size=1000)
-
-#: A CPU profile: one CIFAR-10N split in about 10 minutes on 2 cores (``docs/profiles.md`` explains the choices):
-#: a narrow small CNN (16/32/64) on a 5,000-image subset, no augmentation and a constant learning
-#: rate, batch 32 (141 steps per epoch), 24 epochs. Two departures from the official code, both
-#: switchable: the robust target is detached (quirk 2) and, when the student's confidence plateaus
-#: without a strict peak, the tipping point falls back to epoch index 16 once 18 epochs have passed
-#: without one (quirk 5; the official variant's rule is epoch 8 after 10).
-CPU = BKDConfig(
-    profile="cpu",
-    model="small_cnn",
-    model_widths=(16, 32, 64),
-    epochs=24,
-    batch_size=32,
-    train_size=5000,
-    test_size=1000,
-    augment=False,
-    lr_step=None,
-    tipping_fallback=16,
-    detach_robust_target=True,
-    val_every=1,
-    test_every=1,
-    eval_batch_size=128,  # the small CNN scores 5,000 images in less than half the time of 512 (benchmarks/README.md)
-)
 
 #: Full scale on a CPU: all 50,000 training images (10% noisy validation, as the official code) as label-free
 #: feature vectors (``bkd_core.features``, computed once and cached), two MLPs with one hidden layer of 1,024
@@ -371,7 +351,13 @@ CNN = BKDConfig(
     eval_batch_size=500,
 )
 
-PROFILES: dict[str, BKDConfig] = {"paper": PAPER, "cnn": CNN, "cpu": CPU, "features": FEATURES}
+PROFILES: dict[str, BKDConfig] = {"paper": PAPER, "cnn": CNN, "features": FEATURES}
+
+#: Profiles no longer offered: name -> what replaced it (a run recorded with one is still read, not retrained).
+RETIRED_PROFILES: dict[str, str] = {
+    "cpu": "the small CNN on a 5,000-image subset was retired: train on all 50,000 images with features (CPU "
+           "minutes) or cnn (pixels: CPU hours, GPU minutes)",
+}
 
 
 def get_profile(name: str, **overrides: Any) -> BKDConfig:
@@ -400,6 +386,8 @@ def resolve(profile: str, overrides: Mapping[str, Any] | Iterable[str] | None = 
     ValueError
         An unknown profile or field, or a value of the wrong type (one sentence naming it).
     """
+    if profile in RETIRED_PROFILES:
+        raise ValueError(f"profile {profile!r}: {RETIRED_PROFILES[profile]}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if overrides is None:

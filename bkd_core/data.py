@@ -24,6 +24,7 @@ raise a plain ``ValueError`` that lists the valid choices.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -412,18 +413,20 @@ def _read_label_file(path: Path, ds: str | None, *, where: str, fix: str) -> dic
 
 def _read_npz(path: Path, dataset: str) -> dict[str, np.ndarray]:
     fix = _refetch_hint(dataset, path.parent)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise DataError(
-            f"image file {path} cannot be opened as .npz ({type(e).__name__}: {e}); "
-            f"it is truncated or corrupt. {fix}"
-        ) from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(
-            f"image file {path} is a single .npy array, expected an .npz with keys {list(NPZ_KEYS)}. {fix}"
-        )
-    with npz:
+    with contextlib.ExitStack() as opened:
+        try:
+            # opened here: numpy leaves its own handle open when the zip is bad
+            npz = np.load(opened.enter_context(open(path, "rb")), allow_pickle=False)
+        except Exception as e:
+            raise DataError(
+                f"image file {path} cannot be opened as .npz ({type(e).__name__}: {e}); "
+                f"it is truncated or corrupt. {fix}"
+            ) from e
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"image file {path} is a single .npy array, expected an .npz with keys {list(NPZ_KEYS)}. {fix}"
+            )
+        opened.enter_context(npz)
         missing = [k for k in NPZ_KEYS if k not in npz.files]
         if missing:
             raise DataError(

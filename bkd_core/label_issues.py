@@ -27,7 +27,7 @@ from .augment import ordered_batches, shuffled_batches
 from .config import FEATURES, BKDConfig, resolve
 from .errors import DivergedError
 from .method import BKDStep, agreement_probability, bkd_step, detect, tipping_point
-from .train import build_networks, build_optimizer
+from .models import build_networks, build_optimizer
 from .validation import check_features_and_labels, check_int
 
 __all__ = ["BKDLabelIssues", "find_label_issues"]
@@ -144,7 +144,7 @@ def _train_step(teacher: nn.Module, student: nn.Module, optimizer: torch.optim.O
     """One phase-1 SGD step on the batch ``x`` [B, D], ``y`` [B] (the trainer's step, in fp32, without
     its autocast and gradient scaler)."""
     out = bkd_step(teacher(x), student(x), y, detach_teacher=config.detach_teacher,
-                   reduction=config.loss_reduction)
+                   reduction=config.loss_reduction, student_sees_label=config.student_sees_label)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()

@@ -101,6 +101,7 @@ def blind_distillation_loss(
     *,
     detach_teacher: bool = False,
     reduction: str = "official",
+    blind: bool = True,
 ) -> Tensor:
     """Blind ("compensation") distillation loss: squared logit differences except at the label.
 
@@ -111,6 +112,8 @@ def blind_distillation_loss(
 
     The label entry is masked out of the sum, so the gradient with respect to both networks'
     label logits is exactly zero: the student never sees the given label through this loss.
+    With ``blind=False`` (plain distillation, an ablation) the label entry enters the sum too: the
+    denominator stays ``B*C - 1`` for ``"official"`` and becomes ``B*C`` for ``"mean"``.
 
     Parameters
     ----------
@@ -126,6 +129,9 @@ def blind_distillation_loss(
         chapter 08, section 1).
     reduction : str
         ``"official"`` or ``"mean"``.
+    blind : bool
+        True (BKD): the given label's logit is left out. False: the student is matched to every
+        logit of the teacher, the given label's included.
 
     Returns
     -------
@@ -147,12 +153,12 @@ def blind_distillation_loss(
     if detach_teacher:
         teacher_logits = teacher_logits.detach()
     squared = (teacher_logits - student_logits).pow(2)
-    # masked_fill has an exactly-zero gradient at the filled (label) positions
-    squared = squared.masked_fill(_label_mask(labels, squared), 0.0)
+    if blind:  # masked_fill has an exactly-zero gradient at the filled (label) positions
+        squared = squared.masked_fill(_label_mask(labels, squared), 0.0)
     if reduction == "official":
         denominator = batch * num_classes - 1
     else:
-        denominator = batch * (num_classes - 1)
+        denominator = batch * (num_classes - 1) if blind else batch * num_classes
     return squared.sum() / max(denominator, 1)
 
 
@@ -298,6 +304,7 @@ def bkd_step(
     detach_teacher: bool = False,
     reduction: str = "official",
     detach_robust_target: bool = False,
+    student_sees_label: bool = False,
 ) -> BKDStep:
     """BKD's losses and per-sample statistics for one batch (the training step without the SGD update).
 
@@ -324,6 +331,9 @@ def bkd_step(
         see :func:`blind_distillation_loss` (official ``"official"``).
     detach_robust_target : bool
         see :func:`robust_targets`' ``detach_student`` (official False).
+    student_sees_label : bool
+        False (BKD): the blind student. True: plain distillation, the compensation loss also matches the
+        given label's logit (``blind=False`` in :func:`blind_distillation_loss`); an ablation.
 
     Returns
     -------
@@ -331,7 +341,7 @@ def bkd_step(
         :class:`BKDStep`.
     """
     compensation = blind_distillation_loss(teacher_logits, student_logits, labels, detach_teacher=detach_teacher,
-                                           reduction=reduction)
+                                           reduction=reduction, blind=not student_sees_label)
     probs_s = student_logits.softmax(1)
     if alpha is None:
         ce = F.cross_entropy(teacher_logits, labels)

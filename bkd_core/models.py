@@ -1,14 +1,18 @@
 """Networks: the official code's hybrid "PreResNet18", an airbench-class CNN with a patch-whitening first layer
 (the ``cnn`` profile: all 50,000 images' pixels on a CPU), a small fast CNN, and an MLP over precomputed feature
-vectors (``bkd_core.features``)."""
+vectors (``bkd_core.features``); and a run's networks and optimizer built from its configuration
+(:func:`build_networks`, :func:`build_optimizer`), shared by the trainer and :func:`bkd_core.find_label_issues`."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # no import of the package at run time: the benchmarks load this file on its own
+    from .config import BKDConfig
 
 
 def fp32_head(linear: nn.Linear, features: torch.Tensor) -> torch.Tensor:
@@ -79,7 +83,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    """A small, fast CNN for CPU profiles.
+    """A small, fast CNN for quick runs on a CPU.
 
     Four conv3x3-BN-ReLU layers: ``widths[0]`` at 32x32, then ``widths[1]``, ``widths[2]`` and
     ``widths[2]`` again, the last three each followed by 2x2 max pooling (to 16, 8 and 4 pixels),
@@ -260,3 +264,37 @@ def build_model(name: str, num_classes: int, widths: Sequence[int] = (32, 64, 12
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_networks(config: BKDConfig, names: tuple[str, ...], num_classes: int, device: torch.device, *,
+                   in_features: int | None = None,
+                   whitening_images: torch.Tensor | None = None) -> dict[str, nn.Module]:
+    """The run's networks, one ``config.model`` per name, initialised in order after seeding torch with
+    ``config.seed`` (so a run's initial weights depend on its seed alone); ``in_features``: the feature
+    dimension of an MLP; ``whitening_images``: normalized training images [N, 3, H, W] that set a
+    ``whitened_cnn``'s whitening filters (required for that model)."""
+    torch.manual_seed(config.seed)
+    networks: dict[str, nn.Module] = {}
+    for name in names:
+        net = build_model(config.model, num_classes, config.model_widths, in_features=in_features).to(device)
+        if isinstance(net, WhitenedCNN):
+            if whitening_images is None:
+                raise ValueError("build_networks: a whitened_cnn needs whitening_images (normalized training images)")
+            net.init_whitening(whitening_images)
+        if config.channels_last and config.features is None:
+            net = net.to(memory_format=torch.channels_last)
+        networks[name] = net
+    return networks
+
+
+def build_optimizer(config: BKDConfig, networks: Iterable[nn.Module],
+                    device: torch.device) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR]:
+    """One SGD over all ``networks`` (as the official code: teacher and student share it) and its step
+    schedule (a constant rate when ``config.lr_step`` is None)."""
+    params = [p for net in networks for p in net.parameters()]
+    # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                                fused=True if device.type == "cuda" else None)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9,
+                                                gamma=config.lr_gamma if config.lr_step else 1.0)
+    return optimizer, scheduler

@@ -56,7 +56,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ from .data import NoisyCIFAR, train_val_split
 from .errors import DamagedFileError, DivergedError
 from .method import agreement_probability, bkd_step, detect, group_alpha, tipping_point
 from .metrics import detection_metrics, detector_summary, epoch_curves, run_header
-from .models import WhitenedCNN, build_model
+from .models import build_networks, build_optimizer
 from .rundir import CHECKPOINT, RunDir  # noqa: F401  (CHECKPOINT: the file name, for callers)
 
 
@@ -233,40 +233,6 @@ def set_determinism(config: BKDConfig, device: torch.device) -> None:
 WHITENING_IMAGES = 5000
 
 
-def build_networks(config: BKDConfig, names: tuple[str, ...], num_classes: int, device: torch.device, *,
-                   in_features: int | None = None,
-                   whitening_images: torch.Tensor | None = None) -> dict[str, nn.Module]:
-    """The run's networks, one ``config.model`` per name, initialised in order after seeding torch with
-    ``config.seed`` (so a run's initial weights depend on its seed alone); ``in_features``: the feature
-    dimension of an MLP; ``whitening_images``: normalized training images [N, 3, H, W] that set a
-    ``whitened_cnn``'s whitening filters (required for that model)."""
-    torch.manual_seed(config.seed)
-    networks: dict[str, nn.Module] = {}
-    for name in names:
-        net = build_model(config.model, num_classes, config.model_widths, in_features=in_features).to(device)
-        if isinstance(net, WhitenedCNN):
-            if whitening_images is None:
-                raise ValueError("build_networks: a whitened_cnn needs whitening_images (normalized training images)")
-            net.init_whitening(whitening_images)
-        if config.channels_last and config.features is None:
-            net = net.to(memory_format=torch.channels_last)
-        networks[name] = net
-    return networks
-
-
-def build_optimizer(config: BKDConfig, networks: Iterable[nn.Module],
-                    device: torch.device) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR]:
-    """One SGD over all ``networks`` (as the official code: teacher and student share it) and its step
-    schedule (a constant rate when ``config.lr_step`` is None)."""
-    params = [p for net in networks for p in net.parameters()]
-    # fused SGD on CUDA: one kernel per step, and with the gradient scaler no host sync for its inf check
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                                fused=True if device.type == "cuda" else None)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step or 10**9,
-                                                gamma=config.lr_gamma if config.lr_step else 1.0)
-    return optimizer, scheduler
-
-
 @dataclass
 class EpochOutput:
     """What :meth:`Trainer.train_epoch` returns: per-sample values of the training pass ({key: float
@@ -327,7 +293,8 @@ class Trainer:
         self.last_checkpoint_time = time.monotonic()
         self.elapsed = 0.0
         self.started = self.epoch_started = time.perf_counter()  # config.deadline_s counts from here
-        self._stop: tuple[int, str | None] = (-1, None)  # (epochs started, why training ends after the last)
+        # why training ends after the last epoch started (None: it goes on), set by decide_stop once per epoch
+        self.stop_reason: str | None = None
 
     # -- the epoch loop -------------------------------------------------------------------------
     def train_epoch(self, rows: int | None = None) -> EpochOutput:
@@ -384,24 +351,19 @@ class Trainer:
         """Is the run's detection final (BKD: tipping point found, groups set)? Never for a method without one."""
         return False
 
-    def stops_early(self) -> bool:
-        """Does training end after the current epoch (checked once its :meth:`after_epoch` ran)?
-        :meth:`stop_reason` says why."""
-        return self.stop_reason() is not None
+    def decide_stop(self) -> str | None:
+        """Decide, and keep in :attr:`stop_reason`, why training ends after the epoch in progress (or, between
+        epochs, the last one): ``"detection"`` (``stop_after_detection`` and :meth:`detection_final`),
+        ``"epochs"`` (it is the last of ``config.epochs``), ``"deadline"`` (one more epoch, as long as the
+        longest of the last three, would end more than ``config.deadline_s`` seconds after this trainer
+        started), or None: training goes on. Called once per epoch, after its :meth:`after_epoch`, and once
+        before the first epoch of a run (fresh or resumed)."""
+        self.stop_reason = self._why_stop()
+        return self.stop_reason
 
-    def stop_reason(self) -> str | None:
-        """Why training ends after the epoch in progress (or, between epochs, the last one), decided once per
-        epoch when first asked after its :meth:`after_epoch`: ``"detection"`` (``stop_after_detection`` and
-        :meth:`detection_final`), ``"epochs"`` (it is the last of ``config.epochs``), ``"deadline"`` (one more
-        epoch, as long as the longest of the last three, would end more than ``config.deadline_s`` seconds
-        after this trainer started), or None: training goes on."""
-        started = len(self.history.get("lr", []))  # epochs started (lr is recorded first in each)
-        if self._stop[0] != started:
-            self._stop = (started, self._decide_stop(started))
-        return self._stop[1]
-
-    def _decide_stop(self, started: int) -> str | None:
+    def _why_stop(self) -> str | None:
         cfg = self.config
+        started = len(self.history.get("lr", []))  # epochs started (lr is recorded first in each)
         if started == 0:
             return None
         if cfg.stop_after_detection and self.detection_final():
@@ -573,7 +535,7 @@ class Trainer:
         """After an epoch: is a checkpoint due (every ``checkpoint_every`` epochs, after
         ``checkpoint_seconds``, and at the end)?"""
         cfg = self.config
-        return (self.epoch >= cfg.epochs or self.stops_early() or self.epoch % cfg.checkpoint_every == 0
+        return (self.epoch >= cfg.epochs or self.stop_reason is not None or self.epoch % cfg.checkpoint_every == 0
                 or (cfg.checkpoint_seconds is not None
                     and time.monotonic() - self.last_checkpoint_time >= cfg.checkpoint_seconds))
 
@@ -610,7 +572,9 @@ class Trainer:
         identity = self.run_identity()
         with self.rundir.writing(identity, self.config.to_dict(), fingerprint=stored_fingerprint(self.kind)):
             resumed = self.try_resume()
-            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs or self.stops_early()):
+            self.decide_stop()
+            if self.rundir.finished() and (not resumed or self.epoch >= self.config.epochs
+                                           or self.stop_reason is not None):
                 try:
                     return self.load_result()
                 except DamagedFileError:
@@ -629,7 +593,7 @@ class Trainer:
         desc = f"{self.kind} {self.prep.data.dataset}/{self.prep.data.split}"
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=desc, unit="epoch", disable=not self.progress,
                    dynamic_ncols=True)
-        while self.epoch < self.config.epochs and not self.stops_early():
+        while self.epoch < self.config.epochs and self.stop_reason is None:
             start = self.epoch_started = time.perf_counter()
             for net in self.networks.values():
                 net.train()
@@ -641,7 +605,7 @@ class Trainer:
                 self.record(key, float(value))
             self.check_finite(per_sample)
             per_sample.update(self.after_epoch(per_sample))
-            last = self.epoch == self.config.epochs - 1 or self.stops_early()
+            last = self.decide_stop() is not None  # the last of config.epochs included
             if self.epoch % self.config.val_every == 0 or last:
                 self.record("val_acc", self.evaluate(self.prep.images[self.val_rows] if len(self.val_rows)
                                                      else self.prep.images[self.train_rows],
@@ -699,7 +663,7 @@ class Trainer:
             "val_acc": self.history["val_acc"][-1],
             "best_val_acc": float(np.nanmax(self.history["val_acc"])),
             "wall_time_s": round(self.elapsed, 2),
-            "stopped_by": self.stop_reason() or "epochs",
+            "stopped_by": self.stop_reason or "epochs",
             "device": _device_name(self.device),
             "versions": _versions(),
             "command": " ".join(sys.argv),
@@ -766,7 +730,8 @@ class BKDTrainer(Trainer):
                 z_t, z_s = nets["teacher"](x), nets["student"](x)
             out = bkd_step(z_t.float(), z_s.float(), self.train_labels[pos],
                            alpha=None if self.alpha is None else self.alpha[pos], detach_teacher=cfg.detach_teacher,
-                           reduction=cfg.loss_reduction, detach_robust_target=cfg.detach_robust_target)
+                           reduction=cfg.loss_reduction, detach_robust_target=cfg.detach_robust_target,
+                           student_sees_label=cfg.student_sees_label)
         self.watch(teacher=z_t, student=z_s, loss=out.loss)
         if step:
             self.optimizer_step(out.loss)

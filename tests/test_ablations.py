@@ -173,3 +173,41 @@ def test_the_figure_adds_one_runs_values_where_the_batch_has_none(tmp_path):
         assert len([t for legend in fig.legends for t in legend.get_texts()]) == 3
     finally:
         plt.close("all")
+
+
+def _bkd_run(folder: Path, split: str, seed: int, **bkd) -> None:
+    atomic_write_json(folder / f"cifar10-{split}-seed{seed}" / "metrics.json",
+                      {"dataset": "cifar10", "split": split, "seed": seed, "methods": {"bkd": bkd}})
+
+
+def test_blindness_pairs_the_runs_of_two_batches_by_split_and_seed(tmp_path):
+    from bkd_core.book.ablations import BLINDNESS_MEASURES, blindness_runs, blindness_summary
+
+    blind, sees = tmp_path / "blind", tmp_path / "sees"
+    for seed, (f1, f1_sees) in enumerate([(0.68, 0.32), (0.70, 0.35)]):
+        _bkd_run(blind, "worst", seed, detection_f1=f1, estimated_noise_rate=0.45, tipping_epoch=3,
+                 test_acc=70.0 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
+        _bkd_run(sees, "worst", seed, detection_f1=f1_sees, estimated_noise_rate=0.2, tipping_epoch=24,
+                 test_acc=70.5 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
+    _bkd_run(blind, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.16, tipping_epoch=8, test_acc=77.0,
+             true_noise_rate=0.0)  # a run records F1 0 where nothing is wrong: there is no F1 to compare
+    _bkd_run(sees, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.05, tipping_epoch=None, test_acc=78.0,
+             true_noise_rate=0.0)
+    _bkd_run(blind, "aggre", 0, detection_f1=0.5, estimated_noise_rate=0.2, tipping_epoch=4, test_acc=76.0)  # no pair
+    runs = blindness_runs(blind, sees)
+    assert list(zip(runs["split"], runs["seed"])) == [("clean", 0), ("worst", 0), ("worst", 1)]  # CIFAR-N order
+    worst = runs[runs["split"] == "worst"]
+    assert worst["g4_f1"].tolist() == pytest.approx([68.0, 70.0]) and worst["g4_f1_sees"].tolist() == pytest.approx(
+        [32.0, 35.0])
+    assert worst["noise_estimate_sees"].tolist() == pytest.approx([20.0, 20.0]) and (worst["true_noise"] == 40.0).all()
+    assert worst["tipping_epoch"].tolist() == [4.0, 4.0]  # counted from 1, as the book counts
+    clean = runs[runs["split"] == "clean"].iloc[0]
+    assert np.isnan(clean["g4_f1"]) and np.isnan(clean["tipping_epoch_sees"]) and clean["test_acc_sees"] == 78.0
+    summary = blindness_summary(runs).set_index(["split", "measure"])
+    assert set(summary.loc["worst"].index) == set(BLINDNESS_MEASURES)
+    assert summary.loc[("worst", "g4_f1"), "verdict"] == "beats"  # 69 against 33.5, every seed
+    assert summary.loc[("worst", "test_acc"), "verdict"] == "ties"  # 0.5 apart, inside the seeds' spread
+    assert summary.loc[("worst", "noise_estimate"), "verdict"] == ""  # not a higher-is-better measure
+    assert summary.loc[("clean", "g4_f1"), "seeds"] == 0 and summary.loc[("clean", "test_acc"), "verdict"] == ""
+    assert len(blindness_runs(blind, tmp_path / "nothing")) == 0 and len(blindness_summary(blindness_runs(
+        blind, tmp_path / "nothing"))) == 0

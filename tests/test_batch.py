@@ -33,8 +33,8 @@ pd = pytest.importorskip("pandas")
 
 TINY = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), epochs=3, batch_size=32, lr=0.02, lr_step=None,
                  augment=False, val_every=1, test_every=1, seed=0, tipping_fallback=0)
-TINY_OVERRIDES = {"model": "small_cnn", "model_widths": [8, 16, 16], "epochs": 3, "batch_size": 32, "augment": False,
-                  "lr_step": None, "train_size": 120, "test_size": 40, "tipping_fallback": 0}
+TINY_OVERRIDES = {"model": "small_cnn", "features": None, "model_widths": [8, 16, 16], "epochs": 3, "batch_size": 32,
+                  "augment": False, "lr_step": None, "train_size": 120, "test_size": 40, "tipping_fallback": 0}
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ pathlib.Path(out_dir, "metrics.json").write_text(json.dumps(
 def stand_in(tmp_path):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell(
-        'dataset = "cifar10"\nsplit = "worst"\nseed = 0\nout_dir = "."\nprofile = "cpu"\noverrides = {}\n'
+        'dataset = "cifar10"\nsplit = "worst"\nseed = 0\nout_dir = "."\nprofile = "features"\noverrides = {}\n'
         'methods = ["bkd"]\nfolds = 3\ndata_dir = None\ndownload = False\ndevice = "auto"\nthreads = None')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(STAND_IN)]
@@ -395,11 +395,11 @@ def test_finished_run_of_another_configuration_is_reported_not_reused(tmp_path):
     spec = RunSpec("cifar10", "worst", 0)
     options = BatchOptions(out=str(tmp_path), methods=("bkd", "ce"), overrides={"epochs": 5})
     metrics = tmp_path / spec.name / "metrics.json"
-    this_batch = get_profile("cpu", seed=0, epochs=5).fingerprint()
+    this_batch = get_profile("features", seed=0, epochs=5).fingerprint()  # the batch's default profile
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}}, "fingerprint": this_batch})
     assert runner._settled(spec, options).status == "finished-before"
     atomic_write_json(metrics, {"methods": {"bkd": {}, "ce": {}},
-                                "fingerprint": get_profile("cpu", seed=0).fingerprint()})
+                                "fingerprint": get_profile("features", seed=0).fingerprint()})
     outcome = runner._settled(spec, options)
     assert outcome.status == "failed"
     assert "another configuration" in outcome.reason and this_batch in outcome.reason and "--out" in outcome.reason
@@ -595,11 +595,11 @@ def _fake_run(folder, name=RUN, *, seed=0, cpu="CPU model A", threads=1, **confi
     from bkd_core.config import get_profile
     from bkd_core.io import atomic_write_json
 
-    config = get_profile("cpu", seed=seed, **{"epochs": 3, **config_changes})
+    config = get_profile("cnn", seed=seed, **{"epochs": 3, **config_changes})
     methods = {m: {"detection_f1": 0.5, "estimated_noise_rate": 0.4, "test_acc": 60.0, "ranking_auc": 0.8,
                    "wall_time_s": 1.0, "device": f"cpu (x86_64, {threads} threads)"} for m in ("bkd", "cleanlab")}
     methods["cleanlab"]["cleanlab"] = "2.9.0"  # the library's version: volatile at this path only
-    run = {"dataset": "cifar10", "split": "worst", "seed": seed, "profile": "cpu", "fingerprint": config.fingerprint(),
+    run = {"dataset": "cifar10", "split": "worst", "seed": seed, "profile": "cnn", "fingerprint": config.fingerprint(),
            "code_hash": "aaaaaaaaaaaa", "config": config.to_dict(), "folds": 3, "threads": threads,
            "machine": {"arch": "x86_64", "cpu": cpu, "cores": 2}, "methods": methods}
     atomic_write_json(Path(folder) / name / "metrics.json", run)

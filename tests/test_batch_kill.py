@@ -31,7 +31,7 @@ def test_killed_batch_leaves_no_worker_or_kernel(tmp_path):
     out = tmp_path / "batch"
     settings = ["model_widths=(4,4,4)", "train_size=300", "test_size=100", "epochs=500", "val_every=100",
                 "test_every=100"]
-    argv = [sys.executable, "-m", "bkd_core", "reproduce", "--profile", "cpu", "--splits", "worst", "--seeds", "0",
+    argv = [sys.executable, "-m", "bkd_core", "reproduce", "--profile", "cnn", "--splits", "worst", "--seeds", "0",
             "--methods", "bkd", "--jobs", "1", "--threads", "1", "--no-progress", "--out", str(out)]
     for pair in settings:
         argv += ["--set", pair]

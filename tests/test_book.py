@@ -14,7 +14,11 @@ from bkd_core.book import chapter
 nbformat = pytest.importorskip("nbformat")  # a book package: absent on a training-only machine
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
+COMMITTED_BATCH = ROOT / "reproductions" / "features"
+#: A small CNN on a 5,000-image subset (the retired cpu profile's settings): runs recorded with it are still read.
+SMALL_CNN = {"model": "small_cnn", "features": None, "model_widths": (16, 32, 64), "epochs": 24, "batch_size": 32,
+             "train_size": 5000, "test_size": 1000, "augment": False, "lr_step": None, "tipping_fallback": 16,
+             "detach_robust_target": True}
 
 
 # -- overrides ---------------------------------------------------------------------------------
@@ -23,16 +27,16 @@ COMMITTED_BATCH = ROOT / "reproductions" / "cpu"
                                    '{"otsu_criterion": "classic", "model_widths": [8, 16, 16]}',
                                    ["otsu_criterion=classic", "model_widths=8,16,16"]])
 def test_overrides_as_dict_or_json_text(given):
-    config = book.chapter_config("cpu", overrides=given)
+    config = book.chapter_config("cnn", overrides=given)
     assert config.otsu_criterion == "classic" and config.model_widths == (8, 16, 16)
-    assert config.fingerprint() == book.chapter_config("cpu", overrides={"otsu_criterion": "classic",
+    assert config.fingerprint() == book.chapter_config("cnn", overrides={"otsu_criterion": "classic",
                                                                          "model_widths": (8, 16, 16)}).fingerprint()
 
 
 @pytest.mark.parametrize("empty", [None, {}, "", "  "])
 def test_empty_overrides(empty):
     assert book.parse_overrides(empty) == {}
-    assert book.chapter_config("cpu", overrides=empty) == book.chapter_config("cpu")
+    assert book.chapter_config("features", overrides=empty) == book.chapter_config("features")
 
 
 @pytest.mark.parametrize(("given", "message"), [("otsu_criterion=classic", "JSON object such as"),
@@ -48,15 +52,15 @@ def test_bad_overrides_say_what_is_expected(given, message):
 @pytest.mark.parametrize("cwd", [ROOT, ROOT / "chapters", "tmp"])
 def test_results_dir_found_from_any_working_directory(cwd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path if cwd == "tmp" else cwd)
-    assert book.find_results_dir("reproductions/cpu") == COMMITTED_BATCH.resolve()
+    assert book.find_results_dir("reproductions/features") == COMMITTED_BATCH.resolve()
     assert book.find_results_dir(str(COMMITTED_BATCH)) == COMMITTED_BATCH.resolve()
 
 
 def test_results_dir_in_the_working_directory_comes_first(tmp_path, monkeypatch):
-    (tmp_path / "reproductions" / "cpu").mkdir(parents=True)
-    (tmp_path / "reproductions" / "cpu" / "summary.json").write_text("{}")
+    (tmp_path / "reproductions" / "features").mkdir(parents=True)
+    (tmp_path / "reproductions" / "features" / "summary.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
-    assert book.find_results_dir("reproductions/cpu") == (tmp_path / "reproductions" / "cpu").resolve()
+    assert book.find_results_dir("reproductions/features") == (tmp_path / "reproductions" / "features").resolve()
 
 
 def test_missing_results_dir_is_a_clear_error(tmp_path, monkeypatch):
@@ -67,7 +71,7 @@ def test_missing_results_dir_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(chapter, "__file__", str(tmp_path / "site-packages" / "bkd_core" / "book" / "chapter.py"))
     assert book.repository_root() is None
     with pytest.raises(FileNotFoundError, match="no repository found"):
-        book.find_results_dir("reproductions/cpu")
+        book.find_results_dir("reproductions/features")
 
 
 def test_repository_root_from_a_checkout(monkeypatch, tmp_path):
@@ -252,16 +256,17 @@ def test_setup_text_describes_each_profile():
     features = book.setup_text(get_profile("features"), n_images=50_000)
     assert features == ("MLPs with one hidden layer of 1,024 units on label-free feature vectors of all 50,000 "
                         "training images, 30 epochs, no augmentation, a constant learning rate")
-    cpu = book.setup_text(get_profile("cpu"))
-    assert cpu.startswith("small CNNs (16/32/64 channels) on the pixels of a random 5,000-image subset")
-    assert "24 epochs" in cpu
+    small = book.setup_text(get_profile("features", **SMALL_CNN))
+    assert small.startswith("small CNNs (16/32/64 channels) on the pixels of a random 5,000-image subset")
+    assert "24 epochs" in small
     paper = book.setup_text(get_profile("paper"), n_images=50_000)
     assert paper.startswith("the official PreResNet18 on the pixels of all 50,000") and "with augmentation" in paper
     assert "a step learning rate" in paper
     # a run's metrics.json holds the configuration as a dict: the same words
     assert book.setup_text(get_profile("features").to_dict(), n_images=50_000) == features
-    older = {k: v for k, v in get_profile("cpu").to_dict().items() if k not in ("features", "drop_last")}
-    assert book.setup_text(older) == cpu  # runs recorded before a field existed: its default
+    older = {k: v for k, v in get_profile("features", **SMALL_CNN).to_dict().items()
+             if k not in ("features", "drop_last")}
+    assert book.setup_text(older) == small  # runs recorded before a field existed: its default
     two = book.setup_text(get_profile("features", model_widths=(512, 512)))
     assert two.startswith("MLPs with 2 hidden layers of 512/512 units") and "all training images" in two
 
@@ -269,8 +274,8 @@ def test_setup_text_describes_each_profile():
 def test_departures_text_names_the_switched_quirks():
     from bkd_core.config import get_profile
 
-    cpu = book.departures_text(get_profile("cpu"))
-    assert "quirk 2" in cpu and "epoch 17 as the tipping point when none was found after 18 epochs" in cpu
+    small = book.departures_text(get_profile("features", **SMALL_CNN))
+    assert "quirk 2" in small and "epoch 17 as the tipping point when none was found after 18 epochs" in small
     official = book.departures_text(get_profile("features"))
     assert official.startswith("It follows the official code") and "without a fallback" in official
     assert book.departures_text(get_profile("paper").to_dict()) == official
@@ -331,19 +336,19 @@ def test_profile_comparison_puts_the_run_beside_each_batch():
     run = {"bkd": {"true_noise_rate": 0.41, "estimated_noise_rate": 0.7, "tipping_epoch": 16,
                    "tipping_rule": "fallback", "detection_f1": 0.55, "flag_all_f1": 0.58, "test_acc": 48.0},
            "ce": {"test_acc": 20.0, "best_test_acc": 44.0}}
-    table = book.profile_comparison(run, {"cpu batch": _batch_table(), "features batch": None}, "worst")
-    assert list(table.columns) == ["this run", "cpu batch", "features batch"]
+    table = book.profile_comparison(run, {"cnn batch": _batch_table(), "features batch": None}, "worst")
+    assert list(table.columns) == ["this run", "cnn batch", "features batch"]
     assert list(table.index) == [row[0] for row in book.COMPARISON_ROWS]
     assert table.loc["BKD tipping point from the peak rule (runs)"].tolist() == ["no: fallback", "2 of 3", "–"]
     assert table.loc["BKD tipping epoch (from 1)", "this run"] == "17"  # counted from 1
-    assert table.loc["BKD tipping epoch (from 1)", "cpu batch"] == "16.0 ± 1.0"
+    assert table.loc["BKD tipping epoch (from 1)", "cnn batch"] == "16.0 ± 1.0"
     assert table.loc["BKD estimated noise rate (%)"].tolist() == ["70.0", "60.0 ± 0.0", "–"]
     assert table.loc["CE test accuracy, best epoch (%, optimistic)", "this run"] == "44.0"
     no_tip = {"bkd": {**run["bkd"], "tipping_epoch": None, "tipping_rule": None}, "ce": run["ce"]}
     assert book.profile_comparison(no_tip, {}, "worst").loc["BKD tipping point from the peak rule (runs)",
                                                             "this run"] == "no tipping point"
     # another split than the batch's: its cells are empty, not another split's numbers
-    assert set(book.profile_comparison(run, {"cpu batch": _batch_table()}, "aggre")["cpu batch"]) == {"–"}
+    assert set(book.profile_comparison(run, {"cnn batch": _batch_table()}, "aggre")["cnn batch"]) == {"–"}
 
 
 def test_batch_summary_of_a_missing_folder_is_none(tmp_path, monkeypatch):
@@ -352,10 +357,10 @@ def test_batch_summary_of_a_missing_folder_is_none(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not (COMMITTED_BATCH / "summary.json").is_file(), reason="no committed batch")
-def test_batch_summary_of_the_committed_cpu_batch():
-    summary = book.batch_summary("reproductions/cpu", "worst")
+def test_batch_summary_of_the_committed_features_batch():
+    summary = book.batch_summary("reproductions/features", "worst")
     assert summary is not None and book.peak_rule_runs(summary, "worst")[1] == 3
-    assert book.batch_summary("reproductions/cpu", "no-such-split") is None
+    assert book.batch_summary("reproductions/features", "no-such-split") is None
 
 
 def test_claims_table_says_each_claim_with_its_numbers_negatives_included():

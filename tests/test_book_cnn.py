@@ -119,7 +119,7 @@ METHODS = ("bkd", "ce", "cleanlab")
 
 def _summary(folder: Path, statuses: dict[str, str]) -> None:
     atomic_write_json(folder / SUMMARY, {
-        "options": {"profile": "cpu", "methods": list(METHODS), "folds": 2},
+        "options": {"profile": "cnn", "methods": list(METHODS), "folds": 2},
         "runs": [{"name": n, "status": s, "seconds": 0.0, "reason": ""} for n, s in statuses.items()]})
 
 
@@ -128,13 +128,13 @@ def _finished_run(folder: Path, name: str, methods=METHODS, *, tipping=True) -> 
     from bkd_core.config import get_profile
 
     split = name.split("-")[1]
-    config = get_profile("cpu", seed=0, epochs=3)
+    config = get_profile("cnn", seed=0, epochs=3)
     metrics = {m: {"detection_f1": 0.6, "estimated_noise_rate": 0.45, "true_noise_rate": 0.4, "test_acc": 70.0,
                    "ranking_auc": 0.9, "tipping_epoch": 1 if m == "bkd" else None,
                    "tipping_rule": "peak" if m == "bkd" else None, "wall_time_s": 60.0, "device": "cpu"}
                for m in methods}
     atomic_write_json(folder / name / METRICS, {
-        "dataset": "cifar10", "split": split, "seed": 0, "profile": "cpu", "config": config.to_dict(), "folds": 2,
+        "dataset": "cifar10", "split": split, "seed": 0, "profile": "cnn", "config": config.to_dict(), "folds": 2,
         "methods": metrics})
     curves = {"epoch": [1.0, 2.0, 3.0], "mean_max_student": [0.2, 0.3, 0.25], "agreement_auc": [0.8, 0.9, None]}
     atomic_write_json(folder / name / "bkd" / METHOD_CURVES, curves)

@@ -15,12 +15,12 @@ from bkd_core.config import get_profile  # noqa: E402
 from bkd_core.errors import DamagedFileError  # noqa: E402
 from bkd_core.io import atomic_write_json  # noqa: E402
 
-CONFIG = get_profile("cpu", seed=0, epochs=3).to_dict()
+CONFIG = get_profile("cnn", seed=0, epochs=3).to_dict()
 
 
 def _method(folder, run, method, split, **extra):
     """A method's own metrics.json and config.json, as the trainer writes them when it finishes."""
-    metrics = {"kind": method, "dataset": "cifar10", "split": split, "profile": "cpu", "seed": 0,
+    metrics = {"kind": method, "dataset": "cifar10", "split": split, "profile": "cnn", "seed": 0,
                "true_noise_rate": 0.4, "estimated_noise_rate": 0.5, "detection_f1": 0.7, "flag_all_f1": 0.57,
                "test_acc": 70.0, "best_test_acc": 71.0, "tipping_epoch": 2, "tipping_rule": "peak",
                "wall_time_s": 60.0, "device": "cpu", **extra}
@@ -33,7 +33,7 @@ def _batch(tmp_path):
     folder = tmp_path / "batch"
     metrics = {m: {**_method(folder, "cifar10-clean-seed0", m, "clean"), "ranking_auc": None} for m in ("bkd", "ce")}
     atomic_write_json(folder / "cifar10-clean-seed0" / "metrics.json", {  # a finished run, with its run metrics
-        "dataset": "cifar10", "split": "clean", "seed": 0, "profile": "cpu", "config": CONFIG, "folds": 2,
+        "dataset": "cifar10", "split": "clean", "seed": 0, "profile": "cnn", "config": CONFIG, "folds": 2,
         "methods": metrics})
     _method(folder, "cifar10-worst-seed0", "bkd", "worst")  # a partial run: BKD done, cross-entropy training
     (folder / "cifar10-worst-seed0" / "ce").mkdir()

@@ -13,7 +13,7 @@ import pytest
 
 import bkd_core.cli as cli
 from bkd_core.cli import build_config, main, parse_overrides
-from bkd_core.config import CPU, PAPER
+from bkd_core.config import FEATURES, PAPER
 from bkd_core.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,14 +70,14 @@ def test_parse_overrides_lowercase_bools_and_none(raw, expected):
 
 
 def _namespace(**kw) -> argparse.Namespace:
-    base = dict(profile="cpu", seed=None, epochs=None, train_size=None, device=None, set=[])
+    base = dict(profile="features", seed=None, epochs=None, train_size=None, device=None, set=[])
     base.update(kw)
     return argparse.Namespace(**base)
 
 
 def test_build_config_applies_profile_flags_and_set():
     c = build_config(_namespace())
-    assert c == CPU
+    assert c == FEATURES
     c = build_config(_namespace(profile="paper", seed=4, epochs=3, train_size=500, device="cpu",
                                 set=["lr=0.5", "otsu_criterion=classic", "epochs=9"]))
     assert (c.profile, c.model) == ("paper", PAPER.model)
@@ -146,7 +146,8 @@ def test_main_bad_set_exits_2_with_message(no_data_env, capsys):
 
 
 @pytest.mark.parametrize("argv", [["train"], ["train", "--out", "x", "--dataset", "mnist"],
-                                  ["train", "--out", "x", "--profile", "gpu"], ["train", "--out", "x", "--seed", "a"],
+                                  ["train", "--out", "x", "--profile", "gpu"],
+                                  ["train", "--out", "x", "--profile", "cpu"], ["train", "--out", "x", "--seed", "a"],
                                   [], ["fit"]])
 def test_main_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -193,7 +194,10 @@ def test_train_help_mentions_profiles_splits_and_options(capsys, command):
         main([command, "--help"])
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--profile" in out and "{cnn,cpu,features,paper}" in out and "official settings" in out and "airbench" in out
+    assert "--profile" in out and "{cnn,features,paper}" in out and "official settings" in out and "airbench" in out
+    # the default profile and what each one costs
+    assert "features (default)" in out and "minutes on a CPU" in out and "CPU hours, GPU minutes" in out
+    assert "for a GPU" in out
     for split in ("aggre", "rand1", "worst", "noisy100"):
         assert split in out
     for option in ("--set", "--data-dir", "--download", "--out", "--seed", "--epochs", "--device"):

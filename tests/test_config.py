@@ -9,7 +9,13 @@ import re
 import pytest
 import torch
 
-from bkd_core.config import CNN, CPU, FEATURES, PAPER, PROFILES, BKDConfig, get_profile, parse_assignments, resolve
+from bkd_core.config import CNN, FEATURES, PAPER, PROFILES, BKDConfig, get_profile, parse_assignments, resolve
+
+
+#: The settings of the retired ``cpu`` profile (a small CNN on 5,000 images): runs recorded with it stay readable.
+RETIRED_CPU = BKDConfig(profile="cpu", model="small_cnn", model_widths=(16, 32, 64), epochs=24, batch_size=32,
+                        train_size=5000, test_size=1000, augment=False, lr_step=None, tipping_fallback=16,
+                        detach_robust_target=True, val_every=1, test_every=1, eval_batch_size=128)
 
 
 def test_defaults_are_the_official_settings():
@@ -36,8 +42,7 @@ def test_paper_profile_is_the_defaults():
     # but for its evaluation batch, which divides the training, validation and test set sizes (one shape to compile)
     assert PAPER.replace(profile="custom", eval_batch_size=BKDConfig().eval_batch_size) == BKDConfig()
     assert all(size % PAPER.eval_batch_size == 0 for size in (50_000, 5_000, 10_000))
-    assert PROFILES == {"paper": PAPER, "cnn": CNN, "cpu": CPU, "features": FEATURES}
-    assert CPU.profile == "cpu" and CPU.model == "small_cnn"
+    assert PROFILES == {"paper": PAPER, "cnn": CNN, "features": FEATURES}
 
 
 def test_sequences_are_normalised_to_tuples():
@@ -82,7 +87,7 @@ def test_invalid_values_raise_value_error_naming_the_field(field, value):
         BKDConfig(**{field: value})
     # also through replace() and get_profile(), which the CLI uses
     with pytest.raises(ValueError, match=field):
-        CPU.replace(**{field: value})
+        FEATURES.replace(**{field: value})
     with pytest.raises(ValueError, match=field):
         get_profile("paper", **{field: value})
 
@@ -119,11 +124,11 @@ def test_scalar_noisy_groups_is_accepted_or_named():
 
 @pytest.mark.parametrize("config", [
     BKDConfig(),
-    CPU,
+    FEATURES,
     PAPER,
     BKDConfig(model="small_cnn", model_widths=(4, 8, 16), tipping_fallback=7, noisy_groups=(3, 4),
               lr_step=None, train_size=100, test_size=50, seed=3, bf16=False),
-], ids=["default", "cpu", "paper", "custom"])
+], ids=["default", "features", "paper", "custom"])
 def test_to_dict_from_dict_round_trip(config):
     d = config.to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(BKDConfig)}
@@ -177,7 +182,7 @@ def test_fingerprint_ignores_device_and_speed_switches():
     {"val_ratio": 0.0}, {"alphas": (0.3, 0.45, 0.55, 0.71)}, {"noisy_groups": (3, 4)}, {"otsu_criterion": "classic"},
     {"detach_teacher": True}, {"detach_robust_target": True}, {"loss_reduction": "mean"}, {"score_views": "clean"},
     {"augment": False}, {"model": "small_cnn"}, {"lr_step": None}, {"tipping_fallback": 10}, {"otsu_bins": 500},
-    {"momentum": 0.0}, {"weight_decay": 0.0}, {"drop_last": True},
+    {"momentum": 0.0}, {"weight_decay": 0.0}, {"drop_last": True}, {"student_sees_label": True},
 ], ids=lambda c: ",".join(c))
 def test_fingerprint_changes_with_result_changing_settings(change):
     assert BKDConfig().replace(**change).fingerprint() != BKDConfig().fingerprint()
@@ -186,7 +191,9 @@ def test_fingerprint_changes_with_result_changing_settings(change):
 def test_fingerprints_of_recorded_profiles_are_unchanged():
     # drop_last came later (LATER_FIELDS): at its default it leaves the recorded fingerprints as they were
     assert BKDConfig().fingerprint() == PAPER.fingerprint() == "d5a23ef7e167"
-    assert CPU.fingerprint() == "68ee947f4026"
+    # the recorded batches' seed-0 runs: reproductions/features and reproductions/cnn
+    assert FEATURES.fingerprint() == "0e023d845ae3" and CNN.fingerprint() == "de6c0a286d13"
+    assert RETIRED_CPU.fingerprint() == "68ee947f4026"  # a run of the retired cpu profile keeps its fingerprint
 
 
 def test_precision_resolution():
@@ -210,24 +217,31 @@ def test_checkpoint_frequency_is_checked(bad):
 
 
 def test_get_profile_and_overrides():
-    c = get_profile("cpu", seed=3, epochs=2, device="cpu")
-    assert (c.seed, c.epochs, c.device, c.profile) == (3, 2, "cpu", "cpu")
-    assert c.model == CPU.model and c.train_size == CPU.train_size
-    assert CPU.seed == 0 and CPU.epochs != 2  # the profile itself is not mutated
+    c = get_profile("features", seed=3, epochs=2, device="cpu")
+    assert (c.seed, c.epochs, c.device, c.profile) == (3, 2, "cpu", "features")
+    assert c.model == FEATURES.model and c.features == FEATURES.features
+    assert FEATURES.seed == 0 and FEATURES.epochs != 2  # the profile itself is not mutated
     assert get_profile("paper") == PAPER
-    assert get_profile("cpu") == CPU and get_profile("cpu") is not CPU
+    assert get_profile("features") == FEATURES and get_profile("features") is not FEATURES
 
 
 def test_get_profile_unknown_name_lists_profiles():
     with pytest.raises(ValueError) as exc:
         get_profile("gpu")
     message = str(exc.value)
-    assert "'gpu'" in message and "cpu" in message and "paper" in message
+    assert "'gpu'" in message and all(name in message for name in ("paper", "cnn", "features"))
+
+
+def test_the_retired_cpu_profile_says_what_replaced_it():
+    with pytest.raises(ValueError) as exc:
+        get_profile("cpu")
+    message = str(exc.value)
+    assert "'cpu'" in message and "retired" in message and "features" in message and "cnn" in message
 
 
 def test_get_profile_unknown_override_field_raises():
     with pytest.raises((TypeError, ValueError), match="learning_rate"):
-        get_profile("cpu", learning_rate=0.1)
+        get_profile("features", learning_rate=0.1)
 
 
 def test_resolved_device():
@@ -241,7 +255,7 @@ def test_only_the_fields_a_method_uses_enter_its_fingerprint():
 
     base = FEATURES
     for change in ({"otsu_criterion": "classic"}, {"alphas": (0.1, 0.2, 0.3, 0.4)}, {"tipping_fallback": 3},
-                   {"detach_robust_target": True}, {"noisy_groups": (3, 4)}):
+                   {"detach_robust_target": True}, {"noisy_groups": (3, 4)}, {"student_sees_label": True}):
         assert set(change) <= BKD_ONLY_FIELDS
         assert base.replace(**change).fingerprint() != base.fingerprint(), change  # BKD: another run
         for method in ("ce", "cleanlab", "knn"):  # the baselines: the same run, not retrained
@@ -253,9 +267,9 @@ def test_only_the_fields_a_method_uses_enter_its_fingerprint():
 def test_a_retired_field_at_its_old_value_loads_and_keeps_the_fingerprint():
     from bkd_core.config import stored_fingerprint
 
-    stored = {**CPU.to_dict(), "extra": {}}  # a config.json written while BKDConfig had ``extra``
-    assert BKDConfig.from_dict(stored) == CPU
-    assert stored_fingerprint("bkd")(stored) == CPU.fingerprint() == "68ee947f4026"
+    stored = {**RETIRED_CPU.to_dict(), "extra": {}}  # a config.json written while BKDConfig had ``extra``
+    assert BKDConfig.from_dict(stored) == RETIRED_CPU
+    assert stored_fingerprint("bkd")(stored) == RETIRED_CPU.fingerprint() == "68ee947f4026"
     with pytest.raises(ValueError, match=r"unknown BKDConfig field\(s\) \['extra'\]"):
         BKDConfig.from_dict({**stored, "extra": {"note": 1}})
 

@@ -307,6 +307,24 @@ def test_corrupt_npz(root10, how):
     assert "bkd_core data" in msg and "unpack.py" not in msg
 
 
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "bitflip"])
+def test_a_corrupt_npz_is_closed_at_once(root10, how):
+    """The refused image file is closed before the error leaves the reader, not left open for the garbage
+    collector to warn about during some later test."""
+    import gc
+    import warnings
+
+    path = root10 / "cifar10.npz"
+    _corrupt(path, how)
+    gc.collect()  # what earlier tests left warns now, not below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(D.DataError):
+            D.load_cifar_n("cifar10", "aggre", root10)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and str(path) in str(w.message)]
+
+
 def test_npz_wrong_keys(root10):
     arrays = make_arrays("cifar10")
     arrays["images"] = arrays.pop("x_test")

@@ -46,7 +46,7 @@ def test_a_seed_outside_0_to_2_63_is_refused_naming_the_seed(seed):
     with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63\)"):
         BKDConfig(seed=seed)
     with pytest.raises(ValueError, match="seed"):
-        get_profile("cpu", seed=seed)
+        get_profile("features", seed=seed)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**63 - 1])
@@ -216,8 +216,8 @@ def test_a_folder_at_the_neighbour_graph_path_is_refused(tmp_path, monkeypatch):
 
 # -- check: which run, with what, and where ---------------------------------------------------------
 
-TINY_OVERRIDES = {"model": "small_cnn", "model_widths": [8, 16, 16], "epochs": 3, "batch_size": 32, "augment": False,
-                  "lr_step": None, "train_size": None, "test_size": None, "tipping_fallback": 0}
+TINY_OVERRIDES = {"model": "small_cnn", "features": None, "model_widths": [8, 16, 16], "epochs": 3, "batch_size": 32,
+                  "augment": False, "lr_step": None, "train_size": None, "test_size": None, "tipping_fallback": 0}
 RUN = "cifar10-synthetic-seed0"
 
 
@@ -327,10 +327,10 @@ def _fake_run(out, name, *, seed=0, split="worst", epochs=3, test_acc=50.0, meth
     """A finished batch run as ``reproduce`` writes it (metrics.json, and each method's own metrics.json)."""
     from bkd_core.io import atomic_write_json
 
-    config = get_profile("cpu", seed=seed, epochs=epochs)
+    config = get_profile("features", seed=seed, epochs=epochs)
     bkd = {"kind": "bkd", "true_noise_rate": 0.4, "detection_f1": 0.6, "flag_all_f1": 0.57, "test_acc": test_acc}
     atomic_write_json(out / name / "metrics.json", {
-        "dataset": "cifar10", "split": split, "seed": seed, "profile": "cpu", "fingerprint": config.fingerprint(),
+        "dataset": "cifar10", "split": split, "seed": seed, "profile": "features", "fingerprint": config.fingerprint(),
         "config": config.to_dict(), "folds": folds, "methods": {"bkd": {**bkd, "ranking_auc": 0.7}}})
     if method_files:
         atomic_write_json(out / name / "bkd" / "metrics.json", bkd)

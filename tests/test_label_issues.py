@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +300,12 @@ def test_a_masked_array_is_refused_not_silently_unmasked(no_training):
         find_label_issues(x, np.ma.masked_array(given, mask=np.arange(20) < 2), progress=False)
     with pytest.raises(AssertionError, match="training started"):  # nothing masked: read as its data
         find_label_issues(np.ma.masked_array(x), np.ma.masked_array(given), progress=False)
+
+
+def test_find_label_issues_does_not_load_the_trainer():
+    """find_label_issues builds its networks and optimizer from bkd_core.models, as the trainer does, without
+    importing the trainer; the trainer's module still offers both under their old names."""
+    code = ("import sys, bkd_core.label_issues, bkd_core.models as m; assert 'bkd_core.train' not in sys.modules; "
+            "import bkd_core.train as t; assert (t.build_networks, t.build_optimizer) == "
+            "(m.build_networks, m.build_optimizer)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

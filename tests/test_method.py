@@ -117,6 +117,62 @@ def test_blind_loss_detach_teacher_sends_gradient_to_student_only(device):
     assert loss.item() == pytest.approx(loss2.item())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["official", "mean"])
+def test_student_seeing_the_label_changes_its_target_exactly_at_the_label_logit(device, reduction):
+    batch, classes = 6, 10
+    t, s, y = _logits(batch, classes, seed=7, device=device)
+    on_label = torch.zeros(batch, classes, dtype=torch.bool, device=device)
+    on_label[torch.arange(batch, device=device), y] = True
+    grads = {}
+    for blind in (True, False):
+        tb, sb = t.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        blind_distillation_loss(tb, sb, y, reduction=reduction, blind=blind).backward()
+        grads[blind] = (tb.grad, sb.grad)
+    for blind_grad, seeing_grad in zip(grads[True], grads[False]):
+        assert torch.all(blind_grad[on_label] == 0.0) and torch.all(seeing_grad[on_label] != 0.0)
+        if reduction == "official":  # the same denominator: off the label the gradients are the same bits
+            assert torch.equal(blind_grad[~on_label], seeing_grad[~on_label])
+    # plain distillation's loss is the squared difference over every logit: B*C - 1 (official) or B*C (mean)
+    denominator = batch * classes - 1 if reduction == "official" else batch * classes
+    expected = (t - s).pow(2).sum().item() / denominator
+    assert blind_distillation_loss(t, s, y, reduction=reduction, blind=False).item() == pytest.approx(expected,
+                                                                                                    rel=1e-12)
+    # bkd_step's switch is this loss and changes nothing else of the step
+    blind_step, seeing_step = (bkd_step(t, s, y, reduction=reduction, student_sees_label=sees) for sees in (0, 1))
+    torch.testing.assert_close(seeing_step.compensation,
+                               blind_distillation_loss(t, s, y, reduction=reduction, blind=False), rtol=0, atol=0)
+    torch.testing.assert_close(seeing_step.cross_entropy, blind_step.cross_entropy, rtol=0, atol=0)
+    torch.testing.assert_close(seeing_step.agreement, blind_step.agreement, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_the_default_step_is_the_blind_step_bit_for_bit(phase):
+    """The default (``student_sees_label=False``) computes what BKD's step computed before the switch existed:
+    the label entry filled with zero, divided by B*C - 1, value and gradients the same bits."""
+    batch, classes = 5, 4
+    t, s, y = _logits(batch, classes, seed=11, device="cpu")
+    alpha = None if phase == 1 else torch.tensor([0.3, 0.45, 0.55, 0.7, 0.3], dtype=torch.float64)
+
+    def before(t, s):  # the step as it was written before the switch
+        mask = torch.zeros(t.shape, dtype=torch.bool).scatter_(1, y.unsqueeze(1), True)
+        compensation = (t - s).pow(2).masked_fill(mask, 0.0).sum() / (batch * classes - 1)
+        ce = (F.cross_entropy(t, y) if alpha is None
+              else soft_cross_entropy(t, robust_targets(y, s.softmax(1), alpha)))
+        return ce + compensation
+
+    results = []
+    for step in (lambda a, b: bkd_step(a, b, y, alpha=alpha).loss,
+                 lambda a, b: bkd_step(a, b, y, alpha=alpha, student_sees_label=False).loss, before):
+        a, b = t.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        loss = step(a, b)
+        loss.backward()
+        results.append((loss.detach(), a.grad, b.grad))
+    for other in results[1:]:
+        for x, z in zip(results[0], other):
+            assert torch.equal(x, z)
+
+
 def test_blind_loss_rejects_bad_arguments():
     t, s, y = _logits(4, 5, seed=6, device="cpu")
     with pytest.raises(ValueError, match="official.*mean"):

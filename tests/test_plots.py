@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from bkd_core import book  # noqa: E402
 from bkd_core.book import analysis, plots  # noqa: E402
 from bkd_core import data as D  # noqa: E402
-from bkd_core.config import CPU  # noqa: E402
+from bkd_core.config import CNN, FEATURES  # noqa: E402
 from bkd_core.method import otsu_split  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -61,17 +61,18 @@ def _per_sample(low, high):
 
 
 def test_chapter_config_reads_the_profile():
-    cfg = book.chapter_config("cpu", seed=3)
-    assert cfg.epochs == CPU.epochs and cfg.train_size == CPU.train_size and cfg.seed == 3
-    cfg = book.chapter_config("cpu", epochs=5, train_size=100, overrides={"model_widths": [8, 8, 8]})
+    assert book.chapter_config() == FEATURES  # the book's default profile, seed 0
+    cfg = book.chapter_config("cnn", seed=3)
+    assert cfg.epochs == CNN.epochs and cfg.train_size == CNN.train_size and cfg.seed == 3
+    cfg = book.chapter_config("cnn", epochs=5, train_size=100, overrides={"model_widths": [8, 8, 8]})
     assert cfg.epochs == 5 and cfg.train_size == 100 and cfg.model_widths == (8, 8, 8)
-    same = book.chapter_config("cpu", epochs=5, train_size=100, device="cpu", overrides={"model_widths": [8, 8, 8]})
+    same = book.chapter_config("cnn", epochs=5, train_size=100, device="cpu", overrides={"model_widths": [8, 8, 8]})
     assert cfg.fingerprint() == same.fingerprint()  # the device does not change the cached run
     table = book.config_table(cfg)
-    assert list(table.columns) == ["this run (cpu)", "paper"]
-    assert table.loc["model_widths", "paper"] == "(fixed)"
+    assert list(table.columns) == ["this run (cnn)", "paper"]
+    assert table.loc["model_widths", "paper"] == "(fixed)" and table.loc["model_widths", "this run (cnn)"] != "(fixed)"
     with pytest.raises(ValueError):
-        book.chapter_config("cpu", overrides={"no_such_field": 1})
+        book.chapter_config("cnn", overrides={"no_such_field": 1})
 
 
 def test_load_data_synthetic():

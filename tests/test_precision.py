@@ -74,7 +74,7 @@ def test_grad_scaler_skips_an_overflowing_step_and_takes_the_next(device):
     """The fp16 path's scaler (as the trainer builds it, with fused SGD on CUDA): a loss whose scaled
     gradients overflow leaves the weights unchanged and halves the scale; a finite one then moves them."""
     from bkd_core.config import BKDConfig
-    from bkd_core.train import build_networks, build_optimizer
+    from bkd_core.models import build_networks, build_optimizer
 
     cfg = BKDConfig(model="small_cnn", model_widths=(8, 16, 16), device=device, precision="fp16")
     nets = build_networks(cfg, ("teacher", "student"), 10, torch.device(device))

@@ -169,7 +169,7 @@ def test_the_committed_batch_is_reported_as_code_version_not_recorded():
 
     from bkd_core.book import results
 
-    batch = Path(__file__).resolve().parents[1] / "reproductions" / "cpu"
+    batch = Path(__file__).resolve().parents[1] / "reproductions" / "features"
     if not (batch / "summary.json").is_file():
         pytest.skip("no committed batch")
     versions = results.code_versions(batch)

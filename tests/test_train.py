@@ -412,3 +412,28 @@ def test_a_deadline_ends_the_run_between_epochs_and_a_rerun_goes_on_exactly(tiny
     _same_outputs(tmp_path / "run", tmp_path / "uninterrupted")
     with pytest.raises(ValueError, match="deadline_s must be None or > 0"):
         cfg.replace(deadline_s=0)
+
+
+@pytest.mark.parametrize("sees", [False, True])
+def test_the_trainer_passes_the_student_sees_label_switch_to_its_step(tiny_data, tmp_path, monkeypatch, sees):
+    from bkd_core import train
+
+    kwargs = []
+    real_step = train.bkd_step
+    monkeypatch.setattr(train, "bkd_step", lambda *a, **k: kwargs.append(k) or real_step(*a, **k))
+    trainer = train.BKDTrainer(tiny_data, TINY.replace(device="cpu", student_sees_label=sees), tmp_path / "run", False)
+    trainer.train_step(torch.arange(8))
+    assert [k["student_sees_label"] for k in kwargs] == [sees]
+
+
+def test_the_trainer_decides_why_it_stops_once_per_epoch(tiny_data, tmp_path, monkeypatch):
+    """One decision before the first epoch and one after each epoch's end-of-epoch work: the deadline's clock
+    is read once per epoch, so the evaluation, the checkpoint and the loop agree on whether it was the last."""
+    from bkd_core import train
+
+    reasons = []
+    real = train.Trainer._why_stop
+    monkeypatch.setattr(train.Trainer, "_why_stop", lambda self: reasons.append(real(self)) or reasons[-1])
+    result = train_bkd(tiny_data, TINY.replace(epochs=3, device="cpu"), tmp_path / "run", progress=False)
+    assert reasons == [None, None, None, "epochs"] and result.metrics["stopped_by"] == "epochs"
+    assert np.isfinite(result.history["test_acc"][-1])  # the last epoch is evaluated

@@ -46,7 +46,7 @@ TRAIN = textwrap.dedent("""
     bkd = train_bkd(data, cfg, tmp / "bkd", progress=False)
     ce = train_ce(data, cfg.replace(stop_after_detection=False, epochs=2), tmp / "ce", progress=False)
     cli.load_cifar_n = lambda *a, **k: data
-    code = cli.main(["train", "--profile", "cpu", "--out", str(tmp / "cli"), "--epochs", "1", "--device", "cpu",
+    code = cli.main(["train", "--profile", "cnn", "--out", str(tmp / "cli"), "--epochs", "1", "--device", "cpu",
                      "--no-progress", "--set", "train_size=None", "--set", "test_size=None",
                      "--set", "model_widths=(4,8,8)"])
     blocked = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in BLOCKED)

@@ -222,7 +222,7 @@ def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
         ``run`` is a path, the file is not a run's metrics, or the recorded configuration is
         missing, invalid or was edited (it no longer gives the recorded fingerprint).
     """
-    from ..config import BKDConfig, without_retired
+    from ..config import BKDConfig
 
     folder = BatchFolder(out)
     metrics = folder.run(run)
@@ -231,7 +231,8 @@ def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
     config = BKDConfig.from_dict(recorded)
     return {"dataset": metrics["dataset"], "split": metrics["split"], "seed": int(metrics["seed"]),
             "profile": metrics.get("profile", config.profile),
-            "overrides": {k: v for k, v in without_retired(recorded).items() if k not in ("seed", "device")},
+            # every field, those recorded before they existed at their defaults: the profile adds nothing
+            "overrides": {k: v for k, v in config.to_dict().items() if k not in ("seed", "device")},
             "device": config.device, "methods": list(metrics["methods"]), "folds": int(metrics.get("folds", 3)),
             "threads": recorded_threads(metrics, {} if "threads" in metrics else folder.options())}
 

@@ -72,7 +72,7 @@ class BatchOptions:
     """Settings shared by every run of a batch (what the run notebook receives as parameters)."""
 
     out: str
-    profile: str = "cpu"
+    profile: str = "features"
     overrides: dict[str, Any] = field(default_factory=dict)  # BKDConfig fields, as --set
     methods: tuple[str, ...] | None = None  # None: every method the profile can run (methods.methods_for)
     folds: int = 3
@@ -244,7 +244,7 @@ def run_config(profile: str, seed: int, overrides: dict[str, Any] | None = None,
     return resolve(profile, {**(overrides or {}), "seed": int(seed), "device": device})
 
 
-def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "cpu",
+def run_one(dataset: str, split: str, seed: int, out_dir: str | os.PathLike, *, profile: str = "features",
             overrides: dict[str, Any] | None = None, methods: Sequence[str] | None = None, folds: int = 3,
             data_dir: str | None = None, download: bool = False, device: str = "auto",
             threads: int | None = None, progress: bool = True, exit_with_parent: bool = False,

@@ -19,6 +19,12 @@ per-epoch curves a run writes beside its metrics (``curves.json``, :meth:`bkd_co
 a run trained before runs wrote them has NaN there, and a damaged ``curves.json`` raises
 :class:`bkd_core.errors.DamagedFileError`. :func:`ablation_summary` gives mean and standard deviation
 over seeds per split and judges ``bkd_last`` against each alternative with :func:`bkd_core.book.verdict.verdict`.
+
+The blindness itself: :func:`blindness_runs` sets each BKD run of a batch beside the run of a second batch
+trained with ``student_sees_label=True`` on the same split and seed, a student that also sees the teacher's logit
+of the given label (plain distillation), everything else the same. :func:`blindness_summary` compares the two
+per split: detection (F1 of the G4 mask), the noise estimate, the tipping epoch and the last epoch's test accuracy.
+
 Every file is read through :class:`bkd_core.batch.BatchFolder`.
 """
 
@@ -37,7 +43,8 @@ from .verdict import verdict
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ALTERNATIVES", "COLUMNS", "ablation_runs", "ablation_summary", "ablation_verdicts"]
+__all__ = ["ALTERNATIVES", "BLINDNESS_MEASURES", "COLUMNS", "ablation_runs", "ablation_summary", "ablation_verdicts",
+           "blindness_runs", "blindness_summary"]
 
 #: The alternatives to BKD's last epoch, in the order the book shows them: column -> what it is.
 ALTERNATIVES: dict[str, str] = {
@@ -153,3 +160,95 @@ def ablation_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
                          "std": values.std(ddof=1) if len(values) > 1 else np.nan,
                          "verdict": verdicts.get(column, {}).get(split, "")})
     return pd.DataFrame(rows, columns=["split", "column", "what", "mean", "std", "seeds", "verdict"])
+
+
+#: What :func:`blindness_runs` reads of each BKD run: column -> (key in the run's metrics, scale, shift,
+#: description); the column holds ``scale * value + shift``.
+BLINDNESS_MEASURES: dict[str, tuple[str, float, float, str]] = {
+    "g4_f1": ("detection_f1", 100.0, 0.0, "detection F1 of the G4 mask (%)"),
+    "noise_estimate": ("estimated_noise_rate", 100.0, 0.0, "estimated noise (%)"),
+    "tipping_epoch": ("tipping_epoch", 1.0, 1.0, "tipping epoch (from 1)"),
+    "test_acc": ("test_acc", 1.0, 0.0, "test accuracy, last epoch (%)"),
+}
+
+
+def _folder(batch: BatchFolder | str | os.PathLike) -> BatchFolder:
+    return batch if isinstance(batch, BatchFolder) else BatchFolder(batch)
+
+
+def blindness_runs(batch: BatchFolder | str | os.PathLike,
+                   sees_label: BatchFolder | str | os.PathLike) -> "pd.DataFrame":
+    """One row per split and seed that both batches trained BKD on: each :data:`BLINDNESS_MEASURES` of the
+    blind student's run (``batch``) and of the student that sees the label (``sees_label``: a batch trained with
+    ``--set student_sees_label=true``), sorted by split (CIFAR-N order) and seed.
+
+    Parameters
+    ----------
+    batch : BatchFolder | str | os.PathLike
+        a batch folder of BKD runs as the book reports them.
+    sees_label : BatchFolder | str | os.PathLike
+        a batch folder of the same profile trained with ``student_sees_label=True``.
+
+    Returns
+    -------
+    pd.DataFrame
+        columns ``split``, ``seed``, ``true_noise`` (%), ``flag_all_f1`` (%, the F1 of flagging every image) and,
+        for each measure ``m``, ``m`` (blind) and ``m_sees`` (sees the label); NaN where a run lacks a value (a
+        tipping epoch never found), and the F1 on a split without a wrong label (``true_noise`` 0).
+    """
+    import pandas as pd
+
+    def bkd_of(folder: BatchFolder) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(run["split"], int(run["seed"])): run["methods"]["bkd"] for _, run in folder.runs()
+                if isinstance(run["methods"].get("bkd"), dict)}
+
+    blind, seeing = bkd_of(_folder(batch)), bkd_of(_folder(sees_label))
+    rows = []
+    for split, seed in sorted(set(blind) & set(seeing)):
+        a, b = blind[split, seed], seeing[split, seed]
+        row = {"split": split, "seed": seed, "true_noise": 100.0 * _number(a.get("true_noise_rate")),
+               "flag_all_f1": 100.0 * _number(a.get("flag_all_f1"))}
+        for column, (key, scale, shift, _) in BLINDNESS_MEASURES.items():
+            row[column], row[f"{column}_sees"] = (scale * _number(a.get(key)) + shift,
+                                                  scale * _number(b.get(key)) + shift)
+        if not row["true_noise"] > 0:  # a split without a wrong label: nothing to detect, no F1
+            row["g4_f1"] = row["g4_f1_sees"] = np.nan
+        rows.append(row)
+    columns = ["split", "seed", "true_noise", "flag_all_f1",
+               *(c for m in BLINDNESS_MEASURES for c in (m, f"{m}_sees"))]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        rank = {s: i for i, s in enumerate(ordered_splits(table["split"]))}
+        table = table.sort_values(["split", "seed"], key=lambda c: c.map(rank) if c.name == "split" else c,
+                                  kind="stable").reset_index(drop=True)
+    return table
+
+
+def blindness_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
+    """Per split and measure of :func:`blindness_runs`: the mean over seeds of the blind student's run and of the
+    student's that sees the label, their standard deviations (ddof 1), the seeds with both values, and the verdict
+    of the blind student against the other (:func:`~bkd_core.book.verdict.verdict`, higher is better: for the
+    noise estimate and the tipping epoch, which are not better when higher, the verdict is left empty).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per (split, measure): ``split``, ``measure``, ``what``, ``blind``, ``blind_std``, ``sees``,
+        ``sees_std``, ``seeds`` and ``verdict`` (empty with fewer than two seeds).
+    """
+    import pandas as pd
+
+    judged = ("g4_f1", "test_acc")
+    rows = []
+    for split in ordered_splits(runs["split"]) if len(runs) else []:
+        of_split = runs[runs["split"] == split].sort_values("seed")
+        for measure, (*_, what) in BLINDNESS_MEASURES.items():
+            pairs = of_split[[measure, f"{measure}_sees"]].astype(float).dropna()
+            a, b = pairs[measure].to_numpy(), pairs[f"{measure}_sees"].to_numpy()
+            rows.append({"split": split, "measure": measure, "what": what,
+                         "blind": a.mean() if len(a) else np.nan, "blind_std": a.std(ddof=1) if len(a) > 1 else np.nan,
+                         "sees": b.mean() if len(b) else np.nan, "sees_std": b.std(ddof=1) if len(b) > 1 else np.nan,
+                         "seeds": len(a),
+                         "verdict": verdict(a, b) if measure in judged and len(a) >= 2 else ""})
+    return pd.DataFrame(rows, columns=["split", "measure", "what", "blind", "blind_std", "sees", "sees_std", "seeds",
+                                       "verdict"])

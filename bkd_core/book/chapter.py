@@ -208,7 +208,7 @@ def load_data(dataset: str = "cifar10", split: str = "worst", data_dir: str | os
     return load_cifar_n(dataset, split, data_dir, download=in_colab() if download is None else download)
 
 
-def chapter_config(profile: str = "cpu", *, seed: int = 0, train_size: int | None = None,
+def chapter_config(profile: str = "features", *, seed: int = 0, train_size: int | None = None,
                    epochs: int | None = None, device: str = "auto",
                    overrides: dict[str, Any] | str | Sequence[str] | None = None) -> BKDConfig:
     """The run configuration of a chapter: the named profile with the parameters cell's overrides.
@@ -290,7 +290,7 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
 
     An absolute path is used as it is; a relative one is looked up in the working directory first,
     then in the repository (:func:`repository_root`), so the results chapter's default
-    ``reproductions/cpu`` works with papermill from the repository, from ``chapters/`` or elsewhere.
+    ``reproductions/features`` works with papermill from the repository, from ``chapters/`` or elsewhere.
 
     Raises
     ------
@@ -309,7 +309,7 @@ def find_results_dir(results_dir: str | os.PathLike) -> Path:
         "or pass an absolute path)")
     raise FileNotFoundError(f"no reproduction batch ({SUMMARY}) for results_dir={str(results_dir)!r}: looked in "
                             f"{looked}{hint}. Pass the folder written by `bkd reproduce --out DIR`, e.g. "
-                            f"papermill -p results_dir /path/to/reproductions/cpu")
+                            f"papermill -p results_dir /path/to/reproductions/features")
 
 
 def batch_summary(results_dir: str | os.PathLike, split: str | None = None):
@@ -345,7 +345,7 @@ def profile_comparison(run_metrics: Mapping[str, Mapping[str, Any]], batches: Ma
         ``{"bkd": metrics, "ce": metrics}`` of the chapter's runs (``RunResult.metrics``).
     batches : Mapping[str, Any]
         column label -> :func:`batch_summary` of a batch (None: the batch is not there, its column
-        shows "–"), e.g. ``{"cpu batch": ..., "features batch": ...}``.
+        shows "–"), e.g. ``{"cnn batch": ..., "features batch": ...}``.
     split : str
         the split whose batch rows are shown.
     run_label : str
@@ -401,7 +401,7 @@ def config_table(config: BKDConfig, fields: Sequence[str] = CONFIG_FIELDS):
     paper = PROFILES["paper"]
 
     def show(cfg: BKDConfig, f: str) -> str:
-        if f == "model_widths" and cfg.model not in ("small_cnn", "mlp"):
+        if f == "model_widths" and cfg.model == "preresnet18":  # the only network without configurable widths
             return "(fixed)"
         return _show(f, getattr(cfg, f))
 

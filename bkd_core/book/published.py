@@ -3,7 +3,7 @@
 The BKD paper's own result tables were not available to this project, so none are listed here.
 These are other methods' numbers as their papers report them, measured with a different protocol
 (ResNet-34, the full 50,000 training images, 100+ epochs, best test accuracy over training), so they
-are context for the ``paper`` profile, not something the ``cpu`` profile can be compared with.
+are context for the ``paper`` profile, not something the ``features`` or ``cnn`` profile can be compared with.
 """
 
 from __future__ import annotations
