@@ -255,7 +255,7 @@ def test_code_version_text_sets_replayed_runs_apart():
     text = results.code_version_text(pd.DataFrame(rows), current="ba9876543210")
     assert text.startswith("Code version: 2 of 2 by other code (0123456789ab; the training code changed since, now "
                            "ba9876543210); the current code replayed the first 2 epochs of BKD and cross-entropy on "
-                           "worst, aggre bit for bit on the CPU model that made them (CPU model A) (a replay, not a "
+                           "worst, aggre bit for bit on the CPU model that made them (CPU model A), a replay, not a "
                            "full rerun")
     assert "identical" not in text and "stale" not in text
     rows.append(row("clean", results.CODE_OTHER))

@@ -513,8 +513,9 @@ def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame"
                      "replayed_epochs": None if replay is None else replay.get("replayed_epochs"),
                      "replayed_methods": None if replay is None else " ".join(map(str, replay.get("methods") or [])),
                      "replayed_cpu": None if replay is None else replay.get("cpu")})
-    return pd.DataFrame(rows, columns=["run", "code_hash", "code", "chained", "verdict", "replayed_epochs",
-                                       "replayed_methods", "replayed_cpu"])
+    versions = pd.DataFrame(rows, columns=["run", "code_hash", "code", "chained", "verdict", "replayed_epochs",
+                                           "replayed_methods", "replayed_cpu"])
+    return versions.astype({"replayed_epochs": "Int64"})
 
 
 def tolerance_text() -> str:
@@ -591,10 +592,11 @@ def _replay_text(replayed: "pd.DataFrame") -> str:
                                                          sort=False, dropna=False):
         words = [_METHOD_WORDS.get(m, m) for m in str(methods if pd.notna(methods) else "").split()]
         which = " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words) or "their methods"
-        span = "epoch" if epochs == 1 else f"{int(epochs)} epochs" if pd.notna(epochs) else "epochs"
+        k = int(epochs) if pd.notna(epochs) else None
+        span = "epoch" if k == 1 else f"{k} epochs" if k else "epochs"
         model = f" ({cpu})" if isinstance(cpu, str) and cpu else ""
         groups.append(f"the first {span} of {which} on {', '.join(rows['run'])} bit for bit on the CPU model that "
                       f"made {'them' if len(rows) > 1 else 'it'}{model}")
-    return ("the current code replayed " + "; and ".join(groups) + " (a replay, not a full rerun: it shows that the "
-            "current code computes those epochs of those runs as the recorded code did, not the later epochs, the "
-            "detection or the methods not replayed, so their numbers still come from the other code)")
+    return ("the current code replayed " + "; and ".join(groups) + ", a replay, not a full rerun: it shows that the "
+            "current code computes those epochs as the recorded code did, and says nothing of the later epochs, the "
+            "detection or the methods not replayed, so the runs' numbers still come from the other code")
