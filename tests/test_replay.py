@@ -264,3 +264,15 @@ def test_code_version_text_sets_replayed_runs_apart():
     assert "the first 2 epochs of BKD and cross-entropy on worst" in text
     assert "the first epoch of BKD on aggre bit for bit on the CPU model that made it" in text
     assert "the other 1 (clean) were not reproduced or replayed by the current code" in text
+
+
+def test_a_batch_run_stopped_after_its_first_epochs_is_not_finished(tmp_path):
+    """A batch run trained with ``--set stop_after_epochs=K`` goes on when the batch is run again without it,
+    as one stopped by its deadline does."""
+    from bkd_core.batch import BatchFolder
+
+    path = tmp_path / RUN / "metrics.json"
+    path.parent.mkdir()
+    for stopped_by, finished in (("epochs", True), ("stop_after_epochs", False), ("deadline", False)):
+        path.write_text(json.dumps({"methods": {"bkd": {"stopped_by": stopped_by}, "ce": {}}}))
+        assert BatchFolder(tmp_path).is_finished(RUN, ("bkd", "ce")) is finished
