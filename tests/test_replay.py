@@ -218,6 +218,12 @@ def test_replays_that_cannot_hold_bit_for_bit_are_refused_before_anything_is_tra
     _edit(metrics, lambda run: run["machine"].update(cpu=""))
     assert "records no CPU model" in _refused(batch, capsys, "--replay-epochs", "1")
     metrics.write_text(original)
+    curves = batch / RUN / "bkd" / "curves.json"
+    kept = curves.read_text()
+    curves.write_text("[1, 2]")
+    err = _refused(batch, capsys, "--replay-epochs", "1")
+    assert "bkd/curves.json holds a list, not a run's per-epoch curves" in err
+    curves.write_text(kept)
     (batch / RUN / "ce" / "curves.json").unlink()  # a run made before runs recorded their curves
     err = _refused(batch, capsys, "--replay-epochs", "1")
     assert "ce/curves.json is missing" in err and "rerun the whole run instead" in err

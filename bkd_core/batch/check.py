@@ -609,10 +609,13 @@ def replay_settings(out: str | os.PathLike, run: str, *, epochs: int,
             raise ValueError(f"{run} did not train {method} (it trained {', '.join(settings['methods'])}): choose "
                              "--methods among those")
         path = folder.run_dir(run) / method / METHOD_CURVES
-        recorded = folder.method_curves(run, method)
-        if recorded is None:
+        if not lexists(path):
             raise ValueError(f"{path} is missing: the run's {method} recorded no per-epoch curves to compare a "
                              f"replay with (it was made by older code, or the file was not kept); {rerun_whole}")
+        recorded = read_run_json(path)  # as written, values compared as read (the safe reader)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{path} holds a {type(recorded).__name__}, not a run's per-epoch curves: restore it "
+                             f"from the batch's copy (e.g. git checkout), or {rerun_whole}")
         done = len(recorded["epoch"]) if isinstance(recorded.get("epoch"), list) else 0
         if epochs > done:
             raise ValueError(f"--replay-epochs {epochs} is more than the {done} epochs {path} records: choose 1 to "
