@@ -165,6 +165,10 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.replay_epochs is not None:
+        return _replay(args)
+    if args.methods is not None:
+        raise ValueError("--methods chooses the methods a replay trains again: give it with --replay-epochs K")
     if args.reference is not None and args.rerun is None:
         raise ValueError("--reference OLDER_OUT needs --rerun OTHER_OUT: the runs of OTHER_OUT are compared with "
                          "those of OLDER_OUT")
@@ -189,6 +193,31 @@ def _check(args: argparse.Namespace) -> int:
     rest = "".join(f", {n} {verdict}" for verdict, n in sorted(others.items()))
     print(f"{identical} of {len(checks)} identical{rest}; recorded in {Path(args.out) / CODE_CHECKS}")
     return 0 if checks and identical == len(checks) else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """``check OUT --replay-epochs K [RUN ...] [--methods ...]``: :func:`bkd_core.batch.check.replay_runs`."""
+    from .batch import CODE_CHECKS
+    from .batch.check import REPLAYED, replay_runs
+
+    for flag, value in (("--rerun", args.rerun), ("--reference", args.reference)):
+        if value is not None:
+            raise ValueError(f"--replay-epochs trains the first epochs of OUT's runs again here: drop {flag}")
+    checks = replay_runs(args.out, args.runs, epochs=args.replay_epochs, methods=args.methods,
+                         data_dir=args.data_dir, threads=args.threads, progress=not args.no_progress)
+    for check in checks:
+        change = f"code {check['recorded_code_hash']} -> {check['code_hash']}"
+        what = f"the first {check['replayed_epochs']} epochs of {', '.join(check['methods'])}"
+        if check["verdict"] == REPLAYED:
+            print(f"{check['run']}: {what} identical to the recorded run, bit for bit, on this CPU model ({change}; "
+                  "a replay, not a full rerun)")
+        else:
+            print(f"{check['run']}: {what} differ from the recorded run ({change}):\n  "
+                  + "\n  ".join(check["differences"]))
+    same = sum(c["verdict"] == REPLAYED for c in checks)
+    print(f"{same} of {len(checks)} replayed identically over their first {args.replay_epochs} epochs; recorded in "
+          f"{Path(args.out) / CODE_CHECKS}")
+    return 0 if checks and same == len(checks) else 1
 
 
 def parse_overrides_raw(pairs: Sequence[str]) -> dict[str, Any]:
@@ -251,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="with --rerun: compare OTHER_OUT's runs with OLDER_OUT's, the same batch rerun on this "
                             "machine by older code, instead of with OUT's (floats differ between CPUs in their last "
                             "digits; two code versions on one machine compare exactly)")
+    p_chk.add_argument("--replay-epochs", dest="replay_epochs", type=int, default=None, metavar="K",
+                       help="instead of rerunning whole runs (default: every finished run), train their first K "
+                            "epochs again on this CPU model and compare the per-epoch curves bit for bit (a "
+                            "replay: it shows those K epochs are computed as before, nothing more)")
+    p_chk.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                       help="with --replay-epochs: the methods to replay (default: bkd and ce, those the run "
+                            "trained; cleanlab's fold runs are not replayed)")
     p_chk.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: the batch's threads per run; float sums depend on it)")
     p_chk.add_argument("--data-dir", default=None,

@@ -80,6 +80,9 @@ class BKDConfig:
     checkpoint_seconds: float | None = None  # ... and also whenever this many seconds passed since the last one
     # end a run before an epoch that would not finish within this many seconds of its start (rerun to go on)
     deadline_s: float | None = None
+    # end the run after this many epochs, each computed as in the full run (a replay of a recorded run's first
+    # epochs, ``check --replay-epochs``); a rerun without it goes on
+    stop_after_epochs: int | None = None
     profile: str = "custom"
 
     def __post_init__(self) -> None:
@@ -121,6 +124,8 @@ class BKDConfig:
             (self.checkpoint_seconds is None or self.checkpoint_seconds > 0,
              f"checkpoint_seconds must be None or > 0, got {self.checkpoint_seconds}"),
             (self.deadline_s is None or self.deadline_s > 0, f"deadline_s must be None or > 0, got {self.deadline_s}"),
+            (self.stop_after_epochs is None or self.stop_after_epochs >= 1,
+             f"stop_after_epochs must be None or >= 1, got {self.stop_after_epochs}"),
             (self.bf16 is None or self.precision == "auto" or (self.precision == "bf16") == self.bf16,
              f"precision={self.precision!r} contradicts bf16={self.bf16}; set only precision (bf16=None)"),
             (_valid_device(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"),
@@ -275,9 +280,10 @@ _HINTS = typing.get_type_hints(BKDConfig)
 
 #: Execution and speed switches: they do not change what a run computes, so they are not in its fingerprint.
 #: (``deterministic`` and the checkpoint frequency: a run resumed from any checkpoint ends as an uninterrupted one.)
-#: (``deadline_s`` only ends a run before an epoch, which its metrics record as ``stopped_by``; a rerun goes on.)
+#: (``deadline_s`` and ``stop_after_epochs`` only end a run between epochs, which its metrics record as
+#: ``stopped_by``; a rerun without them goes on.)
 NOT_FINGERPRINTED = ("device", "channels_last", "bf16", "precision", "compile", "deterministic", "checkpoint_every",
-                     "checkpoint_seconds", "deadline_s", "eval_batch_size", "profile")
+                     "checkpoint_seconds", "deadline_s", "stop_after_epochs", "eval_batch_size", "profile")
 #: Fields added after the committed runs were recorded: hashed only when set to a non-default value.
 LATER_FIELDS: tuple[str, ...] = ("features", "drop_last", "stop_after_detection", "student_sees_label")
 

@@ -354,9 +354,10 @@ class Trainer:
     def decide_stop(self) -> str | None:
         """Decide, and keep in :attr:`stop_reason`, why training ends after the epoch in progress (or, between
         epochs, the last one): ``"detection"`` (``stop_after_detection`` and :meth:`detection_final`),
-        ``"epochs"`` (it is the last of ``config.epochs``), ``"deadline"`` (one more epoch, as long as the
-        longest of the last three, would end more than ``config.deadline_s`` seconds after this trainer
-        started), or None: training goes on. Called once per epoch, after its :meth:`after_epoch`, and once
+        ``"epochs"`` (it is the last of ``config.epochs``), ``"stop_after_epochs"`` (it is the last of
+        ``config.stop_after_epochs``, a replay of the run's first epochs), ``"deadline"`` (one more epoch, as
+        long as the longest of the last three, would end more than ``config.deadline_s`` seconds after this
+        trainer started), or None: training goes on. Called once per epoch, after its :meth:`after_epoch`, and once
         before the first epoch of a run (fresh or resumed)."""
         self.stop_reason = self._why_stop()
         return self.stop_reason
@@ -370,6 +371,8 @@ class Trainer:
             return "detection"
         if started >= cfg.epochs:
             return "epochs"
+        if cfg.stop_after_epochs is not None and started >= cfg.stop_after_epochs:
+            return "stop_after_epochs"
         if cfg.deadline_s is not None:
             now = time.perf_counter()
             times = [t for t in self.history.get("epoch_time", [])[-3:] if np.isfinite(t)]
@@ -605,7 +608,9 @@ class Trainer:
                 self.record(key, float(value))
             self.check_finite(per_sample)
             per_sample.update(self.after_epoch(per_sample))
-            last = self.decide_stop() is not None  # the last of config.epochs included
+            # the last epoch is evaluated, except where the run stops after its first epochs (a replay): those
+            # epochs stay exactly as the full run computes them
+            last = self.decide_stop() not in (None, "stop_after_epochs")
             if self.epoch % self.config.val_every == 0 or last:
                 self.record("val_acc", self.evaluate(self.prep.images[self.val_rows] if len(self.val_rows)
                                                      else self.prep.images[self.train_rows],

@@ -14,6 +14,13 @@ record of checks (:meth:`bkd_core.batch.BatchFolder.add_code_check`) with one of
 Two reruns made side by side on one machine by older and by current code compare exactly
 (``reference``), and identical checks chain (:func:`identical_codes`): code A made the run, A's rerun on
 that machine was identical, and the current code's rerun here was identical to A's rerun here.
+
+A run too long to rerun can be *replayed* instead (:func:`replay_runs`): the current code trains its first
+``K`` epochs again (``stop_after_epochs``), on the CPU model that made it, and their per-epoch curves are
+compared bit for bit with the recorded run's first ``K``. The verdict :data:`REPLAYED` says that the current
+code computes those ``K`` epochs of that run as the recorded code did, and nothing more: not the later
+epochs, not the detection, not the methods left out (cleanlab's fold runs are never replayed). A replay never
+makes a run identical, and identical checks never chain through one.
 """
 
 from __future__ import annotations
@@ -27,15 +34,21 @@ import numpy as np
 
 from ..data import load_cifar_n
 from .files import MAX_TABLE_BYTES, lexists, load_run_arrays, read_run_bytes, read_run_json
-from .folder import METHOD_METRICS, METHOD_SCORES, METRICS, BatchFolder
-from .runner import Loader, cpu_model, run_one
+from .folder import METHOD_CURVES, METHOD_METRICS, METHOD_SCORES, METRICS, BatchFolder
+from .runner import Loader, cpu_model, run_config, run_one
 from .samples import HIGHLIGHTS
 
 IDENTICAL = "identical"
 WITHIN_TOLERANCE = "reproduced within tolerance"
+#: A replay's verdict: the first epochs of the replayed methods came out identical (:func:`replay_run`).
+REPLAYED = "first epochs identical"
 DIFFERS = "differs"
 #: The verdicts of a check, strongest first.
-VERDICTS = (IDENTICAL, WITHIN_TOLERANCE, DIFFERS)
+VERDICTS = (IDENTICAL, WITHIN_TOLERANCE, REPLAYED, DIFFERS)
+#: The ``kind`` of a replay's check (a rerun's check has none).
+REPLAY = "replay"
+#: Per-epoch curves a replay does not compare: times.
+CURVES_VOLATILE = frozenset({"epoch_time"})
 
 #: Largest difference of each method's number (in its batch ``metrics.json``) for :data:`WITHIN_TOLERANCE`, in
 #: the number's own unit: accuracies are in %, so 1.0 is 1 point; noise estimates and F1 scores are fractions,
@@ -237,13 +250,13 @@ def recorded_run(out: str | os.PathLike, run: str) -> dict[str, Any]:
             "threads": recorded_threads(metrics, {} if "threads" in metrics else folder.options())}
 
 
-def recorded_threads(metrics: dict[str, Any], options: dict[str, Any]) -> int:
+def recorded_threads(metrics: dict[str, Any], options: dict[str, Any], *, at_most_cores: bool = True) -> int:
     """The torch threads a run was made with, from structured fields only: its ``threads`` (recorded by the
     run), else its batch's ``threads`` option; 1 when neither is a positive integer; at most this machine's
-    cores (more threads than cores would only slow a rerun down)."""
+    cores (more threads than cores would only slow a rerun down) unless ``at_most_cores`` is False."""
     for value in (metrics.get("threads"), options.get("threads")):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return min(value, os.cpu_count() or 1)
+            return min(value, os.cpu_count() or 1) if at_most_cores else value
     return 1
 
 
@@ -406,13 +419,13 @@ def verdict_of(check: dict[str, Any]) -> str:
 def identical_codes(checks: list[dict[str, Any]], run: str, recorded: str,
                     accept: Callable[[dict[str, Any]], bool] | None = None) -> set[str]:
     """Code hashes that computed ``run`` as code ``recorded`` did: reachable from it through checks of the run
-    that ``accept`` (default: identical ones)."""
+    that ``accept`` (default: identical ones). Replays (:data:`REPLAY`) are never links of the chain."""
     accept = accept or (lambda c: verdict_of(c) == IDENTICAL)
     reached, frontier = {recorded}, [recorded]
     while frontier:
         source = frontier.pop()
         for c in checks:
-            if c["run"] == run and accept(c) and c.get("recorded_code_hash") == source \
+            if c["run"] == run and c.get("kind") != REPLAY and accept(c) and c.get("recorded_code_hash") == source \
                     and c["code_hash"] not in reached:
                 reached.add(c["code_hash"])
                 frontier.append(c["code_hash"])
@@ -423,7 +436,8 @@ def run_verdicts(out: str | os.PathLike, current: str | None = None) -> dict[str
     """The verdict on each finished run of ``out`` for the ``current`` code (default: this package's), by run
     name: :data:`IDENTICAL` when the current code made it or reproduced it bit for bit (directly or through a
     chain of identical checks, :func:`identical_codes`), else :data:`WITHIN_TOLERANCE` when a chain of checks
-    each identical or within tolerance reaches the current code, else ``""`` (not reproduced by the current
+    each identical or within tolerance reaches the current code, else :data:`REPLAYED` when the current code
+    replayed the run's first epochs identically (:func:`replay_of`), else ``""`` (not reproduced by the current
     code, or the code version was not recorded)."""
     from ..provenance import code_hash
 
@@ -437,11 +451,25 @@ def run_verdicts(out: str | os.PathLike, current: str | None = None) -> dict[str
             verdicts[name] = ""
         elif recorded == current or current in identical_codes(checks, name, recorded):
             verdicts[name] = IDENTICAL
-        elif current in identical_codes(checks, name, recorded, lambda c: verdict_of(c) != DIFFERS):
+        elif current in identical_codes(checks, name, recorded,
+                                        lambda c: verdict_of(c) in (IDENTICAL, WITHIN_TOLERANCE)):
             verdicts[name] = WITHIN_TOLERANCE
+        elif replay_of(checks, name, recorded, current) is not None:
+            verdicts[name] = REPLAYED
         else:
             verdicts[name] = ""
     return verdicts
+
+
+def replay_of(checks: list[dict[str, Any]], run: str, recorded: str, current: str) -> dict[str, Any] | None:
+    """The replay that vouches for the ``current`` code on ``run`` (made by code ``recorded``): its check with
+    verdict :data:`REPLAYED`, or None when there is none, or when a check of the run by the current code
+    against the recorded code (a replay or a rerun) differs."""
+    mine = [c for c in checks if c["run"] == run and c.get("recorded_code_hash") == recorded
+            and c["code_hash"] == current]
+    if any(verdict_of(c) == DIFFERS for c in mine):
+        return None
+    return next((c for c in reversed(mine) if c.get("kind") == REPLAY and verdict_of(c) == REPLAYED), None)
 
 
 def check_reruns(out: str | os.PathLike, rerun: str | os.PathLike, *, runs: list[str] | None = None,
@@ -474,3 +502,232 @@ def check_reruns(out: str | os.PathLike, rerun: str | os.PathLike, *, runs: list
                 _require_rerun_of(original, batch.metrics_path(run), folder.run(run), folder.metrics_path(run))
     return [record_check(out, run, again.run_dir(run), threads=threads,
                          reference=None if base is None else base.run_dir(run)) for run in runs]
+
+
+# -- replays: the first epochs of a run, again ----------------------------------------------------
+
+def replay_methods() -> tuple[str, ...]:
+    """The methods a replay can replay: those whose run is one run of the training loop
+    (``Method.single_run``: BKD and the cross-entropy baseline), which records its per-epoch curves.
+    Confident learning's fold runs are not replayed."""
+    from ..detectors import METHODS
+
+    return tuple(name for name, method in METHODS.items() if method.single_run)
+
+
+def _no_value(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal bit for bit: numbers by their float64 bits (``-0.0`` is not ``0.0``), NaN and None alike."""
+    if _no_value(a) or _no_value(b):
+        return _no_value(a) and _no_value(b)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return float(a).hex() == float(b).hex() if numbers else a == b
+
+
+def compare_curves(recorded: dict[str, Any], replayed: dict[str, Any], epochs: int) -> list[str]:
+    """Where a replay's per-epoch curves (a method's ``curves.json``, :func:`bkd_core.metrics.epoch_curves`)
+    differ from the recorded run's first ``epochs`` entries: the same curves (but the times,
+    :data:`CURVES_VOLATILE`), each value equal bit for bit as read from the files (None and NaN alike; a
+    curve shorter than ``epochs`` has no value at the missing epochs).
+
+    Returns
+    -------
+    list of str
+        One line per difference, earliest epoch first (``"epoch 2: loss_ce: 1.25 != 1.2500001"``), or a
+        curve found in one file only; ``[]`` when the first ``epochs`` epochs are identical.
+    """
+    def entries(curves: dict[str, Any], key: str) -> list[Any]:
+        values = curves[key] if isinstance(curves[key], list) else [curves[key]]
+        return (values + [None] * epochs)[:epochs]
+
+    found = []
+    keys = sorted((set(recorded) | set(replayed)) - CURVES_VOLATILE)
+    for key in keys:
+        if key not in replayed:
+            found.append(f"{key}: recorded, missing from the replay")
+        elif key not in recorded:
+            found.append(f"{key}: in the replay, not recorded")
+    common = [k for k in keys if k in recorded and k in replayed]
+    if "epoch" in replayed and isinstance(replayed["epoch"], list) and len(replayed["epoch"]) != epochs:
+        found.append(f"epoch: the replay has {len(replayed['epoch'])} epochs, not {epochs}")
+    columns = {key: (entries(recorded, key), entries(replayed, key)) for key in common}
+    for i in range(epochs):
+        for key, (a, b) in columns.items():
+            if not _same_value(a[i], b[i]):
+                found.append(f"epoch {i + 1}: {key}: {a[i]!r} != {b[i]!r}")
+    return found
+
+
+def replay_settings(out: str | os.PathLike, run: str, *, epochs: int,
+                    methods: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What a replay of run ``out/run``'s first ``epochs`` epochs needs, checked before anything is trained:
+    :func:`recorded_run`'s settings, with ``replay_methods`` (``methods``, default: each of
+    :func:`replay_methods` the run trained), ``curves`` (each method's recorded ``curves.json``),
+    ``threads`` (the run's recorded torch threads, not bounded by the cores: float sums depend on them),
+    ``cpu`` (this machine's CPU model) and ``recorded_code_hash``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out/run`` holds no finished run.
+    ValueError
+        the run was made on another CPU model (or records none) or on a GPU, ``epochs`` is below 1 or
+        beyond the epochs a method recorded, a method cannot be replayed or was not trained by the run,
+        or a method recorded no ``curves.json`` (one sentence each).
+    """
+    folder = BatchFolder(out)
+    settings = recorded_run(out, run)  # a finished run with a valid, unedited configuration
+    metrics = folder.run(run)
+    rerun_whole = f"rerun the whole run instead (python -m bkd_core check {out} {run})"
+    recorded_cpu, here = _cpu(metrics), cpu_model()
+    if not recorded_cpu:
+        raise ValueError(f"{folder.metrics_path(run)} records no CPU model, and a replay is compared bit for bit, "
+                         f"which holds on the CPU model that made the run only: {rerun_whole}")
+    if recorded_cpu != here:
+        raise ValueError(f"{run} was made on the CPU model {recorded_cpu!r} and this machine's is "
+                         f"{here or 'unknown'!r}: a replay is compared bit for bit, which holds on the same CPU model "
+                         "only; replay it on a "
+                         f"machine with that CPU, or {rerun_whole}, compared within tolerance")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--replay-epochs must be a whole number of epochs >= 1, got {epochs!r}")
+    replayable = replay_methods()
+    chosen = list(dict.fromkeys(methods)) if methods else [m for m in replayable if m in settings["methods"]]
+    others = [m for m in chosen if m not in replayable]
+    if others:
+        raise ValueError(f"{', '.join(others)} cannot be replayed: a replay trains {' and '.join(replayable)} "
+                         "again, one run of the training loop each (confident learning's fold runs are not "
+                         "replayed); choose --methods among those")
+    if not chosen:
+        raise ValueError(f"{run} trained none of {', '.join(replayable)}, the methods a replay can replay: "
+                         f"{rerun_whole}")
+    curves = {}
+    for method in chosen:
+        if method not in settings["methods"]:
+            raise ValueError(f"{run} did not train {method} (it trained {', '.join(settings['methods'])}): choose "
+                             "--methods among those")
+        path = folder.run_dir(run) / method / METHOD_CURVES
+        if not lexists(path):
+            raise ValueError(f"{path} is missing: the run's {method} recorded no per-epoch curves to compare a "
+                             f"replay with (it was made by older code, or the file was not kept); {rerun_whole}")
+        recorded = read_run_json(path)  # as written, values compared as read (the safe reader)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{path} holds a {type(recorded).__name__}, not a run's per-epoch curves: restore it "
+                             f"from the batch's copy (e.g. git checkout), or {rerun_whole}")
+        done = len(recorded["epoch"]) if isinstance(recorded.get("epoch"), list) else 0
+        if epochs > done:
+            raise ValueError(f"--replay-epochs {epochs} is more than the {done} epochs {path} records: choose 1 to "
+                             f"{done}" if done else f"{path} records no epoch: {rerun_whole}")
+        device = str(metrics["methods"][method].get("device", ""))
+        if not device.startswith("cpu"):
+            raise ValueError(f"{run}'s {method} was trained on {device or 'an unrecorded device'}: a replay is "
+                             f"compared bit for bit, which it can be on the CPU only; {rerun_whole}")
+        curves[method] = recorded
+    return {**settings, "replay_methods": chosen, "curves": curves, "cpu": here,
+            "recorded_code_hash": metrics.get("code_hash"),
+            "threads": recorded_threads(metrics, {} if "threads" in metrics else folder.options(),
+                                        at_most_cores=False)}
+
+
+def replay_run(out: str | os.PathLike, run: str, *, epochs: int, methods: list[str] | tuple[str, ...] | None = None,
+               data_dir: str | None = None, progress: bool = True, loader: Loader | None = None,
+               settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Replay the first ``epochs`` epochs of a finished run of a batch with the current code, compare their
+    per-epoch curves with the recorded ones, and record the check.
+
+    Each method of :func:`replay_settings` (default: BKD and cross-entropy, those the run trained) is trained
+    again with the run's recorded configuration, seed and torch threads, on the CPU, with
+    ``stop_after_epochs=epochs``, into a temporary folder (deleted afterwards; nothing in the recorded run's
+    folder is written); its ``curves.json`` is compared with the recorded one's first ``epochs`` entries
+    (:func:`compare_curves`). The check is appended to the batch folder's record
+    (:meth:`BatchFolder.add_code_check`) with the verdict :data:`REPLAYED` when nothing differs, else
+    :data:`DIFFERS`. A replay shows that the current code computes those epochs of that run as the recorded
+    code did; it says nothing of the later epochs, the detection or the methods not replayed, and it never
+    makes a run identical.
+
+    Parameters
+    ----------
+    loader : callable, optional
+        What loads the data (:func:`bkd_core.batch.runner.run_one`); default :func:`bkd_core.data.load_cifar_n`.
+    settings : dict, optional
+        :func:`replay_settings` of this run and ``epochs``, when checked already (:func:`replay_runs`).
+
+    Returns
+    -------
+    dict[str, Any]
+        The recorded check: ``run``, ``kind`` (:data:`REPLAY`), ``recorded_code_hash``, ``code_hash`` (this
+        code's), ``identical`` (always False: a replay is not an identical rerun), ``verdict``,
+        ``replayed_epochs``, ``methods``, ``cpu``, ``compared`` (the files), ``differences`` (at most 20
+        lines, earliest epoch first), ``threads``, ``device``, ``machine``, ``checked_at``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        as :func:`replay_settings`.
+    """
+    import platform
+    import shutil
+    import tempfile
+
+    import torch
+
+    from ..detectors import METHODS
+    from ..provenance import code_hash
+    from ..train import with_config_features
+
+    settings = settings or replay_settings(out, run, epochs=epochs, methods=methods)
+    chosen, threads = settings["replay_methods"], settings["threads"]
+    config = run_config(settings["profile"], settings["seed"], settings["overrides"], "cpu")
+    config = config.replace(stop_after_epochs=epochs)
+    scratch = Path(tempfile.mkdtemp(prefix="bkd-replay-"))
+    before = torch.get_num_threads()
+    differences: list[str] = []
+    try:
+        torch.set_num_threads(threads)
+        data = (loader or load_cifar_n)(settings["dataset"], settings["split"], data_dir, download=False)
+        data = with_config_features(data, config, progress=progress)
+        for method in chosen:
+            METHODS[method].train(data, config, scratch / method, folds=settings["folds"], progress=progress)
+            replayed = read_run_json(scratch / method / METHOD_CURVES)
+            differences += [f"{method}/{METHOD_CURVES}: {line}"
+                            for line in compare_curves(settings["curves"][method], replayed, epochs)]
+    finally:
+        torch.set_num_threads(before)
+        shutil.rmtree(scratch, ignore_errors=True)
+    check = {"run": run, "kind": REPLAY, "recorded_code_hash": settings["recorded_code_hash"],
+             "code_hash": code_hash(), "identical": False, "verdict": DIFFERS if differences else REPLAYED,
+             "replayed_epochs": epochs, "methods": chosen, "cpu": settings["cpu"],
+             "compared": [f"{m}/{METHOD_CURVES}" for m in chosen], "differences": differences[:20],
+             "threads": threads, "device": "cpu",
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {settings['cpu']}",
+             "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    BatchFolder(out).add_code_check(check)
+    return check
+
+
+def replay_runs(out: str | os.PathLike, runs: list[str] | None = None, *, epochs: int,
+                methods: list[str] | tuple[str, ...] | None = None, data_dir: str | None = None,
+                threads: int | None = None, progress: bool = True,
+                loader: Loader | None = None) -> list[dict[str, Any]]:
+    """:func:`replay_run` for each run of ``runs`` (default: every finished run of ``out``), after checking
+    every run first (:func:`replay_settings`): nothing is trained or recorded when any run is refused.
+    ``threads``: refused unless it is the threads each run was made with (a replay uses those).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out`` holds no finished run, or a run of ``runs`` is not one.
+    ValueError
+        as :func:`replay_settings`, or ``threads`` differs from a run's recorded threads.
+    """
+    if not runs:
+        runs = require_batch_folder(out, "OUT").run_names()
+    planned = {run: replay_settings(out, run, epochs=epochs, methods=methods) for run in runs}
+    for run, settings in planned.items():
+        if threads is not None and threads != settings["threads"]:
+            raise ValueError(f"--threads {threads}: {run} was made with {settings['threads']} torch threads, and a "
+                             "replay uses them (float sums depend on them); drop --threads")
+    return [replay_run(out, run, epochs=epochs, data_dir=data_dir, progress=progress, loader=loader,
+                       settings=settings) for run, settings in planned.items()]

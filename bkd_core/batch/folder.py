@@ -372,8 +372,8 @@ class BatchFolder:
 
     def is_finished(self, name: str, methods: Sequence[str]) -> bool:
         """Does run ``name`` have a readable :data:`METRICS` whose ``methods`` hold every method of ``methods``, none
-        of them stopped by its deadline? (A batch never trains over such a run; :meth:`run` checks the rest of the
-        file when it is read.)"""
+        of them stopped by its deadline or after its first epochs? (A batch never trains over such a run; :meth:`run`
+        checks the rest of the file when it is read.)"""
         if not self.has_run(name):
             return False
         try:
@@ -382,8 +382,10 @@ class BatchFolder:
             return False
         if not (isinstance(run, dict) and isinstance(run.get("methods"), dict) and set(methods) <= set(run["methods"])):
             return False
-        # a method that ended at its deadline (config.deadline_s) goes on when the batch is run again
-        return not any(isinstance(m, dict) and m.get("stopped_by") == "deadline" for m in run["methods"].values())
+        # a method that ended at its deadline (config.deadline_s) or after its first epochs (stop_after_epochs)
+        # goes on when the batch is run again
+        return not any(isinstance(m, dict) and m.get("stopped_by") in ("deadline", "stop_after_epochs")
+                       for m in run["methods"].values())
 
     def write_run(self, name: str, metrics: dict[str, Any], samples: "pd.DataFrame") -> None:
         """Write run ``name``'s per-sample tables (:func:`bkd_core.batch.samples.write_tables`), then its
@@ -534,10 +536,12 @@ class BatchFolder:
         return checks
 
     def add_code_check(self, check: dict[str, Any]) -> None:
-        """Append ``check`` to :data:`CODE_CHECKS`, replacing an earlier check of the same run from the same
-        recorded code by the same code."""
-        key = (check["run"], check.get("recorded_code_hash"), check["code_hash"])
-        checks = [c for c in self.code_checks() if (c["run"], c.get("recorded_code_hash"), c["code_hash"]) != key]
+        """Append ``check`` to :data:`CODE_CHECKS`, replacing an earlier check of the same kind (a rerun, or a
+        replay of the first epochs) of the same run from the same recorded code by the same code."""
+        def key(c: dict[str, Any]) -> tuple[Any, ...]:
+            return c["run"], c.get("recorded_code_hash"), c["code_hash"], c.get("kind")
+
+        checks = [c for c in self.code_checks() if key(c) != key(check)]
         atomic_write_json(self.path / CODE_CHECKS, {"checks": [*checks, check]})
 
     # -- what a table cannot show -----------------------------------------------------------------

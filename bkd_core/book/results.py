@@ -16,7 +16,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Sequence
 
-from ..batch.check import IDENTICAL, TOLERANCES, WITHIN_TOLERANCE, run_verdicts, verdict_of
+from ..batch.check import IDENTICAL, REPLAYED, TOLERANCES, WITHIN_TOLERANCE, replay_of, run_verdicts, verdict_of
 from ..batch.folder import SPLIT_ORDER, BatchFolder
 # a run's per-sample tables and what the results chapter asks of them, as results.* for the chapters
 from ..batch.folder import COLUMNS, METHOD_ORDER, configuration_of  # noqa: F401
@@ -452,6 +452,10 @@ CODE_CURRENT, CODE_OTHER, CODE_UNKNOWN = "current code", "other code", "code ver
 CODE_REPRODUCED = "other code, reproduced exactly by the current code"
 #: ... and of one that the current code, rerun on another kind of CPU, reproduced within the stated tolerances.
 CODE_TOLERANCE = "other code, reproduced within tolerance by the current code"
+#: ... and of one whose first epochs the current code replayed bit for bit (weaker: not the whole run).
+CODE_REPLAYED = "other code, first epochs replayed identically by the current code"
+#: Method names as the code-version sentence says them.
+_METHOD_WORDS = {"bkd": "BKD", "ce": "cross-entropy"}
 
 
 def read_code_checks(out: str | Path) -> list[dict]:
@@ -468,9 +472,13 @@ def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame"
     code, but rerunning it with the current code gave identical results; identical checks of the run chain,
     e.g. code A reproduced the run and code B reproduced A's rerun side by side on another machine),
     :data:`CODE_TOLERANCE` (other code, reproduced by the current code on another kind of CPU within
-    :data:`bkd_core.batch.check.TOLERANCES`), :data:`CODE_OTHER` (the training code changed since: the run's
-    numbers may be stale) or :data:`CODE_UNKNOWN` (runs made before the hash was recorded; whether their code
-    matches this one cannot be told)."""
+    :data:`bkd_core.batch.check.TOLERANCES`), :data:`CODE_REPLAYED` (other code, and the current code replayed
+    the run's first epochs bit for bit on the CPU model that made it, :func:`bkd_core.batch.check.replay_of`:
+    those epochs only, the run's numbers still come from the other code), :data:`CODE_OTHER` (the training code
+    changed since: the run's numbers may be stale) or :data:`CODE_UNKNOWN` (runs made before the hash was
+    recorded; whether their code matches this one cannot be told). A replayed run's ``replayed_epochs``,
+    ``replayed_methods`` (e.g. ``"bkd ce"``) and ``replayed_cpu`` say what was replayed where (None
+    otherwise)."""
     import pandas as pd
 
     from ..provenance import code_hash
@@ -485,12 +493,18 @@ def code_versions(out: str | Path, current: str | None = None) -> "pd.DataFrame"
         verdict = verdicts.get(name, "")
         status = (CODE_UNKNOWN if not recorded else CODE_CURRENT if recorded == current
                   else CODE_REPRODUCED if verdict == IDENTICAL else CODE_TOLERANCE if verdict == WITHIN_TOLERANCE
-                  else CODE_OTHER)
+                  else CODE_REPLAYED if verdict == REPLAYED else CODE_OTHER)
         chained = status == CODE_REPRODUCED and not any(
             c["run"] == name and verdict_of(c) == IDENTICAL
             and (c.get("recorded_code_hash"), c["code_hash"]) == (recorded, current) for c in checks)
-        rows.append({"run": name, "code_hash": recorded, "code": status, "chained": chained, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["run", "code_hash", "code", "chained", "verdict"])
+        replay = replay_of(checks, name, recorded, current) if status == CODE_REPLAYED else None
+        rows.append({"run": name, "code_hash": recorded, "code": status, "chained": chained, "verdict": verdict,
+                     "replayed_epochs": None if replay is None else replay.get("replayed_epochs"),
+                     "replayed_methods": None if replay is None else " ".join(map(str, replay.get("methods") or [])),
+                     "replayed_cpu": None if replay is None else replay.get("cpu")})
+    versions = pd.DataFrame(rows, columns=["run", "code_hash", "code", "chained", "verdict", "replayed_epochs",
+                                           "replayed_methods", "replayed_cpu"])
+    return versions.astype({"replayed_epochs": "Int64"})
 
 
 def tolerance_text() -> str:
@@ -512,13 +526,13 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
     current = current or code_hash()
     n = len(versions)
     counts = {s: int((versions["code"] == s).sum())
-              for s in (CODE_CURRENT, CODE_REPRODUCED, CODE_TOLERANCE, CODE_OTHER, CODE_UNKNOWN)}
+              for s in (CODE_CURRENT, CODE_REPRODUCED, CODE_TOLERANCE, CODE_REPLAYED, CODE_OTHER, CODE_UNKNOWN)}
     if not n:
         return "No finished run to check."
     parts = []
     if counts[CODE_CURRENT]:
         parts.append(f"{counts[CODE_CURRENT]} of {n} runs were produced by the current training code ({current})")
-    older = versions[versions["code"].isin([CODE_OTHER, CODE_REPRODUCED, CODE_TOLERANCE])]
+    older = versions[versions["code"].isin([CODE_OTHER, CODE_REPRODUCED, CODE_TOLERANCE, CODE_REPLAYED])]
     if len(older):
         hashes = ", ".join(sorted(set(older["code_hash"])))
         text = f"{len(older)} of {n} by other code ({hashes}; the training code changed since, now {current})"
@@ -539,11 +553,14 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
             names = ", ".join(versions.loc[versions["code"] == CODE_TOLERANCE, "run"])
             text += (f"; {counts[CODE_TOLERANCE]} ({names}) were reproduced by the current code within tolerance on "
                      f"another kind of CPU ({tolerance_text()}), not bit for bit")
+        if counts[CODE_REPLAYED]:
+            text += "; " + _replay_text(versions[versions["code"] == CODE_REPLAYED])
         if counts[CODE_OTHER]:
-            if counts[CODE_REPRODUCED] or counts[CODE_TOLERANCE]:
+            if counts[CODE_REPRODUCED] or counts[CODE_TOLERANCE] or counts[CODE_REPLAYED]:
                 names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
-                text += (f"; the other {counts[CODE_OTHER]} ({names}) were not reproduced by the current code (not "
-                         "rerun, or the rerun differed or did not finish): their numbers may be stale")
+                replayed = " or replayed" if counts[CODE_REPLAYED] else ""
+                text += (f"; the other {counts[CODE_OTHER]} ({names}) were not reproduced{replayed} by the current "
+                         "code (not rerun, or the rerun differed or did not finish): their numbers may be stale")
             else:
                 names = ", ".join(versions.loc[versions["code"] == CODE_OTHER, "run"])
                 text += f"; their numbers may be stale: {names}"
@@ -552,3 +569,23 @@ def code_version_text(versions: "pd.DataFrame", current: str | None = None) -> s
         parts.append(f"{counts[CODE_UNKNOWN]} of {n} were made before runs recorded their code version "
                      f"(code version not recorded: they may or may not match the current code, {current})")
     return "Code version: " + "; ".join(parts) + "."
+
+
+def _replay_text(replayed: "pd.DataFrame") -> str:
+    """The code-version sentence's words on the runs whose first epochs the current code replayed: what was
+    replayed, on which runs and CPU model, and that a replay is not a full rerun."""
+    import pandas as pd
+
+    groups = []
+    for (epochs, methods, cpu), rows in replayed.groupby(["replayed_epochs", "replayed_methods", "replayed_cpu"],
+                                                         sort=False, dropna=False):
+        words = [_METHOD_WORDS.get(m, m) for m in str(methods if pd.notna(methods) else "").split()]
+        which = " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words) or "their methods"
+        k = int(epochs) if pd.notna(epochs) else None
+        span = "epoch" if k == 1 else f"{k} epochs" if k else "epochs"
+        model = f" ({cpu})" if isinstance(cpu, str) and cpu else ""
+        groups.append(f"the first {span} of {which} on {', '.join(rows['run'])} bit for bit on the CPU model that "
+                      f"made {'them' if len(rows) > 1 else 'it'}{model}")
+    return ("the current code replayed " + "; and ".join(groups) + ", a replay, not a full rerun: it shows that the "
+            "current code computes those epochs as the recorded code did, and says nothing of the later epochs, the "
+            "detection or the methods not replayed, so the runs' numbers still come from the other code")
