@@ -140,7 +140,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _results(out: str) -> int:
     from .batch import BatchFolder
-    from .book.results import collect_stages, markdown_results
+    from .book.results import code_version_text, code_versions, collect_stages, markdown_results
 
     folder = BatchFolder(out)
     table = collect_stages(out)  # finished runs, and the finished methods of runs still training
@@ -157,6 +157,7 @@ def _results(out: str) -> int:
               "shows their finished methods, without the ranking ROC-AUC, which a run computes at its end",
               file=sys.stderr)
     print(text)
+    print("\n" + code_version_text(code_versions(out)))  # which code made the runs, and what checked them
     return 0
 
 

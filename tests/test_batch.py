@@ -180,6 +180,8 @@ def test_run_one_writes_metrics_samples_and_tables(synthetic, tmp_path, monkeypa
     assert lines[0] == "| mean ± std over seeds | synthetic |" and lines[1] == "| --- | --- |"
     f1_row = next(line for line in lines if line.startswith("| BKD F1, G4 (%) |"))
     assert f1_row == f"| BKD F1, G4 (%) | {100 * f1.mean():.1f} ± {100 * f1.std(ddof=1):.1f} |"
+    # ... and which training code made the runs: this code, which the reader can check against a stale batch
+    assert "by the current training code" in lines[-1] and "other code" not in lines[-1], lines[-1]
     assert main(["results", str(tmp_path / "empty")]) == 2
     assert "no finished run" in capsys.readouterr().err
 
