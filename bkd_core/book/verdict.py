@@ -264,7 +264,9 @@ def claim_findings(table, *, splits: Sequence[str] = CIFAR10N_SPLITS,
         at = f"epoch {min(noisy_tips):.0f} to {max(noisy_tips):.0f}" if noisy_tips else "no noisy split"
     else:
         at = "epoch " + ", ".join(f"{tips[s].mean():.0f} on {s}" for s in noisy if len(tips[s]))
-    clean_tip = (f"; on clean too (epoch {tips['clean'].mean():.1f})" if "clean" in tips and len(tips["clean"])
+    clean_mean = float(tips["clean"].mean()) if "clean" in tips and len(tips["clean"]) else np.nan
+    clean_epoch = f"{clean_mean:.0f}" if float(clean_mean).is_integer() else f"{clean_mean:.1f}"  # a mean over seeds
+    clean_tip = (f"; on clean too (epoch {clean_epoch})" if "clean" in tips and len(tips["clean"])
                  else clean_absent)
     fell = [falls[s] for s in noisy if len(tips[s]) and falls and np.isfinite(falls.get(s, np.nan))]
     after = f", then the curve falls at most {max(fell):.3f}" if fell else ""
