@@ -367,7 +367,6 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
         ``run`` is a path, the rerun (or the reference) is not a rerun of ``out/run``, or it is
         (or overlaps) the recorded run's folder.
     """
-    import platform
 
     batch, rerun = BatchFolder(out), Path(rerun)
     _refuse_inside(rerun, batch.run_dir(run))
@@ -391,8 +390,7 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
              "identical": not differences, "verdict": verdict, "compared": compared, "differences": differences[:20],
              "threads": threads or again.get("threads") or again_folder.options().get("threads"),
              "device": next(iter(again["methods"].values()), {}).get("device", ""),
-             "machine": f"{platform.machine()}, {os.cpu_count()} cores{', ' + cpu_model() if cpu_model() else ''}",
-             "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+             **_machine_and_time()}
     if verdict == WITHIN_TOLERANCE:
         check["tolerances"] = dict(TOLERANCES)
         check["cpus"] = [_cpu(recorded) or "not recorded", _cpu(again) or "not recorded"]
@@ -400,6 +398,16 @@ def record_check(out: str | os.PathLike, run: str, rerun: str | os.PathLike, *,
         check["side_by_side"] = True  # both codes rerun on this machine; out/run itself was not compared
     batch.add_code_check(check)
     return check
+
+
+def _machine_and_time() -> dict[str, str]:
+    """Where and when a check is made, for its record: ``machine`` (architecture, cores, CPU model) and
+    ``checked_at`` (UTC)."""
+    import platform
+
+    model = cpu_model()
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} cores{', ' + model if model else ''}",
+            "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def _cpu(run: dict[str, Any]) -> str:
@@ -667,7 +675,6 @@ def replay_run(out: str | os.PathLike, run: str, *, epochs: int, methods: list[s
     FileNotFoundError, ValueError
         as :func:`replay_settings`.
     """
-    import platform
     import shutil
     import tempfile
 
@@ -701,8 +708,7 @@ def replay_run(out: str | os.PathLike, run: str, *, epochs: int, methods: list[s
              "replayed_epochs": epochs, "methods": chosen, "cpu": settings["cpu"],
              "compared": [f"{m}/{METHOD_CURVES}" for m in chosen], "differences": differences[:20],
              "threads": threads, "device": "cpu",
-             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {settings['cpu']}",
-             "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+             **_machine_and_time()}
     BatchFolder(out).add_code_check(check)
     return check
 
