@@ -264,3 +264,30 @@ def test_the_blindness_figure_shows_each_seed_the_spread_and_the_verdict(tmp_pat
         assert len(plot_blindness(runs.iloc[:0]).axes) == 4  # no pair of runs yet: empty panels, no error
     finally:
         plt.close("all")
+
+
+def test_the_blindness_text_says_verdicts_over_seeds_and_numbers_of_one_seed(tmp_path):
+    from bkd_core.book.ablations import blindness_runs, blindness_text
+    from bkd_core.book.verdict import ONE_SEED
+
+    runs = blindness_runs(*_blindness_batches(tmp_path))
+    text = blindness_text(runs)
+    # worst (two seeds) judged: F1 69 against 33.5 on every seed beats; accuracy 0.5 apart ties (inside the spread)
+    assert text.startswith("As a detector (G4 F1), BKD's blind student against the one that sees the label beats on "
+                           "1 (worst: 69.0 against 33.5); in test accuracy it ties on 1 (worst: 70.5 against 71.0) and "
+                           f"reads 77.0 against 78.0 on clean ({ONE_SEED})."), text
+    # a win as a detector and no win in accuracy (a tie): the blindness makes the detector, not the accuracy
+    assert "The blindness is what makes BKD a detector, not what makes it accurate." in text
+    assert "the noise estimate is 16.0% against 5.0% on clean (true 0.0%), 45.0% against 20.0% on worst (true 40.0%)" \
+        in text and "the tipping point falls in epoch 9.0 against 14.0 on clean, 4.0 against 25.0 on worst" in text
+    higher = blindness_text(runs.assign(test_acc=runs["test_acc"] + 5.0))
+    assert "in test accuracy it beats on 1" in higher and "The blindness makes BKD both a detector and more " \
+        "accurate." in higher
+    tie = blindness_text(runs.assign(g4_f1_sees=runs["g4_f1"] - 0.1))  # as a detector too: no finding
+    assert "ties on 1 (worst: 69.0 against 68.9)" in tie and "The blindness" not in tie
+    one_seed = blindness_text(runs[runs["seed"] == 0])
+    assert "beats" not in one_seed and "ties" not in one_seed and "The blindness" not in one_seed
+    assert one_seed.startswith("As a detector (G4 F1), BKD's blind student against the one that sees the label reads "
+                               f"68.0 against 32.0 on worst ({ONE_SEED}); in test accuracy it reads 77.0 against 78.0 "
+                               f"on clean, 70.0 against 70.5 on worst ({ONE_SEED})."), one_seed
+    assert blindness_text(runs.iloc[:0]) == ""
