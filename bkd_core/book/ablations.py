@@ -23,7 +23,8 @@ over seeds per split and judges ``bkd_last`` against each alternative with :func
 The blindness itself: :func:`blindness_runs` sets each BKD run of a batch beside the run of a second batch
 trained with ``student_sees_label=True`` on the same split and seed, a student that also sees the teacher's logit
 of the given label (plain distillation), everything else the same. :func:`blindness_summary` compares the two
-per split: detection (F1 of the G4 mask), the noise estimate, the tipping epoch and the last epoch's test accuracy.
+per split: detection (F1 of the G4 mask), the noise estimate, the tipping epoch and the last epoch's test accuracy;
+:func:`blindness_text` says it in words (:func:`bkd_core.book.plots.plot_blindness` draws it).
 
 Every file is read through :class:`bkd_core.batch.BatchFolder`.
 """
