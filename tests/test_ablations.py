@@ -211,3 +211,83 @@ def test_blindness_pairs_the_runs_of_two_batches_by_split_and_seed(tmp_path):
     assert summary.loc[("clean", "g4_f1"), "seeds"] == 0 and summary.loc[("clean", "test_acc"), "verdict"] == ""
     assert len(blindness_runs(blind, tmp_path / "nothing")) == 0 and len(blindness_summary(blindness_runs(
         blind, tmp_path / "nothing"))) == 0
+
+
+def _blindness_batches(folder: Path) -> tuple[Path, Path]:
+    """A blind batch and a sees-the-label batch: `worst` with two seeds, `clean` with one, no `aggre`."""
+    blind, sees = folder / "blind", folder / "sees"
+    for seed, (f1, f1_sees) in enumerate([(0.68, 0.32), (0.70, 0.35)]):
+        _bkd_run(blind, "worst", seed, detection_f1=f1, estimated_noise_rate=0.45, tipping_epoch=3,
+                 test_acc=70.0 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
+        _bkd_run(sees, "worst", seed, detection_f1=f1_sees, estimated_noise_rate=0.2, tipping_epoch=24,
+                 test_acc=70.5 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
+    _bkd_run(blind, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.16, tipping_epoch=8, test_acc=77.0,
+             true_noise_rate=0.0, flag_all_f1=0.0)
+    _bkd_run(sees, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.05, tipping_epoch=13, test_acc=78.0,
+             true_noise_rate=0.0, flag_all_f1=0.0)
+    return blind, sees
+
+
+def test_the_blindness_figure_shows_each_seed_the_spread_and_the_verdict(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book.ablations import BLINDNESS_MEASURES, blindness_runs, blindness_summary
+    from bkd_core.book.plots import BLINDNESS_SERIES, plot_blindness
+
+    runs = blindness_runs(*_blindness_batches(tmp_path))
+    try:
+        fig = plot_blindness(runs, summary=blindness_summary(runs), splits=["clean", "aggre", "worst"])
+        panels = {ax.get_ylabel(): ax for ax in fig.axes}
+        assert len(fig.axes) == len(BLINDNESS_MEASURES) == 4
+        f1, accuracy = panels["detection F1 of the G4 mask (%)"], panels["test accuracy, last epoch (%)"]
+        # under each split the blind student's verdict: two seeds judged, one seed said as such, a missing split bare
+        assert [t.get_text() for t in f1.get_xticklabels()] == ["clean", "aggre", "worst\nbeats"]
+        assert [t.get_text() for t in accuracy.get_xticklabels()] == ["clean\n1 seed", "aggre", "worst\nties"]
+        assert {"no wrong label", "not here yet"} <= {t.get_text() for t in f1.texts}
+        # one dot per seed and student: no F1 on clean, the two seeds of worst for each student
+        dots = [len(c.get_offsets()) for c in f1.collections if c.get_label() in
+                {label for label, _, _ in BLINDNESS_SERIES.values()}]
+        assert dots == [2, 2]
+        assert sorted(len(c.get_offsets()) for c in accuracy.collections if c.get_label() in
+                      {label for label, _, _ in BLINDNESS_SERIES.values()}) == [1, 1, 2, 2]
+        # the spread: one error bar per student where there are two seeds (worst), none for clean's one seed
+        assert len([c for c in accuracy.containers if len(c.lines[2])]) == 2
+        labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        assert {"blind student (BKD)", "student sees the label (plain distillation)", "true noise rate",
+                "flag every image (F1 floor)"} <= set(labels)
+        assert len(plot_blindness(runs, measures=["test_acc"]).axes) == 1  # the splits of the runs alone
+        assert len(plot_blindness(runs, measures=["g4_f1", "noise_estimate", "test_acc"]).axes) == 3
+        with pytest.raises(ValueError, match="choose measures among"):
+            plot_blindness(runs, measures=["accuracy"])
+        assert len(plot_blindness(runs.iloc[:0]).axes) == 4  # no pair of runs yet: empty panels, no error
+    finally:
+        plt.close("all")
+
+
+def test_the_blindness_text_says_verdicts_over_seeds_and_numbers_of_one_seed(tmp_path):
+    from bkd_core.book.ablations import blindness_runs, blindness_text
+    from bkd_core.book.verdict import ONE_SEED
+
+    runs = blindness_runs(*_blindness_batches(tmp_path))
+    text = blindness_text(runs)
+    # worst (two seeds) judged: F1 69 against 33.5 on every seed beats; accuracy 0.5 apart ties (inside the spread)
+    assert text.startswith("As a detector (G4 F1), BKD's blind student against the one that sees the label beats on "
+                           "1 (worst: 69.0 against 33.5); in test accuracy it ties on 1 (worst: 70.5 against 71.0) and "
+                           f"reads 77.0 against 78.0 on clean ({ONE_SEED})."), text
+    # a win as a detector and no win in accuracy (a tie): the blindness makes the detector, not the accuracy
+    assert "The blindness is what makes BKD a detector, not what makes it accurate." in text
+    assert "the noise estimate is 16.0% against 5.0% on clean (true 0.0%), 45.0% against 20.0% on worst (true 40.0%)" \
+        in text and "the tipping point falls in epoch 9.0 against 14.0 on clean, 4.0 against 25.0 on worst" in text
+    higher = blindness_text(runs.assign(test_acc=runs["test_acc"] + 5.0))
+    assert "in test accuracy it beats on 1" in higher and "The blindness makes BKD both a detector and more " \
+        "accurate." in higher
+    tie = blindness_text(runs.assign(g4_f1_sees=runs["g4_f1"] - 0.1))  # as a detector too: no finding
+    assert "ties on 1 (worst: 69.0 against 68.9)" in tie and "The blindness" not in tie
+    one_seed = blindness_text(runs[runs["seed"] == 0])
+    assert "beats" not in one_seed and "ties" not in one_seed and "The blindness" not in one_seed
+    assert one_seed.startswith("As a detector (G4 F1), BKD's blind student against the one that sees the label reads "
+                               f"68.0 against 32.0 on worst ({ONE_SEED}); in test accuracy it reads 77.0 against 78.0 "
+                               f"on clean, 70.0 against 70.5 on worst ({ONE_SEED})."), one_seed
+    assert blindness_text(runs.iloc[:0]) == ""

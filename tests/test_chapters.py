@@ -400,7 +400,7 @@ EXPECTED = {  # chapter -> (glued keys to check, minimum number of figures)
     "03_blind_teacher": ({"t_mem", "s_mem", "t_noisy", "s_noisy", "verdict"}, 3),
     "04_tipping_point": ({"tip_sentence", "prominence_text", "onset_text", "vs_onset", "w_range_text"}, 2),
     "05_otsu": ({"t_bkd", "t_classic", "est_bkd", "true_rate", "g4_f1", "below_f1", "all_f1"}, 3),
-    "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text"}, 2),
+    "06_robust_training": ({"g1_dog", "g4_dog", "bkd_last", "ce_last", "bkd_f1", "phase2_text", "blindness_text"}, 2),
     "07_results": ({"code_text", "n_runs", "floor_text", "cleanlab_text", "below_text", "acc_text", "peak_text",
                     "top_noisy", "paper_pflop", "floor_sentence", "auc_bkd", "auc_cl_verdict", "cfg_setup",
                     "cnn_finding_text"}, 6),
@@ -460,6 +460,9 @@ def test_chapter_runs(name, executed):
                "300-image subset" in values["setup_text"]
         assert values["source_text"].startswith("Both runs were trained live for this page")
         assert "Cross-entropy ends at" in values["acc_text"] and "cross-entropy baseline fits" in values["memo_text"]
+    if name == "06_robust_training" and (ROOT / "reproductions" / "features-nonblind" / "summary.json").is_file():
+        # the committed students that see the label, this profile's or the features profile's, set beside BKD's
+        assert "BKD's blind student against the one that sees the label" in values["blindness_text"]
     if name == "08_differences":
         b, c = values["q3_B"], values["q3_C"]
         assert abs(values["q3_ratio"] - b * (c - 1) / (b * c - 1)) < 1e-12

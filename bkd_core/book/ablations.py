@@ -23,7 +23,8 @@ over seeds per split and judges ``bkd_last`` against each alternative with :func
 The blindness itself: :func:`blindness_runs` sets each BKD run of a batch beside the run of a second batch
 trained with ``student_sees_label=True`` on the same split and seed, a student that also sees the teacher's logit
 of the given label (plain distillation), everything else the same. :func:`blindness_summary` compares the two
-per split: detection (F1 of the G4 mask), the noise estimate, the tipping epoch and the last epoch's test accuracy.
+per split: detection (F1 of the G4 mask), the noise estimate, the tipping epoch and the last epoch's test accuracy;
+:func:`blindness_text` says it in words (:func:`bkd_core.book.plots.plot_blindness` draws it).
 
 Every file is read through :class:`bkd_core.batch.BatchFolder`.
 """
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["ALTERNATIVES", "BLINDNESS_MEASURES", "COLUMNS", "ablation_runs", "ablation_summary", "ablation_verdicts",
-           "blindness_runs", "blindness_summary"]
+           "blindness_runs", "blindness_summary", "blindness_text"]
 
 #: The alternatives to BKD's last epoch, in the order the book shows them: column -> what it is.
 ALTERNATIVES: dict[str, str] = {
@@ -252,3 +253,54 @@ def blindness_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
                          "verdict": verdict(a, b) if measure in judged and len(a) >= 2 else ""})
     return pd.DataFrame(rows, columns=["split", "measure", "what", "blind", "blind_std", "sees", "sees_std", "seeds",
                                        "verdict"])
+
+
+def blindness_text(runs: "pd.DataFrame", *, summary: "pd.DataFrame | None" = None) -> str:
+    """What :func:`blindness_runs` found, in two sentences with their numbers, blind student first: the verdicts
+    (:func:`~bkd_core.book.verdict.verdict`, over the seeds of each split) of the blind student against the one
+    that sees the label as a detector (G4 F1) and in test accuracy, with what they mean when they agree; then the
+    noise estimate (against the true rate) and the tipping epoch per split, which have no better direction.
+
+    A split with one seed is reported by its numbers, with :data:`~bkd_core.book.verdict.ONE_SEED` beside them;
+    ``summary`` is :func:`blindness_summary` of ``runs`` (None: computed here). Empty ``runs`` give ``""``.
+    """
+    from .verdict import BEATS, ONE_SEED, verdict_text
+
+    summary = blindness_summary(runs) if summary is None else summary
+    if not len(summary):
+        return ""
+    value = summary.set_index(["split", "measure"])
+    splits = list(dict.fromkeys(summary["split"]))
+    true_noise = runs.groupby("split")["true_noise"].mean()
+
+    def both(split: str, measure: str, unit: str = "") -> str:
+        row = value.loc[split, measure]
+        return f"{row['blind']:.1f}{unit} against {row['sees']:.1f}{unit}"
+
+    def judged(measure: str) -> tuple[dict[str, str], str]:
+        verdicts = {s: value.loc[s, measure]["verdict"] for s in splits if value.loc[s, measure]["verdict"]}
+        said = [verdict_text(verdicts, {s: both(s, measure) for s in verdicts}, brief=True)] if verdicts else []
+        alone = [f"{both(s, measure)} on {s}" for s in splits if value.loc[s, measure]["seeds"] == 1]
+        said += [f"reads {', '.join(alone)} ({ONE_SEED})"] if alone else []
+        return verdicts, " and ".join(said)
+
+    f1, f1_said = judged("g4_f1")
+    accuracy, accuracy_said = judged("test_acc")
+    subject = "BKD's blind student against the one that sees the label"
+    parts = [f"as a detector (G4 F1), {subject} {f1_said}" if f1_said else "",
+             f"in test accuracy {'it' if f1_said else subject} {accuracy_said}" if accuracy_said else ""]
+    text = "; ".join(p for p in parts if p)
+    text = text[:1].upper() + text[1:]
+    detector = bool(f1) and all(v == BEATS for v in f1.values())
+    if detector and accuracy and not any(v == BEATS for v in accuracy.values()):
+        text += ". The blindness is what makes BKD a detector, not what makes it accurate"
+    elif detector and accuracy and all(v == BEATS for v in accuracy.values()):
+        text += ". The blindness makes BKD both a detector and more accurate"
+    estimates = ", ".join(f"{both(s, 'noise_estimate', '%')} on {s} (true {true_noise[s]:.1f}%)" for s in splits
+                          if value.loc[s, "noise_estimate"]["seeds"])
+    tipping = ", ".join(f"{both(s, 'tipping_epoch')} on {s}" for s in splits if value.loc[s, "tipping_epoch"]["seeds"])
+    said = ([f"the noise estimate is {estimates}"] if estimates else []) + (
+        [f"the tipping point falls in epoch {tipping}"] if tipping else [])
+    if said:
+        text += (". " if text else "") + "Blind against seeing, " + ", and ".join(said)
+    return text + "." if text else ""

@@ -49,6 +49,7 @@ __all__ = [
     "plot_seen_vs_held_out",
     "plot_detection_by_confusion",
     "plot_detection_by_epoch",
+    "plot_blindness",
     "plot_student_curves",
     "plot_auc_by_epoch",
     "plot_fit_by_epoch",
@@ -1068,6 +1069,125 @@ def plot_detection_by_epoch(by_epoch, *, tipping: int | None = None, val_pick: i
     ax.set(xlabel="epoch", ylabel="detection", title="Detection at every epoch, the pair kept in phase 1")
     _integer_epochs(ax)
     _legend_below(fig, ax, ncols=2)
+    return fig
+
+
+#: The two students of :func:`plot_blindness`: column suffix of :func:`bkd_core.book.ablations.blindness_runs`
+#: -> (legend label, colour, marker).
+BLINDNESS_SERIES = {
+    "": ("blind student (BKD)", BKD, "o"),
+    "_sees": ("student sees the label (plain distillation)", TEACHER, "s"),
+}
+#: Panel titles of :func:`plot_blindness`, by measure of :data:`bkd_core.book.ablations.BLINDNESS_MEASURES`.
+BLINDNESS_TITLES = {
+    "g4_f1": "Finding the mislabelled images",
+    "noise_estimate": "How many labels are wrong?",
+    "tipping_epoch": "When the tipping point is found",
+    "test_acc": "Accuracy on the clean test set",
+}
+
+
+def plot_blindness(runs, *, summary=None, splits: Sequence[str] | None = None,
+                   measures: Sequence[str] | None = None) -> Figure:
+    """BKD's blind student against a student that sees the given label (plain distillation), one panel per measure
+    (detection F1 of the G4 mask, the noise estimate, the tipping epoch, the last epoch's test accuracy): per split
+    the two side by side, each seed a dot, the mean over seeds a short line, plus or minus one standard deviation
+    over seeds (ddof 1) a bar, so that a difference outside the seeds' spread shows as such. References: the F1 of
+    flagging every image (the F1 panel) and the true noise rate (the noise panel), as dashed lines. Under each split
+    of a judged measure, the blind student's :func:`~bkd_core.book.verdict.verdict` against the other ("beats",
+    "ties", "loses"; "1 seed" where one seed allows none).
+
+    Parameters
+    ----------
+    runs : pd.DataFrame
+        :func:`bkd_core.book.ablations.blindness_runs`: one row per split and seed, ``true_noise`` and
+        ``flag_all_f1`` in %, each measure ``m`` as ``m`` (blind) and ``m_sees``.
+    summary : pd.DataFrame | None
+        :func:`bkd_core.book.ablations.blindness_summary` of ``runs`` (its means, spreads and verdicts);
+        None: computed here.
+    splits : Sequence[str] | None
+        the splits shown, in order; a split without a pair of runs is marked "not here yet". None: those of
+        ``runs``, in CIFAR-N order.
+    measures : Sequence[str] | None
+        the panels, keys of :data:`~bkd_core.book.ablations.BLINDNESS_MEASURES`; None: all four, in a 2 x 2 grid.
+
+    Returns
+    -------
+    Figure
+        one panel (axes) per measure.
+    """
+    import pandas as pd
+
+    from .ablations import BLINDNESS_MEASURES, blindness_summary
+    from .results import ordered_splits
+    from .verdict import NOT_HERE
+
+    summary = blindness_summary(runs) if summary is None else summary
+    splits = list(ordered_splits(runs["split"]) if splits is None else splits)
+    measures = list(BLINDNESS_MEASURES if measures is None else measures)
+    unknown = [m for m in measures if m not in BLINDNESS_MEASURES]
+    if unknown:
+        raise ValueError(f"plot_blindness cannot draw {unknown}: choose measures among {list(BLINDNESS_MEASURES)}")
+    ncols = 2 if len(measures) > 1 else 1
+    nrows = -(-len(measures) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(8.4, 3.1 * nrows + 0.6), squeeze=False)
+    for ax in axes.flat[len(measures):]:  # an odd number of panels leaves one cell of the grid empty
+        ax.remove()
+    judged = summary.set_index(["split", "measure"])["verdict"] if len(summary) else pd.Series(dtype=str)
+    x = np.arange(len(splits))
+    half = 0.19  # each student's distance from the split's centre
+    for ax, measure in zip(axes.flat, measures):
+        ticks = []
+        for k, split in enumerate(splits):
+            rows = runs[runs["split"] == split].sort_values("seed")
+            if not len(rows):
+                ax.text(k, 0.02, NOT_HERE, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=8, color="0.35")
+                ticks.append(split)
+                continue
+            seeds = 0
+            for j, (suffix, (label, colour, marker)) in enumerate(BLINDNESS_SERIES.items()):
+                values = pd.to_numeric(rows[measure + suffix], errors="coerce").dropna().to_numpy(dtype=float)
+                seeds = max(seeds, len(values))
+                if not len(values):
+                    continue
+                centre = k + (2 * j - 1) * half
+                jitter = np.linspace(-0.05, 0.05, len(values)) if len(values) > 1 else np.zeros(1)
+                ax.scatter(centre + jitter, values, s=22, color=colour, marker=marker, alpha=0.85,
+                           edgecolor="black", linewidth=0.4, zorder=3, label=label)
+                ax.hlines(values.mean(), centre - 0.13, centre + 0.13, colors=colour, linewidth=2.4, zorder=4)
+                if len(values) > 1:
+                    ax.errorbar(centre, values.mean(), yerr=values.std(ddof=1), fmt="none", ecolor="black",
+                                elinewidth=1.0, capsize=3, zorder=5)
+            if not seeds and measure == "g4_f1":  # a split without a wrong label has no F1
+                ax.text(k, 0.02, "no wrong label", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=8, color="0.35")
+            reference = {"g4_f1": ("flag_all_f1", "flag every image (F1 floor)", "--"),
+                         "noise_estimate": ("true_noise", "true noise rate", ":")}.get(measure)
+            if reference and seeds:
+                column, label, style = reference
+                level = pd.to_numeric(rows[column], errors="coerce").mean()
+                if np.isfinite(level) and (measure != "g4_f1" or level > 0):
+                    ax.hlines(level, k - 0.42, k + 0.42, colors="black", linestyles=style, linewidth=1.3, zorder=2,
+                              label=label)
+            said = judged.get((split, measure), "")
+            if seeds == 1 and measure in ("g4_f1", "test_acc"):
+                said = "1 seed"
+            ticks.append(f"{split}\n{said}" if said else split)
+        ax.set_xticks(x, ticks)
+        ax.set_xlim(-0.6, len(splits) - 0.4)
+        low, high = ax.get_ylim()
+        if measure != "test_acc":  # a rate or an epoch: from zero; accuracies are read by their differences
+            ax.set_ylim(0, max(high, 1.0) * 1.05)
+        if measure == "tipping_epoch":
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(title=BLINDNESS_TITLES.get(measure, measure), ylabel=BLINDNESS_MEASURES[measure][3],
+               xlabel="CIFAR-10N split" + ("; under it, the blind student's verdict"
+                                           if measure in ("g4_f1", "test_acc") else ""))
+        ax.grid(axis="x", visible=False)
+    axes.flat[0].errorbar([np.nan], [np.nan], yerr=[1.0], fmt="_", ms=14, mew=2.4, color="0.35", ecolor="black",
+                          elinewidth=1.0, capsize=3, label="mean over seeds (line), one standard deviation either side")
+    _legend_below(fig, axes, ncols=2)
     return fig
 
 
