@@ -97,6 +97,9 @@ def configuration_of(run: dict, path: str | Path = METRICS) -> str:
     such a run is a full run's first part, with the same configuration, whose phase-2 numbers are missing
     (:data:`PHASE_2_COLUMNS`, masked by :meth:`BatchFolder.results_table`), not different. A run that trained no
     method of :data:`FOLD_METHODS` takes its folds from the runs beside it in :meth:`BatchFolder.results_table`.
+    This identity says which runs are summarised together; whether a finished run can stand for the run a batch
+    asks for, or is rerun by a check, still compares its whole recorded fingerprint (``stop_after_detection``
+    included: a run stopped at its detection is not a full run), :func:`bkd_core.batch.check.rerun_key`.
 
     Raises
     ------
