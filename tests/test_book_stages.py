@@ -119,3 +119,89 @@ def test_the_results_command_prints_a_partial_batch_and_names_its_unfinished_run
     assert "| mean ± std over seeds | clean | worst |" in out  # the partial run's finished BKD is a column
     assert "1 run(s) have not finished every method yet (cifar10-worst-seed0)" in err
     assert "aggre" not in out  # a method stopped by its deadline is not a result
+
+
+# -- runs of a second command into the same folder: BKD alone, stopped right after its detection ------------------
+
+def _full_and_stopped_batch(tmp_path):
+    """A batch folder as two ``reproduce`` commands leave it: worst with every method (2 folds, the batch's options),
+    and rand1 from ``--methods bkd --set stop_after_detection=true`` (3 folds recorded, no confident learning)."""
+    from bkd_core.batch import BatchFolder
+
+    folder = tmp_path / "batch"
+    atomic_write_json(folder / "summary.json", {"options": {"profile": "cnn", "folds": 2, "overrides": {},
+                                                            "methods": ["bkd", "ce", "cleanlab"]},
+                                                "runs": [{"name": "cifar10-worst-seed0", "status": "done"}]})
+    worst = {m: {**_method(folder, "cifar10-worst-seed0", m, "worst", stopped_by="epochs", test_acc=78.0),
+                 "ranking_auc": 0.9} for m in ("bkd", "ce", "cleanlab")}
+    atomic_write_json(folder / "cifar10-worst-seed0" / "metrics.json", {
+        "dataset": "cifar10", "split": "worst", "seed": 0, "profile": "cnn", "config": CONFIG, "folds": 2,
+        "methods": worst})
+    stopped_config = {**CONFIG, "stop_after_detection": True}
+    bkd = _method(folder, "cifar10-rand1-seed0", "bkd", "rand1", stopped_by="detection", true_noise_rate=0.17,
+                  estimated_noise_rate=0.31, detection_f1=0.756, flag_all_f1=0.294, test_acc=84.4, best_test_acc=84.9)
+    atomic_write_json(folder / "cifar10-rand1-seed0" / "bkd" / "config.json",
+                      {"config": stopped_config, "identity": {"kind": "bkd"}})
+    atomic_write_json(folder / "cifar10-rand1-seed0" / "metrics.json", {
+        "dataset": "cifar10", "split": "rand1", "seed": 0, "profile": "cnn", "config": stopped_config, "folds": 3,
+        "methods": {"bkd": {**bkd, "ranking_auc": 0.955}}})
+    BatchFolder(folder).write_results()  # what the batch's table holds once the second command's run is copied in
+    return folder
+
+
+def test_a_run_stopped_at_its_detection_is_the_full_runs_configuration_without_its_test_accuracy(tmp_path):
+    from bkd_core.batch import BatchFolder
+    from bkd_core.book import plots, verdict
+
+    folder = _full_and_stopped_batch(tmp_path)
+    table = results.collect_stages(folder)
+    assert table["configuration"].nunique() == 1 and table["configuration"].iloc[0].endswith("-folds2")
+    rand1 = table[table["split"] == "rand1"].iloc[0]
+    assert rand1["stopped_by"] == "detection" and pd.isna(rand1["test_acc"]) and pd.isna(rand1["best_test_acc"])
+    assert rand1["detection_f1"] == 0.756 and rand1["estimated_noise_rate"] == 0.31 and rand1["ranking_auc"] == 0.955
+    assert table.loc[table["split"] == "worst", "test_acc"].tolist() == [78.0, 78.0, 78.0]  # full runs keep theirs
+    written = pd.read_csv(folder / "results.csv")
+    assert pd.isna(written.loc[written["split"] == "rand1", "test_acc"]).all()
+    assert BatchFolder(folder).problems() == []  # the masked cells are no sign of an edit
+    # chapter 07's cnn section: one configuration, so its means, table and figures read the batch
+    summary = results.summarize(table)
+    assert results.mean_of(summary, "rand1", "bkd", "detection_f1") == 0.756
+    assert math.isnan(results.mean_of(summary, "rand1", "bkd", "test_acc"))  # never its accuracy at detection
+    shown = results.split_table(summary)
+    assert shown.loc["BKD test accuracy, last epoch (%)"].tolist() == ["stopped at detection", "78.0"]  # rand1, worst
+    assert shown.loc["BKD test accuracy, best epoch (%, optimistic)", "rand1"] == "stopped at detection"
+    assert shown.loc["BKD F1, G4 (%)", "rand1"] == "75.6" and shown.loc["CE F1, prediction differs (%)", "rand1"] == "–"
+    assert results.stopped_text(table).startswith("Stopped at detection: BKD on rand1 (seed 0) ended right after its "
+                                                  "detection")
+    assert results.stopped_text(table[table["split"] == "worst"]) == ""
+    assert results.estimate_errors(table)["split"].tolist() == ["worst"]  # no last-epoch accuracy to plot it at
+    found = verdict.claim_findings(table)
+    assert "rand1" not in found["robust"] and "84.4" not in " ".join(found.values())
+    assert "Fires in 2 of 2 runs" in found["tipping"]
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    plots.plot_detection_by_batch({"cnn": table})
+    plots.plot_estimate_error_vs_accuracy({"cnn": table})
+
+
+def test_a_stage_of_some_seeds_stopped_at_detection_averages_the_others_and_says_so(tmp_path):
+    folder = _full_and_stopped_batch(tmp_path)
+    table = results.collect_results(folder)
+    seed1 = table[table["split"] == "worst"].assign(run="cifar10-worst-seed1", seed=1, test_acc=float("nan"),
+                                                    best_test_acc=float("nan"), stopped_by="detection")
+    summary = results.summarize(pd.concat([table, seed1], ignore_index=True))
+    worst = summary[(summary["split"] == "worst") & (summary["method"] == "bkd")].iloc[0]
+    assert worst["seeds"] == 2 and worst["stopped_at_detection"] == 1 and worst["test_acc_mean"] == 78.0
+    assert results.split_table(summary).loc["BKD test accuracy, last epoch (%)", "worst"] == (
+        "78.0 (1 of 2 stopped at detection)")
+
+
+def test_the_results_command_says_which_run_stopped_at_its_detection(tmp_path, capsys):
+    from bkd_core.cli import main
+
+    assert main(["results", str(_full_and_stopped_batch(tmp_path))]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("mean ± std over seeds") == 1  # one configuration: one table
+    assert "| BKD test accuracy, last epoch (%) | stopped at detection | 78.0 |" in out
+    assert "84.4" not in out and "84.9" not in out
+    assert "Stopped at detection: BKD on rand1 (seed 0)" in out and err == ""

@@ -61,8 +61,16 @@ COLUMNS = (
     "dataset", "split", "seed", "method", "profile", "num_samples", "epochs", "true_noise_rate",
     "estimated_noise_rate", "tipping_epoch", "tipping_rule", "detection_precision", "detection_recall", "detection_f1",
     "below_threshold_precision", "below_threshold_recall", "below_threshold_f1", "flag_all_f1", "ranking_auc",
-    "test_acc", "best_test_acc", "wall_time_s", "device", "configuration", "run",
+    "test_acc", "best_test_acc", "wall_time_s", "stopped_by", "device", "configuration", "run",
 )
+#: Why a method's training ended (its metrics' ``stopped_by``) when ``stop_after_detection`` ended a BKD run right
+#: after its detection: phase 2 never ran.
+STOPPED_AT_DETECTION = "detection"
+#: Columns of :data:`RESULTS` that only a run's phase 2 gives: missing (NaN) for a run that stopped at its detection,
+#: whose recorded test accuracies are those of the epoch it stopped at, not of a trained network's last epoch.
+PHASE_2_COLUMNS = ("test_acc", "best_test_acc")
+#: The methods whose training takes the batch's folds (confident learning's cross-validation); the others ignore them.
+FOLD_METHODS = frozenset({"cleanlab"})
 SPLIT_ORDER = ("clean", "aggre", "rand1", "rand2", "rand3", "worst", "clean100", "noisy100")
 METHOD_ORDER = tuple(METHODS)  # bkd_core.detectors: the registry's order
 #: Keys every run's :data:`METRICS` holds.
@@ -81,8 +89,17 @@ def run_name(dataset: str, split: str, seed: int) -> str:
 
 def configuration_of(run: dict, path: str | Path = METRICS) -> str:
     """What a batch run (its :data:`METRICS` as read) was trained with, apart from its seed: the fingerprint
-    of its recorded configuration at seed 0 (:meth:`bkd_core.config.BKDConfig.fingerprint`), with
-    ``-folds{k}`` for confident learning's folds other than 3; ``""`` for a run that records no configuration.
+    of its recorded configuration at seed 0 and without ``stop_after_detection``
+    (:meth:`bkd_core.config.BKDConfig.fingerprint`), with ``-folds{k}`` for confident learning's folds other than 3;
+    ``""`` for a run that records no configuration.
+
+    ``stop_after_detection`` only ends a run right after its detection, which is computed exactly as in a full run:
+    such a run is a full run's first part, with the same configuration, whose phase-2 numbers are missing
+    (:data:`PHASE_2_COLUMNS`, masked by :meth:`BatchFolder.results_table`), not different. A run that trained no
+    method of :data:`FOLD_METHODS` takes its folds from the runs beside it in :meth:`BatchFolder.results_table`.
+    This identity says which runs are summarised together; whether a finished run can stand for the run a batch
+    asks for, or is rerun by a check, still compares its whole recorded fingerprint (``stop_after_detection``
+    included: a run stopped at its detection is not a full run), :func:`bkd_core.batch.check.rerun_key`.
 
     Raises
     ------
@@ -95,12 +112,25 @@ def configuration_of(run: dict, path: str | Path = METRICS) -> str:
     if not isinstance(config, dict):
         return ""
     try:
-        key = BKDConfig.from_dict({**config, "seed": 0}).fingerprint()
+        key = BKDConfig.from_dict({**config, "seed": 0, "stop_after_detection": False}).fingerprint()
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path} records an invalid configuration ({exc}); restore the file, or delete the run's "
                          "folder and rerun the batch") from None
-    folds = run.get("folds", 3)
-    return key if folds == 3 else f"{key}-folds{folds}"
+    return _with_folds(key, run.get("folds", 3))
+
+
+def _with_folds(key: str, folds: Any) -> str:
+    """A configuration's fingerprint ``key`` with confident learning's ``folds`` when they are not the default 3."""
+    return key if folds in (None, 3) else f"{key}-folds{folds}"
+
+
+def shown_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A method's recorded ``metrics`` as :data:`RESULTS` shows them: those of a run that stopped at its detection
+    (``stopped_by`` :data:`STOPPED_AT_DETECTION`) without its :data:`PHASE_2_COLUMNS` (None), since phase 2 never
+    ran; its detection (F1, ROC-AUC, estimate, tipping epoch) stays. Other runs' metrics are returned as they are."""
+    if metrics.get("stopped_by") != STOPPED_AT_DETECTION:
+        return metrics
+    return {**metrics, **{key: None for key in PHASE_2_COLUMNS}}
 
 
 def _same(a: object, b: object) -> bool:
@@ -445,6 +475,13 @@ class BatchFolder:
             "options": options, "runs": list(runs.values()),
             "counts": {s: sum(o.status == s for o in outcomes) for s in statuses},
         })
+        self.write_results()
+
+    def write_results(self) -> None:
+        """:data:`RESULTS` from every finished run in the folder (:meth:`results_table`), written atomically; nothing
+        when none has finished. :meth:`write_summary` writes it after each batch; after finished runs of another
+        ``reproduce`` command (e.g. other splits, ``--methods bkd --set stop_after_detection=true``) were copied into
+        the folder, this writes it again with them."""
         table = self.results_table()
         if len(table):
             with atomic_path(self.path / RESULTS) as tmp:
@@ -455,40 +492,62 @@ class BatchFolder:
         """One row per (dataset, split, seed, method) of every finished run, sorted by split (CIFAR-N order),
         seed and method; columns :data:`COLUMNS` (missing values are NaN): what :data:`RESULTS` holds.
 
-        Every value comes from the runs' :data:`METRICS`; ``ranking_auc`` is what the run computed from its
-        full samples table, NaN on a split with no wrong label; ``configuration`` is :func:`configuration_of`
-        the run and ``run`` its folder's name.
+        Every value comes from the runs' :data:`METRICS` as :func:`shown_metrics` shows them: a run that stopped at
+        its detection (``stopped_by`` :data:`STOPPED_AT_DETECTION`) has no :data:`PHASE_2_COLUMNS`; ``ranking_auc``
+        is what the run computed from its full samples table, NaN on a split with no wrong label;
+        ``configuration`` is :func:`configuration_of` the run and ``run`` its folder's name.
+
+        Confident learning's folds belong to a configuration only through the runs that trained it
+        (:data:`FOLD_METHODS`): a run without such a method (e.g. BKD alone, from another ``reproduce`` command into
+        the same folder) gets the folds of the first finished run of its configuration that has one, else those of
+        the batch's options, else its own, so that the two are summarised together.
 
         Parameters
         ----------
         stages : bool, keyword-only
             Add one row per method finished in a run that has not (:meth:`finished_stages`), read from its own
             :data:`METHOD_METRICS`: its ``ranking_auc`` is NaN (the batch computes it from the finished run's samples
-            table), and its ``configuration`` is the one a finished run of the same configuration gets (with the
-            folds of the batch's options, else of such a finished run), so the two are summarised together.
+            table), and its ``configuration`` is the one a finished run of the same configuration gets (confident
+            learning's own stage: with the folds of the batch's options first), so the two are summarised together.
         """
         import pandas as pd
 
+        default_folds = self.options().get("folds")
+        runs = list(self.runs())
+        trained: dict[str, Any] = {}  # configuration without its folds -> the folds of a finished run that used them
+        recorded: dict[str, Any] = {}  # ... -> the folds any finished run of it records
+        for name, run in runs:
+            if isinstance(run.get("config"), dict):
+                key = configuration_of({"config": run["config"]}, self.metrics_path(name))
+                recorded.setdefault(key, run.get("folds", 3))
+                if FOLD_METHODS & set(run["methods"]):
+                    trained.setdefault(key, run.get("folds", 3))
+
+        def folds_of(key: str, methods: set[str], own: Any) -> Any:
+            if FOLD_METHODS & methods:
+                return own
+            return trained.get(key) or default_folds or own or recorded.get(key, 3)
+
         rows = []
-        folds: dict[str, Any] = {}  # configuration without its folds -> the folds a finished run of it records
-        for name, run in self.runs():
+        for name, run in runs:
             configuration = configuration_of(run, self.metrics_path(name))
             if isinstance(run.get("config"), dict):
-                folds.setdefault(configuration_of({"config": run["config"]}, self.metrics_path(name)),
-                                 run.get("folds", 3))
+                key = configuration_of({"config": run["config"]}, self.metrics_path(name))
+                configuration = _with_folds(key, folds_of(key, set(run["methods"]), run.get("folds", 3)))
             for method, metrics in run["methods"].items():
-                row = {key: metrics.get(key) for key in COLUMNS}
+                shown = shown_metrics(metrics)
+                row = {key: shown.get(key) for key in COLUMNS}
                 row.update(dataset=run["dataset"], split=run["split"], seed=run["seed"], method=method,
                            profile=run.get("profile"), configuration=configuration, run=name)
                 rows.append(row)
         if stages:
-            default_folds = self.options().get("folds")
             for name, method, stage in self.finished_stages():
-                config = {"config": stage.config.to_dict()}
-                n_folds = default_folds or folds.get(configuration_of(config, stage.path / METHOD_CONFIG), 3)
-                row = {key: stage.metrics.get(key) for key in COLUMNS}
-                row.update(method=method, run=name,
-                           configuration=configuration_of({**config, "folds": n_folds}, stage.path / METHOD_CONFIG))
+                key = configuration_of({"config": stage.config.to_dict()}, stage.path / METHOD_CONFIG)
+                n_folds = ((default_folds or trained.get(key) or recorded.get(key, 3)) if method in FOLD_METHODS
+                           else folds_of(key, {method}, None))
+                shown = shown_metrics(stage.metrics)
+                row = {column: shown.get(column) for column in COLUMNS}
+                row.update(method=method, run=name, configuration=_with_folds(key, n_folds))
                 rows.append(row)
         table = pd.DataFrame(rows, columns=list(COLUMNS))
         if len(table):  # CIFAR-N order of splits, then seeds, then methods; unknown splits last
@@ -586,7 +645,7 @@ class BatchFolder:
                            if metrics[key] is not None]
                 edited += _edited_auc(self.run_dir(name), method, metrics)
             for method, metrics in run["methods"].items():
-                row = written.get((name, str(method)))
+                row, metrics = written.get((name, str(method))), shown_metrics(metrics)  # as RESULTS shows them
                 if row is not None:
                     edited += [f"methods.{method}.{key} is {metrics.get(key)!r} but {row[key]!r} in {RESULTS}"
                                for key in sorted(shown, key=str) if key in row and not _same_cell(metrics.get(key),

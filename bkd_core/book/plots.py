@@ -812,8 +812,8 @@ def plot_estimate_error_vs_accuracy(tables: Mapping[str, object], *, tolerance: 
     tables : Mapping[str, object]
         label -> :func:`bkd_core.book.results.collect_results` (or ``collect_stages``) of a batch, in the order the
         lines join them; empty tables are skipped. The error is :func:`bkd_core.book.results.estimate_errors`'
-        ``signed_error``; the accuracy is the run's recorded BKD ``test_acc`` (the last epoch of a full run; for a
-        run stopped after its detection, the epoch it stopped at).
+        ``signed_error``; the accuracy is the run's recorded BKD ``test_acc`` at its last epoch (a run stopped after
+        its detection has none in the table, and is left out).
     tolerance : float
         a shaded band of ``+- tolerance`` points around an exact estimate.
     colours : Mapping[str, str] | None

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Sequence
 from ..batch.check import IDENTICAL, REPLAYED, TOLERANCES, WITHIN_TOLERANCE, replay_of, run_verdicts, verdict_of
 from ..batch.folder import SPLIT_ORDER, BatchFolder
 # a run's per-sample tables and what the results chapter asks of them, as results.* for the chapters
-from ..batch.folder import COLUMNS, METHOD_ORDER, configuration_of  # noqa: F401
+from ..batch.folder import (COLUMNS, METHOD_ORDER, PHASE_2_COLUMNS, STOPPED_AT_DETECTION,  # noqa: F401
+                            configuration_of)
 from ..batch.samples import (HIGHLIGHT_ROWS, HIGHLIGHTS, SAMPLES, disagreements, highlights,  # noqa: F401
                              most_suspicious, quality_methods, ranking_aucs, read_highlights, read_samples,
                              samples_file, with_percentiles)
@@ -208,8 +209,10 @@ def batch_problems(out: str | Path) -> list[str]:
 def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
     """Mean, standard deviation (ddof 1; NaN for one seed) and number of seeds of
     :data:`SUMMARY_METRICS` per (configuration, dataset, split, method): columns ``configuration``,
-    ``dataset``, ``split``, ``method``, ``seeds``, ``{metric}_mean`` and ``{metric}_std``. Runs of
-    different configurations (:func:`configuration_of`) are never averaged together.
+    ``dataset``, ``split``, ``method``, ``seeds``, ``stopped_at_detection`` (how many of those runs stopped right
+    after their detection: their :data:`PHASE_2_COLUMNS` are missing in the table, so the test accuracies' means and
+    standard deviations are over the other runs alone, NaN when there is none), ``{metric}_mean`` and
+    ``{metric}_std``. Runs of different configurations (:func:`configuration_of`) are never averaged together.
 
     Raises
     ------
@@ -224,16 +227,20 @@ def summarize(table: "pd.DataFrame") -> "pd.DataFrame":
     if duplicates:
         raise ValueError(" ".join(duplicates))
     keys = ["configuration", "dataset", "split", "method"]
+    stopped = table["stopped_by"] if "stopped_by" in table else pd.Series(None, index=table.index, dtype=object)
     numeric = table.assign(tipping_from_peak=table["tipping_rule"].map({"peak": 1.0, "fallback": 0.0}),
-                           configuration=_configuration_column(table))
-    numeric = numeric[[*keys, *SUMMARY_METRICS]]
+                           configuration=_configuration_column(table),
+                           stopped_at_detection=(stopped == STOPPED_AT_DETECTION).astype(int))
+    numeric = numeric[[*keys, "stopped_at_detection", *SUMMARY_METRICS]]
     for column in SUMMARY_METRICS:
         numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
     grouped = numeric.groupby(keys, sort=False)
     means = grouped[list(SUMMARY_METRICS)].mean().add_suffix("_mean")
     stds = grouped[list(SUMMARY_METRICS)].std(ddof=1).add_suffix("_std")
-    out = pd.concat([means, stds, grouped.size().rename("seeds")], axis=1).reset_index()
-    return out[[*keys, "seeds", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]]]
+    out = pd.concat([means, stds, grouped.size().rename("seeds"), grouped["stopped_at_detection"].sum()],
+                    axis=1).reset_index()
+    return out[[*keys, "seeds", "stopped_at_detection", *[f"{m}_{s}" for m in SUMMARY_METRICS
+                                                          for s in ("mean", "std")]]]
 
 
 def configurations(summary: "pd.DataFrame") -> list[str]:
@@ -267,7 +274,8 @@ def mean_of(summary: "pd.DataFrame", split: str, method: str, metric: str) -> fl
 
 def estimate_errors(table: "pd.DataFrame") -> "pd.DataFrame":
     """BKD's noise-estimate error of each run of :func:`collect_results`' ``table`` that has an estimate and a
-    test accuracy: columns ``run``, ``split``, ``seed``, ``test_acc`` (%), ``error``, ``|estimated - true
+    last-epoch test accuracy (a run that stopped at its detection has none: it is left out, :func:`stopped_text`
+    says so): columns ``run``, ``split``, ``seed``, ``test_acc`` (%), ``error``, ``|estimated - true
     noise rate|`` in points, and ``signed_error``, ``estimated - true`` in points (above 0: too high)."""
     import pandas as pd
 
@@ -322,6 +330,27 @@ SPLIT_TABLE_ROWS = (
 )
 
 
+#: What a table says in place of a test accuracy of runs that stopped right after their detection.
+STOPPED_NOTE = "stopped at detection"
+
+
+def stopped_text(table: "pd.DataFrame") -> str:
+    """Which runs of a :func:`collect_results` (or :func:`collect_stages`) table stopped right after their
+    detection, and what that means for their numbers, as one plain sentence; ``""`` when none did."""
+    if not len(table) or "stopped_by" not in table:
+        return ""
+    stopped = table[table["stopped_by"] == STOPPED_AT_DETECTION]
+    if not len(stopped):
+        return ""
+    runs = [f"{METHOD_NAMES.get(m, m)} on {s} (seed {seed})" for s, seed, m in
+            stopped[["split", "seed", "method"]].itertuples(index=False)]
+    one = len(runs) == 1
+    return (f"{STOPPED_NOTE.capitalize()}: {_listed(runs)} ended right after {'its' if one else 'their'} detection "
+            f"(stop_after_detection), so {'its' if one else 'their'} detection numbers (F1, ROC-AUC, estimate, "
+            f"tipping epoch) are those of a full run, and {'it has' if one else 'they have'} no final test accuracy: "
+            "phase 2 never ran.")
+
+
 #: Metrics undefined without wrong labels (no positives to find).
 DETECTION_PREFIXES = ("detection_", "below_threshold_", "flag_all_", "ranking_")
 
@@ -339,7 +368,9 @@ def summary_cell(summary: "pd.DataFrame", split: str, method: str, metric: str, 
                  digits: int) -> str:
     """One cell of a :func:`summarize` table as text: ``"mean ± std"`` of ``metric`` (times ``scale``) for
     ``method`` on ``split``; tipping epochs counted from 1; ``tipping_from_peak`` as ``"k of n"`` runs;
-    ``seeds`` as a count; "–" when the batch has no such run."""
+    ``seeds`` as a count; "–" when the batch has no such run; a test accuracy (:data:`PHASE_2_COLUMNS`) of runs
+    that stopped at their detection as :data:`STOPPED_NOTE` (``"72.0 (1 of 3 stopped at detection)"`` when only
+    some did: the mean is over the others)."""
     import pandas as pd
 
     match = summary[(summary["split"] == split) & (summary["method"] == method)]
@@ -353,6 +384,12 @@ def summary_cell(summary: "pd.DataFrame", split: str, method: str, metric: str, 
     mean, std = match[f"{metric}_mean"].iloc[0], match[f"{metric}_std"].iloc[0]
     if metric == "tipping_epoch":
         mean = mean + 1  # the book counts epochs from 1
+    stopped = int(match["stopped_at_detection"].iloc[0]) if "stopped_at_detection" in match else 0
+    if metric in PHASE_2_COLUMNS and stopped:  # phase 2 never ran: no final test accuracy, said, not a dash
+        seeds = int(match["seeds"].iloc[0])
+        if stopped == seeds:
+            return STOPPED_NOTE
+        return f"{mean_std(mean, std, scale, digits)} ({stopped} of {seeds} {STOPPED_NOTE})"
     return mean_std(mean, std, scale, digits)
 
 
@@ -407,7 +444,7 @@ def markdown_cell(value: object) -> str:
 def markdown_results(table: "pd.DataFrame") -> str:
     """The ``results`` command's output for a :func:`collect_results` table: :func:`split_table` as Markdown
     (:func:`markdown_table`), one table per configuration, each headed by its configuration and profile when
-    the batch holds more than one.
+    the batch holds more than one, and :func:`stopped_text` under them when a run stopped at its detection.
 
     Raises
     ------
@@ -425,6 +462,9 @@ def markdown_results(table: "pd.DataFrame") -> str:
                          f"{', '.join(sorted(set(rows['run'].astype(str))))}):\n")
         one = summary[_configuration_column(summary) == configuration]
         parts.append(markdown_table(split_table(one), "mean ± std over seeds") + "\n")
+    note = stopped_text(table)
+    if note:
+        parts.append(note + "\n")
     return "\n".join(parts).rstrip("\n")
 
 
