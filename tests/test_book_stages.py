@@ -205,3 +205,11 @@ def test_the_results_command_says_which_run_stopped_at_its_detection(tmp_path, c
     assert "| BKD test accuracy, last epoch (%) | stopped at detection | 78.0 |" in out
     assert "84.4" not in out and "84.9" not in out
     assert "Stopped at detection: BKD on rand1 (seed 0)" in out and err == ""
+
+
+def test_stages_text_never_says_a_method_is_missing_where_it_is_not_planned(tmp_path):
+    table = results.collect_stages(_batch(tmp_path))
+    plan = {"bkd": ("clean", "aggre", "worst"), "ce": ("clean",), "cleanlab": ("clean",)}
+    assert results.stages_text(table, splits=("clean", "aggre", "worst"), plan=plan, batch="the test batch") == (
+        "In the test batch so far: BKD on clean and worst; cross-entropy on clean. Not here yet: BKD on aggre; "
+        "confident learning on clean.")

@@ -56,6 +56,11 @@ PHASE1_RUNS = "phase1_runs.json"
 CE_CLEAN = "ce_clean_curves.json"
 #: The `cnn` reproduction batch, relative to the repository.
 BATCH = "reproductions/cnn"
+#: The splits each method of :data:`BATCH` is planned on: BKD on all six CIFAR-10N splits (on rand1-3 stopped right
+#: after its detection), cross-entropy and confident learning on clean, aggre and worst (docs/profiles.md, "The
+#: `cnn` batch: plan and budget").
+BATCH_PLAN: dict[str, tuple[str, ...]] = {"bkd": ("clean", "aggre", "rand1", "rand2", "rand3", "worst"),
+                                          "ce": ("clean", "aggre", "worst"), "cleanlab": ("clean", "aggre", "worst")}
 #: Names of the diagnostic runs: the official protocol on `worst`; without augmentation on `worst` and `aggre`.
 OFFICIAL, NO_AUGMENT, NO_AUGMENT_AGGRE = "off-worst", "noaug-worst", "noaug-aggre"
 #: Curves every diagnostic BKD run holds, one value (or null) per epoch.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..batch.check import IDENTICAL, REPLAYED, TOLERANCES, WITHIN_TOLERANCE, replay_of, run_verdicts, verdict_of
 from ..batch.folder import SPLIT_ORDER, BatchFolder
@@ -82,7 +82,7 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def stages_text(table: "pd.DataFrame", *, splits: Sequence[str], methods: Sequence[str] = ("bkd", "ce", "cleanlab"),
-                batch: str = "this batch") -> str:
+                plan: Mapping[str, Sequence[str]] | None = None, batch: str = "this batch") -> str:
     """What a partial batch holds and what it does not yet, as a sentence (plain text): e.g. "In the cnn batch so
     far: BKD on aggre and worst. Not here yet: BKD on clean, rand1, rand2 and rand3; cross-entropy and confident
     learning on every split."
@@ -93,6 +93,10 @@ def stages_text(table: "pd.DataFrame", *, splits: Sequence[str], methods: Sequen
         the batch's :func:`collect_stages`.
     splits, methods : Sequence[str]
         the splits and methods of the full batch, in the order said.
+    plan : Mapping[str, Sequence[str]] | None
+        the splits each method is planned on, where a method runs on fewer than ``splits`` (e.g. the `cnn`
+        batch's cross-entropy on clean, aggre and worst only: :data:`bkd_core.book.cnn.BATCH_PLAN`); a split
+        outside its method's plan is never said to be missing. None: every method on every split.
     batch : str
         how the sentence names the batch.
     """
@@ -101,7 +105,8 @@ def stages_text(table: "pd.DataFrame", *, splits: Sequence[str], methods: Sequen
     here = [f"{METHOD_NAMES.get(m, m)} on {_listed(have[m])}" for m in methods if have[m]]
     missing: dict[str, list[str]] = {}  # "on every split" or the splits -> the methods not there
     for m in methods:
-        lacking = [s for s in splits if s not in have[m]]
+        planned = [s for s in splits if plan is None or s in plan.get(m, splits)]
+        lacking = [s for s in planned if s not in have[m]]
         if lacking:
             where = "every split" if len(lacking) == len(splits) else _listed(lacking)
             missing.setdefault(where, []).append(METHOD_NAMES.get(m, m))
