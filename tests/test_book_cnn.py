@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -386,6 +387,11 @@ def test_the_pixel_check_says_row_by_row_whether_the_proxy_tells_the_same_story(
         text = table.to_string()
         assert "nan" not in text.lower() and all(table["how"].str.len() > 20)
     assert cnn.pixel_check(None, _stage(), ce, split="worst")["same story?"].eq("–").all()
+    # a run stopped right after its detection has no final test accuracy to set beside the proxy's
+    stopped = cnn.pixel_check(features_worst, _stage(stopped_by="detection", test_acc=84.4), split="worst")
+    assert math.isnan(_stage(stopped_by="detection", test_acc=84.4).number("test_acc"))
+    assert stopped["cnn"].iloc[4] == "– / –" and stopped["same story?"].iloc[4] == "–"
+    assert "stopped right after its detection" in stopped["how"].iloc[4] and "nan" not in stopped.to_string().lower()
     assert cnn.pixel_check(features_worst, _stage(true_noise_rate=0.0), split="worst").loc[
         cnn.PIXEL_CHECK_ROWS[2], "cnn"] == "n/a"
 

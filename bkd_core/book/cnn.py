@@ -30,7 +30,7 @@ import numpy as np
 
 from ..batch import BatchFolder
 from ..batch.files import curve_arrays, read_run_json
-from ..batch.folder import COLUMNS, MethodStage, read_method_stage, run_name
+from ..batch.folder import STOPPED_AT_DETECTION, COLUMNS, MethodStage, read_method_stage, run_name, shown_metrics
 from ..config import PROFILES, BKDConfig
 from ..errors import DamagedFileError
 from ..method import Detection, detect, find_tipping_point
@@ -503,8 +503,9 @@ class Stage:
         return value if isinstance(value, str) else None
 
     def number(self, key: str) -> float:
-        """``metrics[key]`` as a float (NaN when it is missing or not a finite number)."""
-        value = self.metrics.get(key)
+        """``metrics[key]`` as a float (NaN when it is missing or not a finite number, and for a phase-2 number of a
+        stage that stopped at its detection: :func:`bkd_core.batch.folder.shown_metrics`)."""
+        value = shown_metrics(self.metrics).get(key)
         return float(value) if _number(value) else math.nan
 
     def curve(self, key: str) -> np.ndarray | None:
@@ -663,10 +664,14 @@ def pixel_check(features: "pd.DataFrame | None", bkd: Stage, ce: Stage | None = 
     f_bkd, f_ce = proxy("bkd", "test_acc"), proxy("ce", "test_acc")
     c_bkd, c_ce = bkd.number("test_acc"), math.nan if ce is None else ce.number("test_acc")
     f_cell = "–" if not math.isfinite(f_bkd) else f"{f_bkd:.1f} / " + (f"{f_ce:.1f}" if math.isfinite(f_ce) else "–")
-    c_cell = f"{c_bkd:.1f} / " + (f"{c_ce:.1f}" if math.isfinite(c_ce) else "–")
+    c_cell = (f"{c_bkd:.1f}" if math.isfinite(c_bkd) else "–") + " / " + (f"{c_ce:.1f}" if math.isfinite(c_ce) else "–")
     d_f, d_c = f_bkd - f_ce, c_bkd - c_ce
     if not math.isfinite(d_f):
         rows[PIXEL_CHECK_ROWS[4]] = (f_cell, c_cell, None, no_proxy)
+    elif bkd.metrics.get("stopped_by") == STOPPED_AT_DETECTION:
+        rows[PIXEL_CHECK_ROWS[4]] = (
+            f_cell, c_cell, None, f"Not comparable: the CNN run stopped right after its detection, so it has no final "
+            f"test accuracy; on the proxy BKD ends {abs(d_f):.1f} points {_sign_word(d_f)} cross-entropy.")
     elif not math.isfinite(d_c):
         rows[PIXEL_CHECK_ROWS[4]] = (
             f_cell, c_cell, None, f"Not comparable yet: the CNN run's cross-entropy is {missing_ce}; on the proxy "
