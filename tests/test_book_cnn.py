@@ -115,6 +115,7 @@ def test_diagnostics_outside_the_repository_are_none(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 PLANNED = ("cifar10-clean-seed0", "cifar10-aggre-seed0", "cifar10-worst-seed0")
+RAND = ("cifar10-rand1-seed0", "cifar10-rand2-seed0", "cifar10-rand3-seed0")  # BKD alone, stopped at detection
 METHODS = ("bkd", "ce", "cleanlab")
 
 
@@ -160,9 +161,10 @@ def test_a_batch_that_has_started_but_finished_nothing_says_so(tmp_path):
     assert cnn.batch_state(folder).text() == "The cnn batch is not here yet: none of its runs has finished."
     _summary(folder, {n: "pending" for n in PLANNED})
     (folder / "cifar10-clean-seed0" / "bkd").mkdir(parents=True)  # training: no metrics yet
-    state = cnn.batch_state(folder)
-    assert state.planned == PLANNED and state.finished == ()
-    assert state.text() == "The cnn batch is not finished yet: 0 of 3 runs."
+    state = cnn.batch_state(folder)  # the plan adds BKD's rand1-3 runs, which a second command trains
+    assert state.planned == PLANNED + RAND and state.finished == ()
+    assert state.text() == "The cnn batch is not finished yet: 0 of 6 runs."
+    assert cnn.batch_state(folder, plan=None).planned == PLANNED
 
 
 def test_a_partial_batch_shows_its_finished_runs_and_counts_the_rest(tmp_path):
@@ -173,7 +175,7 @@ def test_a_partial_batch_shows_its_finished_runs_and_counts_the_rest(tmp_path):
     state = cnn.batch_state(folder)
     assert state.finished == ("cifar10-clean-seed0",) and state.failed == ("cifar10-aggre-seed0",)
     assert not state.complete
-    assert state.text() == ("The cnn batch is not finished yet: 1 of 3 runs (cifar10-clean-seed0); "
+    assert state.text() == ("The cnn batch is not finished yet: 1 of 6 runs (cifar10-clean-seed0); "
                             "failed: cifar10-aggre-seed0.")
     table = state.results_table()
     assert set(table["run"]) == {"cifar10-clean-seed0"} and sorted(table["method"]) == sorted(METHODS)
@@ -203,13 +205,19 @@ def test_a_finished_batch_and_one_without_a_summary(tmp_path):
     _summary(folder, {n: "done" for n in PLANNED})
     for name in PLANNED:
         _finished_run(folder, name, tipping=name != "cifar10-clean-seed0")
-    state = cnn.batch_state(folder)
+    state = cnn.batch_state(folder, plan=None)
     assert state.complete and state.text() == "The cnn batch has finished: 3 of 3 runs."
     assert len(state.results_table()) == 9
+    assert cnn.batch_state(folder).text().endswith(": 3 of 6 runs (cifar10-clean-seed0, cifar10-aggre-seed0, "
+                                                   "cifar10-worst-seed0).")
+    for name in RAND:  # BKD alone, as planned there, is a finished run of rand1-3
+        _finished_run(folder, name, methods=("bkd",))
+    state = cnn.batch_state(folder)
+    assert state.complete and state.text() == "The cnn batch has finished: 6 of 6 runs."
     assert state.tipping_scores("clean") is None and state.tipping_scores("aggre") is not None
     (folder / SUMMARY).unlink()  # runs copied without their summary: each finished run is a planned one
     state = cnn.batch_state(folder)
-    assert state.complete and len(state.planned) == 3
+    assert state.complete and len(state.planned) == 6
 
 
 def test_a_damaged_run_of_the_batch_is_named_not_skipped(tmp_path):

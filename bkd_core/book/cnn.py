@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -383,10 +384,21 @@ class BatchState:
         return None if found is None or found.stopped_by_deadline else _stage(found)
 
 
-def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
+def batch_state(folder: str | os.PathLike = BATCH, *,
+                plan: Mapping[str, Sequence[str]] | None = BATCH_PLAN) -> BatchState:
     """How far the batch in ``folder`` (found from any working directory, :func:`find_evidence`) is.
 
     Never fails on a batch that is missing, not started or partial: that is a state (:meth:`BatchState.text`).
+
+    Parameters
+    ----------
+    folder : str | os.PathLike
+        the batch folder.
+    plan : Mapping[str, Sequence[str]] | None
+        the splits each method is planned on (:data:`BATCH_PLAN`): a run is finished when it holds the methods
+        planned for its split (BKD alone on rand1-3), and the runs planned for the seeds the summary lists count
+        as planned even before a command for them has started. None: every method of the summary on every run,
+        and only the runs the summary lists or the folder holds.
 
     Raises
     ------
@@ -399,15 +411,30 @@ def batch_state(folder: str | os.PathLike = BATCH) -> BatchState:
     batch = BatchFolder(found)
     summary = batch.summary()  # {"options": {}, "runs": []} while the batch has written none
     methods = summary["options"].get("methods")
+    methods = list(methods) if isinstance(methods, list) else []
     runs = {r["name"]: r["status"] for r in summary["runs"]}
     present = batch.run_names()
     for name in present:  # written atomically, so read in full here: a damaged one is named now, not in a figure
         batch.run(name)
-    finished = [n for n in present if not (isinstance(methods, list) and methods) or batch.is_finished(n, methods)]
+
+    def planned_methods(name: str) -> list[str]:
+        split = batch.run(name)["split"]
+        return [m for m in methods if plan is None or split in plan.get(m, (split,))]
+
+    finished = [n for n in present if not methods or batch.is_finished(n, planned_methods(n))]
     planned = list(dict.fromkeys([*runs, *present]))
+    if plan is not None:  # the runs of the plan's other splits, for every dataset and seed the summary lists
+        named = [m.groups() for m in map(_RUN_NAME.match, planned) if m]
+        for dataset, seed in dict.fromkeys((d, s) for d, _, s in named):
+            planned += [n for n in (run_name(dataset, split, int(seed)) for m in methods for split in plan.get(m, ()))
+                        if n not in planned]
     failed = [n for n, status in runs.items() if status == "failed" and n not in finished]
     return BatchState(folder=found, planned=tuple(planned), finished=tuple(n for n in planned if n in finished),
                       failed=tuple(failed))
+
+
+#: A run's folder name (:func:`bkd_core.batch.folder.run_name`): dataset, split, seed.
+_RUN_NAME = re.compile(r"^(.+?)-(.+)-seed(\d+)$")
 
 
 @dataclass(frozen=True)
