@@ -180,19 +180,27 @@ def _bkd_run(folder: Path, split: str, seed: int, **bkd) -> None:
                       {"dataset": "cifar10", "split": split, "seed": seed, "methods": {"bkd": bkd}})
 
 
-def test_blindness_pairs_the_runs_of_two_batches_by_split_and_seed(tmp_path):
-    from bkd_core.book.ablations import BLINDNESS_MEASURES, blindness_runs, blindness_summary
-
-    blind, sees = tmp_path / "blind", tmp_path / "sees"
+def _blindness_batches(folder: Path) -> tuple[Path, Path]:
+    """A blind batch and a sees-the-label batch: `worst` with two seeds, `clean` with one, no `aggre`."""
+    blind, sees = folder / "blind", folder / "sees"
     for seed, (f1, f1_sees) in enumerate([(0.68, 0.32), (0.70, 0.35)]):
         _bkd_run(blind, "worst", seed, detection_f1=f1, estimated_noise_rate=0.45, tipping_epoch=3,
                  test_acc=70.0 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
         _bkd_run(sees, "worst", seed, detection_f1=f1_sees, estimated_noise_rate=0.2, tipping_epoch=24,
                  test_acc=70.5 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
     _bkd_run(blind, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.16, tipping_epoch=8, test_acc=77.0,
-             true_noise_rate=0.0)  # a run records F1 0 where nothing is wrong: there is no F1 to compare
+             true_noise_rate=0.0, flag_all_f1=0.0)
+    _bkd_run(sees, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.05, tipping_epoch=13, test_acc=78.0,
+             true_noise_rate=0.0, flag_all_f1=0.0)
+    return blind, sees
+
+
+def test_blindness_pairs_the_runs_of_two_batches_by_split_and_seed(tmp_path):
+    from bkd_core.book.ablations import BLINDNESS_MEASURES, blindness_runs, blindness_summary
+
+    blind, sees = _blindness_batches(tmp_path)
     _bkd_run(sees, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.05, tipping_epoch=None, test_acc=78.0,
-             true_noise_rate=0.0)
+             true_noise_rate=0.0)  # a run records F1 0 where nothing is wrong: there is no F1 to compare
     _bkd_run(blind, "aggre", 0, detection_f1=0.5, estimated_noise_rate=0.2, tipping_epoch=4, test_acc=76.0)  # no pair
     runs = blindness_runs(blind, sees)
     assert list(zip(runs["split"], runs["seed"])) == [("clean", 0), ("worst", 0), ("worst", 1)]  # CIFAR-N order
@@ -211,21 +219,6 @@ def test_blindness_pairs_the_runs_of_two_batches_by_split_and_seed(tmp_path):
     assert summary.loc[("clean", "g4_f1"), "seeds"] == 0 and summary.loc[("clean", "test_acc"), "verdict"] == ""
     assert len(blindness_runs(blind, tmp_path / "nothing")) == 0 and len(blindness_summary(blindness_runs(
         blind, tmp_path / "nothing"))) == 0
-
-
-def _blindness_batches(folder: Path) -> tuple[Path, Path]:
-    """A blind batch and a sees-the-label batch: `worst` with two seeds, `clean` with one, no `aggre`."""
-    blind, sees = folder / "blind", folder / "sees"
-    for seed, (f1, f1_sees) in enumerate([(0.68, 0.32), (0.70, 0.35)]):
-        _bkd_run(blind, "worst", seed, detection_f1=f1, estimated_noise_rate=0.45, tipping_epoch=3,
-                 test_acc=70.0 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
-        _bkd_run(sees, "worst", seed, detection_f1=f1_sees, estimated_noise_rate=0.2, tipping_epoch=24,
-                 test_acc=70.5 + seed, true_noise_rate=0.4, flag_all_f1=0.57)
-    _bkd_run(blind, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.16, tipping_epoch=8, test_acc=77.0,
-             true_noise_rate=0.0, flag_all_f1=0.0)
-    _bkd_run(sees, "clean", 0, detection_f1=0.0, estimated_noise_rate=0.05, tipping_epoch=13, test_acc=78.0,
-             true_noise_rate=0.0, flag_all_f1=0.0)
-    return blind, sees
 
 
 def test_the_blindness_figure_shows_each_seed_the_spread_and_the_verdict(tmp_path):
