@@ -331,6 +331,8 @@ def test_results_bars_over_seeds(seeds, methods):
         assert bool(error_bars) == (len(seeds) > 1)  # standard deviation over seeds, none for one seed
         legend = [t.get_text() for t in fig.legends[0].get_texts()]
         assert len([x for x in legend if "floor" not in x]) == n_series
+        said = [t for t in ax.texts if t.get_text().startswith("no wrong label")]  # clean: no F1, said so
+        assert len(said) == (draw is plots.plot_detection_by_split) and (not said or said[0].get_position()[0] == 0)
         plt.close(fig)
     # the bar heights are the means over seeds
     fig = plots.plot_accuracy_by_split(table)

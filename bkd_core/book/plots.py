@@ -722,6 +722,10 @@ def plot_detection_by_split(table) -> Figure:
     floor = bkd.groupby("split")["flag_all_f1"].mean().reindex(splits).to_numpy()
     x = np.arange(len(splits))
     ax.hlines(100 * floor, x - 0.45, x + 0.45, colors="black", linestyles="--", label="flag everything (floor)")
+    truth = bkd.assign(true_noise_rate=lambda t: t["true_noise_rate"].astype(float)).groupby("split")[
+        "true_noise_rate"].mean().reindex(splits).to_numpy()
+    for k in np.flatnonzero(truth == 0):  # a split where no label is wrong has no F1 to draw
+        ax.text(k, 3, "no wrong label:\nno F1", ha="center", va="bottom", fontsize=8, color="0.35")
     ax.set(xlabel="CIFAR-10N split", ylabel="detection F1 (%)", title="Finding the mislabelled images", ylim=(0, 100))
     _legend_below(fig, ax, ncols=3)
     return fig
