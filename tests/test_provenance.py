@@ -164,7 +164,7 @@ def test_reproduce_records_the_code_hash_and_results_tell_other_code(tmp_path, m
     assert "code version not recorded" in text
 
 
-def test_the_committed_batch_is_reported_as_code_version_not_recorded():
+def test_the_committed_batch_reports_the_code_that_made_it_and_what_checked_it():
     from pathlib import Path
 
     from bkd_core.book import results
@@ -174,6 +174,10 @@ def test_the_committed_batch_is_reported_as_code_version_not_recorded():
         pytest.skip("no committed batch")
     versions = results.code_versions(batch)
     assert len(versions) == 18
-    assert set(versions["code"]) <= {results.CODE_UNKNOWN, results.CODE_CURRENT, results.CODE_OTHER}
+    assert set(versions["code"]) <= {results.CODE_UNKNOWN, results.CODE_CURRENT, results.CODE_OTHER,
+                                     results.CODE_REPRODUCED, results.CODE_TOLERANCE, results.CODE_REPLAYED}
+    text = results.code_version_text(versions)
     if versions["code_hash"].isna().all():  # made before runs recorded their code: not claimed as current
-        assert "18 of 18 were made before runs recorded their code version" in results.code_version_text(versions)
+        assert "18 of 18 were made before runs recorded their code version" in text
+    if (versions["code"] == results.CODE_REPRODUCED).all():  # rerun in full by the current code: said so
+        assert "all 18 of them came out identical, bit for bit" in text and "may be stale" not in text
