@@ -414,11 +414,11 @@ def batch_state(folder: str | os.PathLike = BATCH, *,
     methods = list(methods) if isinstance(methods, list) else []
     runs = {r["name"]: r["status"] for r in summary["runs"]}
     present = batch.run_names()
-    for name in present:  # written atomically, so read in full here: a damaged one is named now, not in a figure
-        batch.run(name)
+    # written atomically, so read in full here: a damaged one is named now, not in a figure
+    split_of = {name: batch.run(name)["split"] for name in present}
 
     def planned_methods(name: str) -> list[str]:
-        split = batch.run(name)["split"]
+        split = split_of[name]
         return [m for m in methods if plan is None or split in plan.get(m, (split,))]
 
     finished = [n for n in present if not methods or batch.is_finished(n, planned_methods(n))]
