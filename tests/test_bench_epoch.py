@@ -72,3 +72,17 @@ def test_official_step_computes_the_method_and_the_flop_count_runs(bench):
     torch.testing.assert_close(max_student, z_s.softmax(1).max(1).values.sum())
     torch.testing.assert_close(pipe.agreement, agreement_probability(z_t, z_s)[idx, y])
     assert bench_epoch.step_flops("small_cnn", (4, 8, 8), 8) > 0
+
+
+def test_the_cnn_epoch_benchmark_runs_on_generated_images():
+    """``benchmarks/cnn_epoch.py`` trains the `cnn` profile's pair on generated images and prints one row per
+    variant with every epoch's time; a budget past phase 1 is refused in one sentence."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(BENCHMARKS / "cnn_epoch.py")
+    out = subprocess.run([sys.executable, script, "--synthetic", "64", "--epochs", "2", "--threads", "1",
+                          "--variants", "fp32"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| fp32 |")]
+    assert len(rows) == 1 and len(rows[0].split("|")[2].split(",")) == 2  # two epoch times
+    refused = subprocess.run([sys.executable, script, "--epochs", "9"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "give 1 to 5" in refused.stderr
