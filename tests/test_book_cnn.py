@@ -496,7 +496,7 @@ def test_the_comparison_says_which_splits_are_not_here_yet(tmp_path):
     table = cnn.augment_comparison(official, noaug)
     assert table["status"].tolist() == [cnn.RUN_FULL, cnn.RUN_STOPPED] + [cnn.RUN_FULL, cnn.RUN_NOT_YET] * 2
     text = cnn.augment_comparison_text(table)
-    assert text.startswith("Official protocol against no augmentation, one seed each, so no verdict: on worst, G4 F1 "
+    assert text.startswith("One seed each, so no verdict (the official protocol's number first): on worst, G4 F1 "
                            "0.767 against 0.734, the official protocol higher (flagging every image: 0.574)")
     assert "the official protocol closer to the truth by 1.5 points" in text
     assert "Not compared yet: aggre and clean (no augmentation: not run yet)." in text

@@ -898,7 +898,7 @@ def augment_comparison_text(table: "pd.DataFrame", *, evidence: Diagnostics | No
     both = [s for s in splits if all(_detected(by[(s, p)]) for p in PROTOCOLS)]
     parts = []
     if both:
-        parts.append("Official protocol against no augmentation, one seed each, so no verdict: " + "; ".join(
+        parts.append("One seed each, so no verdict (the official protocol's number first): " + "; ".join(
             _split_sentence(s, by[(s, PROTOCOLS[0])], by[(s, PROTOCOLS[1])]) for s in both) + ".")
     missing: dict[str, list[str]] = {}  # what is missing -> the splits it is missing on
     for s in splits:
