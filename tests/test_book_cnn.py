@@ -422,3 +422,144 @@ def test_the_run_story_figure_draws_every_panel_with_or_without_cross_entropy():
         labels = [t.get_text() for t in fig.legends[0].get_texts()]
         assert ("cross-entropy baseline" in labels) == (ce is not None) and "BKD phase 2" in labels
         plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The official protocol beside training without augmentation: both committed batches, read
+# ----------------------------------------------------------------------------------------------
+
+COMMITTED_NOAUG = ROOT / cnn.NOAUG_BATCH
+
+
+def _row(table, split, protocol):
+    rows = table[(table["split"] == split) & (table["protocol"] == protocol)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def _noaug_batch(tmp_path: Path, splits=("worst",)) -> Path:
+    """The committed run without augmentation on worst, alone in a batch folder, with a copy of it standing in for
+    each other split of ``splits`` (its split and true noise rate changed), whatever else has been committed."""
+    folder = tmp_path / "cnn-noaug"
+    shutil.copytree(COMMITTED_NOAUG / WORST, folder / WORST)
+    shutil.copy(COMMITTED_NOAUG / SUMMARY, folder / SUMMARY)
+    true = {"aggre": 0.0901, "clean": 0.0}
+    for split in splits:
+        if split == "worst":
+            continue
+        name = f"cifar10-{split}-seed0"
+        shutil.copytree(folder / WORST, folder / name)
+        for path in (folder / name / METRICS, folder / name / "bkd" / METRICS):
+            metrics = json.loads(path.read_text())
+            target = metrics["methods"]["bkd"] if "methods" in metrics else metrics
+            metrics["split"] = split
+            target.update(split=split, true_noise_rate=true[split])
+            if not true[split]:
+                target.update(detection_f1=0.0, flag_all_f1=0.0)
+            atomic_write_json(path, metrics)
+    if "worst" not in splits:
+        shutil.rmtree(folder / WORST)
+    return folder
+
+
+def test_the_official_protocol_and_the_one_without_augmentation_are_read_side_by_side():
+    """worst, seed 0: the official run (full) fires at epoch 26, seen at 28; the run without augmentation (stopped
+    at its detection) at 8, seen at 10, in 42 minutes; both have 2 phase-1 epochs after the tip."""
+    table = cnn.augment_comparison()
+    assert list(table.columns) == list(cnn.AUGMENT_COLUMNS) and len(table) == 6
+    assert table[["split", "protocol"]].values.tolist() == [[s, p] for s in cnn.AUGMENT_SPLITS for p in cnn.PROTOCOLS]
+    off, aug = _row(table, "worst", "official"), _row(table, "worst", "no augmentation")
+    assert (off["status"], aug["status"]) == (cnn.RUN_FULL, cnn.RUN_STOPPED)
+    assert (off["tipping_epoch"], off["found_at_epoch"], aug["tipping_epoch"], aug["found_at_epoch"]) == (26, 28, 8, 10)
+    assert off["fall_epochs"] == aug["fall_epochs"] == 2 and off["epochs"] == 28 and aug["epochs"] == 10
+    assert 0 < off["fall"] < 0.005 and 0 < aug["fall"] < 0.005  # the window alone: no turn to see yet
+    assert abs(off["g4_f1"] - 0.7671) < 1e-3 and abs(aug["g4_f1"] - 0.7342) < 1e-3
+    assert off["flag_all_f1"] == aug["flag_all_f1"] and abs(off["true_noise"] - 40.208) < 1e-9
+    assert abs(aug["estimated_noise"] - 50.866) < 1e-9 and abs(aug["minutes"] - 2516.55 / 60) < 0.1
+    assert 0.90 < aug["auc_at_tip"] <= aug["best_auc"] < 0.92 and aug["best_auc_epoch"] == 9
+    assert off["auc_at_tip"] <= off["best_auc"] and off["best_auc_epoch"] <= off["found_at_epoch"]  # phase 1 only
+    clean = _row(table, "clean", "official")
+    assert clean["status"] == cnn.RUN_FULL and math.isnan(clean["g4_f1"]) and clean["true_noise"] == 0
+    # a seed that has not run: a row that says so, never an error
+    later = cnn.augment_comparison(splits=("worst",), seed=9)
+    assert later["status"].tolist() == [cnn.RUN_NOT_YET] * 2 and later[list(cnn.AUGMENT_COLUMNS[3:])].isna().all().all()
+    shown = cnn.augment_comparison_shown(table)
+    assert shown.iloc[0]["tipping epoch (seen at)"] == "26 (28)"
+    assert shown.iloc[1]["to the detection"] == "10 epochs, 42 min"
+    assert shown.iloc[4]["G4 F1 (flag every image)"] == "no wrong label" and "nan" not in shown.to_string().lower()
+
+
+def test_the_comparison_says_which_splits_are_not_here_yet(tmp_path):
+    official = tmp_path / "cnn"
+    shutil.copytree(COMMITTED_BATCH, official)
+    noaug = _noaug_batch(tmp_path, splits=("worst",))
+    table = cnn.augment_comparison(official, noaug)
+    assert table["status"].tolist() == [cnn.RUN_FULL, cnn.RUN_STOPPED] + [cnn.RUN_FULL, cnn.RUN_NOT_YET] * 2
+    text = cnn.augment_comparison_text(table)
+    assert text.startswith("One seed each, so no verdict (the official protocol's number first): on worst, G4 F1 "
+                           "0.767 against 0.734, the official protocol higher (flagging every image: 0.574)")
+    assert "the official protocol closer to the truth by 1.5 points" in text
+    assert "Not compared yet: aggre and clean (no augmentation: not run yet)." in text
+    assert f"falls by {_row(table, 'worst', 'official')['fall']:.4f} with the official protocol" in text
+    assert "too few epochs to tell a plateau from a turn" in text and "diagnostic" not in text
+    with_evidence = cnn.augment_comparison_text(table, evidence=cnn.diagnostics())
+    assert with_evidence.startswith(text) and "0.0005 on worst (a plateau) with the official protocol" in with_evidence
+    assert "0.0254 on worst (a turn)" in with_evidence
+    # a run removed: its row says so, the rest stays
+    shutil.rmtree(noaug / WORST)
+    table = cnn.augment_comparison(official, noaug)
+    assert _row(table, "worst", "no augmentation")["status"] == cnn.RUN_NOT_YET
+    assert _row(table, "worst", "official")["status"] == cnn.RUN_FULL
+    assert cnn.augment_comparison_text(table) == ("Not compared: worst, aggre and clean (no augmentation: not run "
+                                                  "yet).")
+    # a folder of the other protocol is named, not read as this one
+    with pytest.raises(ValueError, match="trained without augmentation, but it is read as the official protocol"):
+        cnn.augment_comparison(COMMITTED_NOAUG, COMMITTED_NOAUG, splits=("worst",))
+
+
+def test_a_complete_comparison_and_one_with_no_batch_at_all(tmp_path):
+    noaug = _noaug_batch(tmp_path, splits=cnn.AUGMENT_SPLITS)
+    table = cnn.augment_comparison(COMMITTED_BATCH, noaug)
+    assert set(table["status"]) <= {cnn.RUN_FULL, cnn.RUN_STOPPED}
+    text = cnn.augment_comparison_text(table)
+    assert "Not compared" not in text and "; on aggre, G4 F1 0.600 against 0.734" in text
+    assert "on clean, no label is wrong, so nothing to find; estimated noise 21.0% against 50.9% (true 0.0%)" in text
+    assert "(the official protocol first)" in text
+    # ties are ties
+    tied = table.copy()
+    worst = (tied["split"] == "worst") & (tied["protocol"] == "no augmentation")
+    official = _row(table, "worst", "official")
+    tied.loc[worst, ["g4_f1", "estimated_noise"]] = official["g4_f1"] + 0.004, official["estimated_noise"] - 0.5
+    text = cnn.augment_comparison_text(tied)
+    assert "the official protocol higher" not in text.split("; on aggre")[0]
+    assert "a tie (within 0.01)" in text and "a tie (their errors within 1 point of each other)" in text
+    # neither batch here (e.g. outside a clone of the repository): rows that say so
+    missing = cnn.augment_comparison(tmp_path / "nowhere", tmp_path / "nor-here")
+    assert missing["status"].tolist() == [cnn.BATCH_NOT_HERE] * 6
+    assert cnn.augment_comparison_text(missing).startswith("Neither batch is here")
+
+
+def test_the_augmentation_figure_draws_partial_complete_and_missing_comparisons(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkd_core.book import plots
+
+    partial = cnn.augment_comparison(COMMITTED_BATCH, _noaug_batch(tmp_path / "a", splits=("worst",)))
+    complete = cnn.augment_comparison(COMMITTED_BATCH, _noaug_batch(tmp_path / "b", splits=cnn.AUGMENT_SPLITS))
+    missing = cnn.augment_comparison(tmp_path / "nowhere", tmp_path / "nor-here")
+    for table, bars in ((partial, (3, 4, 4)), (complete, (4, 6, 6)), (missing, (0, 0, 0))):
+        fig = plots.plot_augment_comparison(table)
+        f1, error, epochs = fig.axes[:3]
+        assert tuple(len(ax.patches) - (2 if ax is f1 else 0) for ax in (f1, error, epochs)) == bars
+        texts = [t.get_text() for t in f1.texts]
+        assert texts.count("not run yet") == (1 if table is partial else 0)
+        assert texts.count("not here") == (6 if table is missing else 0)
+        assert ("no wrong label" in texts) == (table is not missing)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels[:2] == ["official protocol (crop + flip)", "no augmentation"]
+        # the epochs panel: each run's epochs up to its detection, split by split, the official protocol first
+        heights = [p.get_height() for p in epochs.patches if p.get_height() > 0]
+        assert heights == table["epochs"].dropna().tolist()
+        plt.close(fig)

@@ -1,6 +1,6 @@
 """The `cnn` profile's committed evidence, read for the chapters (nothing here trains).
 
-Two sources, both committed to the repository (the batch run by run, as its runs finish):
+Three sources, all committed to the repository (the batches run by run, as their runs finish):
 
 - the diagnostic runs (:data:`DIAGNOSTICS`): BKD on `worst` and `aggre` kept in phase 1 past the tipping rule, with
   the official protocol and without augmentation (:data:`PHASE1_RUNS`, written by
@@ -13,6 +13,8 @@ Two sources, both committed to the repository (the batch run by run, as its runs
   as the run did. Each method of a run is committed as soon as it has trained, before the run has finished:
   :meth:`BatchState.stage` reads one (:class:`Stage`, :func:`read_stage`, which reads a run folder of the chapters'
   cache as well), and :func:`pixel_check` sets a run's BKD and cross-entropy beside the `features` proxy.
+- the batch without augmentation (:data:`NOAUG_BATCH`), the switch that runs beside the official protocol:
+  :func:`augment_comparison` sets its BKD detections beside the official batch's, split by split.
 
 Epochs are indices from 0 here, as everywhere in ``bkd_core`` (``tipping`` of a run is such an index); the curves'
 own ``epoch`` entry counts from 1, as the book does.
@@ -47,6 +49,9 @@ __all__ = [
     "diagnostics",
     "BatchState", "batch_state", "TippingDetection", "tipping_detection",
     "Stage", "read_stage", "PIXEL_CHECK_ROWS", "ESTIMATE_TOLERANCE", "pixel_check",
+    "NOAUG_BATCH", "PROTOCOLS", "AUGMENT_SPLITS", "AUGMENT_COLUMNS", "TURN_FALL", "TIE_F1", "TIE_POINTS",
+    "RUN_FULL", "RUN_STOPPED", "RUN_NO_TIPPING", "RUN_NOT_YET", "BATCH_NOT_HERE", "augment_comparison",
+    "augment_comparison_text", "augment_comparison_shown",
 ]
 
 #: The diagnostic runs' folder, relative to the repository.
@@ -714,3 +719,260 @@ def pixel_check(features: "pd.DataFrame | None", bkd: Stage, ce: Stage | None = 
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["features proxy", "cnn", "same", "how"])
     table["same"] = table["same"].map(lambda v: "–" if v is None else "yes" if v else "no")
     return table.rename(columns={"same": "same story?"}).reindex(list(PIXEL_CHECK_ROWS))
+
+
+# --------------------------------------------------------------------------------------------
+# The official protocol beside training without augmentation
+# --------------------------------------------------------------------------------------------
+
+#: The `cnn` profile trained without augmentation (``--set augment=false``), BKD alone up to its detection, relative to
+#: the repository: the switch that runs beside the official protocol (:data:`BATCH`).
+NOAUG_BATCH = "reproductions/cnn-noaug"
+#: The protocols :func:`augment_comparison` sets side by side, in order.
+PROTOCOLS = ("official", "no augmentation")
+#: The splits both batches train BKD on.
+AUGMENT_SPLITS = ("worst", "aggre", "clean")
+#: What a row of :func:`augment_comparison` holds (its ``status``): a run with its phase 2, one stopped right after
+#: its detection, one whose rule never fired, a split whose BKD has not trained yet, a batch folder that is not here.
+RUN_FULL, RUN_STOPPED, RUN_NO_TIPPING, RUN_NOT_YET, BATCH_NOT_HERE = (
+    "full run", "stopped at its detection", "no tipping point", "not run yet", "not here")
+#: How far the student's curve must fall within :data:`FALL_EPOCHS` epochs after the tipping epoch for a turn rather
+#: than a plateau (the `cnn` batch's target: a peak, not a wobble).
+TURN_FALL = 0.02
+#: Differences within which :func:`augment_comparison_text` calls two runs' G4 F1, and their estimates' distances
+#: from the truth (in points), a tie: about what two runs of the same setting and seed differ by (the run without
+#: augmentation on `worst` in :data:`NOAUG_BATCH` and its diagnostic run: 0.004 F1, 0.7 points).
+TIE_F1, TIE_POINTS = 0.01, 1.0
+#: Columns of :func:`augment_comparison`, in order.
+AUGMENT_COLUMNS = ("split", "protocol", "status", "tipping_epoch", "found_at_epoch", "fall", "fall_epochs",
+                   "auc_at_tip", "best_auc", "best_auc_epoch", "g4_f1", "flag_all_f1", "estimated_noise",
+                   "true_noise", "epochs", "minutes")
+_NUMBERS = AUGMENT_COLUMNS[3:]
+
+
+def _phase1_after(curves: Mapping[str, np.ndarray], tipping: int) -> int:
+    """How many phase-1 epochs after ``tipping`` have a value of the student's curve (what :func:`peak_fall` of
+    :mod:`bkd_core.book.results` looks at)."""
+    student = curves["mean_max_student"]
+    phase = curves.get("phase")
+    return sum(1 for e in range(tipping + 1, len(student))
+               if (phase is None or len(phase) == 0 or phase[e] == 1) and math.isfinite(student[e]))
+
+
+def _protocol_row(state: BatchState, split: str, seed: int, protocol: str) -> dict[str, Any]:
+    """One row of :func:`augment_comparison`: ``protocol``'s BKD stage of ``split`` in ``state``."""
+    from .results import peak_fall
+
+    row: dict[str, Any] = {"split": split, "protocol": protocol, **dict.fromkeys(_NUMBERS, math.nan)}
+    if state.folder is None:
+        return {**row, "status": BATCH_NOT_HERE}
+    stage = state.stage(split, "bkd", seed)
+    if stage is None:
+        return {**row, "status": RUN_NOT_YET}
+    augment = protocol == PROTOCOLS[0]
+    if bool(stage.config.augment) != augment:
+        raise ValueError(f"{stage.path} trained {'with' if stage.config.augment else 'without'} augmentation, but it "
+                         f"is read as the {protocol} protocol: pass that protocol's batch folder")
+    true = stage.number("true_noise_rate")
+    row["true_noise"] = 100 * true
+    tipping, found_at = stage.tipping, stage.found_at
+    if tipping is None or found_at is None:
+        return {**row, "status": RUN_NO_TIPPING}
+    stopped = stage.metrics.get("stopped_by") == STOPPED_AT_DETECTION
+    row.update(status=RUN_STOPPED if stopped else RUN_FULL, tipping_epoch=tipping + 1, found_at_epoch=found_at + 1,
+               estimated_noise=100 * stage.number("estimated_noise_rate"), epochs=found_at + 1)
+    if true > 0:  # a split without a wrong label has no F1 to find them with
+        row.update(g4_f1=stage.number("detection_f1"), flag_all_f1=stage.number("flag_all_f1"))
+    curves = stage.curves
+    if "mean_max_student" in curves and tipping < len(curves["mean_max_student"]):
+        row.update(fall=peak_fall(curves, tipping), fall_epochs=_phase1_after(curves, tipping))
+    auc = curves.get("agreement_auc")
+    if auc is not None and tipping < len(auc):
+        phase = curves.get("phase")
+        phase1 = np.where(np.asarray(phase) == 1, auc, np.nan) if phase is not None and len(phase) == len(auc) else auc
+        row["auc_at_tip"] = float(auc[tipping])
+        if np.isfinite(phase1).any():
+            best = int(np.nanargmax(phase1))
+            row.update(best_auc=float(phase1[best]), best_auc_epoch=best + 1)
+    seconds = curves.get("epoch_time")
+    if seconds is not None and len(seconds) > found_at and np.isfinite(seconds[: found_at + 1]).all():
+        row["minutes"] = float(np.sum(seconds[: found_at + 1])) / 60
+    elif stopped:
+        row["minutes"] = stage.number("wall_time_s") / 60
+    return row
+
+
+def augment_comparison(official: str | os.PathLike = BATCH, no_augment: str | os.PathLike = NOAUG_BATCH, *,
+                       splits: Sequence[str] = AUGMENT_SPLITS, seed: int = 0) -> "pd.DataFrame":
+    """BKD's detection with the official protocol beside the one without augmentation, split by split, read from the
+    two committed batches (nothing is trained).
+
+    Each batch is found from any working directory (:func:`batch_state`) and each split's BKD stage is read as soon
+    as it has trained (:meth:`BatchState.stage`), so a batch that is partial, still running or not here gives rows
+    that say so (``status``, numbers NaN) rather than an error.
+
+    Parameters
+    ----------
+    official, no_augment
+        The batch folders of the official protocol (:data:`BATCH`) and of the one without augmentation
+        (:data:`NOAUG_BATCH`).
+    splits
+        The CIFAR-10N splits, in order.
+    seed
+        The seed of the runs read.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per split and protocol (:data:`PROTOCOLS`), columns :data:`AUGMENT_COLUMNS`: ``status`` (one of
+        :data:`RUN_FULL`, :data:`RUN_STOPPED`, :data:`RUN_NO_TIPPING`, :data:`RUN_NOT_YET`, :data:`BATCH_NOT_HERE`);
+        ``tipping_epoch`` and ``found_at_epoch`` the epoch (from 1) the official rule picks and the one it sees it
+        at; ``fall`` how far the student's curve falls in the ``fall_epochs`` phase-1 epochs the run has after its
+        tipping epoch (:func:`bkd_core.book.results.peak_fall`: 2, the rule's window, in a run of these batches,
+        where phase 2 or the stop follows; :data:`FALL_EPOCHS` is what the diagnostic runs look at);
+        ``auc_at_tip`` the ROC-AUC of the agreement score (mislabelled against clean images) at the tipping epoch,
+        ``best_auc`` the best of phase 1 and ``best_auc_epoch`` its epoch (from 1); ``g4_f1`` and ``flag_all_f1`` as
+        fractions (NaN on a split with no wrong label); ``estimated_noise`` and ``true_noise`` in %; ``epochs``
+        trained up to the detection and the ``minutes`` they took (NaN when the run records no time).
+
+    Raises
+    ------
+    ValueError
+        A folder's runs were not trained with the protocol they are read as (``augment`` in their configuration).
+    bkd_core.errors.DamagedFileError
+        A file of a batch is there but damaged (names it).
+    """
+    import pandas as pd
+
+    states = {PROTOCOLS[0]: batch_state(official, plan=None), PROTOCOLS[1]: batch_state(no_augment, plan=None)}
+    rows = [_protocol_row(states[p], split, seed, p) for split in splits for p in PROTOCOLS]
+    table = pd.DataFrame(rows, columns=list(AUGMENT_COLUMNS))
+    table[list(_NUMBERS)] = table[list(_NUMBERS)].astype(float)
+    return table
+
+
+def _detected(row: Any) -> bool:
+    return row["status"] in (RUN_FULL, RUN_STOPPED)
+
+
+def _listed(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _split_sentence(split: str, off: Any, aug: Any) -> str:
+    """The clause comparing one split's two detections (both rows of :func:`augment_comparison`)."""
+    words = []
+    if math.isfinite(off["g4_f1"]) and math.isfinite(aug["g4_f1"]):
+        diff = off["g4_f1"] - aug["g4_f1"]
+        who = (f"a tie (within {TIE_F1})" if abs(diff) < TIE_F1 else
+               f"{'the official protocol' if diff > 0 else 'the run without augmentation'} higher")
+        words.append(f"G4 F1 {off['g4_f1']:.3f} against {aug['g4_f1']:.3f}, {who} (flagging every image: "
+                     f"{off['flag_all_f1']:.3f})")
+    elif not off["true_noise"] > 0:
+        words.append("no label is wrong, so nothing to find")
+    e_off, e_aug = abs(off["estimated_noise"] - off["true_noise"]), abs(aug["estimated_noise"] - aug["true_noise"])
+    diff = e_off - e_aug
+    who = (f"a tie (their errors within {TIE_POINTS:.0f} point of each other)" if abs(diff) < TIE_POINTS else
+           f"{'the run without augmentation' if diff > 0 else 'the official protocol'} closer to the truth by "
+           f"{abs(diff):.1f} points")
+    words.append(f"estimated noise {off['estimated_noise']:.1f}% against {aug['estimated_noise']:.1f}% (true "
+                 f"{off['true_noise']:.1f}%), {who}")
+    time = f" ({off['minutes']:.0f} against {aug['minutes']:.0f} minutes)" if \
+        math.isfinite(off["minutes"]) and math.isfinite(aug["minutes"]) else ""
+    words.append(f"detected after {off['epochs']:.0f} against {aug['epochs']:.0f} epochs{time}")
+    return f"on {split}, " + "; ".join(words)
+
+
+def augment_comparison_text(table: "pd.DataFrame", *, evidence: Diagnostics | None = None) -> str:
+    """What :func:`augment_comparison` shows, as sentences (plain text): per split, which protocol's G4 F1 is higher
+    and whose noise estimate is closer to the truth (one seed each, so no verdict; differences within
+    :data:`TIE_F1` and :data:`TIE_POINTS` are ties), how long each took to its detection, which splits are not
+    here yet; then how far the student's curve falls after each tipping epoch, and, with ``evidence`` (the
+    diagnostic runs, kept in phase 1 past the rule), whether it falls like a turn or stays on a plateau over
+    :data:`FALL_EPOCHS` epochs (:data:`TURN_FALL`).
+    """
+    by = {(r["split"], r["protocol"]): r for r in table.to_dict("records")}
+    splits = list(dict.fromkeys(table["split"]))
+    if all(r["status"] == BATCH_NOT_HERE for r in by.values()):
+        return "Neither batch is here: they are committed to the repository, so run the chapter in a clone of it."
+    both = [s for s in splits if all(_detected(by[(s, p)]) for p in PROTOCOLS)]
+    parts = []
+    if both:
+        parts.append("One seed each, so no verdict (the official protocol's number first): " + "; ".join(
+            _split_sentence(s, by[(s, PROTOCOLS[0])], by[(s, PROTOCOLS[1])]) for s in both) + ".")
+    missing: dict[str, list[str]] = {}  # what is missing -> the splits it is missing on
+    for s in splits:
+        if s not in both:
+            said = "; ".join(f"{p}: {by[(s, p)]['status']}" for p in PROTOCOLS if not _detected(by[(s, p)]))
+            missing.setdefault(said, []).append(s)
+    if missing:
+        parts.append(f"Not compared{' yet' if both else ''}: " + "; ".join(
+            f"{_listed(ss)} ({said})" for said, ss in missing.items()) + ".")
+    falls = [(s, by[(s, PROTOCOLS[0])], by[(s, PROTOCOLS[1])]) for s in both]
+    falls = [(s, o, a) for s, o, a in falls if math.isfinite(o["fall"]) and math.isfinite(a["fall"])]
+    if falls:
+        counts = sorted({int(r["fall_epochs"]) for _, o, a in falls for r in (o, a)})
+        if len(falls) == 1:
+            s, o, a = falls[0]
+            shown = f"{o['fall']:.4f} with the official protocol and {a['fall']:.4f} without augmentation on {s}"
+        else:
+            shown = ", ".join(f"{o['fall']:.4f} and {a['fall']:.4f} on {s}" for s, o, a in falls) + \
+                " (the official protocol first)"
+        epochs = f"{_listed([str(c) for c in counts])} phase-1 epoch{'' if counts == [1] else 's'}"
+        parts.append(f"In the {epochs} each of these runs has after its tipping epoch (the rule's window: phase 2, or "
+                     f"the stop, follows), the student's curve falls by {shown}" +
+                     (f": too few epochs to tell a plateau from a turn, which falls by {TURN_FALL} or more within "
+                      f"{FALL_EPOCHS}." if max(counts) < FALL_EPOCHS else "."))
+    if evidence is not None:
+        protocols = {True: "with the official protocol", False: "without augmentation"}
+        said: dict[bool, list[str]] = {}
+        for run in evidence.runs.values():
+            if run.tipping is not None:
+                fall = run.detection["fall_within_5"]
+                said.setdefault(run.augment, []).append(
+                    f"{fall:.4f} on {run.split} ({'a turn' if fall >= TURN_FALL else 'a plateau'})")
+        if said:
+            parts.append(f"The diagnostic runs, kept in phase 1 past the rule, tell the two apart: in the "
+                         f"{FALL_EPOCHS} epochs after the tipping epoch the curve falls by " + ", and by ".join(
+                             f"{_listed(items)} {protocols[augment]}" for augment, items in said.items()) + ".")
+    return " ".join(parts)
+
+
+def augment_comparison_shown(table: "pd.DataFrame") -> "pd.DataFrame":
+    """:func:`augment_comparison` as the chapter shows it: one row per split and protocol, its numbers as text ("–"
+    where there is none, the row's status instead where the run is not here).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``"split"``, ``"protocol"``, ``"run"`` (its status), ``"tipping epoch (seen at)"``, ``"fall after
+        it (epochs)"``, ``"ROC-AUC at the tip / best in phase 1 (epoch)"``, ``"G4 F1 (flag every image)"``,
+        ``"estimated / true noise (%)"``, ``"to the detection"``.
+    """
+    import pandas as pd
+
+    def number(value: float, spec: str) -> str:
+        return format(value, spec) if math.isfinite(value) else "–"
+
+    rows = []
+    for r in table.to_dict("records"):
+        row = {"split": r["split"], "protocol": r["protocol"], "run": r["status"]}
+        if _detected(r):
+            time = f", {r['minutes']:.0f} min" if math.isfinite(r["minutes"]) else ""
+            row.update({
+                "tipping epoch (seen at)": f"{r['tipping_epoch']:.0f} ({r['found_at_epoch']:.0f})",
+                "fall after it (epochs)": (f"{r['fall']:.4f} ({r['fall_epochs']:.0f})" if math.isfinite(r["fall"])
+                                           else "–"),
+                "ROC-AUC at the tip / best in phase 1 (epoch)":
+                    f"{number(r['auc_at_tip'], '.3f')} / {number(r['best_auc'], '.3f')}"
+                    + (f" ({r['best_auc_epoch']:.0f})" if math.isfinite(r["best_auc_epoch"]) else ""),
+                "G4 F1 (flag every image)": (f"{r['g4_f1']:.3f} ({r['flag_all_f1']:.3f})"
+                                             if math.isfinite(r["g4_f1"]) else "no wrong label"),
+                "estimated / true noise (%)": f"{r['estimated_noise']:.1f} / {r['true_noise']:.1f}",
+                "to the detection": f"{r['epochs']:.0f} epochs{time}",
+            })
+        rows.append(row)
+    columns = ["split", "protocol", "run", "tipping epoch (seen at)", "fall after it (epochs)",
+               "ROC-AUC at the tip / best in phase 1 (epoch)", "G4 F1 (flag every image)",
+               "estimated / true noise (%)", "to the detection"]
+    return pd.DataFrame(rows, columns=columns).fillna("–")

@@ -1349,3 +1349,85 @@ def plot_run_story(bkd: Mapping[str, Sequence[float]], ce: Mapping[str, Sequence
         _integer_epochs(ax)
     _legend_below(fig, axes, ncols=4)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Appendix: the official protocol beside training without augmentation (the `cnn` profile)
+# --------------------------------------------------------------------------------------------
+
+__all__.append("plot_augment_comparison")
+
+#: Colour and marker of each protocol of :func:`plot_augment_comparison`, by its name in the table.
+PROTOCOL_STYLES = {"official": (CLEAN, "official protocol (crop + flip)"),
+                   "no augmentation": (ACCENT, "no augmentation")}
+
+
+def plot_augment_comparison(table) -> Figure:
+    """BKD with the official protocol beside BKD without augmentation, per split, in three panels: the F1 of the G4
+    mask with the F1 of flagging every image (dashed, the floor); how far the noise estimate lands from the true
+    rate (points), with the batch's 5-point target (dotted); the epochs trained up to the detection, with the
+    minutes they took above each bar. A split whose run is not here says so ("not run yet", "not here") under its
+    bars; a split without a wrong label has no F1 ("no wrong label").
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        :func:`bkd_core.book.cnn.augment_comparison`: one row per split and protocol.
+
+    Returns
+    -------
+    Figure
+        three panels (axes), one legend under them.
+    """
+    from .cnn import ESTIMATE_TOLERANCE, RUN_FULL, RUN_STOPPED
+
+    splits = list(dict.fromkeys(table["split"]))
+    rows = {(r["split"], r["protocol"]): r for r in table.to_dict("records")}
+    protocols = [p for p in PROTOCOL_STYLES if any(k[1] == p for k in rows)]
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.7))
+    width = 0.36
+    panels = (("g4_f1", "G4 mask: F1", "F1"), ("error", "Noise estimate: distance from the truth", "points"),
+              ("epochs", "Epochs trained up to the detection", "epochs"))
+    for protocol in protocols:  # first in the legend, even when no run of a protocol is here
+        axes[0].add_patch(_swatch(*PROTOCOL_STYLES[protocol]))
+    for ax, (measure, title, unit) in zip(axes, panels):
+        for k, split in enumerate(splits):
+            here = [rows[(split, p)] for p in protocols if (split, p) in rows]
+            nothing = measure == "g4_f1" and any(r["true_noise"] == 0 for r in here)  # no F1 without a wrong label
+            if nothing:
+                ax.text(k, 0.02, "no wrong label", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=8, color="0.35")
+            for j, protocol in enumerate(protocols):
+                row = rows.get((split, protocol))
+                colour = PROTOCOL_STYLES[protocol][0]
+                x = k + (j - (len(protocols) - 1) / 2) * width
+                if row is None or row["status"] not in (RUN_FULL, RUN_STOPPED):  # its slot says why it is empty
+                    if not nothing:
+                        ax.text(x, 0.02, row["status"] if row is not None else "not here", rotation=90,
+                                transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8,
+                                color=colour)
+                    continue
+                value = (abs(row["estimated_noise"] - row["true_noise"]) if measure == "error" else row[measure])
+                if not np.isfinite(value):
+                    continue
+                ax.bar(x, value, width=width * 0.92, color=colour, edgecolor="black", linewidth=0.5, zorder=3)
+                text = (f"{value:.3f}" if measure == "g4_f1" else f"{value:.1f}" if measure == "error" else
+                        f"{row['minutes']:.0f} min" if np.isfinite(row["minutes"]) else "")
+                ax.annotate(text, (x, value), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                            fontsize=7)
+            floor = [r["flag_all_f1"] for r in here if np.isfinite(r["flag_all_f1"])]
+            if measure == "g4_f1" and floor and floor[0] > 0:
+                ax.hlines(floor[0], k - 0.45, k + 0.45, colors="black", linestyles="--", linewidth=1.2, zorder=4,
+                          label="flag every image (F1 floor)")
+        if measure == "error":
+            ax.axhline(ESTIMATE_TOLERANCE, color="black", linestyle=":", linewidth=1.2,
+                       label=f"target: within {ESTIMATE_TOLERANCE:.0f} points")
+        ax.set_xticks(np.arange(len(splits)), splits)
+        ax.set_xlim(-0.6, len(splits) - 0.4)
+        low, high = ax.get_ylim()
+        ax.set_ylim(0, max(high, 1.0) * 1.12)
+        ax.set(title=title, ylabel=unit, xlabel="CIFAR-10N split, seed 0")
+        ax.grid(axis="x", visible=False)
+    axes[2].yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    _legend_below(fig, axes, ncols=4)
+    return fig
