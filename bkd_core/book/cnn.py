@@ -855,9 +855,6 @@ def _detected(row: Any) -> bool:
     return row["status"] in (RUN_FULL, RUN_STOPPED)
 
 
-def _listed(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
 
 def _split_sentence(split: str, off: Any, aug: Any) -> str:
     """The clause comparing one split's two detections (both rows of :func:`augment_comparison`)."""
@@ -891,6 +888,8 @@ def augment_comparison_text(table: "pd.DataFrame", *, evidence: Diagnostics | No
     diagnostic runs, kept in phase 1 past the rule), whether it falls like a turn or stays on a plateau over
     :data:`FALL_EPOCHS` epochs (:data:`TURN_FALL`).
     """
+    from .results import _listed
+
     by = {(r["split"], r["protocol"]): r for r in table.to_dict("records")}
     splits = list(dict.fromkeys(table["split"]))
     if all(r["status"] == BATCH_NOT_HERE for r in by.values()):
