@@ -49,8 +49,9 @@ def build_config(args: argparse.Namespace, kind: str = "bkd") -> BKDConfig:
 #: What each profile trains and what it costs (--profile's help).
 PROFILE_HELP = ("features (default): all 50,000 images as label-free feature vectors with MLPs, minutes on a CPU; "
                 "cnn: an airbench-class CNN on all 50,000 images' pixels, CPU hours, GPU minutes (2-5 min an epoch "
-                "on one CPU thread: a 40-epoch BKD run about 2 h 15 min, cross-entropy 70 min; --set precision=bf16 "
-                "is 1.6x faster on CPUs with AVX512-BF16); paper: the official settings (two PreResNet18, 300 "
+                "on one CPU thread: a 40-epoch BKD run about 2 h 15 min, cross-entropy 70 min, in fp32; bf16 "
+                "autocast, its default on CPUs with AVX512-BF16 or AMX, is 1.6x faster; --set precision=fp32 "
+                "for fp32 there); paper: the official settings (two PreResNet18, 300 "
                 "epochs), for a GPU")
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class BKDConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True  # faster on CUDA and on this CPU (about 1.3x for the small CNN)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype (resolved_precision)
+    precision: Literal["auto", "native", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype (resolved_precision)
     # older switch, kept so stored configs load: with precision="auto", True means bf16, False fp32
     bf16: bool | None = None
     compile: bool = False
@@ -179,16 +180,18 @@ class BKDConfig:
         ``precision="auto"``: bf16 on a CUDA device with bf16 units (Ampere and later), fp16 with a
         gradient scaler on a CUDA device without them (Turing, e.g. Colab's T4), fp32 on the CPU. The
         older ``bf16`` switch still decides under ``"auto"`` when it is set (True: bf16, False: fp32).
+        ``precision="native"`` (the ``cnn`` profile's): as ``"auto"`` on CUDA; on the CPU, bf16 where the
+        CPU computes it natively (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX), fp32 elsewhere.
         Whatever the precision, the classifier head computes its logits in float32
         (:func:`bkd_core.models.fp32_head`) and the losses are computed from them in float32.
         """
-        if self.precision != "auto":
+        if self.precision not in ("auto", "native"):
             return self.precision
         if self.bf16 is not None:
             return "bf16" if self.bf16 else "fp32"
         device = torch.device(device) if device is not None else self.resolved_device()
         if device.type != "cuda":
-            return "fp32"
+            return "bf16" if self.precision == "native" and cpu_has_native_bf16() else "fp32"
         return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
     def resolved_device(self) -> torch.device:
@@ -212,6 +215,30 @@ class BKDConfig:
                 raise ValueError(f"device={self.device!r} was asked for, but this machine has {count} CUDA device(s) "
                                  f"(cuda:0 to cuda:{count - 1})")
         return device
+
+
+#: oneDNN instruction-set caps (``ONEDNN_MAX_CPU_ISA``) under which it still computes bf16 natively.
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10_1_512", "ALL", "DEFAULT")
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 matrix products natively, so that bf16 autocast is faster than fp32.
+
+    True when ``cpuinfo``'s flags hold ``avx512_bf16`` or ``amx_bf16`` and oneDNN is not capped below them
+    (``ONEDNN_MAX_CPU_ISA``, if set, names one of :data:`BF16_ISAS` or a later one). False where ``cpuinfo``
+    cannot be read (macOS, Windows): there ``precision="native"`` computes in fp32.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and not cap.startswith(BF16_ISAS):
+        return False
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.partition(":")[2].split()))
+    except OSError:
+        pass
+    return False
 
 
 def _valid_device(name: str) -> bool:
@@ -344,7 +371,9 @@ FEATURES = BKDConfig(
 #: undetached robust target, every training image scored each phase-1 epoch) with an airbench-class network
 #: (:class:`bkd_core.models.WhitenedCNN`, 32/64/128 channels) instead of PreResNet18, and a shorter budget:
 #: 40 epochs, the learning rate a tenth from epoch 31 on (the official StepLR at three quarters of the run
-#: instead of half of it). ``docs/profiles.md`` has the measurements behind each choice.
+#: instead of half of it). It computes in bf16 autocast on CPUs that have bf16 units (``precision="native"``;
+#: fp32 on other CPUs, ``--set precision=fp32`` everywhere). ``docs/profiles.md`` has the measurements behind
+#: each choice.
 CNN = BKDConfig(
     profile="cnn",
     model="whitened_cnn",
@@ -355,6 +384,7 @@ CNN = BKDConfig(
     val_every=1,
     test_every=1,
     eval_batch_size=500,
+    precision="native",
 )
 
 PROFILES: dict[str, BKDConfig] = {"paper": PAPER, "cnn": CNN, "features": FEATURES}

@@ -23,9 +23,10 @@ Which guarantee holds where:
 - on CUDA, the same holds only with ``deterministic=True`` (deterministic cuDNN and algorithms, no
   ``cudnn.benchmark``); with the default ``deterministic=False`` cuDNN picks its fastest, not
   bit-reproducible kernels, so a resumed or repeated run agrees in distribution, not bit for bit.
-- Precision (``precision``, :meth:`BKDConfig.resolved_precision`): fp32 on the CPU; bf16 autocast on
-  GPUs with bf16, fp16 autocast with a gradient scaler (its state checkpointed) on those without. The
-  classifier head and the losses stay float32.
+- Precision (``precision``, :meth:`BKDConfig.resolved_precision`, recorded in ``metrics.json``): fp32 on
+  the CPU (bf16 autocast under ``"native"`` on CPUs with bf16 units); bf16 autocast on GPUs with bf16,
+  fp16 autocast with a gradient scaler (its state checkpointed) on those without. The classifier head
+  and the losses stay float32.
 
 One loop for every method: :meth:`Trainer.train_epoch` cuts the shuffled training rows into batches and
 calls the method's :meth:`~Trainer.train_step` on each (``BKDTrainer``: teacher, blind student, the two
@@ -670,6 +671,7 @@ class Trainer:
             "wall_time_s": round(self.elapsed, 2),
             "stopped_by": self.stop_reason or "epochs",
             "device": _device_name(self.device),
+            "precision": self.precision,
             "versions": _versions(),
             "command": " ".join(sys.argv),
         })

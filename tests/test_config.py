@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from bkd_core import config as config_module
 from bkd_core.config import CNN, FEATURES, PAPER, PROFILES, BKDConfig, get_profile, parse_assignments, resolve
 
 
@@ -208,6 +209,30 @@ def test_precision_resolution():
         BKDConfig(precision="fp16", bf16=True)
     with pytest.raises(ValueError, match="precision must be"):
         BKDConfig(precision="half")
+
+
+def test_native_precision_is_bf16_on_cpus_with_bf16_units_only(monkeypatch):
+    for native, on_cpu in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert BKDConfig(precision="native").resolved_precision("cpu") == on_cpu
+        assert BKDConfig(precision="auto").resolved_precision("cpu") == "fp32"  # recorded runs keep their fp32
+        assert CNN.resolved_precision("cpu") == on_cpu and FEATURES.resolved_precision("cpu") == "fp32"
+        assert BKDConfig(precision="native", bf16=False).resolved_precision("cpu") == "fp32"
+
+
+def test_cpu_has_native_bf16_reads_the_flags(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    info = tmp_path / "cpuinfo"
+    for flags, native in (("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True),
+                          ("fpu avx2 avx512f avx512bw", False), ("fpu avx512_bf16x", False)):
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert config_module.cpu_has_native_bf16(info) is native, flags
+    assert config_module.cpu_has_native_bf16(tmp_path / "none") is False  # no /proc (macOS, Windows): fp32
+    info.write_text("flags\t\t: avx512_bf16\n")
+    for cap, native in (("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                        ("AVX512_CORE_AMX", True), ("DEFAULT", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)  # oneDNN capped below bf16 computes it slowly
+        assert config_module.cpu_has_native_bf16(info) is native, cap
 
 
 @pytest.mark.parametrize("bad", [{"checkpoint_every": 0}, {"checkpoint_seconds": 0.0}, {"checkpoint_seconds": -1}])

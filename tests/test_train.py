@@ -64,6 +64,7 @@ def test_bkd_run_writes_documented_outputs(tiny_data, tmp_path):
     for key in ("test_acc", "val_acc", "tipping_epoch", "estimated_noise_rate", "detection_precision",
                 "detection_recall", "detection_f1", "wall_time_s", "device", "versions", "true_noise_rate"):
         assert key in m, key
+    assert m["precision"] == TINY.resolved_precision("cpu")  # what the run computed in, as resolved
     assert m["true_noise_rate"] == pytest.approx(tiny_data.noise_rate)
     assert 0 <= m["test_acc"] <= 100
 

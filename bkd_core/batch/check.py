@@ -63,8 +63,8 @@ TOLERANCES: dict[str, float] = {
 #: Keys of a batch run's ``metrics.json`` that a rerun may change without changing what the run computed.
 RUN_VOLATILE = frozenset({"code_hash", "wall_time_s", "machine", "threads"})
 #: Keys of each method's metrics (in the run's ``metrics.json`` and in the method's own) that a rerun may change:
-#: times, the machine, the command line, library versions.
-METHOD_VOLATILE = frozenset({"wall_time_s", "elapsed", "epoch_time", "device", "command", "versions"})
+#: times, the machine (and the precision it resolved ``"native"`` to), the command line, library versions.
+METHOD_VOLATILE = frozenset({"wall_time_s", "elapsed", "epoch_time", "device", "precision", "command", "versions"})
 #: ... and per method: the cleanlab version confident learning records under the key ``cleanlab``.
 METHOD_VOLATILE_BY_METHOD: dict[str, frozenset[str]] = {"cleanlab": frozenset({"cleanlab"})}
 #: Metrics added after runs were recorded, with the value every run recorded before had: a recorded run
